@@ -1,0 +1,1 @@
+"""attnmoe.moe."""
