@@ -1,0 +1,106 @@
+"""Tests of attnmoe.attention.as_moe: the quadratic-gating MoE rewrite reproduces the layer.
+
+The reference is always the layer's own forward (SDPA path), read through a pre-hook on
+``out_proj`` -- an independent computation from the dense ``A_ij``/``b_ij``/experts.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from attnmoe.attention import Attention
+from attnmoe.attention.as_moe import AttentionMoE, as_moe, head_outputs
+
+DIM, HEADS, B, T = 6, 2, 2, 4
+ACTS = [None, "relu", "gelu", "silu", "sigmoid", "tanh", "elu", "softplus", "identity"]
+
+
+def _mask() -> torch.Tensor:
+    return torch.tensor([[False] * T, [False, False, True, True]])
+
+
+@pytest.mark.parametrize("gate,gran", [(None, "elementwise"), ("G1", "elementwise"),
+                                       ("G1", "headwise"), ("G2", "elementwise"), ("G2", "headwise")])
+@pytest.mark.parametrize("score", ["softmax", "sigmoid"])
+@pytest.mark.parametrize("act", ACTS)
+def test_as_moe_reproduces_layer(act: str | None, score: str, gate: str | None, gran: str) -> None:
+    for causal in (False, True):
+        for bias in (False, True):
+            for masked in (False, True):
+                torch.manual_seed(0)
+                layer = Attention(DIM, HEADS, value_activation=act, score=score, gate=gate,
+                                  gate_granularity=gran, causal=causal, bias=bias).double()
+                x = torch.randn(B, T, DIM, dtype=torch.float64)
+                kpm = _mask() if masked else None
+                moe = as_moe(layer, x, kpm)
+                torch.testing.assert_close(moe(), head_outputs(layer, x, kpm), rtol=0, atol=1e-10)
+
+
+def test_gate_logits_are_query_key_products() -> None:
+    """x~^T A_ij x~ + b_ij^T x~ + c_ij equals q_j . k_i / sqrt(D) from the projections."""
+    torch.manual_seed(1)
+    layer = Attention(DIM, HEADS).double()
+    x = torch.randn(B, T, DIM, dtype=torch.float64)
+    moe = as_moe(layer, x)
+    q = layer.q_proj(x).view(B, T, HEADS, -1)
+    k = layer.k_proj(x).view(B, T, HEADS, -1)
+    want = torch.einsum("bjhd,bihd->bhji", q, k) / math.sqrt(DIM // HEADS)
+    torch.testing.assert_close(moe.gate_logits(moe.x_tilde), want.detach(), rtol=0, atol=1e-12)
+
+
+def test_gate_weights_equal_layer_weights() -> None:
+    torch.manual_seed(2)
+    for score in ("softmax", "sigmoid"):
+        layer = Attention(DIM, HEADS, score=score, causal=True).double()
+        x = torch.randn(B, T, DIM, dtype=torch.float64)
+        moe = as_moe(layer, x, _mask())
+        want = layer.weights(x, _mask()).detach()
+        torch.testing.assert_close(moe.gate_weights(moe.x_tilde), want, rtol=0, atol=1e-12)
+
+
+def test_monomial_without_bias_and_structure() -> None:
+    """No projection biases -> b = 0, c = 0 (monomial gate); A_ij is nonzero only in block (j, i)."""
+    torch.manual_seed(3)
+    layer = Attention(DIM, HEADS, bias=False).double()
+    moe = as_moe(layer, torch.randn(T, DIM, dtype=torch.float64))
+    assert isinstance(moe, AttentionMoE)
+    N = T * DIM
+    assert moe.A.shape == (HEADS, T, T, N, N)
+    assert moe.b.abs().max() == 0 and moe.c.abs().max() == 0
+    j, i, h = 1, 3, 0
+    blocks = moe.A[h, j, i].reshape(T, DIM, T, DIM)
+    off = blocks.clone()
+    off[j, :, i, :] = 0
+    assert off.abs().max() == 0
+    D = DIM // HEADS
+    wq = layer.q_proj.weight[h * D : (h + 1) * D].T  # (dim, D)
+    wk = layer.k_proj.weight[h * D : (h + 1) * D].T
+    torch.testing.assert_close(blocks[j, :, i, :], (wq @ wk.T / math.sqrt(D)).detach())
+    # with biases the gate is polynomial
+    moe_b = as_moe(Attention(DIM, HEADS).double(), torch.randn(T, DIM, dtype=torch.float64))
+    assert moe_b.b.abs().max() > 0 and moe_b.c.abs().max() > 0
+
+
+def test_evaluates_new_inputs() -> None:
+    """The rewrite depends on the weights only: it reproduces the layer on any x~."""
+    torch.manual_seed(4)
+    layer = Attention(DIM, HEADS, value_activation="tanh", gate="G1").double()
+    moe = as_moe(layer, torch.zeros(1, T, DIM, dtype=torch.float64))
+    x = torch.randn(3, T, DIM, dtype=torch.float64)
+    torch.testing.assert_close(moe(x.reshape(3, -1)), head_outputs(layer, x), rtol=0, atol=1e-10)
+
+
+def test_as_moe_errors() -> None:
+    x = torch.randn(T, DIM)
+    for g in ("G3", "G4", "G5"):
+        with pytest.raises(ValueError, match="no per-head quadratic"):
+            as_moe(Attention(DIM, HEADS, gate=g), x)
+    with pytest.raises(TypeError, match="Attention"):
+        as_moe(torch.nn.Linear(DIM, DIM), x)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="dense rewrite"):
+        as_moe(Attention(64, 4), torch.randn(64, 64))
+    with pytest.raises(ValueError, match="rank"):
+        as_moe(Attention(DIM, HEADS), torch.randn(1, 1, T, DIM))
