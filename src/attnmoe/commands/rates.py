@@ -1,10 +1,127 @@
-"""``attnmoe rates``: not implemented yet."""
+"""``attnmoe rates``: the convergence-rate study of gating MoE estimators (issue 2).
+
+Runs (or resumes) :func:`attnmoe.estimation.study.run_study` over settings x sample sizes x
+replicate seeds and writes ``records.jsonl``, ``summary.json``, ``rates.png`` and
+``summary.md`` in ``--out``. Presets fix the grid, replicates and fit options; every option
+given on the command line overrides its preset value. See ``docs/rates.md``.
+"""
 
 from __future__ import annotations
 
+import os
+import warnings
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
+from attnmoe.estimation import study
 
-def rates() -> None:
-    """Not implemented yet."""
-    raise typer.Exit(code=2)
+
+def _split(value: str | None, what: str) -> list[str] | None:
+    if value is None:
+        return None
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise typer.BadParameter(f"{what} is empty")
+    return items
+
+
+def _ints(value: str | None, what: str) -> list[int] | None:
+    items = _split(value, what)
+    if items is None:
+        return None
+    try:
+        return [int(float(v)) if "e" in v.lower() else int(v) for v in items]
+    except ValueError as err:
+        raise typer.BadParameter(f"{what} must be comma-separated integers, got {value!r}") from err
+
+
+def rates(
+    out: Annotated[Path, typer.Option("--out", help="Output directory (created; resumable).")],
+    preset: Annotated[
+        str, typer.Option("--preset", help="quick (all core settings, < 5 min) or paper.")
+    ] = "quick",
+    settings: Annotated[
+        str | None, typer.Option("--settings", help="Comma-separated core setting names.")
+    ] = None,
+    gates: Annotated[
+        str | None, typer.Option("--gates", help="Comma-separated: polynomial,monomial,linear.")
+    ] = None,
+    experts: Annotated[
+        str | None,
+        typer.Option("--experts", help="Comma-separated: linear,sigmoid,tanh,gelu,relu."),
+    ] = None,
+    k_true: Annotated[
+        str | None, typer.Option("--k-true", help="Comma-separated true numbers of experts k*.")
+    ] = None,
+    k_fit: Annotated[
+        str | None,
+        typer.Option("--k-fit", help="Comma-separated fitted k (default: k* and k*+1)."),
+    ] = None,
+    n_grid: Annotated[
+        str | None, typer.Option("--n-grid", help="Comma-separated sample sizes, e.g. 1000,3000.")
+    ] = None,
+    replicates: Annotated[
+        int | None, typer.Option("--replicates", help="Replicate seeds per (setting, n).")
+    ] = None,
+    backend: Annotated[str, typer.Option("--backend", help="process or ray.")] = "process",
+    workers: Annotated[int, typer.Option("--workers", help="Parallel workers.")] = 1,
+    threads: Annotated[
+        int | None, typer.Option("--threads", help="Torch threads per worker (default cores/workers).")
+    ] = None,
+    max_iter: Annotated[
+        int | None, typer.Option("--max-iter", help="Optimiser iteration cap per fit.")
+    ] = None,
+    block_size: Annotated[
+        int | None, typer.Option("--block-size", help="Seeds fitted per batched call.")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the first replicate.")] = 0,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+) -> None:
+    """Convergence-rate study: fit replicates on a grid of n, report log-log slopes."""
+    try:
+        if preset not in study.PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(study.PRESETS)}")
+        p = study.PRESETS[preset]
+        chosen = study.resolve_settings(
+            _split(settings, "--settings") or (list(p.settings) if p.settings else None),
+            gates=_split(gates, "--gates"),
+            experts=_split(experts, "--experts"),
+            k_true=_ints(k_true, "--k-true"),
+            k_fit=_ints(k_fit, "--k-fit"),
+        )
+        grid = _ints(n_grid, "--n-grid") or list(p.n_grid)
+        options = p.fit if max_iter is None else replace(p.fit, max_iter=max_iter)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", RuntimeWarning)
+            result = study.run_study(
+                chosen,
+                grid,
+                replicates if replicates is not None else p.replicates,
+                out,
+                options=options,
+                backend=backend,
+                workers=workers,
+                threads=threads,
+                block_size=block_size,
+                base_seed=seed,
+                progress=progress,
+            )
+    except (ValueError, ImportError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(code=2) from err
+    for w in caught:
+        typer.echo(f"warning: {w.message}", err=True)
+    typer.echo(
+        f"{result.fitted} fits run, {result.reused} reused from {out / study.RECORDS_FILE}"
+        + (f", {len(result.bad_lines)} corrupted line(s) skipped" if result.bad_lines else "")
+        + f" ({result.seconds:.1f} s, {os.cpu_count()} cores)"
+    )
+    typer.echo(study.summary_markdown(result.summary))
+    typer.echo(f"wrote {', '.join(str(out / f) for f in _outputs())}")
+
+
+def _outputs() -> list[str]:
+    return [study.RECORDS_FILE, study.SUMMARY_JSON, study.FIGURE_FILE, study.SUMMARY_MD]
