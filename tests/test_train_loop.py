@@ -30,7 +30,10 @@ class ToyNet(nn.Module):
         super().__init__()
         self.embed = nn.Embedding(vocab, dim)
         self.norm = nn.LayerNorm(dim)
-        self.attn = Attention(dim, 2, **attention_kwargs(attention))
+        # bias=False: a key bias has an exactly-zero gradient under softmax (shift invariance),
+        # and Adam would turn its float noise into O(lr) updates that differ between runs
+        # whose summation order differs (1 vs 2 processes).
+        self.attn = Attention(dim, 2, bias=False, **attention_kwargs(attention))
         self.head = nn.Linear(dim, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
