@@ -23,6 +23,15 @@ from attnmoe.attention import (
 
 DIM, HEADS, B, T = 8, 2, 2, 5
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread avoids thread hand-off cost on a shared machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 GATE_CONFIGS = [(None, "elementwise")] + [(g, "elementwise") for g in ("G1", "G2", "G3", "G4", "G5")]
 GATE_CONFIGS += [(g, "headwise") for g in ("G1", "G2", "G3", "G4")]
 ACTS = [None, *ACTIVATIONS]
