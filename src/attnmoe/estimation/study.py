@@ -39,7 +39,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -143,7 +143,7 @@ def core_setting_names() -> list[str]:
 
 
 def _as_setting_list(settings: Any) -> list[Any]:
-    if isinstance(settings, dict):
+    if isinstance(settings, Mapping):
         return list(settings.values())
     return list(settings)
 
@@ -212,7 +212,7 @@ def _dedupe(settings: list[Any]) -> list[Any]:
 
 def setting_num_params(setting: Any) -> int:
     """Number of free parameters of the fitted model of ``setting`` (from ``truth``)."""
-    for attr in ("num_params", "n_params"):
+    for attr in ("n_free_params", "num_params", "n_params"):
         if hasattr(setting, attr):
             value = getattr(setting, attr)
             return int(value() if callable(value) else value)
@@ -273,8 +273,38 @@ def fit_block(
 
     if threads is not None:
         torch.set_num_threads(threads)
+    setting = setting_from_spec(setting)
     records = fit_and_score(setting, int(n), [int(s) for s in seeds], **options.as_kwargs())
     return [_jsonable(r) for r in records]
+
+
+def setting_spec(setting: Any) -> Any:
+    """A picklable description of ``setting`` for worker processes (``Setting.to_dict()``).
+
+    ``Setting`` holds its true parameters in a read-only mapping, which pickle refuses; workers
+    rebuild the identical setting with :func:`setting_from_spec`.
+    """
+    return setting.to_dict() if hasattr(setting, "to_dict") else setting
+
+
+def setting_from_spec(spec: Any) -> Any:
+    """Inverse of :func:`setting_spec` (objects that are not dicts pass through)."""
+    if not isinstance(spec, dict):
+        return spec
+    from attnmoe.estimation.truth import make_setting
+
+    return make_setting(
+        spec["gate"],
+        spec["expert"],
+        spec["k_true"],
+        spec["k_fit"],
+        spec["dim"],
+        params=spec["params"],
+        input_distribution=spec["input_distribution"],
+        input_scale=spec["input_scale"],
+        noise_std=spec["noise_std"],
+        name=spec["name"],
+    )
 
 
 def fit_one(setting: Any, n: int, seed: int, options: FitOptions) -> dict[str, Any]:
@@ -448,7 +478,9 @@ def _run_pool(
 
     # spawn, not fork: forking a process whose torch thread pool is live can deadlock.
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-        pending = {pool.submit(fit, j.setting, j.n, j.seeds, options, threads) for j in jobs}
+        pending = {
+            pool.submit(fit, setting_spec(j.setting), j.n, j.seeds, options, threads) for j in jobs
+        }
         try:
             while pending:
                 finished, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -473,7 +505,9 @@ def _run_ray(
         ray.init(num_cpus=workers * threads, include_dashboard=False, log_to_driver=False)
     try:
         remote_fit = ray.remote(num_cpus=threads)(fit)
-        pending = [remote_fit.remote(j.setting, j.n, j.seeds, options, threads) for j in jobs]
+        pending = [
+            remote_fit.remote(setting_spec(j.setting), j.n, j.seeds, options, threads) for j in jobs
+        ]
         while pending:
             finished, pending = ray.wait(pending, num_returns=1)
             yield ray.get(finished[0])
@@ -735,9 +769,9 @@ def summarize(
 
 
 def _setting_dict(setting: Any) -> dict[str, Any]:
-    try:
-        d = asdict(setting)
-    except TypeError:
+    if hasattr(setting, "to_dict"):
+        d = setting.to_dict()
+    else:
         d = {k: getattr(setting, k) for k in ("name", "gate", "expert", "k_true", "k_fit", "dim")}
     return {k: v for k, v in _jsonable(d).items() if isinstance(v, (str, int, float, bool))}
 

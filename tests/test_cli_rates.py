@@ -1,0 +1,118 @@
+"""``attnmoe rates`` end to end on a tiny grid with the real estimator, bad input, backends."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from attnmoe.cli import app
+from attnmoe.estimation import study
+from attnmoe.estimation.truth import get_setting
+
+runner = CliRunner()
+TINY = ["--n-grid", "200,400", "--replicates", "2", "--max-iter", "15", "--no-progress"]
+
+
+def _invoke(*args: str):
+    return runner.invoke(app, ["rates", *args])
+
+
+def test_end_to_end_tiny_grid(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    res = _invoke("--out", str(out), "--settings", "monomial-sigmoid-exact,polynomial-linear-over", *TINY)
+    assert res.exit_code == 0, res.output
+    for name in ("records.jsonl", "summary.json", "rates.png", "summary.md"):
+        assert (out / name).stat().st_size > 0, name
+    lines = (out / "records.jsonl").read_text().splitlines()
+    assert len(lines) == 2 * 2 * 2
+    rec = json.loads(lines[0])
+    for key in ("setting", "n", "seed", "losses", "converged", "iterations", "seconds"):
+        assert key in rec
+    assert {"D1", "D2", "L2"} <= set(rec["losses"])
+    summary = json.loads((out / "summary.json").read_text())["settings"]
+    assert set(summary) == {"monomial-sigmoid-exact", "polynomial-linear-over"}
+    d1 = summary["monomial-sigmoid-exact"]["losses"]["D1"]
+    assert (d1["n_min"], d1["n_max"], d1["replicates"]) == (200, 400, 2)
+    assert "8 fits run" in res.output and "monomial-sigmoid-exact" in (out / "summary.md").read_text()
+    # resume: nothing left to fit; one corrupted line is reported, skipped and refitted
+    lines[3] = lines[3][:20]
+    (out / "records.jsonl").write_text("\n".join(lines) + "\n")
+    res = _invoke("--out", str(out), "--settings", "monomial-sigmoid-exact,polynomial-linear-over", *TINY)
+    assert res.exit_code == 0, res.output
+    assert "1 fits run, 7 reused" in res.output and "line 4 skipped" in res.output
+
+
+def test_product_of_gates_experts_k(tmp_path: Path) -> None:
+    chosen = study.resolve_settings(gates=["monomial"], experts=["tanh", "gelu"], k_true=[2], k_fit=[2, 3])
+    assert [(s.gate, s.expert, s.k_true, s.k_fit) for s in chosen] == [
+        ("monomial", "tanh", 2, 2), ("monomial", "tanh", 2, 3),
+        ("monomial", "gelu", 2, 2), ("monomial", "gelu", 2, 3),
+    ]
+    assert len({s.name for s in chosen}) == 4
+    core = study.resolve_settings()  # no choice: the 8 core settings
+    assert len(core) == 8 and {(s.k_fit - s.k_true) for s in core} == {0, 1}
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--gates", "cubic"], "unknown gate 'cubic'"),
+        (["--experts", "swish"], "unknown expert 'swish'"),
+        (["--k-true", "3", "--k-fit", "2"], "k=2 < k*=3"),
+        (["--k-true", "0"], ">= 1"),
+        (["--settings", "monomial-sigmoid-exact", "--n-grid", "10,100"], "n=10 is smaller than"),
+        (["--settings", "nope-exact"], "unknown setting 'nope-exact'"),
+        (["--settings", "monomial-sigmoid-exact", "--gates", "monomial"], "not both"),
+        (["--preset", "huge"], "unknown preset 'huge'"),
+        (["--backend", "dask"], "unknown backend 'dask'"),
+        (["--n-grid", "1e3,abc"], "comma-separated integers"),
+        (["--replicates", "0"], "replicates must be a positive integer"),
+    ],
+)
+def test_bad_input_clear_error_nothing_written(tmp_path: Path, args: list[str], message: str) -> None:
+    out = tmp_path / "run"
+    res = _invoke("--out", str(out), *args)
+    assert res.exit_code != 0
+    assert message in res.output
+    assert not out.exists()
+
+
+def test_unwritable_out(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    res = _invoke("--out", str(blocker / "run"), "--settings", "monomial-sigmoid-exact", *TINY)
+    assert res.exit_code == 2 and "is not writable" in res.output
+    res = _invoke("--out", str(blocker), "--settings", "monomial-sigmoid-exact", *TINY)
+    assert res.exit_code == 2 and "not a directory" in res.output
+
+
+def _without_time(records: list[dict]) -> list[dict]:
+    return sorted(
+        ({k: v for k, v in r.items() if k != "seconds"} for r in records), key=study.record_key
+    )
+
+
+def test_process_pool_and_blocks_equal_inline(tmp_path: Path) -> None:
+    s = [get_setting("monomial-sigmoid-over")]
+    opts = study.FitOptions(max_iter=15, n_test=500)
+    kw = dict(options=opts, progress=False, n_boot=50)
+    inline = study.run_study(s, [200, 300], 3, tmp_path / "a", **kw)
+    pooled = study.run_study(s, [200, 300], 3, tmp_path / "b", workers=2, threads=1, block_size=1, **kw)
+    assert _without_time(inline.records) == _without_time(pooled.records)
+
+
+def test_ray_backend_equals_process_backend(tmp_path: Path) -> None:
+    ray = pytest.importorskip("ray")
+    s = [get_setting("polynomial-sigmoid-exact")]
+    opts = study.FitOptions(max_iter=15, n_test=500)
+    kw = dict(options=opts, progress=False, n_boot=50)
+    local = study.run_study(s, [200, 300], 2, tmp_path / "a", **kw)
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        remote = study.run_study(s, [200, 300], 2, tmp_path / "b", backend="ray", block_size=1, **kw)
+    finally:
+        ray.shutdown()
+    assert _without_time(local.records) == _without_time(remote.records)
