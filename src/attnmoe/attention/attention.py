@@ -23,7 +23,8 @@ one per paper:
   coordinate (``W_theta`` is ``dim x dim``); ``"headwise"`` one scalar per head and
   token (``W_theta`` is ``dim x H``), broadcast over the head's ``D`` coordinates.
 * ``score="sigmoid"`` -- **sigmoid attention** (Ramapuram et al., arXiv 2409.04431;
-  sample-complexity analysis arXiv 2502.00281):
+  sample-complexity analysis by Yan, Nguyen, Akbarian et al.,
+  "Sigmoid Self-Attention has Lower Sample Complexity than Softmax Self-Attention", 2025):
   ``Y_h = sigmoid(Q_h K_h^T / sqrt(D) + b) V_h`` with ``b = -log(n)`` by default,
   ``n`` the number of keys; masked keys get weight exactly 0.
 
