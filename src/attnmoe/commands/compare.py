@@ -1,10 +1,97 @@
-"""``attnmoe compare``: not implemented yet."""
+"""``attnmoe compare``: every attention variant x seed on one task, mean ± std and Welch's t-test.
+
+    attnmoe compare --task forecast --dataset ETTh1 --horizon 96 \\
+        --attention softmax,active-gelu,active-relu,gated-g1,sigmoid --seeds 3 \\
+        --data-dir ../shared/data --out runs/cmp-etth1-96
+
+Runs go to ``<out>/<variant>/seed<k>/`` (each a full ``attnmoe train`` run directory);
+running the same command again skips finished runs and resumes interrupted ones. Writes
+``summary.md``, ``summary.json`` and ``curves.png`` in ``--out`` (after every run, so a
+comparison cut short still has a summary of what finished). ``--summary-only`` rewrites the
+summary without training. See ``attnmoe.train.compare``.
+"""
 
 from __future__ import annotations
 
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
+from attnmoe.commands.train import (
+    BatchOpt,
+    CkptOpt,
+    DataDirOpt,
+    DatasetOpt,
+    DeviceOpt,
+    EpochsOpt,
+    EvalOpt,
+    HorizonOpt,
+    LrOpt,
+    ModelOpt,
+    PatienceOpt,
+    ProgressOpt,
+    StepsOpt,
+    TaskOpt,
+    check_writable,
+    collect_overrides,
+    fail,
+)
+from attnmoe.train import distributed
 
-def compare() -> None:
-    """Not implemented yet."""
-    raise typer.Exit(code=2)
+
+def compare(
+    task: TaskOpt,
+    dataset: DatasetOpt,
+    out: Annotated[Path, typer.Option("--out", help="Comparison directory (created; resumable).")],
+    attention: Annotated[str, typer.Option(
+        "--attention", help="Comma-separated variants; softmax is the t-test baseline.")
+    ] = "softmax,active-gelu,active-relu,gated-g1,sigmoid",
+    seeds: Annotated[str, typer.Option(
+        "--seeds", help="Number of seeds (3 -> 0,1,2) or a comma list (0,1,2).")] = "3",
+    data_dir: DataDirOpt = None,
+    horizon: HorizonOpt = None,
+    steps: StepsOpt = None,
+    epochs: EpochsOpt = None,
+    batch_size: BatchOpt = None,
+    lr: LrOpt = None,
+    eval_interval: EvalOpt = None,
+    checkpoint_interval: CkptOpt = None,
+    patience: PatienceOpt = None,
+    model: ModelOpt = None,
+    device: DeviceOpt = "cpu",
+    progress: ProgressOpt = True,
+    summary_only: Annotated[bool, typer.Option(
+        "--summary-only", help="Only rewrite summary.md/json and curves.png from finished runs.")] = False,
+) -> None:
+    """Train every variant x seed (skipping finished runs); write summary.md, summary.json, curves.png."""
+    from attnmoe.train.compare import parse_seeds, parse_variants, run_comparison, summarize
+
+    main = True
+    try:
+        if summary_only:
+            if not (out / "comparison.json").is_file():
+                raise ValueError(f"{out} holds no comparison (comparison.json missing)")
+            summary = summarize(out)
+        else:
+            variants = parse_variants(attention)
+            seed_list = parse_seeds(seeds)
+            overrides = collect_overrides(steps=steps, epochs=epochs, batch_size=batch_size, lr=lr,
+                                          eval_interval=eval_interval,
+                                          checkpoint_interval=checkpoint_interval,
+                                          patience=patience, model=model)
+            main = distributed.setup(device)[0].is_main
+            if main:
+                check_writable(out)
+            command = "attnmoe " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+            summary = run_comparison(task, dataset, variants, seed_list, out, data_dir=data_dir,
+                                     horizon=horizon, overrides=overrides, device=device,
+                                     progress=progress, command=command)
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as err:
+        raise fail(err) from None
+    finally:
+        distributed.cleanup()
+    if main and summary:
+        typer.echo((out / "summary.md").read_text())

@@ -236,9 +236,13 @@ def _move(batch: Any, device: torch.device) -> Any:
 
 
 def _fetch(data: Dataset, index: torch.Tensor) -> Any:
-    """Collate the items at ``index`` (vectorised for TensorDataset and ``__getitems__``)."""
+    """Collate the items at ``index``: vectorised for a ``TensorDataset`` or a data set with a
+    ``batch(index_tensor)`` method (``attnmoe.tasks`` window / block data sets), else item by item."""
     if isinstance(data, TensorDataset):
         return tuple(t[index] for t in data.tensors)
+    batch = getattr(data, "batch", None)
+    if callable(batch):
+        return batch(index)
     getitems = getattr(data, "__getitems__", None)
     items = getitems(index.tolist()) if getitems is not None else [data[i] for i in index.tolist()]
     return default_collate(items)
@@ -351,7 +355,7 @@ def _evaluate(task: TaskLike, model: nn.Module, split: str) -> dict[str, float]:
     with torch.no_grad():
         result = task.evaluate(model, split)
     model.train(was_training)
-    return {k: float(v) for k, v in result.items()}
+    return {k: v if isinstance(v, int) else float(v) for k, v in result.items()}
 
 
 def _has_split(task: TaskLike, split: str) -> bool:
@@ -438,7 +442,7 @@ def train(
         record = {**(run_info or {}), "train": asdict(config), "total_steps": total,
                   "warmup_steps": warmup, "n_params": n_params, "world_size": where.world_size,
                   "monitor": monitor, "monitor_lower_is_better": lower_better}
-        (out_dir / CONFIG_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        (out_dir / CONFIG_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
 
     wrapped: nn.Module = DistributedDataParallel(model) if where.enabled else model
     params = [p for g in optimizer.param_groups for p in g["params"]]

@@ -1,0 +1,131 @@
+"""``attnmoe compare`` logic: skips finished runs, resumes interrupted ones, Welch numbers are right.
+
+Training is replaced by a fake ``run_one`` that writes ``metrics.json`` from a known table, so
+the aggregation is checked against statistics computed here from the formulas (Welch's t with
+Welch-Satterthwaite degrees of freedom, p from the t distribution), not against scipy's
+``ttest_ind`` that the module uses. One real tiny comparison runs through the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from scipy import stats
+from typer.testing import CliRunner
+
+from attnmoe.cli import app
+from attnmoe.train import compare as cmp
+
+TABLE = {  # variant -> test_mse per seed
+    "softmax": [0.40, 0.42, 0.41],
+    "active-gelu": [0.38, 0.385, 0.39],
+    "sigmoid": [0.45, 0.40, 0.50],
+}
+
+
+def _fake_run_one(calls: list[tuple[str, int, bool]]):
+    def run_one(task: str, dataset: str, attention: str, out_dir: Path, *, seed: int,
+                resume: bool, **_: Any) -> dict[str, float]:
+        calls.append((attention, seed, resume))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        metrics = {"test_mse": TABLE[attention][seed], "test_mae": 0.1 * seed,
+                   "n_test_windows": 2785, "n_params": 10 + len(attention), "wall_time_s": 1.0,
+                   "steps": 5}
+        (out_dir / "metrics.json").write_text(json.dumps(metrics))
+        (out_dir / "log.jsonl").write_text(json.dumps({"step": 5, "train_loss": 1.0}) + "\n")
+        return metrics
+
+    return run_one
+
+
+def _welch_by_hand(a: list[float], b: list[float]) -> tuple[float, float, float]:
+    ma, mb = sum(a) / len(a), sum(b) / len(b)
+    va = sum((x - ma) ** 2 for x in a) / (len(a) - 1)
+    vb = sum((x - mb) ** 2 for x in b) / (len(b) - 1)
+    se2 = va / len(a) + vb / len(b)
+    t = (ma - mb) / math.sqrt(se2)
+    df = se2**2 / ((va / len(a)) ** 2 / (len(a) - 1) + (vb / len(b)) ** 2 / (len(b) - 1))
+    return t, df, 2 * stats.t.sf(abs(t), df)
+
+
+def test_comparison_skips_finished_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[str, int, bool]] = []
+    monkeypatch.setattr(cmp, "run_one", _fake_run_one(calls))
+    variants = list(TABLE)
+    cmp.run_comparison("forecast", "ETTh1", variants, [0, 1], tmp_path, horizon=96, progress=False)
+    assert calls == [(v, s, False) for s in (0, 1) for v in variants]  # seed-major order
+
+    calls.clear()
+    # interrupted run: checkpoint present, no metrics.json -> resumed; finished runs skipped
+    (tmp_path / "sigmoid" / "seed1" / "metrics.json").unlink()
+    (tmp_path / "sigmoid" / "seed1" / "checkpoint").mkdir()
+    (tmp_path / "sigmoid" / "seed1" / "checkpoint" / "state.json").write_text("{}")
+    summary = cmp.run_comparison("forecast", "ETTh1", variants, [0, 1, 2], tmp_path, horizon=96,
+                                 progress=False)
+    assert calls == [("sigmoid", 1, True), *[(v, 2, False) for v in variants]]
+
+    for variant, values in TABLE.items():
+        entry = summary["variants"][variant]
+        assert entry["n"] == 3 and entry["seeds"] == [0, 1, 2]
+        item = entry["metrics"]["test_mse"]
+        assert item["mean"] == pytest.approx(np.mean(values))
+        assert item["std"] == pytest.approx(np.sqrt(np.sum((np.array(values) - np.mean(values)) ** 2) / 2))
+        if variant != "softmax":
+            t, df, p = _welch_by_hand(values, TABLE["softmax"])
+            got = item["welch_vs_softmax"]
+            assert got["t"] == pytest.approx(t, rel=1e-10)
+            assert got["df"] == pytest.approx(df, rel=1e-10)
+            assert got["p"] == pytest.approx(p, rel=1e-8)
+    assert "welch_vs_softmax" not in summary["variants"]["softmax"]["metrics"]["test_mse"]
+    md = (tmp_path / "summary.md").read_text()
+    assert "Not finished: none" in md and "| active-gelu | 3 |" in md
+    assert (tmp_path / "curves.png").stat().st_size > 1000
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk["variants"]["sigmoid"]["metrics"]["test_mse"]["values"] == TABLE["sigmoid"]
+
+    with pytest.raises(ValueError, match="dataset"):
+        cmp.run_comparison("forecast", "ETTh2", variants, [0], tmp_path, horizon=96, progress=False)
+
+
+def test_partial_comparison_says_what_is_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cmp, "run_one", _fake_run_one([]))
+    cmp.run_comparison("forecast", "ETTh1", ["softmax", "active-gelu"], [0], tmp_path, progress=False)
+    (tmp_path / "comparison.json").write_text(json.dumps({
+        **json.loads((tmp_path / "comparison.json").read_text()), "seeds": [0, 1]}))
+    summary = cmp.summarize(tmp_path)
+    assert summary["variants"]["active-gelu"]["metrics"]["test_mse"]["welch_vs_softmax"] is None
+    md = (tmp_path / "summary.md").read_text()
+    assert "softmax/seed1" in md and "active-gelu/seed1" in md
+
+
+def test_parse_seeds_and_variants() -> None:
+    assert cmp.parse_seeds("3") == [0, 1, 2] and cmp.parse_seeds("4,7") == [4, 7]
+    for bad in ("0", "x", "1,1", "-1,2"):
+        with pytest.raises(ValueError, match="--seeds"):
+            cmp.parse_seeds(bad)
+    assert cmp.parse_variants("softmax, active-gelu+gated-g1") == ["softmax", "active-gelu+gated-g1"]
+    with pytest.raises(ValueError):
+        cmp.parse_variants("softmax,nonsense")
+
+
+def test_compare_cli_tiny_real_runs(tmp_path: Path) -> None:
+    args = ["compare", "--task", "vision", "--dataset", "digits", "--attention", "softmax,sigmoid",
+            "--seeds", "1", "--steps", "2", "--batch-size", "16", "--model", "dim=8",
+            "--model", "depth=1", "--model", "heads=2", "--out", str(tmp_path), "--no-progress"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert all(summary["variants"][v]["n"] == 1 for v in ("softmax", "sigmoid"))
+    for v in ("softmax", "sigmoid"):
+        assert (tmp_path / v / "seed0" / "metrics.json").is_file()
+    stamp = (tmp_path / "softmax" / "seed0" / "metrics.json").stat().st_mtime_ns
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert (tmp_path / "softmax" / "seed0" / "metrics.json").stat().st_mtime_ns == stamp
+    bad = CliRunner().invoke(app, [*args[:5], "softmax,bogus", *args[6:]])
+    assert bad.exit_code == 2 and "bogus" in bad.output
