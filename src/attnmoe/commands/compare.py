@@ -35,9 +35,11 @@ from attnmoe.commands.train import (
     ProgressOpt,
     StepsOpt,
     TaskOpt,
+    ThreadsOpt,
     check_writable,
     collect_overrides,
     fail,
+    set_threads,
 )
 from attnmoe.train import distributed
 
@@ -63,6 +65,7 @@ def compare(
     model: ModelOpt = None,
     device: DeviceOpt = "cpu",
     progress: ProgressOpt = True,
+    threads: ThreadsOpt = None,
     summary_only: Annotated[bool, typer.Option(
         "--summary-only", help="Only rewrite summary.md/json and curves.png from finished runs.")] = False,
 ) -> None:
@@ -82,6 +85,7 @@ def compare(
                                           eval_interval=eval_interval,
                                           checkpoint_interval=checkpoint_interval,
                                           patience=patience, model=model)
+            set_threads(threads)
             main = distributed.setup(device)[0].is_main
             if main:
                 check_writable(out)

@@ -41,6 +41,20 @@ ModelOpt = Annotated[list[str] | None, typer.Option(
     "--model", help="Model size override KEY=VALUE (repeatable), e.g. --model n_layer=2.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu or cuda.")]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")]
+ThreadsOpt = Annotated[int | None, typer.Option(
+    "--threads", help="torch intra-op threads (default: torch's choice). On a shared or small "
+    "machine use 1: oversubscribed threads can make small models 10x slower.")]
+
+
+def set_threads(threads: int | None) -> None:
+    """``torch.set_num_threads(threads)`` when given (must be >= 1)."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def parse_model_overrides(items: list[str] | None) -> dict[str, Any]:
@@ -108,6 +122,7 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the run's checkpoint.")] = False,
     device: DeviceOpt = "cpu",
     progress: ProgressOpt = True,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Train one model on one task with one attention variant; write metrics.json, log.jsonl, config.json."""
     from attnmoe.train.compare import run_one
@@ -117,6 +132,7 @@ def train(
                                       eval_interval=eval_interval,
                                       checkpoint_interval=checkpoint_interval, patience=patience,
                                       model=model)
+        set_threads(threads)
         here, _ = distributed.setup(device)
         if here.is_main:
             check_writable(out)

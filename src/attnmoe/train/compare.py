@@ -6,7 +6,8 @@
 * :func:`run_comparison` runs every variant x seed into ``<out>/<variant>/seed<k>/``, seed-major
   (all variants for the first seed, then the next seed), so a comparison cut short is balanced
   across variants. Finished runs (``metrics.json`` present) are skipped; interrupted ones
-  resume from their checkpoint. The summary is rewritten after every run.
+  resume from their checkpoint. ``summary.md``/``summary.json`` are rewritten after every run,
+  ``curves.png`` at the end (or with ``attnmoe compare --summary-only``).
 * :func:`summarize` reads the run directories and writes ``summary.json``, ``summary.md`` and
   ``curves.png``: per variant ``n`` (finished seeds), mean and sample standard deviation
   (``ddof=1``) of each final metric, parameter count, wall time, and Welch's unequal-variance
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -157,7 +159,7 @@ def run_comparison(
                     overrides=overrides, device=device, progress=progress,
                     resume=checkpoint_path(where) is not None)
             if distributed.info().is_main:
-                summary = summarize(out)
+                summary = summarize(out, plot=False)
     if distributed.info().is_main:
         summary = summarize(out)
     return summary
@@ -167,7 +169,9 @@ def welch(a: Sequence[float], b: Sequence[float]) -> dict[str, float] | None:
     """Welch's t-test of ``a`` against ``b`` (two-sided); ``None`` when a group has n < 2."""
     if len(a) < 2 or len(b) < 2:
         return None
-    result = stats.ttest_ind(np.asarray(a, float), np.asarray(b, float), equal_var=False)
+    with warnings.catch_warnings():  # identical values: scipy warns, returns nan
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = stats.ttest_ind(np.asarray(a, float), np.asarray(b, float), equal_var=False)
     return {"t": float(result.statistic), "p": float(result.pvalue), "df": float(result.df)}
 
 
@@ -185,8 +189,9 @@ def _metric_names(runs: list[dict[str, Any]], primary: str) -> list[str]:
     return sorted(names, key=lambda k: (k != primary, k))
 
 
-def summarize(out: Path) -> dict[str, Any]:
-    """Aggregate the finished runs under ``out`` into ``summary.json``, ``summary.md``, ``curves.png``."""
+def summarize(out: Path, *, plot: bool = True) -> dict[str, Any]:
+    """Aggregate the finished runs under ``out`` into ``summary.json``, ``summary.md`` and (with
+    ``plot``) ``curves.png``."""
     out = Path(out)
     spec = json.loads((out / "comparison.json").read_text())
     primary = {"vision": "test_accuracy", "lm": "val_loss", "forecast": "test_mse"}.get(
@@ -219,7 +224,8 @@ def summarize(out: Path) -> dict[str, Any]:
     summary = {**spec, "primary_metric": primary, "metrics": names, "variants": variants}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "summary.md").write_text(_markdown(summary))
-    _plot_curves(out, spec["variants"])
+    if plot:
+        _plot_curves(out, spec["variants"])
     return summary
 
 
