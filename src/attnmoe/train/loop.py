@@ -449,6 +449,7 @@ def train(
     bar = tqdm(total=total, initial=state["step"], disable=not (progress and where.is_main),
                desc=f"{task.name}", dynamic_ncols=True, leave=False)
     running, running_n, last_val = 0.0, 0, None
+    final_val: dict[str, float] | None = None  # the evaluation at the last step, reused at the end
     started = time.perf_counter() - state["elapsed_s"]
 
     def snapshot() -> None:
@@ -490,6 +491,7 @@ def train(
                     raise KeyError(f"task {task.name!r} evaluate('val') gave {sorted(metrics)}, "
                                    f"not the monitored metric {monitor!r}")
                 last_val = metrics[monitor]
+                final_val = metrics if step == total else None
                 _append_log(log_path, {"step": step, **metrics})
                 better = state["best"] is None or (
                     last_val < state["best"] if lower_better else last_val > state["best"])
@@ -515,9 +517,11 @@ def train(
     elapsed = time.perf_counter() - started
     result: dict[str, float] | None = None
     if where.is_main:
-        if config.patience is not None and best_weights is not None:
+        restore = config.patience is not None and best_weights is not None
+        if restore:
             model.load_state_dict(best_weights)
-        result = _evaluate(task, model, "val")
+        result = dict(final_val) if final_val is not None and not restore else \
+            _evaluate(task, model, "val")
         if _has_split(task, "test"):
             result.update(_evaluate(task, model, "test"))
         result.update({
