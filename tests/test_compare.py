@@ -81,6 +81,13 @@ def test_comparison_skips_finished_and_resumes(tmp_path: Path, monkeypatch: pyte
             assert got["t"] == pytest.approx(t, rel=1e-10)
             assert got["df"] == pytest.approx(df, rel=1e-10)
             assert got["p"] == pytest.approx(p, rel=1e-8)
+            d = [x - y for x, y in zip(values, TABLE["softmax"])]
+            md, sd = sum(d) / 3, math.sqrt(sum((x - sum(d) / 3) ** 2 for x in d) / 2)
+            t_pair = md / (sd / math.sqrt(3))
+            pair = item["paired_vs_softmax"]
+            assert pair["n_pairs"] == 3 and pair["mean_diff"] == pytest.approx(md, rel=1e-12)
+            assert pair["t"] == pytest.approx(t_pair, rel=1e-10)
+            assert pair["p"] == pytest.approx(2 * stats.t.sf(abs(t_pair), 2), rel=1e-8)
     assert "welch_vs_softmax" not in summary["variants"]["softmax"]["metrics"]["test_mse"]
     md = (tmp_path / "summary.md").read_text()
     assert "Not finished: none" in md and "| active-gelu | 3 |" in md

@@ -175,6 +175,21 @@ def welch(a: Sequence[float], b: Sequence[float]) -> dict[str, float] | None:
     return {"t": float(result.statistic), "p": float(result.pvalue), "df": float(result.df)}
 
 
+def paired(a: dict[int, float], b: dict[int, float]) -> dict[str, float] | None:
+    """Paired t-test of ``a - b`` over the seeds both have (same seed = same initialisation
+    stream and data order); ``None`` with fewer than 2 pairs."""
+    common = sorted(set(a) & set(b))
+    if len(common) < 2:
+        return None
+    x = np.asarray([a[s] for s in common], float)
+    y = np.asarray([b[s] for s in common], float)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = stats.ttest_rel(x, y)
+    return {"mean_diff": float(np.mean(x - y)), "t": float(result.statistic),
+            "p": float(result.pvalue), "n_pairs": len(common)}
+
+
 def _finished_runs(out: Path, variant: str) -> list[tuple[int, dict[str, Any]]]:
     runs = []
     for path in sorted((out / variant).glob("seed*")):
@@ -199,7 +214,7 @@ def summarize(out: Path, *, plot: bool = True) -> dict[str, Any]:
     per_variant = {v: _finished_runs(out, v) for v in spec["variants"]}
     all_runs = [m for runs in per_variant.values() for _, m in runs]
     names = _metric_names(all_runs, primary)
-    baseline = {name: [m[name] for _, m in per_variant.get(BASELINE, []) if name in m]
+    baseline = {name: {s: m[name] for s, m in per_variant.get(BASELINE, []) if name in m}
                 for name in names}
 
     variants: dict[str, Any] = {}
@@ -210,7 +225,8 @@ def summarize(out: Path, *, plot: bool = True) -> dict[str, Any]:
             entry["n_params"] = runs[0][1].get("n_params")
             entry["wall_time_s_mean"] = float(np.mean([m.get("wall_time_s", math.nan) for _, m in runs]))
         for name in names:
-            values = [m[name] for _, m in runs if name in m]
+            by_seed = {s: m[name] for s, m in runs if name in m}
+            values = list(by_seed.values())
             if not values:
                 continue
             item: dict[str, Any] = {
@@ -218,7 +234,8 @@ def summarize(out: Path, *, plot: bool = True) -> dict[str, Any]:
                 "std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
             }
             if variant != BASELINE and not name.startswith("n_"):
-                item["welch_vs_softmax"] = welch(values, baseline.get(name, []))
+                item["welch_vs_softmax"] = welch(values, list(baseline.get(name, {}).values()))
+                item["paired_vs_softmax"] = paired(by_seed, baseline.get(name, {}))
             entry["metrics"][name] = item
         variants[variant] = entry
     summary = {**spec, "primary_metric": primary, "metrics": names, "variants": variants}
@@ -245,22 +262,28 @@ def _markdown(summary: dict[str, Any]) -> str:
         "",
         f"Seeds requested: {summary['seeds']}. Mean ± sample std (ddof=1) over the finished seeds "
         f"(n); Welch's t-test of each variant against `{BASELINE}` on `{primary}` "
-        "(two-sided, scipy `ttest_ind(equal_var=False)`; only when both n ≥ 2).",
+        "(two-sided, scipy `ttest_ind(equal_var=False)`; only when both n ≥ 2). Runs with the "
+        "same seed share the initialisation stream and the data order, so the paired t-test "
+        "on the per-seed differences (scipy `ttest_rel`) is also shown: Δ = variant − "
+        f"{BASELINE}, mean over the common seeds.",
         "",
     ]
     if summary.get("command"):
         lines += ["```", summary["command"], "```", ""]
-    lines.append("| variant | n | params | " + " | ".join(names) + f" | Welch t ({primary}) | p | wall s/run |")
-    lines.append("|---|---|---|" + "---|" * len(names) + "---|---|---|")
+    lines.append("| variant | n | params | " + " | ".join(names)
+                 + f" | Welch t ({primary}) | Welch p | paired Δ | paired p | wall s/run |")
+    lines.append("|---|---|---|" + "---|" * len(names) + "---|---|---|---|---|")
     for variant, entry in summary["variants"].items():
         metrics = entry["metrics"]
         test = metrics.get(primary, {}).get("welch_vs_softmax")
         t_text, p_text = (f"{test['t']:.2f}", f"{test['p']:.3g}") if test else ("-", "-")
+        pair = metrics.get(primary, {}).get("paired_vs_softmax")
+        d_text, pp_text = (f"{pair['mean_diff']:+.4f}", f"{pair['p']:.3g}") if pair else ("-", "-")
         wall = entry.get("wall_time_s_mean")
         wall_text = f"{wall:.0f}" if wall is not None and not math.isnan(wall) else "-"
         cells = " | ".join(_fmt(metrics.get(n)) for n in names)
         lines.append(f"| {variant} | {entry['n']} | {entry.get('n_params') or '-'} | {cells} | "
-                     f"{t_text} | {p_text} | {wall_text} |")
+                     f"{t_text} | {p_text} | {d_text} | {pp_text} | {wall_text} |")
     lines += ["", "Per run:", "", "| variant | seed | " + " | ".join(names) + " | steps | wall s |",
               "|---|---|" + "---|" * len(names) + "---|---|"]
     for variant, entry in summary["variants"].items():
