@@ -16,8 +16,12 @@ of forward+backward cancels)::
     gate, headwise     + 2*B*T*dim*H     (gate_proj: dim -> H)
     value activation, sigmoid scores: + 0 (elementwise only)
 
-Run:  python benchmarks/bench_attention.py            (both issue shapes)
+Run:  python benchmarks/bench_attention.py            (both issue shapes, wall clock)
+      python benchmarks/bench_attention.py --threads 1 --clock cpu   (shared machine)
       python benchmarks/bench_attention.py --quick    (small shape, smoke test)
+
+On a machine shared with other jobs, wall-clock medians swing with their load; the CPU
+time of a single-threaded run counts only this process's work and is far steadier.
 """
 
 from __future__ import annotations
@@ -72,7 +76,9 @@ def make_step(layer: Attention, x: torch.Tensor, reference: bool) -> Callable[[]
     return step
 
 
-def bench_shape(B: int, T: int, dim: int, heads: int, warmup: int, rounds: int) -> list[dict]:
+def bench_shape(
+    B: int, T: int, dim: int, heads: int, warmup: int, rounds: int, clock: Callable[[], float]
+) -> list[dict]:
     torch.manual_seed(0)
     x = torch.randn(B, T, dim, requires_grad=True)
     steps = {}
@@ -85,9 +91,9 @@ def bench_shape(B: int, T: int, dim: int, heads: int, warmup: int, rounds: int) 
     times: dict[str, list[float]] = {label: [] for label in steps}
     for _ in range(rounds):
         for label, step in steps.items():
-            t0 = time.perf_counter()
+            t0 = clock()
             step()
-            times[label].append(time.perf_counter() - t0)
+            times[label].append(clock() - t0)
     med = {label: statistics.median(ts) for label, ts in times.items()}
     base = med["softmax (plain, SDPA)"]
     ref_softmax = med["softmax, reference path"]
@@ -112,15 +118,26 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: as given)")
     ap.add_argument("--quick", action="store_true", help="one small shape, few rounds")
+    ap.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="wall: perf_counter; cpu: this process's CPU time (robust on a shared machine "
+        "when run with --threads 1)",
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
     shapes = [(4, 128, 128, 4)] if args.quick else SHAPES
     rounds = 3 if args.quick else args.rounds
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
-    print(f"float32, forward+backward, median of {rounds} interleaved rounds after {args.warmup} warm-up")
+    print(
+        f"float32, forward+backward, {args.clock} clock, median of {rounds} interleaved rounds "
+        f"after {args.warmup} warm-up"
+    )
     for B, T, dim, heads in shapes:
-        rows = bench_shape(B, T, dim, heads, args.warmup, rounds)
+        rows = bench_shape(B, T, dim, heads, args.warmup, rounds, clock)
         print(f"\n(B, T, dim, heads) = ({B}, {T}, {dim}, {heads})\n")
         print("| variant | median ms | IQR ms | ratio to plain | ideal (FLOPs) | ratio - ideal | ratio to softmax ref |")
         print("|---|---:|---:|---:|---:|---:|---:|")

@@ -297,11 +297,13 @@ class Attention(nn.Module):
         sigmoid: ``sigmoid(q k^T / sqrt(D) + b)`` with masked keys set to weight 0.
         No dropout is applied here.
         """
-        logits = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, H, T, T)
+        # scale the (B, H, T, D) queries rather than the (B, H, T, T) logits; the in-place
+        # edits below are safe for autograd (the product's backward does not need its output)
+        logits = (q * (1.0 / math.sqrt(self.head_dim))) @ k.transpose(-2, -1)  # (B, H, T, T)
         if self.score == "sigmoid":
-            logits = logits + self._sigmoid_bias_value(k.shape[-2])
+            logits.add_(self._sigmoid_bias_value(k.shape[-2]))
         if allowed is not None:
-            logits = logits.masked_fill(~allowed, float("-inf"))
+            logits.masked_fill_(~allowed, float("-inf"))
         if self.score == "softmax":
             return torch.softmax(logits, dim=-1)
         return torch.sigmoid(logits)  # sigmoid(-inf) = 0 exactly
