@@ -104,7 +104,8 @@ def resolve_activation(value_activation: str | ActivationFn | None) -> Activatio
     if callable(value_activation):
         return value_activation
     raise TypeError(
-        f"value_activation must be a name, a callable or None, got {type(value_activation).__name__}"
+        "value_activation must be a name, a callable or None, "
+        f"got {type(value_activation).__name__}"
     )
 
 
@@ -130,7 +131,9 @@ def validate_options(
     resolve_activation(value_activation)
     if gate is not None:
         if not isinstance(gate, str) or gate.upper() not in GATE_POSITIONS:
-            raise ValueError(f"unknown gate position {gate!r}; choose None or one of {GATE_POSITIONS}")
+            raise ValueError(
+                f"unknown gate position {gate!r}; choose None or one of {GATE_POSITIONS}"
+            )
     if gate_granularity not in GATE_GRANULARITIES:
         raise ValueError(
             f"unknown gate_granularity {gate_granularity!r}; choose one of {GATE_GRANULARITIES}"
@@ -277,11 +280,14 @@ class Attention(nn.Module):
             return g.transpose(1, 2).unsqueeze(-1)  # (B, H, T, 1)
         return self._split(g)  # (B, H, T, D)
 
-    def allowed_keys(self, key_padding_mask: Tensor | None, T: int, device: torch.device) -> Tensor | None:
-        """Boolean ``(B or 1, 1, T, T)`` mask, True where query t may attend to key s; None = all."""
+    def allowed_keys(
+        self, key_padding_mask: Tensor | None, T: int, device: torch.device
+    ) -> Tensor | None:
+        """Bool ``(B or 1, 1, T, T)``, True where query t may attend to key s; None = all."""
         allowed = None
         if self.causal:
-            allowed = torch.ones(T, T, dtype=torch.bool, device=device).tril()[None, None]  # (1, 1, T, T)
+            allowed = torch.ones(T, T, dtype=torch.bool, device=device).tril()[None, None]
+            # allowed: (1, 1, T, T)
         if key_padding_mask is not None:
             kp = ~key_padding_mask[:, None, None, :]  # (B, 1, 1, T)
             allowed = kp if allowed is None else allowed & kp  # (B, 1, T, T)
@@ -309,7 +315,7 @@ class Attention(nn.Module):
         return torch.sigmoid(logits)  # sigmoid(-inf) = 0 exactly
 
     def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        """Queries, keys, values ``(B, H, T, D)`` after activation and G2/G3/G4 gates, plus the gate."""
+        """Queries, keys, values ``(B, H, T, D)`` after activation and G2/G3/G4 gates; the gate."""
         q = self._split(self.q_proj(x))  # (B, H, T, D)
         k = self._split(self.k_proj(x))  # (B, H, T, D)
         v = self._split(self.v_proj(x))  # (B, H, T, D)
@@ -328,7 +334,8 @@ class Attention(nn.Module):
         """Attention weights ``(B, H, T, T)`` the layer uses on input ``x`` (no dropout)."""
         self._check_input(x, key_padding_mask)
         q, k, _, _ = self.project(x)
-        return self.attention_weights(q, k, self.allowed_keys(key_padding_mask, x.shape[1], x.device))
+        allowed = self.allowed_keys(key_padding_mask, x.shape[1], x.device)
+        return self.attention_weights(q, k, allowed)
 
     # ------------------------------------------------------------------ forward
     def forward(

@@ -101,14 +101,18 @@ class AttentionProbes:
 
     # ------------------------------------------------------------------ lifecycle
     def reset(self) -> None:
-        self.stats = {name: LayerStats(gated=m.gate_proj is not None) for name, m in self.layers.items()}
+        self.stats = {
+            name: LayerStats(gated=m.gate_proj is not None) for name, m in self.layers.items()
+        }
 
     def attach(self) -> AttentionProbes:
         if self._handles:
             return self
         for name, layer in self.layers.items():
             st = self.stats[name]
-            self._handles.append(layer.register_forward_hook(self._layer_hook(st), with_kwargs=True))
+            self._handles.append(
+                layer.register_forward_hook(self._layer_hook(st), with_kwargs=True)
+            )
             self._handles.append(layer.out_proj.register_forward_pre_hook(self._out_proj_hook(st)))
             if layer.gate_proj is not None:
                 self._handles.append(layer.gate_proj.register_forward_hook(self._gate_hook(st)))
@@ -131,7 +135,9 @@ class AttentionProbes:
 
     # ------------------------------------------------------------------ hooks
     def _layer_hook(self, st: LayerStats):  # noqa: ANN205 - hook factory
-        def hook(layer: Attention, args: tuple[Any, ...], kwargs: dict[str, Any], out: Tensor) -> None:
+        def hook(
+            layer: Attention, args: tuple[Any, ...], kwargs: dict[str, Any], out: Tensor
+        ) -> None:
             x = args[0] if args else kwargs["x"]
             kpm = args[1] if len(args) > 1 else kwargs.get("key_padding_mask")
             with torch.no_grad():

@@ -44,7 +44,12 @@ VARIANTS: MappingProxyType[str, dict[str, Any]] = MappingProxyType(_build_regist
 """Base variant name -> ``Attention`` keyword arguments (read-only; copy before editing)."""
 
 # which option "slot" each kwarg belongs to, to reject conflicting combinations
-_SLOT = {"score": "score", "value_activation": "activation", "gate": "gate", "gate_granularity": "gate"}
+_SLOT = {
+    "score": "score",
+    "value_activation": "activation",
+    "gate": "gate",
+    "gate_granularity": "gate",
+}
 
 
 def list_variants() -> list[str]:
