@@ -307,3 +307,25 @@ def test_gelu_matches_functional() -> None:
     z = torch.randn(100, dtype=torch.float64)
     torch.testing.assert_close(ACTIVATIONS["gelu"](z), 0.5 * z * (1 + torch.erf(z / math.sqrt(2))))
     assert F.gelu is ACTIVATIONS["gelu"]
+
+
+@pytest.mark.parametrize("name", [n for n in list_variants() if n != "sigmoid"] + COMBOS[:1])
+def test_softmax_variants_take_the_sdpa_path(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every softmax option keeps the fused kernel; reference=True and sigmoid never call it."""
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+
+    def counting(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls.append(1)
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", counting)
+    layer = Attention(DIM, HEADS, causal=True, **attention_kwargs(name))
+    x = torch.randn(B, T, DIM)
+    layer(x)
+    assert len(calls) == 1
+    layer(x, reference=True)
+    layer.use_reference = True
+    layer(x)
+    Attention(DIM, HEADS, score="sigmoid")(x)
+    assert len(calls) == 1
