@@ -128,11 +128,12 @@ class Task:
 # ---------------------------------------------------------------- reference recipes
 
 VISION_RECIPE = Recipe(
-    epochs=6, batch_size=128, lr=2e-3, min_lr_ratio=0.01, warmup_steps=200, weight_decay=0.05,
+    epochs=10, batch_size=128, lr=2e-3, min_lr_ratio=0.01, warmup_steps=200, weight_decay=0.05,
     beta1=0.9, beta2=0.999, grad_clip=1.0, eval_interval=430, checkpoint_interval=430,
     model=dict(patch_size=7, dim=64, depth=4, heads=4, mlp_ratio=2.0, dropout=0.0),
 )
-"""ViT on 28x28 images: 16 patches of 7x7 + class token, 4 blocks of width 64, ~6 epochs."""
+"""ViT on 28x28 images: 16 patches of 7x7 + class token, 4 blocks of width 64, 10 epochs
+(88.4 % Fashion-MNIST test accuracy at seed 0, ``docs/tasks.md``)."""
 
 DIGITS_RECIPE = replace(
     VISION_RECIPE, epochs=60, batch_size=64, warmup_steps=50, eval_interval=100, checkpoint_interval=500,
