@@ -85,12 +85,12 @@ def test_not_gzip_and_bad_magic_and_size(tmp_path: Path) -> None:
 
 
 def test_split_protocol_on_synthetic_mnist(tmp_path: Path) -> None:
-    x_train, y_train, x_test, y_test = make_mnist_dir(tmp_path / "mnist")
+    x_train, y_train, x_test, _y_test = make_mnist_dir(tmp_path / "mnist")
     splits = load_idx_splits(tmp_path / "mnist", val_size=15, split_seed=3)
     assert (len(splits.train), len(splits.val), len(splits.test)) == (45, 15, 10)
     assert splits.train.tensors[0].shape == (45, 1, 28, 28)
     # undo the standardisation and find each image's tag: val and train are a partition of train
-    def tags(ds):  # noqa: ANN001, ANN202
+    def tags(ds):
         pixels = ds.tensors[0][:, 0, 0, 0].numpy() * splits.std + splits.mean
         return np.rint(pixels * 255).astype(int)
 

@@ -52,7 +52,7 @@ def test_block_dataset_pairs() -> None:
     assert len(ds) == 92
     x, y = ds[5]
     assert x.tolist() == ids[5:13].tolist() and y.tolist() == ids[6:14].tolist()
-    x_last, y_last = ds[len(ds) - 1]
+    _x_last, y_last = ds[len(ds) - 1]
     assert y_last[-1] == ids[-1]
     with pytest.raises(IndexError):
         ds[92]

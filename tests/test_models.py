@@ -19,7 +19,7 @@ VARIANTS = [
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():  # noqa: ANN201
+def one_thread():
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -133,7 +133,7 @@ def _tiny_csv(path: Path, rows: int = 200) -> None:
 def test_build_task_forecast_evaluate_is_mean_over_every_window(tmp_path: Path, attention: str) -> None:
     _tiny_csv(tmp_path / "s.csv")
     task = build_task("forecast", str(tmp_path / "s.csv"), data_dir=None, attention=attention, seed=0,
-                      horizon=6, overrides=dict(seq_len=16, d_model=16, d_ff=16, heads=2, e_layers=1))
+                      horizon=6, overrides={"seq_len": 16, "d_model": 16, "d_ff": 16, "heads": 2, "e_layers": 1})
     assert task.recipe.eval_interval == len(task.train_data) // task.recipe.batch_size
     metrics = task.evaluate(task.model, "test")
     task.model.eval()
@@ -150,7 +150,7 @@ def test_build_task_forecast_evaluate_is_mean_over_every_window(tmp_path: Path, 
 def test_build_task_lm_and_vision(tmp_path: Path) -> None:
     (tmp_path / "c.txt").write_text("to be or not to be, that is the question\n" * 40, encoding="utf-8")
     task = build_task("lm", str(tmp_path / "c.txt"), data_dir=None, attention="active-gelu", seed=0,
-                      overrides=dict(block_size=8, n_layer=1, n_head=2, n_embd=16, eval_blocks=None, steps=5))
+                      overrides={"block_size": 8, "n_layer": 1, "n_head": 2, "n_embd": 16, "eval_blocks": None, "steps": 5})
     assert task.recipe.steps == 5 and task.recipe.epochs is None and task.test_data is None
     x, y = task.get_batch("train", 3, torch.Generator().manual_seed(0))
     x2, _ = task.get_batch("train", 3, torch.Generator().manual_seed(0))
@@ -168,7 +168,7 @@ def test_build_task_lm_and_vision(tmp_path: Path) -> None:
         task.evaluate(task.model, "test")
 
     vis = build_task("vision", "digits", data_dir=None, attention="sigmoid", seed=0,
-                     overrides=dict(dim=16, depth=1, heads=2))
+                     overrides={"dim": 16, "depth": 1, "heads": 2})
     metrics = vis.evaluate(vis.model, "val")
     x, y = vis.val_data.tensors
     vis.model.eval()
@@ -178,7 +178,7 @@ def test_build_task_lm_and_vision(tmp_path: Path) -> None:
     assert vis.primary_metric == "test_accuracy" and not vis.lower_is_better
     # the same seed gives the same initial weights
     again = build_task("vision", "digits", data_dir=None, attention="sigmoid", seed=0,
-                       overrides=dict(dim=16, depth=1, heads=2))
+                       overrides={"dim": 16, "depth": 1, "heads": 2})
     assert all(torch.equal(a, b) for a, b in zip(vis.model.parameters(), again.model.parameters()))
 
 

@@ -11,4 +11,4 @@ from attnmoe.tasks.language import GPT
 from attnmoe.tasks.registry import TASKS, Recipe, Task, build_task, default_recipe
 from attnmoe.tasks.vision import ViT
 
-__all__ = ["GPT", "ITransformer", "TASKS", "Recipe", "Task", "ViT", "build_task", "default_recipe"]
+__all__ = ["GPT", "TASKS", "ITransformer", "Recipe", "Task", "ViT", "build_task", "default_recipe"]

@@ -130,21 +130,21 @@ class Task:
 VISION_RECIPE = Recipe(
     epochs=10, batch_size=128, lr=2e-3, min_lr_ratio=0.01, warmup_steps=200, weight_decay=0.05,
     beta1=0.9, beta2=0.999, grad_clip=1.0, eval_interval=430, checkpoint_interval=430,
-    model=dict(patch_size=7, dim=64, depth=4, heads=4, mlp_ratio=2.0, dropout=0.0),
+    model={"patch_size": 7, "dim": 64, "depth": 4, "heads": 4, "mlp_ratio": 2.0, "dropout": 0.0},
 )
 """ViT on 28x28 images: 16 patches of 7x7 + class token, 4 blocks of width 64, 10 epochs
 (88.4 % Fashion-MNIST test accuracy at seed 0, ``docs/tasks.md``)."""
 
 DIGITS_RECIPE = replace(
     VISION_RECIPE, epochs=60, batch_size=64, warmup_steps=50, eval_interval=100, checkpoint_interval=500,
-    model=dict(patch_size=2, dim=64, depth=4, heads=4, mlp_ratio=2.0, dropout=0.0),
+    model={"patch_size": 2, "dim": 64, "depth": 4, "heads": 4, "mlp_ratio": 2.0, "dropout": 0.0},
 )
 """ViT on the 8x8 digits: 16 patches of 2x2."""
 
 LM_RECIPE = Recipe(
     steps=2000, batch_size=12, lr=1e-3, min_lr_ratio=0.1, warmup_steps=100, weight_decay=0.1,
     beta1=0.9, beta2=0.99, grad_clip=1.0, eval_interval=250, checkpoint_interval=500,
-    model=dict(block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0, eval_blocks=2048),
+    model={"block_size": 64, "n_layer": 4, "n_head": 4, "n_embd": 128, "dropout": 0.0, "eval_blocks": 2048},
 )
 """nanoGPT's CPU recipe for shakespeare_char (4 layers, 4 heads, 128 wide, block 64, batch 12,
 2,000 steps, lr 1e-3 -> 1e-4 cosine, warm-up 100, AdamW betas (0.9, 0.99), weight decay 0.1,
@@ -153,7 +153,7 @@ clip 1.0, dropout 0). ``eval_blocks``: validation blocks per evaluation (see ``d
 FORECAST_RECIPE = Recipe(
     epochs=10, batch_size=32, lr=1e-4, min_lr_ratio=0.1, warmup_steps=0, weight_decay=0.0,
     beta1=0.9, beta2=0.999, grad_clip=1.0, eval_interval=0, patience=3, checkpoint_interval=0,
-    model=dict(d_model=256, d_ff=256, e_layers=2, heads=8, dropout=0.1, use_norm=True),
+    model={"d_model": 256, "d_ff": 256, "e_layers": 2, "heads": 8, "dropout": 0.1, "use_norm": True},
 )
 """iTransformer's ETTh1 script (d_model 256, d_ff 256, 2 layers, 8 heads, dropout 0.1, batch 32,
 lr 1e-4, 10 epochs, patience 3). ``eval_interval = 0`` / ``checkpoint_interval = 0`` mean
@@ -323,8 +323,8 @@ def _build_vision(dataset: str, data_dir: str | Path | None, attention: str, see
         loss_fn=_xy_loss(F.cross_entropy), evaluate=evaluate, recipe=recipe,
         primary_metric="test_accuracy", monitor="val_accuracy", lower_is_better=False,
         throughput_unit="images",
-        info=dict(n_train=len(splits.train), n_val=len(splits.val), n_test=len(splits.test),
-                  pixel_mean=splits.mean, pixel_std=splits.std, image_size=splits.image_size),
+        info={"n_train": len(splits.train), "n_val": len(splits.val), "n_test": len(splits.test),
+                  "pixel_mean": splits.mean, "pixel_std": splits.std, "image_size": splits.image_size},
     )
 
 
@@ -379,9 +379,9 @@ def _build_lm(dataset: str, data_dir: str | Path | None, attention: str, seed: i
         loss_fn=_lm_loss, evaluate=evaluate, recipe=recipe,
         primary_metric="val_loss", monitor="val_loss", lower_is_better=True,
         throughput_unit="tokens", get_batch=get_batch,
-        info=dict(source=corpus.source, vocab_size=corpus.vocab_size, n_train_chars=len(corpus.train),
-                  n_val_chars=len(corpus.val), n_unk_val=corpus.n_unk_val, unk_id=corpus.unk_id,
-                  n_eval_blocks=len(val_starts), eval_tokens=len(val_starts) * block),
+        info={"source": corpus.source, "vocab_size": corpus.vocab_size, "n_train_chars": len(corpus.train),
+                  "n_val_chars": len(corpus.val), "n_unk_val": corpus.n_unk_val, "unk_id": corpus.unk_id,
+                  "n_eval_blocks": len(val_starts), "eval_tokens": len(val_starts) * block},
     )
 
 
@@ -427,10 +427,10 @@ def _build_forecast(dataset: str, data_dir: str | Path | None, attention: str, s
         attention=attention, model=model, train_data=splits.train, val_data=splits.val,
         test_data=splits.test, loss_fn=_mse_loss, evaluate=evaluate, recipe=recipe,
         primary_metric="test_mse", monitor="val_mse", lower_is_better=True, throughput_unit="windows",
-        info=dict(source=splits.source, seq_len=seq_len, pred_len=pred_len, channels=splits.channels,
-                  borders=splits.borders, n_train_windows=len(splits.train), n_val_windows=len(splits.val),
-                  n_test_windows=len(splits.test), scaler_mean=splits.mean.tolist(),
-                  scaler_std=splits.std.tolist(), steps_per_epoch=per_epoch),
+        info={"source": splits.source, "seq_len": seq_len, "pred_len": pred_len, "channels": splits.channels,
+                  "borders": splits.borders, "n_train_windows": len(splits.train), "n_val_windows": len(splits.val),
+                  "n_test_windows": len(splits.test), "scaler_mean": splits.mean.tolist(),
+                  "scaler_std": splits.std.tolist(), "steps_per_epoch": per_epoch},
     )
 
 

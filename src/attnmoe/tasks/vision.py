@@ -58,7 +58,7 @@ class PreNormBlock(nn.Module):
         self.attn = Attention(dim, heads, causal=causal, dropout=dropout, **attention_kwargs(attention))
         self.attn_dropout = nn.Dropout(dropout)
         self.ln2 = nn.LayerNorm(dim)
-        self.mlp = MLP(dim, int(round(mlp_ratio * dim)), dropout)
+        self.mlp = MLP(dim, round(mlp_ratio * dim), dropout)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, T, dim) -> (B, T, dim)
         x = x + self.attn_dropout(self.attn(self.ln1(x)))

@@ -32,9 +32,9 @@ def resolve_data_dir(data_dir: str | Path | None) -> Path:
     return path
 
 
-from attnmoe.tasks.data.images import ImageSplits, load_digits_splits, load_idx_splits, read_idx  # noqa: E402
-from attnmoe.tasks.data.text import BlockDataset, CharCorpus, load_char_corpus  # noqa: E402
-from attnmoe.tasks.data.timeseries import (  # noqa: E402
+from attnmoe.tasks.data.images import ImageSplits, load_digits_splits, load_idx_splits, read_idx
+from attnmoe.tasks.data.text import BlockDataset, CharCorpus, load_char_corpus
+from attnmoe.tasks.data.timeseries import (
     ForecastSplits,
     WindowDataset,
     default_lengths,
