@@ -1,1 +1,21 @@
-"""attnmoe.moe."""
+"""attnmoe.moe: mixture-of-experts models (gates, experts, mixture), batched over replicates."""
+
+from attnmoe.moe.experts import EXPERTS, Expert, make_expert
+from attnmoe.moe.gates import GATES, Gate, LinearGate, MonomialGate, PolynomialGate, make_gate
+from attnmoe.moe.mixture import NORMALIZATIONS, MixtureOfExperts, ParameterLayout, mixture_forward
+
+__all__ = [
+    "EXPERTS",
+    "GATES",
+    "NORMALIZATIONS",
+    "Expert",
+    "Gate",
+    "LinearGate",
+    "MixtureOfExperts",
+    "MonomialGate",
+    "ParameterLayout",
+    "PolynomialGate",
+    "make_expert",
+    "make_gate",
+    "mixture_forward",
+]

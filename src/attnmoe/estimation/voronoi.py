@@ -1,0 +1,160 @@
+"""Voronoi losses between a fitted and the true mixing measure, and the L2 error of f.
+
+Mixing measure (arXiv 2410.11222): G = sum_i exp(c_i) delta_{theta_i}, with atom
+theta_i = (A_i, b_i, a_i, alpha_i) (gating keys present depending on the gate).
+
+Translation invariance (our choice, see docs/estimation.md). Softmax gating is unchanged when
+the same (t_A, t_b, t_c) is added to every atom, so raw exp(c_i) and raw (A_i, b_i) are not
+comparable between two parametrisations of the same f. We compare the *normalised* measure:
+    mass    pi_i = exp(c_i) / sum_l exp(c_l)              (invariant to t_c)
+    gating  A_i - sum_l pi_l A_l,  b_i - sum_l pi_l b_l   (invariant to t_A, t_b)
+Both are computed for the fit and for the truth; A is symmetrised first. When a true atom is
+split into several fitted atoms with the same (A, b) this normalisation gives them exactly the
+true total mass, so the losses vanish at every exact reparametrisation.
+
+Voronoi cells: V_j = {i : j = argmin_l ||theta_i - theta*_l||} (Euclidean norm of the
+concatenated atom; Frobenius for A; ties to the lowest j). For exponents (r1, r2):
+    D(G, G*) = sum_j | sum_{i in V_j} pi_i - pi*_j |
+             + sum_{j: |V_j| = 1} sum_{i in V_j} pi_i ||theta_i - theta*_j||^{r1}
+             + sum_{j: |V_j| > 1} sum_{i in V_j} pi_i ||theta_i - theta*_j||^{r2}
+D1 uses (1, 2) (strongly identifiable experts), D2 uses (1, r_bar) with r_bar = 4 by default
+(a cell of two atoms; see docs/estimation.md). Both exponents are configurable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from attnmoe.moe import make_expert, make_gate, mixture_forward
+
+__all__ = ["GATE_KEYS", "ATOM_KEYS", "normalized_measure", "voronoi_cells", "voronoi_losses", "l2_error"]
+
+GATE_KEYS = ("A", "b")  # gating atom coordinates (translated); "c" is the mass
+ATOM_KEYS = ("A", "b", "a", "alpha")
+
+
+def _batched(params: Mapping[str, Tensor], R: int | None = None) -> dict[str, Tensor]:
+    """Add a leading replicate dim if the params are (k, ...) and broadcast to R."""
+    base = {"A": 4, "b": 3, "c": 2, "a": 3, "alpha": 2}
+    out = {}
+    for key, value in params.items():
+        v = torch.as_tensor(value, dtype=torch.float64)
+        if key in base and v.ndim == base[key] - 1:
+            v = v.unsqueeze(0)
+        if R is not None and v.shape[0] == 1 and R > 1:
+            v = v.expand(R, *v.shape[1:])
+        out[key] = v
+    return out
+
+
+def normalized_measure(params: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """Masses ``(R, k)`` and translation-normalised atoms ``(R, k, D)`` of a mixing measure.
+
+    Args:
+        params: natural params with leading ``(R, k)``; must contain ``"c"``.
+    """
+    if "c" not in params:
+        raise ValueError("params must contain the gating biases 'c' (the masses)")
+    pi = torch.softmax(params["c"], dim=-1)  # (R, k)
+    R, k = pi.shape
+    parts = []
+    for key in ATOM_KEYS:
+        if key not in params:
+            continue
+        p = params[key]
+        if key == "A":
+            p = 0.5 * (p + p.transpose(-1, -2))
+        p = p.reshape(R, k, -1)  # (R, k, D_key)
+        if key in GATE_KEYS:
+            p = p - (pi.unsqueeze(-1) * p).sum(1, keepdim=True)
+        parts.append(p)
+    return pi, torch.cat(parts, dim=-1)  # (R, k), (R, k, D)
+
+
+def voronoi_cells(fitted_atoms: Tensor, true_atoms: Tensor) -> Tensor:
+    """Index ``(R, k)`` of the nearest true atom for every fitted atom.
+
+    Args:
+        fitted_atoms: ``(R, k, D)``; true_atoms: ``(R, k*, D)`` (or ``(1, k*, D)``).
+    """
+    if true_atoms.shape[0] != fitted_atoms.shape[0]:
+        true_atoms = true_atoms.expand(fitted_atoms.shape[0], *true_atoms.shape[1:])
+    dist = torch.cdist(fitted_atoms, true_atoms)  # (R, k, k*)
+    return dist.argmin(-1)
+
+
+def voronoi_losses(
+    fitted: Mapping[str, Tensor],
+    truth: Mapping[str, Tensor],
+    *,
+    d1_exponents: tuple[float, float] = (1.0, 2.0),
+    d2_exponents: tuple[float, float] = (1.0, 4.0),
+) -> dict[str, Tensor]:
+    """Voronoi losses D1 and D2 between fitted and true mixing measures (per replicate).
+
+    Args:
+        fitted: natural params with leading ``(R, k)`` (keys among A, b, c, a, alpha).
+        truth: natural params ``(k*, ...)`` or ``(R, k*, ...)``, the same keys.
+        d1_exponents: (r for single-atom cells, r for multi-atom cells) of D1.
+        d2_exponents: the same for D2.
+
+    Returns:
+        dict of ``(R,)`` tensors: ``"D1"``, ``"D2"``, ``"mass"`` (sum of cell mass errors),
+        ``"atom"`` (max over true atoms of the distance to the nearest fitted atom of its cell;
+        inf for an empty cell).
+    """
+    if set(fitted) != set(truth):
+        raise ValueError(f"fitted and truth must have the same keys, got {sorted(fitted)} vs {sorted(truth)}")
+    fitted = _batched(fitted)
+    R = fitted["c"].shape[0]
+    truth = _batched(truth, R)
+    pi, atoms = normalized_measure(fitted)  # (R, k), (R, k, D)
+    pi_t, atoms_t = normalized_measure(truth)  # (R, k*), (R, k*, D)
+    k_true = pi_t.shape[1]
+    dist = torch.cdist(atoms, atoms_t)  # (R, k, k*)
+    cell = dist.argmin(-1)  # (R, k)
+    onehot = torch.nn.functional.one_hot(cell, k_true).to(pi.dtype)  # (R, k, k*)
+    d_own = dist.gather(-1, cell.unsqueeze(-1)).squeeze(-1)  # (R, k)
+    mass = (torch.einsum("rk,rkj->rj", pi, onehot) - pi_t).abs().sum(-1)  # (R,)
+    count = onehot.sum(1)  # (R, k*)
+    multi = count.gather(-1, cell) > 1  # (R, k): fitted atom sits in a multi-atom cell
+    out = {"mass": mass}
+    for name, (r1, r2) in (("D1", d1_exponents), ("D2", d2_exponents)):
+        powered = torch.where(multi, d_own.pow(r2), d_own.pow(r1))
+        out[name] = mass + (pi * powered).sum(-1)
+    nearest = torch.where(onehot.bool(), dist, torch.inf).amin(1)  # (R, k*)
+    out["atom"] = nearest.amax(-1)
+    return out
+
+
+def l2_error(
+    fitted: Mapping[str, Tensor],
+    truth,
+    n_test: int,
+    seed: int | Sequence[int],
+) -> Tensor:
+    """||f_fit - f_G*||_{L2(mu)} (not squared) on a fresh sample of n_test inputs, per replicate.
+
+    Args:
+        fitted: natural params with leading ``(R, k)`` of a model with the setting's gate/expert.
+        truth: the :class:`~attnmoe.estimation.truth.Setting` (gives f_G* and mu).
+        n_test: test sample size.
+        seed: one seed for all replicates, or one per replicate (stream 2 of each seed).
+
+    Returns:
+        ``(R,)`` root mean squared difference.
+    """
+    from attnmoe.estimation.truth import sample_inputs
+
+    fitted = _batched(fitted)
+    R = fitted["c"].shape[0] if "c" in fitted else fitted["a"].shape[0]
+    seeds = [int(seed)] * R if isinstance(seed, int) else [int(s) for s in seed]
+    if len(seeds) != R:
+        raise ValueError(f"need one seed per replicate ({R}), got {len(seeds)}")
+    X = sample_inputs(truth, n_test, seeds, stream=2)  # (R, n_test, d)
+    gate, expert = make_gate(truth.gate, truth.dim), make_expert(truth.expert)
+    diff = mixture_forward(gate, expert, fitted, X) - truth.regression_function(X)  # (R, n_test)
+    return diff.square().mean(-1).sqrt()
