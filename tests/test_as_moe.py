@@ -31,8 +31,11 @@ def _mask() -> torch.Tensor:
     return torch.tensor([[False] * T, [False, False, True, True]])
 
 
-@pytest.mark.parametrize("gate,gran", [(None, "elementwise"), ("G1", "elementwise"),
-                                       ("G1", "headwise"), ("G2", "elementwise"), ("G2", "headwise")])
+GATES = [(None, "elementwise"), ("G1", "elementwise"), ("G1", "headwise"),
+         ("G2", "elementwise"), ("G2", "headwise")]
+
+
+@pytest.mark.parametrize("gate,gran", GATES)
 @pytest.mark.parametrize("score", ["softmax", "sigmoid"])
 @pytest.mark.parametrize("act", ACTS)
 def test_as_moe_reproduces_layer(act: str | None, score: str, gate: str | None, gran: str) -> None:
@@ -71,7 +74,7 @@ def test_gate_weights_equal_layer_weights() -> None:
 
 
 def test_monomial_without_bias_and_structure() -> None:
-    """No projection biases -> b = 0, c = 0 (monomial gate); A_ij is nonzero only in block (j, i)."""
+    """No projection biases -> b = c = 0 (monomial gate); A_ij is non-zero only in block (j, i)."""
     torch.manual_seed(3)
     layer = Attention(DIM, HEADS, bias=False).double()
     moe = as_moe(layer, torch.randn(T, DIM, dtype=torch.float64))
@@ -113,3 +116,13 @@ def test_as_moe_errors() -> None:
         as_moe(Attention(64, 4), torch.randn(64, 64))
     with pytest.raises(ValueError, match="rank"):
         as_moe(Attention(DIM, HEADS), torch.randn(1, 1, T, DIM))
+
+
+def test_heads_through_out_proj_give_layer_output() -> None:
+    """Multi-head reading: out_proj(concat_h y_h) of the MoE outputs is the layer output."""
+    torch.manual_seed(5)
+    layer = Attention(DIM, HEADS, value_activation="softplus", gate="G2", causal=True).double()
+    x = torch.randn(B, T, DIM, dtype=torch.float64)
+    y = as_moe(layer, x)()  # (B, H, T, D)
+    out = layer.out_proj(y.transpose(1, 2).reshape(B, T, DIM))
+    torch.testing.assert_close(out, layer(x), rtol=0, atol=1e-10)

@@ -27,10 +27,14 @@ with weight 0.  Gates (arXiv 2505.06708, hierarchical reading arXiv 2602.01468):
 G3/G4 (gates on keys/queries) make the logits cubic/quartic in ``x~`` and G5 mixes
 heads, so they have no per-head quadratic rewrite; ``as_moe`` rejects them.
 
-The gate logits are evaluated with :func:`attnmoe.moe` gate pieces when they fit
-(see ``docs/attention_as_moe.md``); the experts (vector valued, any activation) are
-evaluated here explicitly.  All tensors are dense: ``A`` holds ``H*T*T*N*N`` numbers,
-so this is a tool for checking and studying small layers, not for running models.
+Gate logits are evaluated by :mod:`attnmoe.moe`'s quadratic monomial/polynomial gate
+(replicates = (head, query)); experts by its scalar experts (replicates = (head,
+output coordinate)); the masking, normalisation, weighted sum and G1/G2 gates are
+written here (``attnmoe.moe.mixture_forward`` has no masks and one replicate axis for
+gate and experts).  See ``docs/attention_as_moe.md``.
+
+All tensors are dense: ``A`` holds ``H*T*T*N*N`` numbers, so this is a tool for
+checking and studying small layers, not for running models.
 """
 
 from __future__ import annotations
@@ -42,9 +46,26 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .attention import Attention
+from attnmoe.moe import make_expert, make_gate
+
+from .attention import ACTIVATIONS, Attention
 
 __all__ = ["AttentionMoE", "as_moe", "head_outputs"]
+
+# value activations that attnmoe.moe has a named expert for (same function objects)
+_MOE_EXPERTS: tuple[tuple[object, str], ...] = (
+    (None, "linear"),
+    (ACTIVATIONS["identity"], "linear"),
+    (ACTIVATIONS["sigmoid"], "sigmoid"),
+    (ACTIVATIONS["tanh"], "tanh"),
+    (ACTIVATIONS["gelu"], "gelu"),
+    (ACTIVATIONS["relu"], "relu"),
+)
+
+
+def _moe_expert_name(activation: object) -> str | None:
+    """Name of the ``attnmoe.moe`` expert computing ``activation(a^T x + alpha)``, if any."""
+    return next((name for fn, name in _MOE_EXPERTS if fn is activation), None)
 
 MAX_DENSE_ELEMENTS = 50_000_000
 """Largest ``A`` (``H*T*T*N*N`` entries) ``as_moe`` will build."""
@@ -87,11 +108,28 @@ class AttentionMoE:
     gate_bias: Tensor | None
     x_tilde: Tensor
 
+    @property
+    def gate_name(self) -> str:
+        """``"monomial"`` (``x^T A x + c``) without projection biases, else ``"polynomial"``."""
+        return "polynomial" if bool((self.b != 0).any()) else "monomial"
+
     def gate_logits(self, x_tilde: Tensor) -> Tensor:
-        """``l_ij(x~) = x~^T A_ij x~ + b_ij^T x~ + c_ij`` -> ``(B, H, T, T)`` for ``x~`` ``(B, N)``."""
-        quad = torch.einsum("bn,hjinm,bm->bhji", x_tilde, self.A, x_tilde)
-        lin = torch.einsum("hjin,bn->bhji", self.b, x_tilde)
-        return quad + lin + self.c  # (B, H, T, T)
+        """``l_ij(x~) = x~^T A_ij x~ + b_ij^T x~ + c_ij`` -> ``(B, H, T, T)`` for ``x~`` ``(B, N)``.
+
+        Evaluated by :mod:`attnmoe.moe`'s quadratic gate with replicates ``R = (h, j)``
+        (one gate per head and query position), ``n = B`` samples and ``k = T`` experts.
+        """
+        H, T, _, N = self.b.shape
+        Bn = x_tilde.shape[0]
+        gate = make_gate(self.gate_name, N)
+        params = {
+            "A": self.A.reshape(H * T, T, N, N),  # (R, k, N, N)
+            "b": self.b.reshape(H * T, T, N),  # (R, k, N)
+            "c": self.c.reshape(H * T, T),  # (R, k)
+        }
+        xr = x_tilde.unsqueeze(0).expand(H * T, Bn, N)  # (R, n, N)
+        logits = gate.logits(params, xr)  # (R, n, k) = (H*T, B, T)
+        return logits.view(H, T, Bn, T).permute(2, 0, 1, 3)  # (B, H, T, T)
 
     def gate_weights(self, x_tilde: Tensor) -> Tensor:
         """Mixture weights ``pi_ij`` ``(B, H, T, T)``; disallowed experts get exactly 0."""
@@ -101,13 +139,30 @@ class AttentionMoE:
         return torch.sigmoid(logits)
 
     def experts(self, x_tilde: Tensor) -> Tensor:
-        """Expert outputs ``E_i(x~)`` ``(B, H, T, D)`` (with the G2 gate when present)."""
-        e = torch.einsum("bn,hind->bhid", x_tilde, self.expert_weight) + self.expert_bias[:, None]
-        if self.activation is not None:
+        """Expert outputs ``E_i(x~)`` ``(B, H, T, D)`` (with the G2 gate when present).
+
+        Each output coordinate m of head h is a scalar expert
+        ``sigma(a_{i,m}^T x~ + b_V[m])`` with ``a_{i,m} = P_i^T W_V[:, m]``, evaluated by
+        :mod:`attnmoe.moe`'s expert with replicates ``R = (h, m)`` and ``k = T`` experts.
+        Activations that ``attnmoe.moe`` has no expert for (silu, elu, softplus, callables)
+        are applied here to its linear expert's output.
+        """
+        H, T, N, D = self.expert_weight.shape
+        Bn = x_tilde.shape[0]
+        moe_name = _moe_expert_name(self.activation)
+        expert = make_expert(moe_name or "linear")
+        params = {
+            "a": self.expert_weight.permute(0, 3, 1, 2).reshape(H * D, T, N),  # (R, k, N)
+            "alpha": self.expert_bias.reshape(H * D, 1).expand(H * D, T),  # (R, k)
+        }
+        xr = x_tilde.unsqueeze(0).expand(H * D, Bn, N)  # (R, n, N)
+        e = expert(params, xr)  # (R, n, k) = (H*D, B, T)
+        if moe_name is None and self.activation is not None:
             e = self.activation(e)
+        e = e.view(H, D, Bn, T).permute(2, 0, 3, 1)  # (B, H, T, D)
         if self.gate_position == "G2":
             e = e * self._sigmoid_gate(x_tilde)
-        return e  # (B, H, T, D)
+        return e
 
     def _sigmoid_gate(self, x_tilde: Tensor) -> Tensor:
         z = torch.einsum("bn,htng->bhtg", x_tilde, self.gate_weight) + self.gate_bias[:, None]
@@ -205,7 +260,8 @@ def as_moe(layer: Attention, x: Tensor, key_padding_mask: Tensor | None = None) 
     gate_weight = gate_bias = None
     if layer.gate is not None:
         Wg, bg = cols(layer.gate_proj)  # (C, H, Dg), (H, Dg)
-        gate_weight = torch.stack([_selection_blocks(Wg[:, h], T) for h in range(H)])  # (H, T, N, Dg)
+        gate_weight = torch.stack([_selection_blocks(Wg[:, h], T) for h in range(H)])
+        # gate_weight: (H, T, N, Dg)
         gate_bias = bg
 
     return AttentionMoE(
@@ -233,7 +289,9 @@ def head_outputs(layer: Attention, x: Tensor, key_padding_mask: Tensor | None = 
     if x.dim() == 2:
         x = x.unsqueeze(0)
     seen: list[Tensor] = []
-    handle = layer.out_proj.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))
+    handle = layer.out_proj.register_forward_pre_hook(
+        lambda _m, args: seen.append(args[0].detach())
+    )
     try:
         layer(x, key_padding_mask)
     finally:
