@@ -139,3 +139,15 @@ def test_real_fashion_mnist() -> None:
     counts = np.bincount(np.concatenate([splits.train.tensors[1].numpy(), splits.val.tensors[1].numpy()]))
     assert counts.tolist() == [6000] * 10
     assert np.bincount(splits.test.tensors[1].numpy()).tolist() == [1000] * 10
+
+
+def test_build_task_reads_mnist_folder(tmp_path: Path) -> None:
+    from attnmoe.tasks import build_task
+
+    make_mnist_dir(tmp_path / "mnist", n_train=5010, n_test=7)
+    task = build_task("vision", "mnist", data_dir=tmp_path, attention="softmax", seed=0,
+                      overrides={"dim": 16, "depth": 1, "heads": 2})
+    assert (len(task.train_data), len(task.val_data), len(task.test_data)) == (10, 5000, 7)
+    assert set(task.evaluate(task.model, "test")) == {"test_loss", "test_accuracy"}
+    with pytest.raises(ValueError, match=r"fashion-mnist.*train-images-idx3-ubyte.gz.*not found"):
+        build_task("vision", "fashion-mnist", data_dir=tmp_path, attention="softmax", seed=0)
