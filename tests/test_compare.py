@@ -99,6 +99,28 @@ def test_comparison_skips_finished_and_resumes(tmp_path: Path, monkeypatch: pyte
         cmp.run_comparison("forecast", "ETTh2", variants, [0], tmp_path, horizon=96, progress=False)
 
 
+def test_runs_held_by_a_live_process_are_left_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import subprocess
+    import sys
+
+    calls: list[tuple[str, int, bool]] = []
+    monkeypatch.setattr(cmp, "run_one", _fake_run_one(calls))
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "softmax" / "seed0").mkdir(parents=True)
+        (tmp_path / "softmax" / "seed0" / ".running").write_text(str(other.pid))  # live owner
+        (tmp_path / "sigmoid" / "seed0").mkdir(parents=True)
+        (tmp_path / "sigmoid" / "seed0" / ".running").write_text("999999999")  # dead owner
+        cmp.run_comparison("forecast", "ETTh1", ["softmax", "sigmoid"], [0], tmp_path, progress=False)
+    finally:
+        other.kill()
+        other.wait()
+    assert calls == [("sigmoid", 0, False)]
+    assert not (tmp_path / "sigmoid" / "seed0" / ".running").exists()
+    assert os.path.exists(tmp_path / "softmax" / "seed0" / ".running")
+
+
 def test_partial_comparison_says_what_is_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cmp, "run_one", _fake_run_one([]))
     cmp.run_comparison("forecast", "ETTh1", ["softmax", "active-gelu"], [0], tmp_path, progress=False)

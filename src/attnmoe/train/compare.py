@@ -7,7 +7,9 @@
   (all variants for the first seed, then the next seed), so a comparison cut short is balanced
   across variants. Finished runs (``metrics.json`` present) are skipped; interrupted ones
   resume from their checkpoint. ``summary.md``/``summary.json`` are rewritten after every run,
-  ``curves.png`` at the end (or with ``attnmoe compare --summary-only``).
+  ``curves.png`` at the end (or with ``attnmoe compare --summary-only``). A run being trained
+  holds ``<run>/.running`` (the pid), so two ``compare`` processes with different ``--seeds``
+  lists (or the same) can work on one comparison without training the same run twice.
 * :func:`summarize` reads the run directories and writes ``summary.json``, ``summary.md`` and
   ``curves.png``: per variant ``n`` (finished seeds), mean and sample standard deviation
   (``ddof=1``) of each final metric, parameter count, wall time, and Welch's unequal-variance
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -147,22 +150,63 @@ def run_comparison(
                                  f"{spec[key]!r}; use another --out")
         spec["variants"] = list(dict.fromkeys([*before["variants"], *variants]))
         spec["seeds"] = sorted(set(before["seeds"]) | set(seeds))
+        spec["command"] = before.get("command") or command  # the command that started it
     if distributed.info().is_main:
         spec_path.write_text(json.dumps(spec, indent=2) + "\n")
     summary: dict[str, Any] = {}
     for seed in seeds:
         for variant in variants:
             where = run_dir(out, variant, seed)
-            if is_finished(where):
+            if is_finished(where) or not _claim(where):
                 continue
-            run_one(task, dataset, variant, where, seed=seed, data_dir=data_dir, horizon=horizon,
-                    overrides=overrides, device=device, progress=progress,
-                    resume=checkpoint_path(where) is not None)
+            try:
+                run_one(task, dataset, variant, where, seed=seed, data_dir=data_dir,
+                        horizon=horizon, overrides=overrides, device=device, progress=progress,
+                        resume=checkpoint_path(where) is not None)
+            finally:
+                _release(where)
             if distributed.info().is_main:
                 summary = summarize(out, plot=False)
     if distributed.info().is_main:
         summary = summarize(out)
     return summary
+
+
+LOCK_FILE = ".running"
+
+
+def _claim(where: Path) -> bool:
+    """Mark a run as taken by this process (``<run>/.running`` holds the pid), so that several
+    ``attnmoe compare`` processes on one machine can share a comparison (e.g. one per seed list).
+    A lock left by a process that no longer exists is taken over. Rank 0 decides under DDP."""
+    if not distributed.info().is_main:
+        return bool(distributed.broadcast_object(None))
+    where.mkdir(parents=True, exist_ok=True)
+    lock = where / LOCK_FILE
+    claimed = False
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                os.kill(int(lock.read_text() or "0"), 0)  # owner alive: leave the run to it
+                break
+            except (ProcessLookupError, ValueError):
+                lock.unlink(missing_ok=True)  # stale lock
+                continue
+            except PermissionError:
+                break
+        else:
+            os.write(fd, str(os.getpid()).encode())
+            os.close(fd)
+            claimed = True
+            break
+    return bool(distributed.broadcast_object(claimed))
+
+
+def _release(where: Path) -> None:
+    if distributed.info().is_main:
+        (where / LOCK_FILE).unlink(missing_ok=True)
 
 
 def welch(a: Sequence[float], b: Sequence[float]) -> dict[str, float] | None:
