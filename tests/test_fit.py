@@ -169,3 +169,20 @@ def test_bad_input_errors() -> None:
         make_setting("monomial", "swish")
     with pytest.raises(ValueError, match="unknown setting"):
         get_setting("monomial-sigmoid")
+
+
+@pytest.mark.slow
+def test_monomial_sigmoid_exact_rates() -> None:
+    """D1 and L2 decay like n^{-1/2} (arXiv 2410.11222, exact-specified, strongly identifiable
+    experts): slope of mean log-loss against log n within 0.15 of -0.5 (16 seeds, n = 1e3..8e3)."""
+    s = get_setting("monomial-sigmoid-exact")
+    ns = [1000, 2000, 4000, 8000]
+    logs = {"D1": [], "L2": []}
+    for n in ns:
+        recs = fit_and_score(s, n, list(range(16)), max_iter=1500, n_test=20_000)
+        for key in logs:
+            logs[key].append(np.mean([np.log(r["losses"][key]) for r in recs]))
+    for key, values in logs.items():
+        slope = np.polyfit(np.log(ns), values, 1)[0]
+        print(f"{key} slope {slope:.3f}")
+        assert abs(slope + 0.5) < 0.15, (key, slope)
