@@ -38,7 +38,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Protocol
@@ -546,7 +546,7 @@ def read_log(out_dir: Path) -> list[dict[str, Any]]:
         if path.is_file() else []
 
 
-__all__: Iterable[str] = [
+__all__ = [
     "TrainConfig", "WarmupCosine", "BatchPlan", "parameter_groups", "seed_everything",
     "count_parameters", "train", "is_finished", "read_log",
 ]
