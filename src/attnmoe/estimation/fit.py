@@ -38,6 +38,7 @@ __all__ = [
     "adam",
     "fit_least_squares",
     "fit_restarts",
+    "gauss_newton_matrix",
     "lbfgs",
     "least_squares_objective",
     "near_truth_init",
@@ -201,10 +202,17 @@ def _strong_wolfe(
     return t_acc, f_acc, g_acc, evals
 
 
-def _two_loop(g: Tensor, S: Tensor, Y: Tensor, rho: Tensor, n_hist: Tensor) -> Tensor:
+def _apply(M: Tensor | None, v: Tensor) -> Tensor:
+    """M v per replicate for a dense ``(R, P, P)`` matrix M (identity if None)."""
+    return v if M is None else torch.bmm(M, v.unsqueeze(-1)).squeeze(-1)
+
+
+def _two_loop(g: Tensor, S: Tensor, Y: Tensor, rho: Tensor, n_hist: Tensor, M: Tensor | None = None) -> Tensor:
     """-H g by the L-BFGS two-loop recursion, per replicate (Nocedal & Wright Alg. 7.4).
 
     History slots are ordered oldest -> newest; replicate r uses its last ``n_hist[r]`` slots.
+    Initial matrix H0 = gamma M, M a fixed positive-definite ``(R, P, P)`` preconditioner
+    (identity if None), gamma = s^T y / (y^T M y) of the newest pair (N&W eq. 7.20 scaled by M).
     """
     m = S.shape[1]
     valid = torch.arange(m, device=g.device).unsqueeze(0) >= (m - n_hist).unsqueeze(1)  # (R, m)
@@ -215,8 +223,9 @@ def _two_loop(g: Tensor, S: Tensor, Y: Tensor, rho: Tensor, n_hist: Tensor) -> T
         q = q - a.unsqueeze(-1) * Y[:, j]
         alphas[j] = a
     s_new, y_new = S[:, -1], Y[:, -1]
-    gamma = torch.where(n_hist > 0, (s_new * y_new).sum(-1) / (y_new * y_new).sum(-1).clamp_min(1e-300), 1.0)
-    r = gamma.unsqueeze(-1) * q
+    My = _apply(M, y_new)
+    gamma = torch.where(n_hist > 0, (s_new * y_new).sum(-1) / (y_new * My).sum(-1).clamp_min(1e-300), 1.0)
+    r = gamma.unsqueeze(-1) * _apply(M, q)
     for j in range(m):
         beta = rho[:, j] * (Y[:, j] * r).sum(-1)
         r = r + S[:, j] * torch.where(valid[:, j], alphas[j] - beta, 0.0).unsqueeze(-1)
@@ -234,6 +243,7 @@ def lbfgs(
     max_ls: int = 25,
     c1: float = 1e-4,
     c2: float = 0.9,
+    precondition: Tensor | None = None,
 ) -> OptimResult:
     """Minimise R independent objectives with batched L-BFGS + strong-Wolfe line search.
 
@@ -247,6 +257,9 @@ def lbfgs(
         history: number m of curvature pairs kept per replicate.
         max_ls: maximum objective evaluations per line search.
         c1, c2: sufficient-decrease and curvature constants of the strong Wolfe conditions.
+        precondition: optional positive-definite ``(R, P, P)`` approximation M of the inverse
+            Hessian, used as initial matrix H0 = gamma M of the two-loop recursion (first step:
+            -M g with unit step length).
 
     Replicates stop independently (frozen once converged, at max_iter, or when the line
     search finds no decrease -- then ``converged`` is False).
@@ -267,13 +280,16 @@ def lbfgs(
     for _ in range(max_iter):
         if not bool(active.any()):
             break
-        d = _two_loop(g, S, Y, rho, n_hist)
+        d = _two_loop(g, S, Y, rho, n_hist, precondition)
         gtd = (g * d).sum(-1)
         reset = ~(gtd < 0)  # not a descent direction: restart from steepest descent
         n_hist = torch.where(reset, 0, n_hist)
-        d = _sel(reset, -g, d)
-        gtd = torch.where(reset, -(g * g).sum(-1), gtd)
-        t0 = torch.where(n_hist == 0, (1.0 / g.abs().sum(-1)).clamp(max=1.0), torch.ones_like(f))
+        d = _sel(reset, -_apply(precondition, g), d)
+        gtd = (g * d).sum(-1)
+        if precondition is None:
+            t0 = torch.where(n_hist == 0, (1.0 / g.abs().sum(-1)).clamp(max=1.0), torch.ones_like(f))
+        else:
+            t0 = torch.ones_like(f)
         t, f_new, g_new, ev = _strong_wolfe(
             lambda z, idx: value_and_grad(objective, z, idx), x, d, t0, f, g, gtd, active,
             c1, c2, max_ls, 1e-9 * 1e-3,
@@ -346,6 +362,25 @@ def adam(
     return OptimResult(x, f, g.abs().amax(-1), converged, n_iter, n_evals)
 
 
+def gauss_newton_matrix(layout: ParameterLayout, X: Tensor, flat: Tensor, damping: float = 1e-6) -> Tensor:
+    """Damped Gauss-Newton matrix (2/n) J^T J + damping * mean(diag) * I, ``(R, P, P)``.
+
+    J = d f(x_j; theta) / d theta ``(R, n, P)`` at ``flat`` (one forward-mode pass per free
+    parameter). Near a good fit (small residuals) it approximates the Hessian of the mean
+    squared error; the damping keeps it invertible when the model is not identified.
+    """
+    R, P = flat.shape
+    eye = torch.eye(P, dtype=flat.dtype)
+    cols = [
+        torch.func.jvp(lambda z: layout.forward(z, X), (flat,), (eye[p].expand(R, P),))[1]
+        for p in range(P)
+    ]
+    J = torch.stack(cols, dim=-1)  # (R, n, P)
+    G = 2.0 * torch.bmm(J.transpose(1, 2), J) / X.shape[1]  # (R, P, P)
+    scale = torch.diagonal(G, dim1=1, dim2=2).mean(-1).clamp_min(1e-300)  # (R,)
+    return G + damping * scale.view(R, 1, 1) * eye
+
+
 @dataclass
 class FitResult:
     """A batched least-squares fit; tensors have leading dim R."""
@@ -388,6 +423,7 @@ def fit_least_squares(
     method: str = "lbfgs",
     max_iter: int = 500,
     tol: float = 1e-9,
+    precondition: bool = True,
     **options: float,
 ) -> FitResult:
     """Least-squares fits of R replicates from initial free parameters ``init`` ``(R, P)``.
@@ -399,6 +435,8 @@ def fit_least_squares(
         method: ``"lbfgs"`` (default) or ``"adam"``.
         max_iter: iteration cap per replicate.
         tol: max-abs gradient tolerance.
+        precondition: L-BFGS only: use the inverse of the (damped) Gauss-Newton matrix at
+            ``init`` as the initial inverse Hessian (see :func:`gauss_newton_matrix`).
         options: passed to :func:`lbfgs` (ftol, history, max_ls, c1, c2) or :func:`adam` (lr, ...).
     """
     if method not in METHODS:
@@ -408,8 +446,13 @@ def fit_least_squares(
         raise ValueError(f"init must be (R, P) = ({X.shape[0]}, {layout.n_params}), got {tuple(init.shape)}")
     objective = least_squares_objective(layout, X, y.to(X.dtype))
     start = time.perf_counter()
-    optimiser = lbfgs if method == "lbfgs" else adam
-    res = optimiser(objective, init.to(X.dtype), max_iter=max_iter, tol=tol, **options)
+    init = init.to(X.dtype)
+    if method == "lbfgs":
+        if precondition:
+            options["precondition"] = torch.linalg.inv(gauss_newton_matrix(layout, X, init))
+        res = lbfgs(objective, init, max_iter=max_iter, tol=tol, **options)
+    else:
+        res = adam(objective, init, max_iter=max_iter, tol=tol, **options)
     seconds = time.perf_counter() - start
     return FitResult(
         params={k: v.detach() for k, v in layout.unpack(res.x).items()},
