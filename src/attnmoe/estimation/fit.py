@@ -145,10 +145,13 @@ def _strong_wolfe(
         insuf = torch.where(zoom, near & ~fix, insuf)
         trial = torch.where(zoom, tz, t)
 
-        idx = todo.nonzero().squeeze(-1)
-        f_sub, g_sub = fg(x[idx] + trial[idx, None] * d[idx], idx)
-        f_new, g_new = f.clone(), g.clone()
-        f_new[idx], g_new[idx] = f_sub, g_sub
+        if bool(todo.all()):
+            f_new, g_new = fg(x + trial.unsqueeze(-1) * d, None)
+        else:  # evaluate only the replicates still searching
+            idx = todo.nonzero().squeeze(-1)
+            f_sub, g_sub = fg(x[idx] + trial[idx, None] * d[idx], idx)
+            f_new, g_new = f.clone(), g.clone()
+            f_new[idx], g_new[idx] = f_sub, g_sub
         evals = evals + todo.long()
         gtd_new = (g_new * d).sum(-1)
         armijo_fail = (f_new > f + c1 * trial * gtd) | ~torch.isfinite(f_new)
