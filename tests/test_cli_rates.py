@@ -13,7 +13,7 @@ from attnmoe.estimation import study
 from attnmoe.estimation.truth import get_setting
 
 runner = CliRunner()
-TINY = ["--n-grid", "200,400", "--replicates", "2", "--max-iter", "15", "--no-progress"]
+TINY = ["--n-grid", "200,400", "--replicates", "2", "--max-iter", "5", "--no-progress"]
 
 
 def _invoke(*args: str):
@@ -90,18 +90,31 @@ def test_unwritable_out(tmp_path: Path) -> None:
 
 
 def _without_time(records: list[dict]) -> list[dict]:
+    """Records sorted by (setting, n, seed), wall time dropped, floats approx (rel 1e-9).
+
+    Batched and one-at-a-time fits agree to rounding (~1e-14 relative), not bit for bit: a
+    batched matmul sums in another order.
+    """
+    def approx(v):
+        if isinstance(v, dict):
+            return {k: approx(x) for k, x in v.items()}
+        if isinstance(v, float):
+            return pytest.approx(v, rel=1e-9, abs=1e-15)
+        return v
+
     return sorted(
-        ({k: v for k, v in r.items() if k != "seconds"} for r in records), key=study.record_key
+        ({k: approx(v) for k, v in r.items() if k != "seconds"} for r in records),
+        key=lambda r: (r["setting"], r["n"], r["seed"]),
     )
 
 
 def test_process_pool_and_blocks_equal_inline(tmp_path: Path) -> None:
     s = [get_setting("monomial-sigmoid-over")]
-    opts = study.FitOptions(max_iter=15, n_test=500)
+    opts = study.FitOptions(max_iter=10, n_test=500)
     kw = dict(options=opts, progress=False, n_boot=50)
-    inline = study.run_study(s, [200, 300], 3, tmp_path / "a", **kw)
-    pooled = study.run_study(s, [200, 300], 3, tmp_path / "b", workers=2, threads=1, block_size=1, **kw)
-    assert _without_time(inline.records) == _without_time(pooled.records)
+    inline = study.run_study(s, [200], 2, tmp_path / "a", **kw)
+    pooled = study.run_study(s, [200], 2, tmp_path / "b", workers=2, threads=1, block_size=1, **kw)
+    assert _without_time(pooled.records) == _without_time(inline.records)
 
 
 def test_ray_backend_equals_process_backend(tmp_path: Path) -> None:
@@ -109,10 +122,10 @@ def test_ray_backend_equals_process_backend(tmp_path: Path) -> None:
     s = [get_setting("polynomial-sigmoid-exact")]
     opts = study.FitOptions(max_iter=15, n_test=500)
     kw = dict(options=opts, progress=False, n_boot=50)
-    local = study.run_study(s, [200, 300], 2, tmp_path / "a", **kw)
+    local = study.run_study(s, [200], 2, tmp_path / "a", **kw)
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
     try:
-        remote = study.run_study(s, [200, 300], 2, tmp_path / "b", backend="ray", block_size=1, **kw)
+        remote = study.run_study(s, [200], 2, tmp_path / "b", backend="ray", block_size=1, **kw)
     finally:
         ray.shutdown()
-    assert _without_time(local.records) == _without_time(remote.records)
+    assert _without_time(remote.records) == _without_time(local.records)

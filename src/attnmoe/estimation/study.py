@@ -611,7 +611,9 @@ def _run_ray(
     if started_here:  # a local cluster; connect to a real one with ray.init(address=...) first
         ray.init(num_cpus=workers * threads, include_dashboard=False, log_to_driver=False)
     try:
-        remote_fit = ray.remote(num_cpus=threads)(fit)
+        # never ask for more CPUs per task than the cluster has: such a task would wait forever
+        cpus = max(1, min(threads, int(ray.cluster_resources().get("CPU", 1))))
+        remote_fit = ray.remote(num_cpus=cpus)(fit)
         pending = [
             remote_fit.remote(setting_spec(j.setting), j.n, j.seeds, options, threads) for j in jobs
         ]
