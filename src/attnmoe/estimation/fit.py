@@ -365,7 +365,7 @@ def adam(
     return OptimResult(x, f, g.abs().amax(-1), converged, n_iter, n_evals)
 
 
-def gauss_newton_matrix(layout: ParameterLayout, X: Tensor, flat: Tensor, damping: float = 1e-6) -> Tensor:
+def gauss_newton_matrix(layout: ParameterLayout, X: Tensor, flat: Tensor, damping: float = 1e-3) -> Tensor:
     """Damped Gauss-Newton matrix (2/n) J^T J + damping * mean(diag) * I, ``(R, P, P)``.
 
     J = d f(x_j; theta) / d theta ``(R, n, P)`` at ``flat`` (one forward-mode pass per free
