@@ -21,6 +21,7 @@ def _truth(name: str = "polynomial-sigmoid-exact", R: int = 1) -> dict[str, torc
 def test_zero_at_truth(name: str) -> None:
     truth = _truth(name)
     out = voronoi_losses(truth, truth)
+    torch.testing.assert_close(voronoi_losses(truth, get_setting(name))["D1"], out["D1"])
     for key in ("D1", "D2", "mass", "atom"):
         assert float(out[key].abs().max()) < 1e-12, key
 

@@ -97,7 +97,8 @@ def voronoi_losses(
 
     Args:
         fitted: natural params with leading ``(R, k)`` (keys among A, b, c, a, alpha).
-        truth: natural params ``(k*, ...)`` or ``(R, k*, ...)``, the same keys.
+        truth: natural params ``(k*, ...)`` or ``(R, k*, ...)``, the same keys, or a
+            :class:`~attnmoe.estimation.truth.Setting`.
         d1_exponents: (r for single-atom cells, r for multi-atom cells) of D1.
         d2_exponents: the same for D2.
 
@@ -106,6 +107,8 @@ def voronoi_losses(
         ``"atom"`` (max over true atoms of the distance to the nearest fitted atom of its cell;
         inf for an empty cell).
     """
+    if hasattr(truth, "true_params"):  # a Setting
+        truth = truth.true_params()
     if set(fitted) != set(truth):
         raise ValueError(f"fitted and truth must have the same keys, got {sorted(fitted)} vs {sorted(truth)}")
     fitted = _batched(fitted)
