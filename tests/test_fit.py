@@ -10,7 +10,6 @@ import torch
 
 from attnmoe.estimation import fit_and_score, get_setting, make_setting, sample
 from attnmoe.estimation.fit import (
-    adam,
     fit_least_squares,
     lbfgs,
     least_squares_objective,
@@ -180,8 +179,8 @@ def test_monomial_sigmoid_exact_rates() -> None:
     logs = {"D1": [], "L2": []}
     for n in ns:
         recs = fit_and_score(s, n, list(range(16)), max_iter=1500, n_test=20_000)
-        for key in logs:
-            logs[key].append(np.mean([np.log(r["losses"][key]) for r in recs]))
+        for key, values in logs.items():
+            values.append(np.mean([np.log(r["losses"][key]) for r in recs]))
     for key, values in logs.items():
         slope = np.polyfit(np.log(ns), values, 1)[0]
         print(f"{key} slope {slope:.3f}")

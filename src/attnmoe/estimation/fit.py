@@ -33,8 +33,8 @@ from attnmoe.moe import ParameterLayout
 
 __all__ = [
     "FitResult",
-    "OptimResult",
     "Objective",
+    "OptimResult",
     "adam",
     "fit_least_squares",
     "fit_restarts",

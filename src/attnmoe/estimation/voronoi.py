@@ -30,7 +30,7 @@ from torch import Tensor
 
 from attnmoe.moe import make_expert, make_gate, mixture_forward
 
-__all__ = ["GATE_KEYS", "ATOM_KEYS", "normalized_measure", "voronoi_cells", "voronoi_losses", "l2_error"]
+__all__ = ["ATOM_KEYS", "GATE_KEYS", "l2_error", "normalized_measure", "voronoi_cells", "voronoi_losses"]
 
 GATE_KEYS = ("A", "b")  # gating atom coordinates (translated); "c" is the mass
 ATOM_KEYS = ("A", "b", "a", "alpha")

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["Expert", "ACTIVATIONS", "EXPERTS", "make_expert"]
+__all__ = ["ACTIVATIONS", "EXPERTS", "Expert", "make_expert"]
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor] | None] = {
     "linear": None,

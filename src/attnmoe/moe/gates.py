@@ -23,7 +23,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-__all__ = ["Gate", "LinearGate", "PolynomialGate", "MonomialGate", "GATES", "make_gate"]
+__all__ = ["GATES", "Gate", "LinearGate", "MonomialGate", "PolynomialGate", "make_gate"]
 
 
 def _check_x(x: Tensor, dim: int) -> None:

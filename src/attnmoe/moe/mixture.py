@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from attnmoe.moe.experts import Expert, make_expert
 from attnmoe.moe.gates import Gate, make_gate
 
-__all__ = ["NORMALIZATIONS", "mixture_forward", "MixtureOfExperts", "ParameterLayout"]
+__all__ = ["NORMALIZATIONS", "MixtureOfExperts", "ParameterLayout", "mixture_forward"]
 
 NORMALIZATIONS = ("softmax", "sigmoid")
 
