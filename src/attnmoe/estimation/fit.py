@@ -207,7 +207,9 @@ def _strong_wolfe(
 
 def _apply(M: Tensor | None, v: Tensor) -> Tensor:
     """M v per replicate for a dense ``(R, P, P)`` matrix M (identity if None)."""
-    return v if M is None else torch.bmm(M, v.unsqueeze(-1)).squeeze(-1)
+    # a row-wise reduction, not bmm: bmm's kernel (and rounding) can depend on the batch size,
+    # which would break "batched == one at a time" bit for bit
+    return v if M is None else (M * v.unsqueeze(1)).sum(-1)
 
 
 def _two_loop(g: Tensor, S: Tensor, Y: Tensor, rho: Tensor, n_hist: Tensor, M: Tensor | None = None) -> Tensor:
@@ -246,7 +248,8 @@ def lbfgs(
     max_ls: int = 25,
     c1: float = 1e-4,
     c2: float = 0.9,
-    precondition: Tensor | None = None,
+    precondition: Tensor | Callable[[Tensor, Tensor | None], Tensor] | None = None,
+    refresh: int = 100,
 ) -> OptimResult:
     """Minimise R independent objectives with batched L-BFGS + strong-Wolfe line search.
 
@@ -262,7 +265,10 @@ def lbfgs(
         c1, c2: sufficient-decrease and curvature constants of the strong Wolfe conditions.
         precondition: optional positive-definite ``(R, P, P)`` approximation M of the inverse
             Hessian, used as initial matrix H0 = gamma M of the two-loop recursion (first step:
-            -M g with unit step length).
+            -M g with unit step length); or a callable ``(x (m, P), idx) -> M (m, P, P)``
+            evaluated at the start and every ``refresh`` iterations at the current iterates,
+            each refresh also clearing the curvature history.
+        refresh: iterations between preconditioner refreshes (callable ``precondition`` only).
 
     Replicates stop independently (frozen once converged, at max_iter, or when the line
     search finds no decrease -- then ``converged`` is False).
@@ -280,16 +286,24 @@ def lbfgs(
     n_iter = torch.zeros(R, dtype=torch.long)
     converged = g.abs().amax(-1) <= tol
     active = ~converged & torch.isfinite(f)
-    for _ in range(max_iter):
+    M = precondition if precondition is None or isinstance(precondition, Tensor) else None
+    for it in range(max_iter):
         if not bool(active.any()):
             break
-        d = _two_loop(g, S, Y, rho, n_hist, precondition)
+        if callable(precondition) and not isinstance(precondition, Tensor) and it % refresh == 0:
+            # active replicates have all done exactly `it` iterations: a per-replicate schedule
+            idx = active.nonzero().squeeze(-1)
+            M_sub = precondition(x[idx], idx)
+            M = M_sub.new_zeros(R, P, P) + torch.eye(P, dtype=x.dtype) if M is None else M.clone()
+            M[idx] = M_sub
+            n_hist = torch.where(active, 0, n_hist)
+        d = _two_loop(g, S, Y, rho, n_hist, M)
         gtd = (g * d).sum(-1)
         reset = ~(gtd < 0)  # not a descent direction: restart from steepest descent
         n_hist = torch.where(reset, 0, n_hist)
-        d = _sel(reset, -_apply(precondition, g), d)
+        d = _sel(reset, -_apply(M, g), d)
         gtd = (g * d).sum(-1)
-        if precondition is None:
+        if M is None:
             t0 = torch.where(n_hist == 0, (1.0 / g.abs().sum(-1)).clamp(max=1.0), torch.ones_like(f))
         else:
             t0 = torch.ones_like(f)
@@ -438,8 +452,9 @@ def fit_least_squares(
         method: ``"lbfgs"`` (default) or ``"adam"``.
         max_iter: iteration cap per replicate.
         tol: max-abs gradient tolerance.
-        precondition: L-BFGS only: use the inverse of the (damped) Gauss-Newton matrix at
-            ``init`` as the initial inverse Hessian (see :func:`gauss_newton_matrix`).
+        precondition: L-BFGS only: use the inverse of the (damped) Gauss-Newton matrix as the
+            initial inverse Hessian, recomputed at the current iterate every ``refresh``
+            (option, default 100) iterations (see :func:`gauss_newton_matrix`).
         options: passed to :func:`lbfgs` (ftol, history, max_ls, c1, c2) or :func:`adam` (lr, ...).
     """
     if method not in METHODS:
@@ -452,7 +467,9 @@ def fit_least_squares(
     init = init.to(X.dtype)
     if method == "lbfgs":
         if precondition:
-            options["precondition"] = torch.linalg.inv(gauss_newton_matrix(layout, X, init))
+            options["precondition"] = lambda z, idx: torch.linalg.inv(
+                gauss_newton_matrix(layout, X if idx is None else X[idx], z)
+            )
         res = lbfgs(objective, init, max_iter=max_iter, tol=tol, **options)
     else:
         res = adam(objective, init, max_iter=max_iter, tol=tol, **options)
