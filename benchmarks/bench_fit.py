@@ -1,7 +1,7 @@
 """Speed of the batched least-squares fit, as ratios measured in one run.
 
     python benchmarks/bench_fit.py [--setting monomial-sigmoid-exact] [--replicates 32]
-                                   [--iters 50] [--sizes 1000,10000] [--threads 1]
+                                   [--iters 20] [--sizes 1000,10000] [--threads 1]
 
 (a) R replicates fitted as ONE batched L-BFGS program vs the same R fits one after another
     (R = 1 each), same data, same initialisations, fixed work: tol = ftol = 0 and a fixed
@@ -134,7 +134,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--setting", default="monomial-sigmoid-exact")
     p.add_argument("--replicates", type=int, default=32)
-    p.add_argument("--iters", type=int, default=50)
+    p.add_argument("--iters", type=int, default=20)  # below the ~30 a fit needs: identical work
     p.add_argument("--sizes", default="1000,10000")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--tol", type=float, default=1e-9)
