@@ -11,9 +11,11 @@ import torch
 from attnmoe.estimation import fit_and_score, get_setting, make_setting, sample
 from attnmoe.estimation.fit import (
     fit_least_squares,
+    fit_restarts,
     lbfgs,
     least_squares_objective,
     near_truth_init,
+    random_init,
     split_atoms,
     value_and_grad,
 )
@@ -94,6 +96,8 @@ def test_batched_fit_equals_fits_one_at_a_time(method: str) -> None:
     X, y = sample(s, 60, seeds)
     x0 = near_truth_init(s.fit_layout, s.true_params(), seeds, 1.0)  # far: line searches differ
     kw = {"method": method, "max_iter": 40, "tol": 0.0}
+    if method == "lbfgs":
+        kw["refresh"] = 15  # preconditioner refreshed (and history cleared) twice
     batched = fit_least_squares(s.fit_layout, X, y, x0, **kw)
     for r in range(3):
         alone = fit_least_squares(s.fit_layout, X[r : r + 1], y[r : r + 1], x0[r : r + 1], **kw)
@@ -185,3 +189,12 @@ def test_monomial_sigmoid_exact_rates() -> None:
         slope = np.polyfit(np.log(ns), values, 1)[0]
         print(f"{key} slope {slope:.3f}")
         assert abs(slope + 0.5) < 0.15, (key, slope)
+
+
+def test_restarts_keep_the_lowest_training_loss() -> None:
+    s = get_setting("monomial-linear-exact")
+    X, y = sample(s, 80, [0, 1])
+    inits = random_init(s.fit_layout, X, y, 3, torch.Generator().manual_seed(0))  # (3, 2, P)
+    best = fit_restarts(s.fit_layout, X, y, inits, max_iter=20)
+    losses = torch.stack([fit_least_squares(s.fit_layout, X, y, inits[i], max_iter=20).loss for i in range(3)])
+    torch.testing.assert_close(best.loss, losses.min(0).values, rtol=0, atol=1e-12)

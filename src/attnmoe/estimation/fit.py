@@ -586,22 +586,25 @@ def random_init(
     s_x = X.reshape(R, -1).std(-1).clamp_min(1e-12).view(1, R, 1)  # (1, R, 1)
     s_y = y.std(-1).clamp_min(1e-12).view(1, R, 1)  # (1, R, 1)
 
-    def rnd(*shape: int) -> Tensor:
+    def rnd(*shape: int) -> Tensor:  # (S, R, k, *shape)
         return torch.randn(n_init, R, k, *shape, generator=generator, dtype=dt)
+
+    def per_r(v: Tensor, extra: int) -> Tensor:  # (1, R, 1) -> (1, R, 1, *[1]*extra)
+        return v.view(1, R, 1, *([1] * extra))
 
     params: dict[str, Tensor] = {}
     if "A" in layout.gate.param_names:
-        params["A"] = rnd(d, d) / s_x.unsqueeze(-1).square()
+        params["A"] = rnd(d, d) / per_r(s_x, 2).square()
     if "b" in layout.gate.param_names:
-        params["b"] = rnd(d) / s_x
-    params["c"] = 0.5 * torch.randn(n_init, R, k, generator=generator, dtype=dt)
+        params["b"] = rnd(d) / per_r(s_x, 1)
+    params["c"] = 0.5 * rnd()
     if layout.expert.name == "linear":
         design = torch.cat([X, X.new_ones(R, n, 1)], -1)  # (R, n, d+1)
         coef = torch.linalg.lstsq(design, y.unsqueeze(-1)).solution.squeeze(-1)  # (R, d+1)
-        params["a"] = coef[None, :, None, :d] + rnd(d) * s_y / (s_x * math.sqrt(d))
-        params["alpha"] = coef[None, :, None, d] + torch.randn(n_init, R, k, generator=generator, dtype=dt) * s_y.squeeze(-1)
+        params["a"] = coef[None, :, None, :d] + rnd(d) * per_r(s_y / (s_x * math.sqrt(d)), 1)
+        params["alpha"] = coef[None, :, None, d] + rnd() * s_y
     else:
-        params["a"] = rnd(d) / (s_x * math.sqrt(d))
-        params["alpha"] = torch.randn(n_init, R, k, generator=generator, dtype=dt)
+        params["a"] = rnd(d) / per_r(s_x * math.sqrt(d), 1)
+        params["alpha"] = rnd()
     flat = layout.pack({key: v.reshape(n_init * R, *v.shape[2:]) for key, v in params.items()})
     return flat.reshape(n_init, R, layout.n_params)
