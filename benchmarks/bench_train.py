@@ -42,7 +42,7 @@ def _data_dir(given: str | None) -> Path | None:
     return None
 
 
-def _step_fn(task):  # noqa: ANN001, ANN202 - a Task from the registry
+def _step_fn(task):
     model = task.model
     model.train()
     optimizer = torch.optim.AdamW(parameter_groups(model, task.recipe.weight_decay), lr=task.recipe.lr)

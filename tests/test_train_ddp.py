@@ -9,10 +9,10 @@ from pathlib import Path
 import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
+from test_train_loop import ToyTask, _config
 
 from attnmoe.train import distributed
 from attnmoe.train.loop import train
-from test_train_loop import ToyTask, _config
 
 
 def _free_port() -> int:

@@ -88,8 +88,8 @@ class ToyTask:
 
 
 def _config(**kw: Any) -> TrainConfig:
-    base = dict(steps=12, batch_size=16, lr=3e-3, warmup_steps=2, eval_interval=4,
-                checkpoint_interval=4, log_interval=2, seed=3, weight_decay=0.1)
+    base = {"steps": 12, "batch_size": 16, "lr": 3e-3, "warmup_steps": 2, "eval_interval": 4,
+                "checkpoint_interval": 4, "log_interval": 2, "seed": 3, "weight_decay": 0.1}
     base.update(kw)
     return TrainConfig(**base)
 

@@ -79,9 +79,9 @@ def collect_overrides(
     """Recipe and model-size overrides given on the command line (``None`` = recipe default)."""
     if steps is not None and epochs is not None:
         raise typer.BadParameter("give --steps or --epochs, not both")
-    given = dict(steps=steps, epochs=epochs, batch_size=batch_size, lr=lr,
-                 eval_interval=eval_interval, checkpoint_interval=checkpoint_interval,
-                 patience=patience)
+    given = {"steps": steps, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+                 "eval_interval": eval_interval, "checkpoint_interval": checkpoint_interval,
+                 "patience": patience}
     return {**{k: v for k, v in given.items() if v is not None}, **parse_model_overrides(model)}
 
 

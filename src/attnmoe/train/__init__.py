@@ -8,4 +8,4 @@
 
 from attnmoe.train.loop import TrainConfig, is_finished, read_log, train
 
-__all__ = ["TrainConfig", "train", "is_finished", "read_log"]
+__all__ = ["TrainConfig", "is_finished", "read_log", "train"]

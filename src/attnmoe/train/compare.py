@@ -304,12 +304,12 @@ def _markdown(summary: dict[str, Any]) -> str:
     lines = [
         f"# {summary['task']} / {summary['dataset']}{horizon}: attention variants",
         "",
-        f"Seeds requested: {summary['seeds']}. Mean ± sample std (ddof=1) over the finished seeds "
+        (f"Seeds requested: {summary['seeds']}. Mean ± sample std (ddof=1) over the finished seeds "
         f"(n); Welch's t-test of each variant against `{BASELINE}` on `{primary}` "
         "(two-sided, scipy `ttest_ind(equal_var=False)`; only when both n ≥ 2). Runs with the "
         "same seed share the initialisation stream and the data order, so the paired t-test "
         "on the per-seed differences (scipy `ttest_rel`) is also shown: Δ = variant − "
-        f"{BASELINE}, mean over the common seeds.",
+        f"{BASELINE}, mean over the common seeds."),
         "",
     ]
     if summary.get("command"):

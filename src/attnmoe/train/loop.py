@@ -547,6 +547,13 @@ def read_log(out_dir: Path) -> list[dict[str, Any]]:
 
 
 __all__ = [
-    "TrainConfig", "WarmupCosine", "BatchPlan", "parameter_groups", "seed_everything",
-    "count_parameters", "train", "is_finished", "read_log",
+    "BatchPlan",
+    "TrainConfig",
+    "WarmupCosine",
+    "count_parameters",
+    "is_finished",
+    "parameter_groups",
+    "read_log",
+    "seed_everything",
+    "train",
 ]
