@@ -32,15 +32,15 @@ for _i, _a in enumerate(sys.argv):  # BLAS threads must be fixed before numpy is
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, _THREADS)
 
-import numpy as np  # noqa: E402
-import scipy.optimize  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import scipy.optimize
+import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from numpy_moe import NumpyMoE, flops_per_eval  # noqa: E402
+from numpy_moe import NumpyMoE, flops_per_eval
 
-from attnmoe.estimation.fit import fit_least_squares, near_truth_init  # noqa: E402
-from attnmoe.estimation.truth import get_setting, sample  # noqa: E402
+from attnmoe.estimation.fit import fit_least_squares, near_truth_init
+from attnmoe.estimation.truth import get_setting, sample
 
 
 def _data(setting, n: int, R: int):
@@ -65,7 +65,7 @@ def check_numpy_gradient(setting) -> float:
 
 def bench_batched_vs_sequential(setting, n: int, R: int, iters: int) -> dict:
     layout, X, y, init = _data(setting, n, R)
-    kw = dict(max_iter=iters, tol=0.0, ftol=0.0)
+    kw = {"max_iter": iters, "tol": 0.0, "ftol": 0.0}
     fit_least_squares(layout, X[:2], y[:2], init[:2], max_iter=2, tol=0.0, ftol=0.0)  # warm-up
     t0 = time.perf_counter()
     batched = fit_least_squares(layout, X, y, init, **kw)
@@ -156,7 +156,7 @@ def main() -> None:
     for n in sizes:
         r = bench_batched_vs_sequential(setting, n, R, args.iters)
         print(f"{n:>7} {r['batched_s']:>10.3f} {r['sequential_s']:>13.3f} {r['speedup']:>8.1f}x "
-              f"{str(r['iters_all_equal']):>11} {r['max_loss_diff']:>12.1e}")
+              f"{r['iters_all_equal']!s:>11} {r['max_loss_diff']:>12.1e}")
         flops_rows.append((n, r))
 
     print(f"\n(b) batched (attnmoe) vs scipy L-BFGS-B per fit (NumPy objective+gradient), R={R}, "

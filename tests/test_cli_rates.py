@@ -111,7 +111,7 @@ def _without_time(records: list[dict]) -> list[dict]:
 def test_process_pool_and_blocks_equal_inline(tmp_path: Path) -> None:
     s = [get_setting("monomial-sigmoid-over")]
     opts = study.FitOptions(max_iter=10, n_test=500)
-    kw = dict(options=opts, progress=False, n_boot=50)
+    kw = {"options": opts, "progress": False, "n_boot": 50}
     inline = study.run_study(s, [200], 2, tmp_path / "a", **kw)
     pooled = study.run_study(s, [200], 2, tmp_path / "b", workers=2, threads=1, block_size=1, **kw)
     assert _without_time(pooled.records) == _without_time(inline.records)
@@ -121,7 +121,7 @@ def test_ray_backend_equals_process_backend(tmp_path: Path) -> None:
     ray = pytest.importorskip("ray")
     s = [get_setting("polynomial-sigmoid-exact")]
     opts = study.FitOptions(max_iter=15, n_test=500)
-    kw = dict(options=opts, progress=False, n_boot=50)
+    kw = {"options": opts, "progress": False, "n_boot": 50}
     local = study.run_study(s, [200], 2, tmp_path / "a", **kw)
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
     try:

@@ -78,9 +78,6 @@ def rates(
         int | None, typer.Option("--block-size", help="Seeds fitted per batched call.")
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the first replicate.")] = 0,
-    scorer: Annotated[
-        str, typer.Option("--scorer", help="auto, experiment (H1's fit_and_score) or standin.")
-    ] = "auto",
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ) -> None:
     """Convergence-rate study: fit replicates on a grid of n, report log-log slopes."""
@@ -96,9 +93,7 @@ def rates(
             k_fit=_ints(k_fit, "--k-fit"),
         )
         grid = _ints(n_grid, "--n-grid") or list(p.n_grid)
-        options = replace(p.fit, scorer=scorer)
-        if max_iter is not None:
-            options = replace(options, max_iter=max_iter)
+        options = p.fit if max_iter is None else replace(p.fit, max_iter=max_iter)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", RuntimeWarning)
             result = study.run_study(

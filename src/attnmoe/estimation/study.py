@@ -41,16 +41,13 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 Backend = Literal["process", "ray"]
-#: ``experiment``: H1's ``attnmoe.estimation.experiment.fit_and_score``; ``standin``:
-#: :func:`standin_fit_and_score`; ``auto``: the former if importable.
-SCORERS: tuple[str, ...] = ("auto", "experiment", "standin")
 BACKENDS: tuple[str, ...] = ("process", "ray")
 
 RECORDS_FILE = "records.jsonl"
@@ -87,11 +84,8 @@ class FitOptions:
     tol: float = 1e-9
     n_test: int = 10_000
     init: str = "near-truth"
-    scorer: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.scorer not in SCORERS:
-            raise ValueError(f"unknown scorer {self.scorer!r}; choose one of {', '.join(SCORERS)}")
         if not isinstance(self.max_iter, int) or self.max_iter < 1:
             raise ValueError(f"max_iter must be a positive integer, got {self.max_iter!r}")
         if not isinstance(self.n_test, int) or self.n_test < 1:
@@ -100,20 +94,8 @@ class FitOptions:
             raise ValueError(f"tol must be a finite number >= 0, got {self.tol!r}")
 
     def as_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of ``fit_and_score`` (everything but ``scorer``)."""
-        d = asdict(self)
-        d.pop("scorer")
-        return d
-
-    def resolved(self) -> FitOptions:
-        """``scorer="auto"`` replaced by the scorer available now (fixed for a whole study)."""
-        if self.scorer != "auto":
-            return self
-        try:
-            import attnmoe.estimation.experiment  # noqa: F401
-        except ImportError:
-            return replace(self, scorer="standin")
-        return replace(self, scorer="experiment")
+        """Keyword arguments of ``fit_and_score``."""
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -130,7 +112,7 @@ def log_grid(n_min: int, n_max: int, num: int) -> tuple[int, ...]:
     """``num`` log-spaced integer sample sizes from ``n_min`` to ``n_max`` inclusive."""
     if not (1 <= n_min < n_max) or num < 2:
         raise ValueError(f"need 1 <= n_min < n_max and num >= 2, got {n_min}, {n_max}, {num}")
-    return tuple(int(round(v)) for v in np.logspace(math.log10(n_min), math.log10(n_max), num))
+    return tuple(round(v) for v in np.logspace(math.log10(n_min), math.log10(n_max), num))
 
 
 PRESETS: dict[str, Preset] = {
@@ -288,101 +270,13 @@ def fit_block(
     """
     import torch
 
-    options = options.resolved()
-    if options.scorer == "experiment":
-        from attnmoe.estimation.experiment import fit_and_score
-    else:
-        fit_and_score = standin_fit_and_score
+    from attnmoe.estimation.experiment import fit_and_score
 
     if threads is not None:
         torch.set_num_threads(threads)
     setting = setting_from_spec(setting)
     records = fit_and_score(setting, int(n), [int(s) for s in seeds], **options.as_kwargs())
     return [_jsonable(r) for r in records]
-
-
-def voronoi_losses(
-    setting: Any, params: dict[str, Any], true_params: dict[str, Any]
-) -> dict[str, Any]:
-    """Voronoi losses D1, D2 of fitted mixing measures against the truth, per replicate.
-
-    Atoms omega_i = (A_i, b_i, a_i, alpha_i) (the gate's keys without c), weights exp(c_i);
-    Voronoi cell V_j = {i : j = argmin_l ||omega_i - omega*_l||}:
-
-        D_r = sum_j |sum_{i in V_j} exp(c_i) - exp(c*_j)|
-              + sum_{j: |V_j| = 1} sum_{i in V_j} exp(c_i) ||omega_i - omega*_j||
-              + sum_{j: |V_j| > 1} sum_{i in V_j} exp(c_i) ||omega_i - omega*_j||^r
-
-    with r = 1 (D1) and r = 2 (D2). Stand-in for H1's ``attnmoe.estimation.voronoi`` (used
-    only while that module is missing; see docs/rates.md).
-    """
-    import torch
-
-    keys = [k for k in ("A", "b", "a", "alpha") if k in params]
-    R, k = params["c"].shape
-    omega = torch.cat([params[key].reshape(R, k, -1) for key in keys], -1)  # (R, k, p)
-    k_true = true_params["c"].shape[1]
-    omega_t = torch.cat([true_params[key].reshape(R, k_true, -1) for key in keys], -1)  # (R, k*, p)
-    dist = torch.cdist(omega, omega_t)  # (R, k, k*)
-    cell = dist.argmin(-1)  # (R, k)
-    d_own = dist.gather(-1, cell.unsqueeze(-1)).squeeze(-1)  # (R, k)
-    w = params["c"].exp()  # (R, k)
-    mass = torch.zeros(R, k_true, dtype=w.dtype).scatter_add_(1, cell, w)  # (R, k*)
-    count = torch.zeros(R, k_true, dtype=w.dtype).scatter_add_(1, cell, torch.ones_like(w))
-    multi = count.gather(1, cell) > 1  # (R, k): atom i sits in a multi-atom cell
-    mass_term = (mass - true_params["c"].exp()).abs().sum(-1)  # (R,)
-    d1 = mass_term + (w * d_own).sum(-1)
-    d2 = mass_term + (w * torch.where(multi, d_own**2, d_own)).sum(-1)
-    return {"D1": d1, "D2": d2}
-
-
-def standin_fit_and_score(
-    setting: Any,
-    n: int,
-    seeds: Sequence[int],
-    *,
-    method: str = "lbfgs",
-    max_iter: int = 300,
-    tol: float = 1e-9,
-    n_test: int = 10_000,
-    init: str = "near-truth",
-) -> list[dict[str, Any]]:
-    """The ``fit_and_score`` contract, built from ``truth`` + ``fit`` (stand-in, see above).
-
-    Records: Voronoi losses D1, D2 (:func:`voronoi_losses`) and the L2 error of the regression
-    function ||f_hat - f*||_{L2(mu)} estimated on ``n_test`` fresh inputs (stream 2 of each
-    seed), converged, iterations, seconds (the batched fit's wall time / R), train_loss.
-    """
-    import torch
-
-    from attnmoe.estimation.fit import fit_least_squares, near_truth_init
-    from attnmoe.estimation.truth import sample, sample_inputs
-
-    if init != "near-truth":
-        raise ValueError(f"the stand-in scorer supports init='near-truth' only, got {init!r}")
-    seeds = [int(s) for s in seeds]
-    layout = setting.fit_layout
-    X, y = sample(setting, n, seeds)
-    x0 = near_truth_init(layout, setting.true_params(1), seeds)
-    res = fit_least_squares(layout, X, y, x0, method=method, max_iter=max_iter, tol=tol)
-    R = len(seeds)
-    losses = voronoi_losses(setting, res.params, setting.true_params(R))
-    with torch.no_grad():
-        Xt = sample_inputs(setting, n_test, seeds, stream=2)
-        l2 = (layout.forward(res.flat, Xt) - setting.regression_function(Xt)).square().mean(-1).sqrt()
-    return [
-        {
-            "setting": setting.name,
-            "n": int(n),
-            "seed": seed,
-            "losses": {"D1": float(losses["D1"][r]), "D2": float(losses["D2"][r]), "L2": float(l2[r])},
-            "converged": bool(res.converged[r]),
-            "iterations": int(res.n_iter[r]),
-            "seconds": res.seconds / R,
-            "train_loss": float(res.loss[r]),
-        }
-        for r, seed in enumerate(seeds)
-    ]
 
 
 def setting_spec(setting: Any) -> Any:
@@ -702,7 +596,7 @@ def run_study(
         ValueError: any invalid input, before anything is written.
     """
     t0 = time.perf_counter()
-    options = (options if options is not None else FitOptions()).resolved()
+    options = options if options is not None else FitOptions()
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if not isinstance(workers, int) or workers < 1:
