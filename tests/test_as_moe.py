@@ -17,13 +17,6 @@ from attnmoe.attention.as_moe import AttentionMoE, as_moe, head_outputs
 DIM, HEADS, B, T = 6, 2, 2, 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids thread hand-off cost on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 ACTS = [None, "relu", "gelu", "silu", "sigmoid", "tanh", "elu", "softplus", "identity"]
 
 

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
 
 from attnmoe.estimation import make_setting, sample
 from attnmoe.estimation.estimator import QuadraticGatingMoERegressor
-
-torch.set_num_threads(1)
 
 SETTING = make_setting(
     "monomial", "linear", 2, 2, noise_std=0.0, input_scale=2.0,

@@ -21,8 +21,6 @@ from attnmoe.estimation.fit import (
 )
 from attnmoe.moe import ParameterLayout
 
-torch.set_num_threads(1)
-
 
 def test_gradcheck_least_squares_loss() -> None:
     s = get_setting("polynomial-sigmoid-over")

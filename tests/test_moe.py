@@ -9,7 +9,6 @@ import torch
 
 from attnmoe.moe import MixtureOfExperts, ParameterLayout, make_expert, make_gate, mixture_forward
 
-torch.set_num_threads(1)
 R, N, K, D = 2, 5, 3, 2
 
 

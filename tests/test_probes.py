@@ -14,13 +14,6 @@ from attnmoe.attention.probes import AttentionProbes
 DIM, HEADS, B, T = 8, 2, 3, 6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids thread hand-off cost on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 class TinyModel(nn.Module):

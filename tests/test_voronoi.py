@@ -10,8 +10,6 @@ import torch
 from attnmoe.estimation import get_setting, l2_error, voronoi_cells, voronoi_losses
 from attnmoe.estimation.fit import split_atoms
 
-torch.set_num_threads(1)
-
 
 def _truth(name: str = "polynomial-sigmoid-exact", R: int = 1) -> dict[str, torch.Tensor]:
     return get_setting(name).true_params(R)
