@@ -84,7 +84,7 @@ def test_unwritable_out(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
     res = _invoke("--out", str(blocker / "run"), "--settings", "monomial-sigmoid-exact", *TINY)
-    assert res.exit_code == 2 and "is not writable" in res.output
+    assert res.exit_code == 2 and "cannot write to output directory" in res.output
     res = _invoke("--out", str(blocker), "--settings", "monomial-sigmoid-exact", *TINY)
     assert res.exit_code == 2 and "not a directory" in res.output
 

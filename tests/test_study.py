@@ -170,7 +170,7 @@ def test_unwritable_out_fails_before_any_fit(tmp_path: Path) -> None:
     blocker.write_text("not a directory")
     fit = CountingFit()
     for out in (blocker, blocker / "sub"):
-        with pytest.raises(ValueError, match="--out"):
+        with pytest.raises(ValueError, match="cannot write to output directory"):
             _run(out, fit)
     assert fit.fits == 0 and blocker.read_text() == "not a directory"
 

@@ -36,12 +36,12 @@ from attnmoe.commands.train import (
     StepsOpt,
     TaskOpt,
     ThreadsOpt,
-    check_writable,
     collect_overrides,
     fail,
     set_threads,
 )
 from attnmoe.train import distributed
+from attnmoe.utils import check_writable
 
 
 def compare(

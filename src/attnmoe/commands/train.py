@@ -14,7 +14,6 @@ Data parallel: ``torchrun --nproc_per_node 2 -m attnmoe.cli train ...`` (gloo on
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -22,6 +21,7 @@ from typing import Annotated, Any
 import typer
 
 from attnmoe.train import distributed
+from attnmoe.utils import check_writable
 
 TaskOpt = Annotated[str, typer.Option("--task", help="vision, lm or forecast.")]
 DatasetOpt = Annotated[str, typer.Option(
@@ -83,17 +83,6 @@ def collect_overrides(
                  "eval_interval": eval_interval, "checkpoint_interval": checkpoint_interval,
                  "patience": patience}
     return {**{k: v for k, v in given.items() if v is not None}, **parse_model_overrides(model)}
-
-
-def check_writable(out: Path) -> None:
-    """Create ``out`` and make sure a file can be written in it (clear error otherwise)."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        raise ValueError(f"cannot write to output directory {out}: {err.strerror or err}") from None
 
 
 def fail(err: Exception) -> typer.Exit:

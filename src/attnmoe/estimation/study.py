@@ -47,6 +47,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from attnmoe.utils import check_writable
+
 Backend = Literal["process", "ray"]
 BACKENDS: tuple[str, ...] = ("process", "ray")
 
@@ -406,25 +408,6 @@ class RecordWriter:
             fh.write(("\n" if needs_newline else "") + lines)
             fh.flush()
             os.fsync(fh.fileno())
-
-
-def check_writable(out: Path) -> Path:
-    """Create ``out`` if needed and prove a file can be written there, before any work.
-
-    Raises:
-        ValueError: ``out`` is a file, or the directory cannot be created or written.
-    """
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a directory")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as err:
-        raise ValueError(f"--out {out} is not writable: {err.strerror or err}") from err
-    return out
 
 
 # --------------------------------------------------------------------------------------------
