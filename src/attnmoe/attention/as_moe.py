@@ -296,5 +296,5 @@ def head_outputs(layer: Attention, x: Tensor, key_padding_mask: Tensor | None = 
         layer(x, key_padding_mask)
     finally:
         handle.remove()
-    Bn, T, C = seen[0].shape
+    Bn, T, _ = seen[0].shape
     return seen[0].view(Bn, T, layer.heads, layer.head_dim).transpose(1, 2)  # (B, H, T, D)

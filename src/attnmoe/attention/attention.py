@@ -50,8 +50,8 @@ from torch import Tensor, nn
 
 __all__ = [
     "ACTIVATIONS",
-    "GATE_POSITIONS",
     "GATE_GRANULARITIES",
+    "GATE_POSITIONS",
     "SCORES",
     "Attention",
     "resolve_activation",
@@ -129,11 +129,8 @@ def validate_options(
     if dim % heads != 0:
         raise ValueError(f"dim={dim} is not divisible by heads={heads}")
     resolve_activation(value_activation)
-    if gate is not None:
-        if not isinstance(gate, str) or gate.upper() not in GATE_POSITIONS:
-            raise ValueError(
-                f"unknown gate position {gate!r}; choose None or one of {GATE_POSITIONS}"
-            )
+    if gate is not None and (not isinstance(gate, str) or gate.upper() not in GATE_POSITIONS):
+        raise ValueError(f"unknown gate position {gate!r}; choose None or one of {GATE_POSITIONS}")
     if gate_granularity not in GATE_GRANULARITIES:
         raise ValueError(
             f"unknown gate_granularity {gate_granularity!r}; choose one of {GATE_GRANULARITIES}"

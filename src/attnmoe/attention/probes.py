@@ -123,7 +123,7 @@ class AttentionProbes:
             h.remove()
         self._handles = []
 
-    def __enter__(self) -> AttentionProbes:
+    def __enter__(self) -> AttentionProbes:  # noqa: PYI034 - attach() returns self
         return self.attach()
 
     def __exit__(self, *exc: object) -> None:
@@ -134,7 +134,7 @@ class AttentionProbes:
         return {name: st.as_dict() for name, st in self.stats.items()}
 
     # ------------------------------------------------------------------ hooks
-    def _layer_hook(self, st: LayerStats):  # noqa: ANN205 - hook factory
+    def _layer_hook(self, st: LayerStats):
         def hook(
             layer: Attention, args: tuple[Any, ...], kwargs: dict[str, Any], out: Tensor
         ) -> None:
@@ -157,7 +157,7 @@ class AttentionProbes:
 
         return hook
 
-    def _out_proj_hook(self, st: LayerStats):  # noqa: ANN205
+    def _out_proj_hook(self, st: LayerStats):
         thr = self.threshold
 
         def hook(_m: nn.Module, args: tuple[Tensor, ...]) -> None:
@@ -167,7 +167,7 @@ class AttentionProbes:
 
         return hook
 
-    def _gate_hook(self, st: LayerStats):  # noqa: ANN205
+    def _gate_hook(self, st: LayerStats):
         def hook(_m: nn.Module, _args: tuple[Tensor, ...], out: Tensor) -> None:
             if self._recomputing:
                 return

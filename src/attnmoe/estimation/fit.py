@@ -29,7 +29,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from attnmoe.moe import ParameterLayout
+from attnmoe.estimation.objective import LeastSquaresObjective
+from attnmoe.moe import GATES, ParameterLayout
 
 __all__ = [
     "FitResult",
@@ -39,6 +40,7 @@ __all__ = [
     "fit_least_squares",
     "fit_restarts",
     "gauss_newton_matrix",
+    "jacobian",
     "lbfgs",
     "least_squares_objective",
     "near_truth_init",
@@ -52,8 +54,18 @@ __all__ = [
 Objective = Callable[[Tensor, "Tensor | None"], Tensor]
 
 
-def least_squares_objective(layout: ParameterLayout, X: Tensor, y: Tensor) -> Objective:
-    """Mean squared error L_r = (1/n) sum_j (y_rj - f(x_rj; theta_r))^2, per replicate."""
+def least_squares_objective(
+    layout: ParameterLayout, X: Tensor, y: Tensor, closed_form: bool = True
+) -> Objective:
+    """Mean squared error L_r = (1/n) sum_j (y_rj - f(x_rj; theta_r))^2, per replicate.
+
+    With ``closed_form`` (default) and one of the built-in gates, the returned objective is a
+    :class:`~attnmoe.estimation.objective.LeastSquaresObjective`, whose gradient and Jacobian are
+    computed in closed form; otherwise (or for a user-defined :class:`~attnmoe.moe.Gate`) a
+    plain function whose gradient comes from autograd through ``layout.forward``.
+    """
+    if closed_form and type(layout.gate) is GATES.get(layout.gate.name):
+        return LeastSquaresObjective(layout, X, y)
 
     def objective(flat: Tensor, idx: Tensor | None = None) -> Tensor:
         Xi, yi = (X, y) if idx is None else (X[idx], y[idx])
@@ -63,7 +75,15 @@ def least_squares_objective(layout: ParameterLayout, X: Tensor, y: Tensor) -> Ob
 
 
 def value_and_grad(objective: Objective, x: Tensor, idx: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Losses ``(m,)`` and per-replicate gradients ``(m, P)`` from one backward pass."""
+    """Losses ``(m,)`` and per-replicate gradients ``(m, P)``.
+
+    Uses ``objective.value_and_grad`` where the objective has one (closed form), else one
+    autograd backward pass (replicate r's loss depends on row r only, so the gradient of the
+    summed loss holds every replicate's own gradient).
+    """
+    closed = getattr(objective, "value_and_grad", None)
+    if closed is not None:
+        return closed(x.detach(), idx)
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
         f = objective(x, idx)
@@ -128,6 +148,25 @@ def _strong_wolfe(
     evals = torch.zeros(R, dtype=torch.long, device=x.device)
     d_max = d.abs().amax(-1)
     first = torch.ones_like(todo)
+
+    def evaluate(trial: Tensor) -> tuple[Tensor, Tensor]:
+        if bool(todo.all()):
+            return fg(x + trial.unsqueeze(-1) * d, None)
+        idx = todo.nonzero().squeeze(-1)  # evaluate only the replicates still searching
+        f_sub, g_sub = fg(x[idx] + trial[idx, None] * d[idx], idx)
+        f_new, g_new = f.clone(), g.clone()
+        f_new[idx], g_new[idx] = f_sub, g_sub
+        return f_new, g_new
+
+    # fast path: L-BFGS steps are mostly accepted at the first trial t0, which the state machine
+    # below would accept too (bracketing phase, Armijo holds and |g'd| <= -c2 g^T d)
+    pending = evaluate(t)
+    f_new, g_new = pending
+    gtd_new = (g_new * d).sum(-1)
+    first_ok = (f_new <= f + c1 * t * gtd) & torch.isfinite(f_new) & (gtd_new.abs() <= -c2 * gtd)
+    if bool((first_ok | ~todo).all()):
+        return (torch.where(todo, t, 0.0), torch.where(todo, f_new, f), _sel(todo, g_new, g),
+                todo.long())
     for _ in range(max_ls):
         # zoom replicates whose bracket collapsed stop with their lo point
         small = todo & zoom & ((t_hi - t_lo).abs() * d_max < tolerance_change)
@@ -145,13 +184,8 @@ def _strong_wolfe(
         insuf = torch.where(zoom, near & ~fix, insuf)
         trial = torch.where(zoom, tz, t)
 
-        if bool(todo.all()):
-            f_new, g_new = fg(x + trial.unsqueeze(-1) * d, None)
-        else:  # evaluate only the replicates still searching
-            idx = todo.nonzero().squeeze(-1)
-            f_sub, g_sub = fg(x[idx] + trial[idx, None] * d[idx], idx)
-            f_new, g_new = f.clone(), g.clone()
-            f_new[idx], g_new[idx] = f_sub, g_sub
+        f_new, g_new = evaluate(trial) if pending is None else pending  # the first trial is done
+        pending = None
         evals = evals + todo.long()
         gtd_new = (g_new * d).sum(-1)
         armijo_fail = (f_new > f + c1 * trial * gtd) | ~torch.isfinite(f_new)
@@ -221,19 +255,21 @@ def _two_loop(g: Tensor, S: Tensor, Y: Tensor, rho: Tensor, n_hist: Tensor, M: T
     """
     m = S.shape[1]
     valid = torch.arange(m, device=g.device).unsqueeze(0) >= (m - n_hist).unsqueeze(1)  # (R, m)
+    rho = torch.where(valid, rho, 0.0)  # a slot no replicate uses contributes exactly nothing
+    lo = m - int(n_hist.max())  # slots before lo are invalid for every replicate: skipped
     q = g.clone()
     alphas = [torch.zeros_like(rho[:, 0])] * m
-    for j in reversed(range(m)):
-        a = torch.where(valid[:, j], rho[:, j] * (S[:, j] * q).sum(-1), 0.0)
+    for j in reversed(range(lo, m)):
+        a = rho[:, j] * (S[:, j] * q).sum(-1)
         q = q - a.unsqueeze(-1) * Y[:, j]
         alphas[j] = a
     s_new, y_new = S[:, -1], Y[:, -1]
     My = _apply(M, y_new)
     gamma = torch.where(n_hist > 0, (s_new * y_new).sum(-1) / (y_new * My).sum(-1).clamp_min(1e-300), 1.0)
     r = gamma.unsqueeze(-1) * _apply(M, q)
-    for j in range(m):
+    for j in range(lo, m):
         beta = rho[:, j] * (Y[:, j] * r).sum(-1)
-        r = r + S[:, j] * torch.where(valid[:, j], alphas[j] - beta, 0.0).unsqueeze(-1)
+        r = r + S[:, j] * (alphas[j] - beta).unsqueeze(-1)
     return -r
 
 
@@ -379,23 +415,29 @@ def adam(
     return OptimResult(x, f, g.abs().amax(-1), converged, n_iter, n_evals)
 
 
-def gauss_newton_matrix(layout: ParameterLayout, X: Tensor, flat: Tensor, damping: float = 1e-3) -> Tensor:
-    """Damped Gauss-Newton matrix (2/n) J^T J + damping * mean(diag) * I, ``(R, P, P)``.
-
-    J = d f(x_j; theta) / d theta ``(R, n, P)`` at ``flat`` (one forward-mode pass per free
-    parameter). Near a good fit (small residuals) it approximates the Hessian of the mean
-    squared error; the damping keeps it invertible when the model is not identified.
-    """
+def jacobian(layout: ParameterLayout, X: Tensor, flat: Tensor) -> Tensor:
+    """J = d f(x_j; theta) / d theta ``(R, n, P)`` at ``flat`` by forward-mode autograd (one pass
+    per free parameter): the reference for :meth:`LeastSquaresObjective.jacobian`."""
     R, P = flat.shape
     eye = torch.eye(P, dtype=flat.dtype)
     cols = [
         torch.func.jvp(lambda z: layout.forward(z, X), (flat,), (eye[p].expand(R, P),))[1]
         for p in range(P)
     ]
-    J = torch.stack(cols, dim=-1)  # (R, n, P)
-    G = 2.0 * torch.bmm(J.transpose(1, 2), J) / X.shape[1]  # (R, P, P)
+    return torch.stack(cols, dim=-1)  # (R, n, P)
+
+
+def gauss_newton_matrix(J: Tensor, damping: float = 1e-3) -> Tensor:
+    """Damped Gauss-Newton matrix (2/n) J^T J + damping * mean(diag) * I, ``(R, P, P)``.
+
+    J = d f(x_j; theta) / d theta ``(R, n, P)``. Near a good fit (small residuals) it
+    approximates the Hessian of the mean squared error; the damping keeps it invertible when
+    the model is not identified.
+    """
+    R, n, P = J.shape
+    G = 2.0 * torch.bmm(J.transpose(1, 2), J) / n  # (R, P, P)
     scale = torch.diagonal(G, dim1=1, dim2=2).mean(-1).clamp_min(1e-300)  # (R,)
-    return G + damping * scale.view(R, 1, 1) * eye
+    return G + damping * scale.view(R, 1, 1) * torch.eye(P, dtype=J.dtype)
 
 
 @dataclass
@@ -441,6 +483,7 @@ def fit_least_squares(
     max_iter: int = 500,
     tol: float = 1e-9,
     precondition: bool = True,
+    closed_form: bool = True,
     **options: float,
 ) -> FitResult:
     """Least-squares fits of R replicates from initial free parameters ``init`` ``(R, P)``.
@@ -455,6 +498,9 @@ def fit_least_squares(
         precondition: L-BFGS only: use the inverse of the (damped) Gauss-Newton matrix as the
             initial inverse Hessian, recomputed at the current iterate every ``refresh``
             (option, default 100) iterations (see :func:`gauss_newton_matrix`).
+        closed_form: compute gradients and Jacobians in closed form
+            (:class:`~attnmoe.estimation.objective.LeastSquaresObjective`) rather than by
+            autograd; the two agree to rounding (tests), the closed form is faster.
         options: passed to :func:`lbfgs` (ftol, history, max_ls, c1, c2) or :func:`adam` (lr, ...).
     """
     if method not in METHODS:
@@ -462,14 +508,19 @@ def fit_least_squares(
     _check_data(X, y, layout)
     if init.shape != (X.shape[0], layout.n_params):
         raise ValueError(f"init must be (R, P) = ({X.shape[0]}, {layout.n_params}), got {tuple(init.shape)}")
-    objective = least_squares_objective(layout, X, y.to(X.dtype))
+    objective = least_squares_objective(layout, X, y.to(X.dtype), closed_form)
     start = time.perf_counter()
     init = init.to(X.dtype)
     if method == "lbfgs":
         if precondition:
-            options["precondition"] = lambda z, idx: torch.linalg.inv(
-                gauss_newton_matrix(layout, X if idx is None else X[idx], z)
-            )
+            def inverse_gauss_newton(z: Tensor, idx: Tensor | None) -> Tensor:
+                if isinstance(objective, LeastSquaresObjective):
+                    J = objective.jacobian(z, idx)
+                else:
+                    J = jacobian(layout, X if idx is None else X[idx], z)
+                return torch.linalg.inv(gauss_newton_matrix(J))
+
+            options["precondition"] = inverse_gauss_newton
         res = lbfgs(objective, init, max_iter=max_iter, tol=tol, **options)
     else:
         res = adam(objective, init, max_iter=max_iter, tol=tol, **options)

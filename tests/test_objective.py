@@ -1,0 +1,82 @@
+"""Closed-form loss, gradient and Jacobian against autograd and finite differences."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attnmoe.estimation.fit import (
+    fit_least_squares,
+    jacobian,
+    least_squares_objective,
+    near_truth_init,
+    value_and_grad,
+)
+from attnmoe.estimation.objective import LeastSquaresObjective
+from attnmoe.estimation.truth import get_setting, sample
+from attnmoe.moe import GATES, ParameterLayout
+from attnmoe.moe.experts import EXPERTS
+from attnmoe.moe.gates import MonomialGate
+
+CASES = [(g, e, nz) for g in GATES for e in EXPERTS for nz in ("softmax", "sigmoid")]
+
+
+def _problem(gate: str, expert: str, normalization: str, R: int = 3, n: int = 40, d: int = 3):
+    gen = torch.Generator().manual_seed(sum(map(ord, gate + expert + normalization)))
+    layout = ParameterLayout(gate, expert, 4, d, normalization=normalization)
+    X = torch.randn(R, n, d, generator=gen, dtype=torch.float64)
+    y = torch.randn(R, n, generator=gen, dtype=torch.float64)
+    theta = torch.randn(R, layout.n_params, generator=gen, dtype=torch.float64)
+    return layout, X, y, theta
+
+
+@pytest.mark.parametrize(("gate", "expert", "normalization"), CASES)
+def test_closed_form_equals_autograd(gate: str, expert: str, normalization: str) -> None:
+    layout, X, y, theta = _problem(gate, expert, normalization)
+    fast = least_squares_objective(layout, X, y)
+    ref = least_squares_objective(layout, X, y, closed_form=False)
+    assert isinstance(fast, LeastSquaresObjective) and not isinstance(ref, LeastSquaresObjective)
+    f_fast, g_fast = value_and_grad(fast, theta)
+    f_ref, g_ref = value_and_grad(ref, theta)
+    torch.testing.assert_close(f_fast, f_ref, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(g_fast, g_ref, rtol=1e-10, atol=1e-13)
+    idx = torch.tensor([2, 0])  # a subset of replicates, out of order
+    f_sub, g_sub = value_and_grad(fast, theta[idx], idx)
+    torch.testing.assert_close(g_sub, g_ref[idx], rtol=1e-10, atol=1e-13)
+    torch.testing.assert_close(f_sub, f_ref[idx], rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(fast.jacobian(theta), jacobian(layout, X, theta), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("expert", ["linear", "sigmoid", "gelu"])
+def test_closed_form_gradient_matches_finite_differences(expert: str) -> None:
+    layout, X, y, theta = _problem("polynomial", expert, "softmax", R=2, n=25, d=2)
+    obj = LeastSquaresObjective(layout, X, y)
+    _, grad = obj.value_and_grad(theta)
+    eps = 1e-6
+    for p in range(layout.n_params):
+        step = torch.zeros_like(theta)
+        step[:, p] = eps
+        fd = (obj(theta + step) - obj(theta - step)) / (2 * eps)  # central difference, O(eps^2)
+        torch.testing.assert_close(grad[:, p], fd, rtol=1e-6, atol=1e-8)
+
+
+def test_custom_gate_falls_back_to_autograd() -> None:
+    class ShiftedMonomial(MonomialGate):  # same parameter names, different function
+        def logits(self, params, x):
+            return super().logits(params, x) + x[..., :1]
+
+    layout = ParameterLayout(ShiftedMonomial(2), "sigmoid", 3, 2)
+    X = torch.randn(2, 30, 2, dtype=torch.float64)
+    obj = least_squares_objective(layout, X, torch.zeros(2, 30, dtype=torch.float64))
+    assert not isinstance(obj, LeastSquaresObjective)
+
+
+def test_closed_form_fit_equals_autograd_fit() -> None:
+    s = get_setting("polynomial-sigmoid-exact")
+    seeds = [0, 1, 2, 3]
+    X, y = sample(s, 300, seeds)
+    x0 = near_truth_init(s.fit_layout, s.true_params(), seeds, 0.1)
+    fast = fit_least_squares(s.fit_layout, X, y, x0, max_iter=40, tol=0.0, ftol=0.0)
+    ref = fit_least_squares(s.fit_layout, X, y, x0, max_iter=40, tol=0.0, ftol=0.0, closed_form=False)
+    torch.testing.assert_close(fast.loss, ref.loss, rtol=1e-8, atol=1e-12)
+    torch.testing.assert_close(fast.flat, ref.flat, rtol=1e-6, atol=1e-8)
