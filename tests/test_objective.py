@@ -80,3 +80,41 @@ def test_closed_form_fit_equals_autograd_fit() -> None:
     ref = fit_least_squares(s.fit_layout, X, y, x0, max_iter=40, tol=0.0, ftol=0.0, closed_form=False)
     torch.testing.assert_close(fast.loss, ref.loss, rtol=1e-8, atol=1e-12)
     torch.testing.assert_close(fast.flat, ref.flat, rtol=1e-6, atol=1e-8)
+
+
+def test_box_gradient_is_the_chain_rule() -> None:
+    from attnmoe.estimation.fit import _Box
+
+    layout, X, y, theta = _problem("monomial", "sigmoid", "softmax")
+    box = _Box(2.0)
+    boxed = box.wrap(least_squares_objective(layout, X, y))
+    phi = box.to_free(theta.clamp(-1.9, 1.9))
+    f, g = value_and_grad(boxed, phi)
+    ref = least_squares_objective(layout, X, y, closed_form=False)
+    f_ref, g_ref = value_and_grad(lambda z, idx=None: ref(box.to_theta(z), idx), phi)
+    torch.testing.assert_close(f, f_ref, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-13)
+
+
+def test_bounded_fit_stays_in_the_box_and_recovers_noise_free_truth() -> None:
+    s = get_setting("monomial-sigmoid-over")
+    seeds = [0, 1, 2]
+    X, _ = sample(s, 400, seeds)
+    truth = s.true_params(3)
+    y = s.true_layout.forward(s.true_layout.pack(truth), X)  # noise-free responses
+    x0 = near_truth_init(s.fit_layout, s.true_params(), seeds, 0.3)
+    res = fit_least_squares(s.fit_layout, X, y, x0, max_iter=400, bound=3.0)
+    assert float(res.flat.abs().max()) < 3.0
+    assert float(res.loss.max()) < 1e-8  # an exact representation of f* lies inside the box
+    with pytest.raises(ValueError, match="outside the parameter box"):
+        fit_least_squares(s.fit_layout, X, y, x0, bound=0.5)
+
+
+def test_a_wide_box_changes_nothing() -> None:
+    s = get_setting("polynomial-linear-exact")
+    seeds = [0, 1]
+    X, y = sample(s, 300, seeds)
+    x0 = near_truth_init(s.fit_layout, s.true_params(), seeds, 0.1)
+    free = fit_least_squares(s.fit_layout, X, y, x0, max_iter=200)
+    boxed = fit_least_squares(s.fit_layout, X, y, x0, max_iter=200, bound=1e4)
+    torch.testing.assert_close(boxed.flat, free.flat, rtol=1e-5, atol=1e-6)

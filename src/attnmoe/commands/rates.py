@@ -74,6 +74,10 @@ def rates(
     max_iter: Annotated[
         int | None, typer.Option("--max-iter", help="Optimiser iteration cap per fit.")
     ] = None,
+    bound: Annotated[
+        float | None,
+        typer.Option("--bound", help="Fit every parameter inside [-B, B] (paper preset: 10)."),
+    ] = None,
     block_size: Annotated[
         int | None, typer.Option("--block-size", help="Seeds fitted per batched call.")
     ] = None,
@@ -94,6 +98,7 @@ def rates(
         )
         grid = _ints(n_grid, "--n-grid") or list(p.n_grid)
         options = p.fit if max_iter is None else replace(p.fit, max_iter=max_iter)
+        options = options if bound is None else replace(options, bound=bound)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", RuntimeWarning)
             result = study.run_study(

@@ -37,6 +37,7 @@ def fit_and_score(
     init_scale: float = 0.1,
     n_init: int = 4,
     d2_exponents: tuple[float, float] = (1.0, 4.0),
+    bound: float | None = None,
 ) -> list[dict]:
     """Fit ``len(seeds)`` replicates of ``setting`` at sample size ``n``; one record per seed.
 
@@ -50,6 +51,9 @@ def fit_and_score(
         init: ``"near-truth"`` (true atoms + ``init_scale`` * N(0, 1), split when k > k*) or
             ``"random"`` (``n_init`` data-driven restarts, best training loss kept).
         d2_exponents: exponents (single-atom cells, multi-atom cells) of D2.
+        bound: if given, fit over the box |theta_p| <= bound of every free parameter (see
+            :func:`~attnmoe.estimation.fit.fit_least_squares`); random restarts are clipped to
+            0.99 * bound.
 
     Returns:
         ``[{"setting", "n", "seed", "losses": {"D1", "D2", "mass", "atom", "L2"}, "converged",
@@ -71,7 +75,7 @@ def fit_and_score(
     X, y = sample(setting, n, seeds)
     if init == "near-truth":
         x0 = near_truth_init(layout, setting.true_params(), seeds, init_scale)
-        res = fit_least_squares(layout, X, y, x0, method=method, max_iter=max_iter, tol=tol)
+        res = fit_least_squares(layout, X, y, x0, method=method, max_iter=max_iter, tol=tol, bound=bound)
     else:
         inits = torch.stack(
             [random_init(layout, X[r : r + 1], y[r : r + 1], n_init,
@@ -79,7 +83,9 @@ def fit_and_score(
              for r, s in enumerate(seeds)],
             dim=1,
         )  # (n_init, R, P)
-        res = fit_restarts(layout, X, y, inits, method=method, max_iter=max_iter, tol=tol)
+        if bound is not None:
+            inits = inits.clamp(-0.99 * bound, 0.99 * bound)
+        res = fit_restarts(layout, X, y, inits, method=method, max_iter=max_iter, tol=tol, bound=bound)
     losses = voronoi_losses(res.params, setting.true_params(), d2_exponents=d2_exponents)
     losses["L2"] = l2_error(res.params, setting, n_test, seeds)
     seconds = (time.perf_counter() - start) / len(seeds)

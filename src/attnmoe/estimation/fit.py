@@ -440,6 +440,43 @@ def gauss_newton_matrix(J: Tensor, damping: float = 1e-3) -> Tensor:
     return G + damping * scale.view(R, 1, 1) * torch.eye(P, dtype=J.dtype)
 
 
+class _Box:
+    """theta = bound * tanh(phi / bound): unconstrained phi, theta inside (-bound, bound)."""
+
+    def __init__(self, bound: float) -> None:
+        if not (math.isfinite(bound) and bound > 0):
+            raise ValueError(f"bound must be a finite number > 0, got {bound!r}")
+        self.bound = bound
+
+    def to_theta(self, phi: Tensor) -> Tensor:
+        return self.bound * torch.tanh(phi / self.bound)
+
+    def to_free(self, theta: Tensor) -> Tensor:
+        return self.bound * torch.atanh(theta / self.bound)
+
+    def slope(self, theta: Tensor) -> Tensor:
+        """d theta / d phi at theta."""
+        return 1.0 - (theta / self.bound).square()
+
+    def wrap(self, objective: Objective) -> _BoxObjective:
+        return _BoxObjective(objective, self)
+
+
+class _BoxObjective:
+    """An objective of theta seen as a function of phi (see :class:`_Box`)."""
+
+    def __init__(self, base: Objective, box: _Box) -> None:
+        self.base, self.box = base, box
+
+    def __call__(self, phi: Tensor, idx: Tensor | None = None) -> Tensor:
+        return self.base(self.box.to_theta(phi), idx)
+
+    def value_and_grad(self, phi: Tensor, idx: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        theta = self.box.to_theta(phi)
+        f, g = value_and_grad(self.base, theta, idx)
+        return f, g * self.box.slope(theta)
+
+
 @dataclass
 class FitResult:
     """A batched least-squares fit; tensors have leading dim R."""
@@ -484,6 +521,7 @@ def fit_least_squares(
     tol: float = 1e-9,
     precondition: bool = True,
     closed_form: bool = True,
+    bound: float | None = None,
     **options: float,
 ) -> FitResult:
     """Least-squares fits of R replicates from initial free parameters ``init`` ``(R, P)``.
@@ -501,6 +539,11 @@ def fit_least_squares(
         closed_form: compute gradients and Jacobians in closed form
             (:class:`~attnmoe.estimation.objective.LeastSquaresObjective`) rather than by
             autograd; the two agree to rounding (tests), the closed form is faster.
+        bound: if given, least squares over the box |theta_p| <= bound of every free
+            parameter (the compact parameter space the theory assumes): the optimiser works on
+            phi with theta = bound * tanh(phi / bound), so interior points are unconstrained and
+            no parameter can run off. ``init`` must lie strictly inside the box. ``grad_max``
+            and ``tol`` then refer to the gradient with respect to phi.
         options: passed to :func:`lbfgs` (ftol, history, max_ls, c1, c2) or :func:`adam` (lr, ...).
     """
     if method not in METHODS:
@@ -511,13 +554,22 @@ def fit_least_squares(
     objective = least_squares_objective(layout, X, y.to(X.dtype), closed_form)
     start = time.perf_counter()
     init = init.to(X.dtype)
+    box = None if bound is None else _Box(float(bound))
+    if box is not None:
+        if not bool((init.abs() < box.bound).all()):
+            raise ValueError(f"init has entries outside the parameter box |theta| < bound = {bound}")
+        objective, init = box.wrap(objective), box.to_free(init)
     if method == "lbfgs":
         if precondition:
             def inverse_gauss_newton(z: Tensor, idx: Tensor | None) -> Tensor:
-                if isinstance(objective, LeastSquaresObjective):
-                    J = objective.jacobian(z, idx)
+                theta = z if box is None else box.to_theta(z)
+                base = objective if box is None else objective.base
+                if isinstance(base, LeastSquaresObjective):
+                    J = base.jacobian(theta, idx)
                 else:
-                    J = jacobian(layout, X if idx is None else X[idx], z)
+                    J = jacobian(layout, X if idx is None else X[idx], theta)
+                if box is not None:
+                    J = J * box.slope(theta).unsqueeze(1)  # chain rule d theta / d phi
                 return torch.linalg.inv(gauss_newton_matrix(J))
 
             options["precondition"] = inverse_gauss_newton
@@ -525,9 +577,10 @@ def fit_least_squares(
     else:
         res = adam(objective, init, max_iter=max_iter, tol=tol, **options)
     seconds = time.perf_counter() - start
+    theta = res.x if box is None else box.to_theta(res.x)
     return FitResult(
-        params={k: v.detach() for k, v in layout.unpack(res.x).items()},
-        flat=res.x,
+        params={k: v.detach() for k, v in layout.unpack(theta).items()},
+        flat=theta,
         loss=res.loss,
         grad_max=res.grad_max,
         converged=res.converged,

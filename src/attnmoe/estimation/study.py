@@ -79,6 +79,8 @@ class FitOptions:
             is estimated.
         init: initialisation scheme (``"near-truth"``: the usual choice in this literature's
             simulations, so the study measures the statistical rate, not the optimiser's luck).
+        bound: if set, every free parameter is fitted inside [-bound, bound] (the compact
+            parameter space of the theory; see ``docs/rates.md``); None: unbounded.
     """
 
     method: str = "lbfgs"
@@ -86,6 +88,7 @@ class FitOptions:
     tol: float = 1e-9
     n_test: int = 10_000
     init: str = "near-truth"
+    bound: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_iter, int) or self.max_iter < 1:
@@ -94,6 +97,10 @@ class FitOptions:
             raise ValueError(f"n_test must be a positive integer, got {self.n_test!r}")
         if not (isinstance(self.tol, (int, float)) and self.tol >= 0 and math.isfinite(self.tol)):
             raise ValueError(f"tol must be a finite number >= 0, got {self.tol!r}")
+        if self.bound is not None and not (
+            isinstance(self.bound, (int, float)) and math.isfinite(self.bound) and self.bound > 0
+        ):
+            raise ValueError(f"bound must be a finite number > 0 or None, got {self.bound!r}")
 
     def as_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of ``fit_and_score``."""
@@ -128,7 +135,7 @@ PRESETS: dict[str, Preset] = {
     "paper": Preset(
         n_grid=log_grid(1000, 100_000, 9),
         replicates=40,
-        fit=FitOptions(max_iter=1000, n_test=20_000),
+        fit=FitOptions(max_iter=1000, n_test=20_000, bound=10.0),
     ),
 }
 
