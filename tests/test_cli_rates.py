@@ -129,3 +129,27 @@ def test_ray_backend_equals_process_backend(tmp_path: Path) -> None:
     finally:
         ray.shutdown()
     assert _without_time(remote.records) == _without_time(local.records)
+
+
+def test_summary_only_uses_every_record_on_file(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    base = ["--out", str(out), "--replicates", "2", "--max-iter", "5", "--no-progress"]
+    assert _invoke(*base, "--settings", "monomial-sigmoid-exact", "--n-grid", "200,400").exit_code == 0
+    # a second setting on a different grid, in the same directory
+    assert _invoke(*base, "--settings", "monomial-linear-exact", "--n-grid", "300,600,900").exit_code == 0
+    lines_before = (out / "records.jsonl").read_text()
+    res = _invoke("--out", str(out), "--settings", "monomial-sigmoid-exact,monomial-linear-exact",
+                  "--summary-only", "--no-progress")
+    assert res.exit_code == 0, res.output
+    assert "summarised 10 records" in res.output
+    assert (out / "records.jsonl").read_text() == lines_before  # nothing fitted
+    summary = json.loads((out / "summary.json").read_text())["settings"]
+    assert (summary["monomial-sigmoid-exact"]["losses"]["D1"]["n_max"]) == 400
+    assert (summary["monomial-linear-exact"]["losses"]["D1"]["sizes"]) == 3
+    # filters: one size and one seed leave no slope but a valid summary
+    res = _invoke("--out", str(out), "--settings", "monomial-linear-exact", "--n-grid", "300,900",
+                  "--replicates", "1", "--summary-only")
+    assert res.exit_code == 0, res.output
+    assert "summarised 2 records" in res.output
+    res = _invoke("--out", str(tmp_path / "empty"), "--summary-only")
+    assert res.exit_code == 2 and "nothing to summarise" in res.output

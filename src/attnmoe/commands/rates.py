@@ -82,6 +82,14 @@ def rates(
         int | None, typer.Option("--block-size", help="Seeds fitted per batched call.")
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the first replicate.")] = 0,
+    summary_only: Annotated[
+        bool,
+        typer.Option(
+            "--summary-only",
+            help="Fit nothing: rewrite the summary from records.jsonl (every n and seed on "
+            "file unless --n-grid / --replicates are given).",
+        ),
+    ] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ) -> None:
     """Convergence-rate study: fit replicates on a grid of n, report log-log slopes."""
@@ -96,6 +104,13 @@ def rates(
             k_true=_ints(k_true, "--k-true"),
             k_fit=_ints(k_fit, "--k-fit"),
         )
+        if summary_only:
+            result = study.resummarize(
+                out, chosen, _ints(n_grid, "--n-grid"), replicates, base_seed=seed
+            )
+            typer.echo(f"summarised {len(result.records)} records from {out / study.RECORDS_FILE}")
+            typer.echo(study.summary_markdown(result.summary))
+            return
         grid = _ints(n_grid, "--n-grid") or list(p.n_grid)
         options = p.fit if max_iter is None else replace(p.fit, max_iter=max_iter)
         options = options if bound is None else replace(options, bound=bound)

@@ -635,6 +635,47 @@ def run_study(
     )
 
 
+def resummarize(
+    out: Path | str,
+    settings: Sequence[Any],
+    n_grid: Sequence[int] | None = None,
+    replicates: int | None = None,
+    *,
+    base_seed: int = 0,
+    n_boot: int = 2000,
+) -> StudyResult:
+    """Rewrite the summary files of ``out`` from its ``records.jsonl`` without fitting anything.
+
+    Uses every record of the given settings, restricted to ``n_grid`` and to the first
+    ``replicates`` seeds when those are given (else every sample size and seed on file), so a
+    study whose settings were run on different grids can be summarised as it stands.
+    """
+    t0 = time.perf_counter()
+    out = Path(out)
+    records_path = out / RECORDS_FILE
+    if not records_path.exists():
+        raise ValueError(f"{records_path} does not exist: nothing to summarise")
+    out = check_writable(out)
+    existing, bad = read_records(records_path)
+    names = {s.name for s in settings}
+    grid = None if n_grid is None else {int(n) for n in n_grid}
+    seeds = None if replicates is None else set(replicate_seeds(replicates, base_seed))
+    chosen = [
+        r for r in existing
+        if r["setting"] in names
+        and (grid is None or int(r["n"]) in grid)
+        and (seeds is None or int(r["seed"]) in seeds)
+    ]
+    if not chosen:
+        raise ValueError(f"{records_path} holds no records of the chosen settings / sizes / seeds")
+    summary = summarize(chosen, n_boot=n_boot, settings=settings)
+    write_outputs(out, summary, chosen)
+    return StudyResult(
+        out=out, records=chosen, fitted=0, reused=len(chosen), bad_lines=bad, summary=summary,
+        seconds=time.perf_counter() - t0,
+    )
+
+
 def write_outputs(out: Path, summary: dict[str, Any], records: list[dict[str, Any]]) -> None:
     """Write ``summary.json``, ``summary.md`` and ``rates.png`` (atomically: tmp then rename)."""
     _atomic_write(out / SUMMARY_JSON, json.dumps(summary, indent=2, sort_keys=True) + "\n")
