@@ -43,6 +43,14 @@ def _fake_run_one(calls: list[tuple[str, int, bool]]):
     return run_one
 
 
+def test_holm_adjustment_on_a_hand_example() -> None:
+    # m = 3 tests: 3 x 0.01 = 0.03; 2 x 0.03 = 0.06; 1 x 0.04 = 0.04 -> running max 0.06
+    got = cmp.holm({"a": 0.01, "b": 0.04, "c": 0.03, "d": None})
+    assert got["a"] == pytest.approx(0.03) and got["b"] == pytest.approx(0.06)
+    assert got["c"] == pytest.approx(0.06) and got["d"] is None
+    assert cmp.holm({"a": 0.6, "b": 0.7}) == {"a": 1.0, "b": 1.0}
+
+
 def _welch_by_hand(a: list[float], b: list[float]) -> tuple[float, float, float]:
     ma, mb = sum(a) / len(a), sum(b) / len(b)
     va = sum((x - ma) ** 2 for x in a) / (len(a) - 1)
@@ -89,6 +97,17 @@ def test_comparison_skips_finished_and_resumes(tmp_path: Path, monkeypatch: pyte
             assert pair["t"] == pytest.approx(t_pair, rel=1e-10)
             assert pair["p"] == pytest.approx(2 * stats.t.sf(abs(t_pair), 2), rel=1e-8)
     assert "welch_vs_softmax" not in summary["variants"]["softmax"]["metrics"]["test_mse"]
+    # Holm over the paired tests of the non-baseline variants, by hand: sort, scale, running max
+    raw = {v: summary["variants"][v]["metrics"]["test_mse"]["paired_vs_softmax"]["p"]
+           for v in TABLE if v != "softmax"}
+    order = sorted(raw, key=raw.get)
+    expected, running = {}, 0.0
+    for i, v in enumerate(order):
+        running = max(running, min(1.0, (len(order) - i) * raw[v]))
+        expected[v] = running
+    for v, p_raw in raw.items():
+        got = summary["variants"][v]["metrics"]["test_mse"]["paired_vs_softmax"]["p_holm"]
+        assert got == pytest.approx(expected[v], rel=1e-12) and got >= p_raw
     md = (tmp_path / "summary.md").read_text()
     assert "Not finished: none" in md and "| active-gelu | 3 |" in md
     assert (tmp_path / "curves.png").stat().st_size > 1000

@@ -234,6 +234,20 @@ def paired(a: dict[int, float], b: dict[int, float]) -> dict[str, float] | None:
             "p": float(result.pvalue), "n_pairs": len(common)}
 
 
+def holm(pvalues: dict[str, float | None]) -> dict[str, float | None]:
+    """Holm-Bonferroni adjusted p-values (Holm 1979, step-down) of a family of tests.
+
+    p_(1) <= ... <= p_(m) sorted; adjusted p_(i) = max_{j <= i} min(1, (m - j + 1) p_(j)).
+    ``None`` (a test that could not be run) stays ``None`` and does not count in m.
+    """
+    present = sorted(((p, key) for key, p in pvalues.items() if p is not None and not math.isnan(p)))
+    m, running, out = len(present), 0.0, dict.fromkeys(pvalues)
+    for i, (p, key) in enumerate(present):
+        running = max(running, min(1.0, (m - i) * p))
+        out[key] = running
+    return out
+
+
 def _finished_runs(out: Path, variant: str) -> list[tuple[int, dict[str, Any]]]:
     runs = []
     for path in sorted((out / variant).glob("seed*")):
@@ -282,6 +296,12 @@ def summarize(out: Path, *, plot: bool = True) -> dict[str, Any]:
                 item["paired_vs_softmax"] = paired(by_seed, baseline.get(name, {}))
             entry["metrics"][name] = item
         variants[variant] = entry
+    for test in ("welch_vs_softmax", "paired_vs_softmax"):  # the family: every variant vs softmax
+        tests = {v: e["metrics"].get(primary, {}).get(test) for v, e in variants.items() if v != BASELINE}
+        adjusted = holm({v: (t["p"] if t else None) for v, t in tests.items()})
+        for v, t in tests.items():
+            if t is not None:
+                t["p_holm"] = adjusted[v]
     summary = {**spec, "primary_metric": primary, "metrics": names, "variants": variants}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "summary.md").write_text(_markdown(summary))
@@ -309,25 +329,28 @@ def _markdown(summary: dict[str, Any]) -> str:
         "(two-sided, scipy `ttest_ind(equal_var=False)`; only when both n ≥ 2). Runs with the "
         "same seed share the initialisation stream and the data order, so the paired t-test "
         "on the per-seed differences (scipy `ttest_rel`) is also shown: Δ = variant − "
-        f"{BASELINE}, mean over the common seeds."),
+        f"{BASELINE}, mean over the common seeds. *Holm* = the paired p-value after the "
+        f"Holm-Bonferroni correction over the variants compared with {BASELINE} on `{primary}`."),
         "",
     ]
     if summary.get("command"):
         lines += ["```", summary["command"], "```", ""]
     lines.append("| variant | n | params | " + " | ".join(names)
-                 + f" | Welch t ({primary}) | Welch p | paired Δ | paired p | wall s/run |")
-    lines.append("|---|---|---|" + "---|" * len(names) + "---|---|---|---|---|")
+                 + f" | Welch t ({primary}) | Welch p | paired Δ | paired p | Holm | wall s/run |")
+    lines.append("|---|---|---|" + "---|" * len(names) + "---|---|---|---|---|---|")
     for variant, entry in summary["variants"].items():
         metrics = entry["metrics"]
         test = metrics.get(primary, {}).get("welch_vs_softmax")
         t_text, p_text = (f"{test['t']:.2f}", f"{test['p']:.3g}") if test else ("-", "-")
         pair = metrics.get(primary, {}).get("paired_vs_softmax")
         d_text, pp_text = (f"{pair['mean_diff']:+.4f}", f"{pair['p']:.3g}") if pair else ("-", "-")
+        holm_p = pair.get("p_holm") if pair else None
+        h_text = f"{holm_p:.3g}" if holm_p is not None and not math.isnan(holm_p) else "-"
         wall = entry.get("wall_time_s_mean")
         wall_text = f"{wall:.0f}" if wall is not None and not math.isnan(wall) else "-"
         cells = " | ".join(_fmt(metrics.get(n)) for n in names)
         lines.append(f"| {variant} | {entry['n']} | {entry.get('n_params') or '-'} | {cells} | "
-                     f"{t_text} | {p_text} | {d_text} | {pp_text} | {wall_text} |")
+                     f"{t_text} | {p_text} | {d_text} | {pp_text} | {h_text} | {wall_text} |")
     lines += ["", "Per run:", "", "| variant | seed | " + " | ".join(names) + " | steps | wall s |",
               "|---|---|" + "---|" * len(names) + "---|---|"]
     for variant, entry in summary["variants"].items():
