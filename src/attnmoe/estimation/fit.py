@@ -133,8 +133,28 @@ def _strong_wolfe(
     searching are evaluated. Returns step t (R,) (0 where no decrease was found), f and g at
     x + t d, and evaluations used (R,).
     """
-    R = x.shape[0]
     todo = active.clone()
+
+    def evaluate(trial: Tensor) -> tuple[Tensor, Tensor]:
+        if bool(todo.all()):
+            return fg(x + trial.unsqueeze(-1) * d, None)
+        idx = todo.nonzero().squeeze(-1)  # evaluate only the replicates still searching
+        f_sub, g_sub = fg(x[idx] + trial[idx, None] * d[idx], idx)
+        f_new, g_new = f.clone(), g.clone()
+        f_new[idx], g_new[idx] = f_sub, g_sub
+        return f_new, g_new
+
+    # fast path: L-BFGS steps are mostly accepted at the first trial t0, which the state machine
+    # below would accept too (bracketing phase, Armijo holds and |g'd| <= -c2 g^T d)
+    pending: tuple[Tensor, Tensor] | None = evaluate(t0)
+    f_new, g_new = pending
+    gtd_new = (g_new * d).sum(-1)
+    first_ok = (f_new <= f + c1 * t0 * gtd) & torch.isfinite(f_new) & (gtd_new.abs() <= -c2 * gtd)
+    if bool((first_ok | ~todo).all()):
+        return (torch.where(todo, t0, 0.0), torch.where(todo, f_new, f), _sel(todo, g_new, g),
+                todo.long())
+
+    R = x.shape[0]
     zoom = torch.zeros_like(todo)
     insuf = torch.zeros_like(todo)
     t = t0.clone()
@@ -148,25 +168,6 @@ def _strong_wolfe(
     evals = torch.zeros(R, dtype=torch.long, device=x.device)
     d_max = d.abs().amax(-1)
     first = torch.ones_like(todo)
-
-    def evaluate(trial: Tensor) -> tuple[Tensor, Tensor]:
-        if bool(todo.all()):
-            return fg(x + trial.unsqueeze(-1) * d, None)
-        idx = todo.nonzero().squeeze(-1)  # evaluate only the replicates still searching
-        f_sub, g_sub = fg(x[idx] + trial[idx, None] * d[idx], idx)
-        f_new, g_new = f.clone(), g.clone()
-        f_new[idx], g_new[idx] = f_sub, g_sub
-        return f_new, g_new
-
-    # fast path: L-BFGS steps are mostly accepted at the first trial t0, which the state machine
-    # below would accept too (bracketing phase, Armijo holds and |g'd| <= -c2 g^T d)
-    pending = evaluate(t)
-    f_new, g_new = pending
-    gtd_new = (g_new * d).sum(-1)
-    first_ok = (f_new <= f + c1 * t * gtd) & torch.isfinite(f_new) & (gtd_new.abs() <= -c2 * gtd)
-    if bool((first_ok | ~todo).all()):
-        return (torch.where(todo, t, 0.0), torch.where(todo, f_new, f), _sel(todo, g_new, g),
-                todo.long())
     for _ in range(max_ls):
         # zoom replicates whose bracket collapsed stop with their lo point
         small = todo & zoom & ((t_hi - t_lo).abs() * d_max < tolerance_change)
