@@ -14,6 +14,8 @@
 (c) achieved GFLOP/s of the batched fit: hand-counted FLOPs of one loss + gradient evaluation
     (``numpy_moe.flops_per_eval``) times the evaluations the optimiser reports, over the wall
     time, against the measured float64 matmul GFLOP/s of this machine at the same thread count.
+(d) the closed-form objective (``attnmoe.estimation.objective``, the default) against the autograd
+    path it replaces, same fits.
 
 Everything runs on ``--threads`` torch/BLAS threads (default 1: the machine is shared).
 """
@@ -118,6 +120,20 @@ def bench_scipy(setting, n: int, R: int, tol: float, ftol: float, max_iter: int)
     }
 
 
+def bench_closed_form(setting, n: int, R: int, tol: float, ftol: float, max_iter: int) -> dict:
+    """The same batched fits with the closed-form objective and with autograd (the reference)."""
+    layout, X, y, init = _data(setting, n, R)
+    kw = {"max_iter": max_iter, "tol": tol, "ftol": ftol}
+    out = {}
+    for closed in (False, True):
+        t0 = time.perf_counter()
+        res = fit_least_squares(layout, X, y, init, closed_form=closed, **kw)
+        out[closed] = (time.perf_counter() - t0, res)
+    (t_auto, r_auto), (t_closed, r_closed) = out[False], out[True]
+    return {"n": n, "autograd_s": t_auto, "closed_s": t_closed, "speedup": t_auto / t_closed,
+            "max_loss_diff": float((r_auto.loss - r_closed.loss).abs().max())}
+
+
 def matmul_gflops(size: int = 1024, repeats: int = 5) -> float:
     a = torch.randn(size, size, dtype=torch.float64)
     b = torch.randn(size, size, dtype=torch.float64)
@@ -168,6 +184,13 @@ def main() -> None:
         print(f"{n:>7} {r['ours_s']:>10.3f} {r['scipy_s']:>9.3f} {r['speedup']:>8.1f}x "
               f"{r['ours_loss_mean']:>15.8f} {r['scipy_loss_mean']:>16.8f} {r['max_loss_diff']:>12.1e} "
               f"{r['ours_iters']:>8.1f}/{r['scipy_iters']:<8.1f}")
+
+    print("\n(d) closed-form loss/gradient/Jacobian (default) vs autograd, same batched fits as (b)")
+    print(f"{'n':>7} {'autograd s':>11} {'closed s':>9} {'speed-up':>9} {'max |dloss|':>12}")
+    for n in sizes:
+        r = bench_closed_form(setting, n, R, args.tol, args.ftol, args.max_iter)
+        print(f"{n:>7} {r['autograd_s']:>11.3f} {r['closed_s']:>9.3f} {r['speedup']:>8.1f}x "
+              f"{r['max_loss_diff']:>12.1e}")
 
     peak = matmul_gflops()
     print(f"\n(c) achieved GFLOP/s of the batched fit (runs of (a)) vs float64 matmul "
