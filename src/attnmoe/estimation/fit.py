@@ -552,19 +552,19 @@ def fit_least_squares(
     _check_data(X, y, layout)
     if init.shape != (X.shape[0], layout.n_params):
         raise ValueError(f"init must be (R, P) = ({X.shape[0]}, {layout.n_params}), got {tuple(init.shape)}")
-    objective = least_squares_objective(layout, X, y.to(X.dtype), closed_form)
+    base = least_squares_objective(layout, X, y.to(X.dtype), closed_form)  # a function of theta
     start = time.perf_counter()
     init = init.to(X.dtype)
     box = None if bound is None else _Box(float(bound))
+    objective = base if box is None else box.wrap(base)  # what the optimiser minimises
     if box is not None:
         if not bool((init.abs() < box.bound).all()):
             raise ValueError(f"init has entries outside the parameter box |theta| < bound = {bound}")
-        objective, init = box.wrap(objective), box.to_free(init)
+        init = box.to_free(init)
     if method == "lbfgs":
         if precondition:
             def inverse_gauss_newton(z: Tensor, idx: Tensor | None) -> Tensor:
                 theta = z if box is None else box.to_theta(z)
-                base = objective if box is None else objective.base
                 if isinstance(base, LeastSquaresObjective):
                     J = base.jacobian(theta, idx)
                 else:
