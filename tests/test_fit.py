@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from attnmoe.estimation import fit_and_score, get_setting, make_setting, sample
+from attnmoe.estimation.options import FitOptions
 from attnmoe.estimation.fit import (
     fit_least_squares,
     fit_restarts,
@@ -127,8 +128,8 @@ def test_split_atoms_keeps_the_function() -> None:
 
 def test_fit_and_score_records_depend_only_on_seed() -> None:
     s = get_setting("monomial-sigmoid-exact")
-    recs = fit_and_score(s, 100, [7, 8], max_iter=15, n_test=500)
-    alone = fit_and_score(s, 100, [8], max_iter=15, n_test=500)
+    recs = fit_and_score(s, 100, [7, 8], FitOptions(max_iter=15, n_test=500))
+    alone = fit_and_score(s, 100, [8], FitOptions(max_iter=15, n_test=500))
     assert [r["seed"] for r in recs] == [7, 8]
     json.dumps(recs)
     rec = recs[0]
@@ -180,7 +181,7 @@ def test_monomial_sigmoid_exact_rates() -> None:
     ns = [1000, 3000, 10000, 30000]
     logs = {"D1": [], "L2": []}
     for n in ns:
-        recs = fit_and_score(s, n, list(range(16)), max_iter=1500, n_test=20_000)
+        recs = fit_and_score(s, n, list(range(16)), FitOptions(max_iter=1500, n_test=20_000))
         for key, values in logs.items():
             values.append(np.mean([np.log(r["losses"][key]) for r in recs]))
     for key, values in logs.items():

@@ -1,6 +1,7 @@
 """attnmoe.estimation: ground truths, batched least-squares fitting, Voronoi losses, estimator."""
 
 from attnmoe.estimation.experiment import fit_and_score
+from attnmoe.estimation.options import FitOptions
 from attnmoe.estimation.fit import (
     FitResult,
     OptimResult,
@@ -17,6 +18,7 @@ from attnmoe.estimation.voronoi import l2_error, voronoi_cells, voronoi_losses
 
 __all__ = [
     "CORE_SETTINGS",
+    "FitOptions",
     "FitResult",
     "OptimResult",
     "Setting",

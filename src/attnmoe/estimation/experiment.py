@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import torch
 
 from attnmoe.estimation.fit import fit_least_squares, fit_restarts, near_truth_init, random_init
+from attnmoe.estimation.options import FitOptions
 from attnmoe.estimation.truth import Setting, derive_seed, sample
 from attnmoe.estimation.voronoi import l2_error, voronoi_losses
 
@@ -28,16 +29,7 @@ def fit_and_score(
     setting: Setting,
     n: int,
     seeds: Sequence[int],
-    *,
-    method: str = "lbfgs",
-    max_iter: int = 1000,
-    tol: float = 1e-9,
-    n_test: int = 20_000,
-    init: str = "near-truth",
-    init_scale: float = 0.1,
-    n_init: int = 4,
-    d2_exponents: tuple[float, float] = (1.0, 4.0),
-    bound: float | None = None,
+    options: FitOptions | None = None,
 ) -> list[dict]:
     """Fit ``len(seeds)`` replicates of ``setting`` at sample size ``n``; one record per seed.
 
@@ -45,24 +37,18 @@ def fit_and_score(
         setting: the ground truth (gives k_fit, gate, expert, noise, input law).
         n: training sample size; must be >= the number of free parameters.
         seeds: one int per replicate.
-        method: ``"lbfgs"`` or ``"adam"``.
-        max_iter: iteration cap per replicate; tol: max-abs gradient tolerance.
-        n_test: test sample size of the L2 error.
-        init: ``"near-truth"`` (true atoms + ``init_scale`` * N(0, 1), split when k > k*) or
-            ``"random"`` (``n_init`` data-driven restarts, best training loss kept).
-        d2_exponents: exponents (single-atom cells, multi-atom cells) of D2.
-        bound: if given, fit over the box |theta_p| <= bound of every free parameter (see
-            :func:`~attnmoe.estimation.fit.fit_least_squares`); random restarts are clipped to
-            0.99 * bound.
+        options: the fit options (:class:`~attnmoe.estimation.options.FitOptions`, defaults
+            there); random restarts are clipped to 0.99 * bound when a box is set.
 
     Returns:
         ``[{"setting", "n", "seed", "losses": {"D1", "D2", "mass", "atom", "L2"}, "converged",
         "iterations", "seconds" (batch wall time / R), "train_loss"}, ...]``.
     """
+    o = options if options is not None else FitOptions()
     if not isinstance(setting, Setting):
         raise TypeError(f"setting must be a Setting, got {type(setting).__name__}")
-    if init not in INITS:
-        raise ValueError(f"unknown init {init!r}; valid: {list(INITS)}")
+    if o.init not in INITS:
+        raise ValueError(f"unknown init {o.init!r}; valid: {list(INITS)}")
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ValueError("seeds must not be empty")
@@ -73,21 +59,22 @@ def fit_and_score(
         )
     start = time.perf_counter()
     X, y = sample(setting, n, seeds)
-    if init == "near-truth":
-        x0 = near_truth_init(layout, setting.true_params(), seeds, init_scale)
-        res = fit_least_squares(layout, X, y, x0, method=method, max_iter=max_iter, tol=tol, bound=bound)
+    fit_kwargs = dict(method=o.method, max_iter=o.max_iter, tol=o.tol, bound=o.bound)
+    if o.init == "near-truth":
+        x0 = near_truth_init(layout, setting.true_params(), seeds, o.init_scale)
+        res = fit_least_squares(layout, X, y, x0, **fit_kwargs)
     else:
         inits = torch.stack(
-            [random_init(layout, X[r : r + 1], y[r : r + 1], n_init,
+            [random_init(layout, X[r : r + 1], y[r : r + 1], o.n_init,
                          torch.Generator().manual_seed(derive_seed(s, 1)))[:, 0]
              for r, s in enumerate(seeds)],
             dim=1,
         )  # (n_init, R, P)
-        if bound is not None:
-            inits = inits.clamp(-0.99 * bound, 0.99 * bound)
-        res = fit_restarts(layout, X, y, inits, method=method, max_iter=max_iter, tol=tol, bound=bound)
-    losses = voronoi_losses(res.params, setting.true_params(), d2_exponents=d2_exponents)
-    losses["L2"] = l2_error(res.params, setting, n_test, seeds)
+        if o.bound is not None:
+            inits = inits.clamp(-0.99 * o.bound, 0.99 * o.bound)
+        res = fit_restarts(layout, X, y, inits, **fit_kwargs)
+    losses = voronoi_losses(res.params, setting.true_params())
+    losses["L2"] = l2_error(res.params, setting, o.n_test, seeds)
     seconds = (time.perf_counter() - start) / len(seeds)
     records = []
     for r, s in enumerate(seeds):

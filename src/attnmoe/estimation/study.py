@@ -47,6 +47,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from attnmoe.estimation.options import FitOptions
 from attnmoe.utils import check_writable
 
 Backend = Literal["process", "ray"]
@@ -65,46 +66,6 @@ REQUIRED_KEYS: tuple[str, ...] = ("setting", "n", "seed", "losses", "converged",
 # --------------------------------------------------------------------------------------------
 # Options and presets
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FitOptions:
-    """Options forwarded to :func:`attnmoe.estimation.experiment.fit_and_score`.
-
-    Args:
-        method: optimiser name understood by ``fit_and_score`` (batched L-BFGS by default).
-        max_iter: iteration cap per fit.
-        tol: convergence tolerance (``fit_and_score``'s meaning).
-        n_test: size of the held-out sample on which the L2 error of the regression function
-            is estimated.
-        init: initialisation scheme (``"near-truth"``: the usual choice in this literature's
-            simulations, so the study measures the statistical rate, not the optimiser's luck).
-        bound: if set, every free parameter is fitted inside [-bound, bound] (the compact
-            parameter space of the theory; see ``docs/rates.md``); None: unbounded.
-    """
-
-    method: str = "lbfgs"
-    max_iter: int = 300
-    tol: float = 1e-9
-    n_test: int = 10_000
-    init: str = "near-truth"
-    bound: float | None = None
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.max_iter, int) or self.max_iter < 1:
-            raise ValueError(f"max_iter must be a positive integer, got {self.max_iter!r}")
-        if not isinstance(self.n_test, int) or self.n_test < 1:
-            raise ValueError(f"n_test must be a positive integer, got {self.n_test!r}")
-        if not (isinstance(self.tol, (int, float)) and self.tol >= 0 and math.isfinite(self.tol)):
-            raise ValueError(f"tol must be a finite number >= 0, got {self.tol!r}")
-        if self.bound is not None and not (
-            isinstance(self.bound, (int, float)) and math.isfinite(self.bound) and self.bound > 0
-        ):
-            raise ValueError(f"bound must be a finite number > 0 or None, got {self.bound!r}")
-
-    def as_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of ``fit_and_score``."""
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -284,7 +245,7 @@ def fit_block(
     if threads is not None:
         torch.set_num_threads(threads)
     setting = setting_from_spec(setting)
-    records = fit_and_score(setting, int(n), [int(s) for s in seeds], **options.as_kwargs())
+    records = fit_and_score(setting, int(n), [int(s) for s in seeds], options)
     return [_jsonable(r) for r in records]
 
 
@@ -528,7 +489,7 @@ class StudyResult:
 
 
 def _study_config(options: FitOptions) -> dict[str, Any]:
-    return {"fit": asdict(options), "version": 1}
+    return {"fit": options.to_dict(), "version": 1}
 
 
 def _check_or_write_config(out: Path, options: FitOptions) -> None:
