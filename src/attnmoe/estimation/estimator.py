@@ -17,7 +17,8 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted, check_random_state, validate_data
 
-from attnmoe.estimation.fit import fit_restarts, random_init
+from attnmoe.estimation.fit import fit_restarts
+from attnmoe.estimation.init import random_init
 from attnmoe.moe import GATES, ParameterLayout, make_expert, make_gate, mixture_forward
 from attnmoe.moe.experts import EXPERTS
 

@@ -1,10 +1,22 @@
 """One cell of a convergence-rate study: sample, fit and score R replicates as one program.
 
-``fit_and_score(setting, n, seeds)`` draws replicate r's training sample, initialisation and
-test sample from ``seeds[r]`` alone (streams 0/3, 1 and 2 of :func:`~attnmoe.estimation.truth.
-derive_seed`), fits all replicates in ONE batched least-squares program, and returns one
-JSON-serialisable record per seed with the Voronoi losses D1, D2 (and their mass part), the
-L2 error of the regression function, convergence flag, iterations and time.
+``fit_and_score(setting, n, seeds, options)`` draws replicate r's training sample, starts and
+test sample from ``seeds[r]`` alone, fits all replicates x starts in ONE batched least-squares
+program, and returns one JSON-serialisable record per seed.
+
+Protocol (docs/rates.md, "Protocol"). With S = ``options.starts`` starts per replicate:
+
+* the **best fit** is the converged start with the lowest training loss (the lowest overall
+  when none converged; the record then says ``converged: false``). Its Voronoi losses D1, D2,
+  mass, atom, its identifiability statistics (``split_cell_stats``: D11, copy, split_mass,
+  gate, expert) and the L2 error of f are the record's ``losses``;
+* the **near-best set** is the converged starts whose training loss is within
+  ``near_best * sigma^2 / n`` of the best (sigma: the setting's noise). Its width is
+  ``width_D11`` (the largest D11 over the set) and ``width_copy`` (the largest ``copy``); the
+  smallest split mass fraction over the set is ``width_split_mass``. With S = 1 the set is the
+  best fit itself.
+
+Scores are computed one replicate at a time, so a record does not depend on its batch.
 """
 
 from __future__ import annotations
@@ -15,14 +27,29 @@ from collections.abc import Sequence
 
 import torch
 
-from attnmoe.estimation.fit import fit_least_squares, fit_restarts, near_truth_init, random_init
+from attnmoe.estimation.fit import FitResult, check_sample_size, fit_least_squares
+from attnmoe.estimation.init import make_starts, parse_init
 from attnmoe.estimation.options import FitOptions
-from attnmoe.estimation.truth import Setting, derive_seed, sample
-from attnmoe.estimation.voronoi import l2_error, voronoi_losses
+from attnmoe.estimation.truth import Setting, sample
+from attnmoe.estimation.voronoi import l2_error, split_cell_stats, voronoi_losses
 
-__all__ = ["INITS", "fit_and_score"]
+__all__ = ["fit_and_score", "score_fits"]
 
-INITS = ("near-truth", "random")
+
+def _num(v: torch.Tensor | float) -> float | None:
+    """A JSON-safe float (None for NaN/inf)."""
+    x = float(v)
+    return x if math.isfinite(x) else None
+
+
+def score_fits(setting: Setting, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Voronoi losses and identifiability statistics ``(m,)`` of m fits, one fit at a time."""
+    truth = setting.true_params()
+    rows = []
+    for r in range(next(iter(params.values())).shape[0]):
+        one = {k: v[r : r + 1] for k, v in params.items()}
+        rows.append({**voronoi_losses(one, truth), **split_cell_stats(one, truth)})
+    return {key: torch.cat([row[key] for row in rows]) for key in rows[0]}
 
 
 def fit_and_score(
@@ -33,67 +60,69 @@ def fit_and_score(
 ) -> list[dict]:
     """Fit ``len(seeds)`` replicates of ``setting`` at sample size ``n``; one record per seed.
 
-    Args:
-        setting: the ground truth (gives k_fit, gate, expert, noise, input law).
-        n: training sample size; must be >= the number of free parameters.
-        seeds: one int per replicate.
-        options: the fit options (:class:`~attnmoe.estimation.options.FitOptions`, defaults
-            there); random restarts are clipped to 0.99 * bound when a box is set.
-
     Returns:
-        ``[{"setting", "n", "seed", "losses": {"D1", "D2", "mass", "atom", "L2"}, "converged",
-        "iterations", "seconds" (batch wall time / R), "train_loss"}, ...]``.
+        ``[{"setting", "n", "seed", "losses": {...}, "converged", "reason", "iterations",
+        "grad_max", "min_eig", "decrement", "train_loss", "starts", "converged_starts",
+        "near_best", "seconds" (batch wall time / R)}, ...]`` (module docstring).
     """
     o = options if options is not None else FitOptions()
     if not isinstance(setting, Setting):
         raise TypeError(f"setting must be a Setting, got {type(setting).__name__}")
-    if o.init not in INITS:
-        raise ValueError(f"unknown init {o.init!r}; valid: {list(INITS)}")
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ValueError("seeds must not be empty")
     layout = setting.fit_layout
-    if n < layout.n_params:
-        raise ValueError(
-            f"n = {n} is smaller than the number of free parameters ({layout.n_params}) of {setting.name}"
-        )
+    check_sample_size(n, layout, setting.name)
     start = time.perf_counter()
+    R, S = len(seeds), o.starts
     X, y = sample(setting, n, seeds)
-    fit_kwargs = dict(method=o.method, max_iter=o.max_iter, tol=o.tol, bound=o.bound)
-    if o.init == "near-truth":
-        x0 = near_truth_init(layout, setting.true_params(), seeds, o.init_scale)
-        res = fit_least_squares(layout, X, y, x0, **fit_kwargs)
-    else:
-        inits = torch.stack(
-            [random_init(layout, X[r : r + 1], y[r : r + 1], o.n_init,
-                         torch.Generator().manual_seed(derive_seed(s, 1)))[:, 0]
-             for r, s in enumerate(seeds)],
-            dim=1,
-        )  # (n_init, R, P)
-        if o.bound is not None:
-            inits = inits.clamp(-0.99 * o.bound, 0.99 * o.bound)
-        res = fit_restarts(layout, X, y, inits, **fit_kwargs)
-    losses = voronoi_losses(res.params, setting.true_params())
-    losses["L2"] = l2_error(res.params, setting, o.n_test, seeds)
-    seconds = (time.perf_counter() - start) / len(seeds)
+    spec = parse_init(o.init)
+    inits = make_starts(spec, layout, setting.true_params(), seeds, n, S, X, y)  # (S, R, P)
+    if o.bound is not None:
+        inits = inits.clamp(-0.99 * o.bound, 0.99 * o.bound)
+    Xs = X.unsqueeze(0).expand(S, *X.shape).reshape(S * R, *X.shape[1:])  # (S*R, n, d)
+    ys = y.unsqueeze(0).expand(S, *y.shape).reshape(S * R, -1)  # (S*R, n)
+    res = fit_least_squares(layout, Xs, ys, inits.reshape(S * R, -1), method=o.method,
+                            max_iter=o.max_iter, tol=o.tol, dtol=o.dtol, bound=o.bound)
+    scores = score_fits(setting, res.params)  # (S*R,) each
+    window = o.near_best * setting.noise_std**2 / n
     records = []
-    for r, s in enumerate(seeds):
-        records.append(
-            {
-                "setting": setting.name,
-                "n": int(n),
-                "seed": s,
-                "losses": {k: _num(v[r]) for k, v in losses.items()},
-                "converged": bool(res.converged[r]),
-                "iterations": int(res.n_iter[r]),
-                "seconds": seconds,
-                "train_loss": _num(res.loss[r]),
-            }
-        )
+    for r, seed in enumerate(seeds):
+        rows = torch.arange(S) * R + r  # this replicate's fits
+        best, near = _best_and_near(res, rows, window)
+        one = res.select(best.view(1))
+        losses = {k: _num(v[best]) for k, v in scores.items()}
+        losses["L2"] = _num(l2_error(one.params, setting, o.n_test, [seed])[0])
+        losses["width_D11"] = _num(scores["D11"][near].max())
+        losses["width_copy"] = _num(scores["copy"][near].max())
+        losses["width_split_mass"] = _num(scores["split_mass"][near].min())
+        records.append({
+            "setting": setting.name,
+            "n": int(n),
+            "seed": seed,
+            "losses": losses,
+            "converged": bool(res.converged[best]),
+            "reason": res.reason[int(best)] if res.reason else None,
+            "iterations": int(res.n_iter[best]),
+            "grad_max": _num(res.grad_max[best]),
+            "min_eig": None if res.min_eig is None else _num(res.min_eig[best]),
+            "decrement": None if res.decrement is None else _num(res.decrement[best]),
+            "train_loss": _num(res.loss[best]),
+            "starts": S,
+            "converged_starts": int(res.converged[rows].sum()),
+            "near_best": int(near.numel()),
+        })
+    seconds = (time.perf_counter() - start) / R
+    for rec in records:
+        rec["seconds"] = seconds
     return records
 
 
-def _num(v: torch.Tensor) -> float | None:
-    """A JSON-safe float (None for NaN/inf)."""
-    x = float(v)
-    return x if math.isfinite(x) else None
+def _best_and_near(res: FitResult, rows: torch.Tensor, window: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index of the best fit among ``rows`` and the indices of the near-best set."""
+    loss = torch.where(torch.isfinite(res.loss[rows]), res.loss[rows], torch.inf)
+    conv = res.converged[rows]
+    pool = torch.where(conv, loss, torch.inf) if bool(conv.any()) else loss
+    b = int(pool.argmin())
+    near = rows[conv & (loss <= loss[b] + window)]
+    return rows[b], near if near.numel() else rows[b].view(1)

@@ -14,7 +14,7 @@ from typing import Any
 __all__ = ["FitOptions", "METHODS"]
 
 #: optimisers understood by :func:`attnmoe.estimation.fit.fit_least_squares`
-METHODS: tuple[str, ...] = ("lbfgs", "adam")
+METHODS: tuple[str, ...] = ("trust-region", "lbfgs", "adam")
 
 
 @dataclass(frozen=True)
@@ -22,35 +22,44 @@ class FitOptions:
     """Options of one batched fit-and-score call (see ``docs/rates.md``, "Choices").
 
     Args:
-        method: optimiser (:data:`METHODS`).
+        method: solver (:data:`METHODS`); ``"trust-region"`` is Newton with the exact Hessian.
         max_iter: iteration cap per fit.
-        tol: max-abs gradient tolerance of the optimiser.
+        tol: converged when max |gradient| <= tol (0: off).
+        dtol: trust-region: converged when the Newton decrement is <= dtol * L / n (L, the
+            training loss, estimates sigma^2 at a good fit, so the tolerance scales with the
+            noise: the fit is within dtol noise variances per sample of its local minimum).
         n_test: size of the held-out sample on which the L2 error of f is estimated.
-        init: ``"near-truth"`` (true atoms + ``init_scale`` N(0, 1), split when k > k*) or
-            ``"random"`` (``n_init`` data-driven restarts, best training loss kept).
-        init_scale: scale of the near-truth perturbation.
-        n_init: restarts of the random initialisation.
+        init: the start (:func:`~attnmoe.estimation.init.parse_init`): ``near-truth:SCALE``
+            (truth + SCALE N(0, 1), n-independent), ``displaced:DELTA`` (split copies moved
+            +-DELTA along their flat direction), ``displaced-gate:DELTA``, ``group`` (the
+            research group's n-shrinking start, for comparison) or ``random``.
+        starts: starts per replicate; the record reports the best-loss fit and the near-best
+            width over the converged fits within ``near_best * sigma^2 / n`` of it.
+        near_best: the c of that window.
         bound: if set, every free parameter is fitted inside [-bound, bound] (the compact
             parameter space of the theory); None: unbounded.
     """
 
-    method: str = "lbfgs"
-    max_iter: int = 1000
-    tol: float = 1e-9
+    method: str = "trust-region"
+    max_iter: int = 500
+    tol: float = 0.0
+    dtol: float = 1e-8
     n_test: int = 20_000
-    init: str = "near-truth"
-    init_scale: float = 0.1
-    n_init: int = 4
+    init: str = "near-truth:0.1"
+    starts: int = 1
+    near_best: float = 1.0
     bound: float | None = None
 
     def __post_init__(self) -> None:
+        from attnmoe.estimation.init import parse_init
+
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; valid: {list(METHODS)}")
-        for name in ("max_iter", "n_test", "n_init"):
+        for name in ("max_iter", "n_test", "starts"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("tol", "init_scale"):
+        for name in ("tol", "dtol", "near_best"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and value >= 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
@@ -58,6 +67,7 @@ class FitOptions:
             isinstance(self.bound, (int, float)) and math.isfinite(self.bound) and self.bound > 0
         ):
             raise ValueError(f"bound must be a finite number > 0 or None, got {self.bound!r}")
+        object.__setattr__(self, "init", str(parse_init(self.init)))  # canonical spelling
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields (what ``study.json`` records)."""

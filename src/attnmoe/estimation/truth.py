@@ -298,5 +298,8 @@ def sample(setting: Setting, n: int, seeds: Sequence[int]) -> tuple[Tensor, Tens
     for s in seeds:
         gen = torch.Generator().manual_seed(derive_seed(s, 3))
         noise.append(torch.randn(int(n), generator=gen, dtype=torch.float64))
-    y = setting.regression_function(X) + setting.noise_std * torch.stack(noise)  # (R, n)
+    # f one replicate at a time: element-wise kernels round a tensor's tail differently, so a
+    # batched call would make a replicate's y depend on its place in the batch
+    f = torch.cat([setting.regression_function(X[r : r + 1]) for r in range(len(seeds))])
+    y = f + setting.noise_std * torch.stack(noise)  # (R, n)
     return X, y

@@ -25,12 +25,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from attnmoe.moe import make_expert, make_gate, mixture_forward
 
-__all__ = ["ATOM_KEYS", "GATE_KEYS", "l2_error", "normalized_measure", "voronoi_cells", "voronoi_losses"]
+__all__ = [
+    "ATOM_KEYS",
+    "GATE_KEYS",
+    "l2_error",
+    "normalized_measure",
+    "split_cell_stats",
+    "voronoi_cells",
+    "voronoi_losses",
+]
 
 GATE_KEYS = ("A", "b")  # gating atom coordinates (translated); "c" is the mass
 ATOM_KEYS = ("A", "b", "a", "alpha")
@@ -131,6 +140,48 @@ def voronoi_losses(
     nearest = torch.where(onehot.bool(), dist, torch.inf).amin(1)  # (R, k*)
     out["atom"] = nearest.amax(-1)
     return out
+
+
+def split_cell_stats(fitted: Mapping[str, Tensor], truth: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Identifiability statistics of a fit, per replicate ``(R,)`` each.
+
+    With the normalised measure and Voronoi cells of :func:`voronoi_losses`:
+
+    * ``D11``: the Voronoi loss with exponents (1, 1): mass error + sum_i pi_i ||theta_i -
+      theta*_j(i)|| (distances, not powers: the width of a set of fits in parameter units);
+    * ``copy``: the distance of the farthest atom of a multi-atom (split) cell from its true
+      atom (0 when no cell is split);
+    * ``split_mass``: the smallest mass fraction pi_i / sum_{l in V_j} pi_l of an atom in a
+      split cell (1 when none is split): near 0 is a low-mass "ghost" copy, 1/2 a balanced split;
+    * ``gate`` / ``expert``: sum_i pi_i ||.|| of the gating part (A, b) and of the expert part
+      (a, alpha) of theta_i - theta*_j(i), separately.
+    """
+    if hasattr(truth, "true_params"):
+        truth = truth.true_params()
+    fitted = _batched(fitted)
+    R = fitted["c"].shape[0]
+    truth = _batched(truth, R)
+    pi, atoms = normalized_measure(fitted)
+    pi_t, atoms_t = normalized_measure(truth)
+    k_true = pi_t.shape[1]
+    dist = torch.cdist(atoms, atoms_t)  # (R, k, k*)
+    cell = dist.argmin(-1)  # (R, k)
+    onehot = torch.nn.functional.one_hot(cell, k_true).to(pi.dtype)  # (R, k, k*)
+    own = atoms_t.gather(1, cell.unsqueeze(-1).expand(-1, -1, atoms.shape[-1]))  # (R, k, D)
+    diff = atoms - own
+    d_own = diff.norm(dim=-1)  # (R, k)
+    mass = (torch.einsum("rk,rkj->rj", pi, onehot) - pi_t).abs().sum(-1)
+    count = onehot.sum(1)  # (R, k*)
+    multi = count.gather(-1, cell) > 1  # (R, k)
+    cell_mass = torch.einsum("rk,rkj->rj", pi, onehot).gather(-1, cell)  # (R, k)
+    n_gate = sum(int(np.prod(fitted[k].shape[2:])) for k in GATE_KEYS if k in fitted)
+    return {
+        "D11": mass + (pi * d_own).sum(-1),
+        "copy": torch.where(multi, d_own, 0.0).amax(-1),
+        "split_mass": torch.where(multi, pi / cell_mass, 1.0).amin(-1),
+        "gate": (pi * diff[..., :n_gate].norm(dim=-1)).sum(-1),
+        "expert": (pi * diff[..., n_gate:].norm(dim=-1)).sum(-1),
+    }
 
 
 def l2_error(
