@@ -40,6 +40,7 @@ from attnmoe.commands.train import (
     ProgressOpt,
     StepsOpt,
     TaskOpt,
+    TensorboardOpt,
     ThreadsOpt,
     check_out,
     collect_overrides,
@@ -72,6 +73,7 @@ def compare_command(
     model: ModelOpt = None,
     device: DeviceOpt = "cpu",
     compile: CompileOpt = False,
+    tensorboard: TensorboardOpt = False,
     progress: ProgressOpt = True,
     threads: ThreadsOpt = None,
     summary_only: Annotated[bool, typer.Option(
@@ -104,7 +106,7 @@ def compare_command(
             command = "attnmoe " + " ".join(shlex.quote(a) for a in sys.argv[1:])
             summary = run_comparison(base, variants, seed_list, out, data_dir=data_dir,
                                      device=device, progress=progress, command=command,
-                                     compile=compile,
+                                     compile=compile, tensorboard=tensorboard,
                                      report=(lambda line: typer.echo(line, err=True)) if main else None)
     except ERRORS as err:
         raise fail(err) from None

@@ -50,6 +50,8 @@ ModelOpt = Annotated[list[str] | None, typer.Option(
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu or cuda.")]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")]
 CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the model's forward pass.")]
+TensorboardOpt = Annotated[bool, typer.Option(
+    "--tensorboard", help="Also log to TensorBoard in <run>/tensorboard (pip install 'attnmoe[tensorboard]').")]
 ThreadsOpt = Annotated[int | None, typer.Option(
     "--threads", help="torch intra-op threads (default: torch's choice). On a shared or small "
     "machine use 1: oversubscribed threads can make small models 10x slower.")]
@@ -157,6 +159,7 @@ def train_command(
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out (same spec).")] = False,
     device: DeviceOpt = "cpu",
     compile: CompileOpt = False,
+    tensorboard: TensorboardOpt = False,
     progress: ProgressOpt = True,
     threads: ThreadsOpt = None,
 ) -> None:
@@ -178,7 +181,7 @@ def train_command(
         if here.is_main:
             check_writable(out)
         metrics = run_one(spec, out, data_dir=data_dir, device=device, resume=resume,
-                          progress=progress, compile=compile)
+                          progress=progress, compile=compile, tensorboard=tensorboard)
     except ERRORS as err:
         raise fail(err) from None
     finally:

@@ -117,6 +117,7 @@ def run_comparison(
     command: str | None = None,
     report: Callable[[str], None] | None = None,
     compile: bool = False,
+    tensorboard: bool = False,
 ) -> dict[str, Any]:
     """Train every variant x seed of ``base`` (skipping, and naming, runs not to train) and summarise.
 
@@ -150,7 +151,8 @@ def run_comparison(
             try:
                 run_one(replace(base, attention=variant, seed=seed), where, data_dir=data_dir,
                         device=device, resume=True, progress=progress,
-                        label=f"run {k}/{len(plan)} {variant} seed {seed}", compile=compile)
+                        label=f"run {k}/{len(plan)} {variant} seed {seed}", compile=compile,
+                        tensorboard=tensorboard)
             except RunBusy as err:
                 reason = f"skipped: {err}"
             except TrainingDiverged as err:

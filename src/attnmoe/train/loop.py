@@ -266,9 +266,34 @@ def _monitor(task: TaskLike) -> tuple[str, bool]:
     return name, bool(lower)
 
 
-def _append_log(path: Path, record: dict[str, Any]) -> None:
-    with path.open("a") as handle:
-        handle.write(json.dumps(record) + "\n")
+class RunLog:
+    """``log.jsonl`` (one JSON object per line, appended) and, optionally, TensorBoard scalars."""
+
+    def __init__(self, path: Path, writer: Any = None) -> None:
+        self.path, self.writer = path, writer
+
+    def append(self, record: dict[str, Any]) -> None:
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self.writer.add_scalar(key, value, record["step"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+def _tensorboard(out_dir: Path, step: int) -> Any:
+    """A TensorBoard ``SummaryWriter`` on ``out_dir/tensorboard`` that drops events after ``step``."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ValueError("--tensorboard needs the tensorboard package "
+                         "(pip install 'attnmoe[tensorboard]')") from None
+    return SummaryWriter(str(Path(out_dir) / "tensorboard"), purge_step=step + 1 if step else None)
 
 
 def _log_records(path: Path) -> list[dict[str, Any]]:
@@ -405,6 +430,7 @@ def train_task(
     progress: bool = True,
     label: str | None = None,
     compile: bool = False,
+    tensorboard: bool = False,
     run_info: dict[str, Any] | None = None,
     stop_after: int | None = None,
 ) -> dict[str, Any]:
@@ -422,6 +448,9 @@ def train_task(
         progress: show a tqdm bar (``label`` as its description, default ``task.name``).
         compile: run the forward pass through ``torch.compile`` (same numbers up to kernel
             rounding; not part of the spec).
+        tensorboard: also write every ``log.jsonl`` record as TensorBoard scalars under
+            ``out_dir/tensorboard`` (needs the ``tensorboard`` package; events after the
+            checkpoint a resume starts from are purged, as the log's lines are).
         run_info: extra JSON-serialisable fields for ``config.json``.
         stop_after: stop (after checkpointing) once this step is reached without finishing
             the run; simulates an interruption for tests. Returns ``{}`` then.
@@ -498,6 +527,7 @@ def train_task(
             "n_params": n_params, "world_size": where.world_size, "device": device,
             "monitor": monitor, "monitor_lower_is_better": lower_better})
 
+    log = RunLog(log_path, _tensorboard(out_dir, state["step"]) if tensorboard and where.is_main else None)
     wrapped: nn.Module = DistributedDataParallel(model) if where.enabled else model
     forward = torch.compile(wrapped) if compile else wrapped
     params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -521,6 +551,7 @@ def train_task(
             loss = task.loss_fn(forward, batch)
         if not torch.isfinite(loss):
             bar.close()
+            log.close()
             value = float(loss.detach())
             if where.is_main:
                 atomic_write_json(out_dir / DIVERGED_FILE, {"step": step, "loss": str(value)})
@@ -541,7 +572,7 @@ def train_task(
 
         if where.is_main and (step % spec.log_interval == 0 or step == total):
             mean_loss = state["running"] / state["running_n"]
-            _append_log(log_path, {"step": step, "train_loss": mean_loss, "lr": scheduler.get_last_lr()[0]})
+            log.append({"step": step, "train_loss": mean_loss, "lr": scheduler.get_last_lr()[0]})
             bar.set_postfix(loss=f"{mean_loss:.4f}",
                             **({monitor: f"{last_val:.4f}"} if last_val is not None else {}))
         if step % spec.log_interval == 0 or step == total:
@@ -556,7 +587,7 @@ def train_task(
                                    f"not the monitored metric {monitor!r}")
                 last_val = metrics[monitor]
                 final_val = metrics if step == total else None
-                _append_log(log_path, {"step": step, **metrics})
+                log.append({"step": step, **metrics})
                 better = state["best"] is None or (
                     last_val < state["best"] if lower_better else last_val > state["best"])
                 if better:
@@ -575,8 +606,10 @@ def train_task(
             if step % save_every:
                 snapshot()
             bar.close()
+            log.close()
             return {}
     bar.close()
+    log.close()
 
     elapsed = time.perf_counter() - started
     result: dict[str, Any] | None = None

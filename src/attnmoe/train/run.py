@@ -25,6 +25,7 @@ def run_one(
     progress: bool = True,
     label: str | None = None,
     compile: bool = False,
+    tensorboard: bool = False,
 ) -> dict[str, Any]:
     """Build ``spec``'s task and train it into ``out_dir`` while holding the run's lock.
 
@@ -36,6 +37,7 @@ def run_one(
         resume: continue the run in ``out_dir`` (see ``train_task``).
         progress: show a progress bar, described by ``label``.
         compile: ``torch.compile`` the forward pass.
+        tensorboard: also log to TensorBoard (``out_dir/tensorboard``).
 
     Returns:
         The final metrics.
@@ -55,7 +57,7 @@ def run_one(
                 return finished
         task = build_task(spec, data_dir=data_dir)
         return train_task(task, spec, out_dir, device=device, resume=resume, progress=progress,
-                          label=label, compile=compile, run_info={"task_info": task.info})
+                          label=label, compile=compile, tensorboard=tensorboard, run_info={"task_info": task.info})
 
 
 __all__ = ["run_one"]
