@@ -170,6 +170,9 @@ class RunSpec:
         except TypeError as err:
             raise ValueError(f"incomplete run spec: {err}") from None
 
+    def __reduce__(self) -> tuple[Any, ...]:  # the read-only ``model`` proxy does not pickle
+        return (_spec_from_dict, (self.to_dict(),))
+
     def differences(self, other: RunSpec) -> list[str]:
         """``["lr: 0.001 -> 0.5", "model.heads: 2 -> 4"]``: the fields where ``other`` differs."""
         out: list[str] = []
@@ -182,6 +185,10 @@ class RunSpec:
             elif a != b:
                 out.append(f"{f.name}: {a!r} -> {b!r}")
         return out
+
+
+def _spec_from_dict(data: dict[str, Any]) -> RunSpec:
+    return RunSpec.from_dict(data)
 
 
 def _check_int(spec: RunSpec, name: str, minimum: int) -> None:
