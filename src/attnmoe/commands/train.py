@@ -124,8 +124,9 @@ def base_spec(task: str | None, dataset: str | None, config: Path | None) -> Any
 
 
 def fail(err: Exception) -> typer.Exit:
-    """Print an error line on stderr and return the exit to raise (code 2)."""
-    typer.echo(f"error: {err}", err=True)
+    """Print an error line on stderr (rank 0 only under torchrun) and return the exit to raise (code 2)."""
+    if distributed.info().is_main:
+        typer.echo(f"error: {err}", err=True)
     return typer.Exit(code=2)
 
 
