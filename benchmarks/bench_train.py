@@ -45,8 +45,8 @@ def _data_dir(given: str | None) -> Path | None:
 def _step_fn(task):
     model = task.model
     model.train()
-    optimizer = torch.optim.AdamW(parameter_groups(model, task.recipe.weight_decay), lr=task.recipe.lr)
-    plan = BatchPlan(task, task.recipe.batch_size, seed=0)
+    optimizer = torch.optim.AdamW(parameter_groups(model, task.spec.weight_decay), lr=task.spec.lr)
+    plan = BatchPlan(task, task.spec.batch_size, seed=0)
     state = {"step": 0}
 
     def step() -> tuple[float, int]:
@@ -112,7 +112,7 @@ def main() -> None:
             rows[variant] = {"median_step_s": median, f"{unit}_per_s": rate, "ratio_to_softmax": rate / base,
                              "n_steps": len(times[variant])}
         results[f"{task_name}/{dataset}"] = rows
-        print(f"\n{task_name} / {dataset} (batch {task.recipe.batch_size}, {unit}/step {units['softmax']})")
+        print(f"\n{task_name} / {dataset} (batch {task.spec.batch_size}, {unit}/step {units['softmax']})")
         print(f"{'variant':<20}{'median step ms':>16}{unit + '/s':>14}{'vs softmax':>12}")
         for variant, row in rows.items():
             print(f"{variant:<20}{1000 * row['median_step_s']:>16.1f}{row[f'{unit}_per_s']:>14.0f}"

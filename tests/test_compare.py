@@ -19,7 +19,11 @@ from scipy import stats
 from typer.testing import CliRunner
 
 from attnmoe.cli import app
+from attnmoe.tasks import resolve_spec
 from attnmoe.train import compare as cmp
+from attnmoe.train.lock import run_lock
+
+BASE = resolve_spec("forecast", "ETTh1", horizon=96)  # the names only: no data is read
 
 TABLE = {  # variant -> test_mse per seed
     "softmax": [0.40, 0.42, 0.41],
@@ -29,16 +33,17 @@ TABLE = {  # variant -> test_mse per seed
 
 
 def _fake_run_one(calls: list[tuple[str, int, bool]]):
-    def run_one(task: str, dataset: str, attention: str, out_dir: Path, *, seed: int,
-                resume: bool, **_: Any) -> dict[str, float]:
-        calls.append((attention, seed, resume))
-        out_dir.mkdir(parents=True, exist_ok=True)
-        metrics = {"test_mse": TABLE[attention][seed], "test_mae": 0.1 * seed,
-                   "n_test_windows": 2785, "n_params": 10 + len(attention), "wall_time_s": 1.0,
-                   "steps": 5}
-        (out_dir / "metrics.json").write_text(json.dumps(metrics))
-        (out_dir / "log.jsonl").write_text(json.dumps({"step": 5, "train_loss": 1.0}) + "\n")
-        return metrics
+    """Records (variant, seed, whether a checkpoint was there to resume) and writes the files."""
+
+    def run_one(spec: Any, out_dir: Path, **_: Any) -> dict[str, float]:
+        with run_lock(out_dir):
+            calls.append((spec.attention, spec.seed, (out_dir / "checkpoint").is_dir()))
+            metrics = {"test_mse": TABLE[spec.attention][spec.seed], "test_mae": 0.1 * spec.seed,
+                       "n_test_windows": 2785, "n_params": 10 + len(spec.attention), "wall_time_s": 1.0,
+                       "steps": 5}
+            (out_dir / "metrics.json").write_text(json.dumps(metrics))
+            (out_dir / "log.jsonl").write_text(json.dumps({"step": 5, "train_loss": 1.0}) + "\n")
+            return metrics
 
     return run_one
 
@@ -65,7 +70,7 @@ def test_comparison_skips_finished_and_resumes(tmp_path: Path, monkeypatch: pyte
     calls: list[tuple[str, int, bool]] = []
     monkeypatch.setattr(cmp, "run_one", _fake_run_one(calls))
     variants = list(TABLE)
-    cmp.run_comparison("forecast", "ETTh1", variants, [0, 1], tmp_path, horizon=96, progress=False)
+    cmp.run_comparison(BASE, variants, [0, 1], tmp_path, progress=False)
     assert calls == [(v, s, False) for s in (0, 1) for v in variants]  # seed-major order
 
     calls.clear()
@@ -73,8 +78,7 @@ def test_comparison_skips_finished_and_resumes(tmp_path: Path, monkeypatch: pyte
     (tmp_path / "sigmoid" / "seed1" / "metrics.json").unlink()
     (tmp_path / "sigmoid" / "seed1" / "checkpoint").mkdir()
     (tmp_path / "sigmoid" / "seed1" / "checkpoint" / "state.json").write_text("{}")
-    summary = cmp.run_comparison("forecast", "ETTh1", variants, [0, 1, 2], tmp_path, horizon=96,
-                                 progress=False)
+    summary = cmp.run_comparison(BASE, variants, [0, 1, 2], tmp_path, progress=False)
     assert calls == [("sigmoid", 1, True), *[(v, 2, False) for v in variants]]
 
     for variant, values in TABLE.items():
@@ -115,37 +119,15 @@ def test_comparison_skips_finished_and_resumes(tmp_path: Path, monkeypatch: pyte
     assert on_disk["variants"]["sigmoid"]["metrics"]["test_mse"]["values"] == TABLE["sigmoid"]
 
     with pytest.raises(ValueError, match="dataset"):
-        cmp.run_comparison("forecast", "ETTh2", variants, [0], tmp_path, horizon=96, progress=False)
-
-
-def test_runs_held_by_a_live_process_are_left_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-    import subprocess
-    import sys
-
-    calls: list[tuple[str, int, bool]] = []
-    monkeypatch.setattr(cmp, "run_one", _fake_run_one(calls))
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        (tmp_path / "softmax" / "seed0").mkdir(parents=True)
-        (tmp_path / "softmax" / "seed0" / ".running").write_text(str(other.pid))  # live owner
-        (tmp_path / "sigmoid" / "seed0").mkdir(parents=True)
-        (tmp_path / "sigmoid" / "seed0" / ".running").write_text("999999999")  # dead owner
-        cmp.run_comparison("forecast", "ETTh1", ["softmax", "sigmoid"], [0], tmp_path, progress=False)
-    finally:
-        other.kill()
-        other.wait()
-    assert calls == [("sigmoid", 0, False)]
-    assert not (tmp_path / "sigmoid" / "seed0" / ".running").exists()
-    assert os.path.exists(tmp_path / "softmax" / "seed0" / ".running")
+        cmp.run_comparison(resolve_spec("forecast", "ETTh2"), variants, [0], tmp_path, progress=False)
 
 
 def test_partial_comparison_says_what_is_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cmp, "run_one", _fake_run_one([]))
-    cmp.run_comparison("forecast", "ETTh1", ["softmax", "active-gelu"], [0], tmp_path, progress=False)
+    cmp.run_comparison(BASE, ["softmax", "active-gelu"], [0], tmp_path, progress=False)
     (tmp_path / "comparison.json").write_text(json.dumps({
         **json.loads((tmp_path / "comparison.json").read_text()), "seeds": [0, 1]}))
-    summary = cmp.summarize(tmp_path)
+    summary = cmp.summarize_comparison(tmp_path)
     assert summary["variants"]["active-gelu"]["metrics"]["test_mse"]["welch_vs_softmax"] is None
     md = (tmp_path / "summary.md").read_text()
     assert "softmax/seed1" in md and "active-gelu/seed1" in md

@@ -128,7 +128,7 @@ def test_build_task_forecast_evaluate_is_mean_over_every_window(tmp_path: Path, 
     _tiny_csv(tmp_path / "s.csv")
     task = build_task("forecast", str(tmp_path / "s.csv"), data_dir=None, attention=attention, seed=0,
                       horizon=6, overrides={"seq_len": 16, "d_model": 16, "d_ff": 16, "heads": 2, "e_layers": 1})
-    assert task.recipe.eval_interval == len(task.train_data) // task.recipe.batch_size
+    assert task.spec.eval_interval == 0 and task.spec.model["seq_len"] == 16  # 0 = once per epoch
     metrics = task.evaluate(task.model, "test")
     task.model.eval()
     with torch.no_grad():  # independent: one window at a time through __getitem__
@@ -145,7 +145,7 @@ def test_build_task_lm_and_vision(tmp_path: Path) -> None:
     (tmp_path / "c.txt").write_text("to be or not to be, that is the question\n" * 40, encoding="utf-8")
     task = build_task("lm", str(tmp_path / "c.txt"), data_dir=None, attention="active-gelu", seed=0,
                       overrides={"block_size": 8, "n_layer": 1, "n_head": 2, "n_embd": 16, "eval_blocks": None, "steps": 5})
-    assert task.recipe.steps == 5 and task.recipe.epochs is None and task.test_data is None
+    assert task.spec.steps == 5 and task.spec.epochs is None and task.test_data is None
     x, y = task.get_batch("train", 3, torch.Generator().manual_seed(0))
     x2, _ = task.get_batch("train", 3, torch.Generator().manual_seed(0))
     assert x.shape == (3, 8) and torch.equal(x, x2) and torch.equal(x[:, 1:], y[:, :-1])
@@ -183,7 +183,7 @@ def test_build_task_errors(tmp_path: Path) -> None:
         build_task("vision", "digits", data_dir=None, attention="softmaxx", seed=0)
     with pytest.raises(ValueError, match="unknown vision data set"):
         build_task("vision", "cifar", data_dir=None, attention="softmax", seed=0)
-    with pytest.raises(ValueError, match="unknown override 'widht'"):
+    with pytest.raises(ValueError, match="unknown --model key.*widht"):
         build_task("vision", "digits", data_dir=None, attention="softmax", seed=0, overrides={"widht": 3})
     with pytest.raises(ValueError, match="horizon is only used"):
         build_task("vision", "digits", data_dir=None, attention="softmax", seed=0, horizon=3)

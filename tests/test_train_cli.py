@@ -57,7 +57,7 @@ def test_train_writes_the_three_files(tmp_path: Path, task: str) -> None:
         assert name in metrics
     assert metrics["steps"] == 3
     config = json.loads((out / "config.json").read_text())
-    assert config["attention"] == "active-gelu" and config["train"]["batch_size"] == 8
+    assert config["spec"]["attention"] == "active-gelu" and config["spec"]["batch_size"] == 8
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert log[-1]["step"] == 3 and any("train_loss" in r for r in log)
     if task == "forecast":
@@ -79,7 +79,7 @@ def test_train_writes_the_three_files(tmp_path: Path, task: str) -> None:
         (["--task", "vision", "--dataset", "cifar"], "unknown vision data set"),
         (["--task", "vision", "--dataset", "digits", "--attention", "softmax-ish"], "softmax-ish"),
         (["--task", "vision", "--dataset", "digits", "--model", "width=3"], "width"),
-        (["--task", "vision", "--dataset", "digits", "--steps", "2", "--epochs", "1"], "not both"),
+        (["--task", "vision", "--dataset", "digits", "--steps", "2", "--epochs", "1"], "exactly one of --steps or --epochs"),
     ],
 )
 def test_train_clear_errors(tmp_path: Path, args: list[str], message: str) -> None:

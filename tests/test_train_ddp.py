@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from test_train_loop import ToyTask, _config
 
 from attnmoe.train import distributed
-from attnmoe.train.loop import train
+from attnmoe.train.loop import train_task as train
 
 
 def _free_port() -> int:

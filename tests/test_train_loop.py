@@ -20,7 +20,8 @@ from torch.utils.data import TensorDataset
 
 from attnmoe.attention import Attention
 from attnmoe.attention.variants import attention_kwargs
-from attnmoe.train.loop import TrainConfig, WarmupCosine, parameter_groups, train
+from attnmoe.tasks.spec import RunSpec
+from attnmoe.train.loop import WarmupCosine, parameter_groups, train_task
 
 
 class ToyNet(nn.Module):
@@ -87,11 +88,16 @@ class ToyTask:
         return {f"{split}_loss": loss}
 
 
-def _config(**kw: Any) -> TrainConfig:
-    base = {"steps": 12, "batch_size": 16, "lr": 3e-3, "warmup_steps": 2, "eval_interval": 4,
-                "checkpoint_interval": 4, "log_interval": 2, "seed": 3, "weight_decay": 0.1}
+def _config(**kw: Any) -> RunSpec:
+    base = {"task": "toy", "dataset": "toy", "steps": 12, "batch_size": 16, "lr": 3e-3,
+            "warmup_steps": 2, "eval_interval": 4, "checkpoint_interval": 4, "log_interval": 2,
+            "seed": 3, "weight_decay": 0.1}
     base.update(kw)
-    return TrainConfig(**base)
+    return RunSpec(**base)
+
+
+def train(task: Any, spec: RunSpec, out_dir: Path, **kw: Any) -> dict[str, Any]:
+    return train_task(task, spec, out_dir, **kw)
 
 
 def test_warmup_cosine_matches_formula() -> None:
@@ -169,12 +175,14 @@ def test_early_stopping_restores_best_weights(tmp_path: Path) -> None:
     assert not torch.equal(vals[3]["head.weight"], best["head.weight"])  # weights at step 8
 
 
-def test_config_errors() -> None:
-    with pytest.raises(ValueError, match="exactly one of steps or epochs"):
-        TrainConfig(steps=3, epochs=1.0)
-    with pytest.raises(ValueError, match="lr"):
-        TrainConfig(steps=3, lr=0.0)
-    with pytest.raises(ValueError, match="unknown training options"):
-        TrainConfig.from_recipe({"steps": 3}, stepz=4)
-    cfg = TrainConfig.from_recipe({"epochs": 2.0, "lr": 1e-3, "dim": 64}, steps=7)
-    assert cfg.steps == 7 and cfg.epochs is None and cfg.lr == 1e-3
+def test_spec_errors() -> None:
+    with pytest.raises(ValueError, match="exactly one of --steps or --epochs"):
+        _config(steps=3, epochs=1.0)
+    with pytest.raises(ValueError, match="--lr"):
+        _config(lr=0.0)
+    with pytest.raises(ValueError, match="unknown run option"):
+        _config().override(stepz=4)
+    spec = _config(steps=None, epochs=2.0, model={"dim": 64}).override(steps=7, model={"dim": 8})
+    assert spec.steps == 7 and spec.epochs is None and spec.model["dim"] == 8
+    with pytest.raises(ValueError, match="--model key"):
+        spec.override(model={"width": 3})

@@ -9,11 +9,14 @@ The subcommands live in ``attnmoe.commands.<name>``; this file only registers th
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
+from typing import Annotated
+
 import typer
 
-from attnmoe.commands.compare import compare
+from attnmoe.commands.compare import compare_command
 from attnmoe.commands.rates import rates
-from attnmoe.commands.train import train
+from attnmoe.commands.train import train_command
 
 app = typer.Typer(
     name="attnmoe",
@@ -22,9 +25,33 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def package_version() -> str:
+    """The installed attnmoe version (``unknown`` when running from an uninstalled tree)."""
+    try:
+        return version("attnmoe")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"attnmoe {package_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    show_version: Annotated[bool, typer.Option(
+        "--version", callback=_show_version, is_eager=True, help="Print the version and exit.")] = False,
+) -> None:
+    """Attention and gating as mixtures of experts."""
+
+
 app.command(name="rates")(rates)
-app.command(name="train")(train)
-app.command(name="compare")(compare)
+app.command(name="train")(train_command)
+app.command(name="compare")(compare_command)
 
 if __name__ == "__main__":  # pragma: no cover
     app()

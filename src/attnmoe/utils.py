@@ -26,3 +26,31 @@ def check_writable(out: Path | str) -> Path:
     except OSError as err:
         raise ValueError(f"cannot write to output directory {out}: {err.strerror or err}") from None
     return out
+
+
+def atomic_write_text(path: Path | str, text: str) -> Path:
+    """Write ``text`` to ``path`` so that readers see the old file or the new one, never a part.
+
+    The text goes to a temporary file in the same directory (same file system), is flushed to
+    disk, and replaces ``path`` with ``os.replace`` (atomic on POSIX and Windows). An
+    interruption at any point leaves ``path`` as it was (and at worst a ``.*.tmp-<pid>`` file).
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def atomic_write_json(path: Path | str, data: object) -> Path:
+    """``atomic_write_text(path, json.dumps(data, indent=2) + "\\n")``."""
+    import json
+
+    return atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")

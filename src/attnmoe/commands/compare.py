@@ -1,11 +1,13 @@
-"""``attnmoe compare``: every attention variant x seed on one task, mean ± std and Welch's t-test.
+"""``attnmoe compare``: every attention variant x seed on one task, mean ± std and t-tests.
 
     attnmoe compare --task forecast --dataset ETTh1 --horizon 96 \\
         --attention softmax,active-gelu,active-relu,gated-g1,sigmoid --seeds 3 \\
         --data-dir ../shared/data --out runs/cmp-etth1-96
 
 Runs go to ``<out>/<variant>/seed<k>/`` (each a full ``attnmoe train`` run directory);
-running the same command again skips finished runs and resumes interrupted ones. Writes
+running the same command again skips finished runs and resumes interrupted ones, and every
+run not trained is named on stderr with the reason (finished, diverged, held by another
+process). A diverged run is recorded as such and the comparison goes on. Writes
 ``summary.md``, ``summary.json`` and ``curves.png`` in ``--out`` (after every run, so a
 comparison cut short still has a summary of what finished). ``--summary-only`` rewrites the
 summary without training. See ``attnmoe.train.compare``.
@@ -21,8 +23,10 @@ from typing import Annotated
 import typer
 
 from attnmoe.commands.train import (
+    ERRORS,
     BatchOpt,
     CkptOpt,
+    CompileOpt,
     DataDirOpt,
     DatasetOpt,
     DeviceOpt,
@@ -32,10 +36,13 @@ from attnmoe.commands.train import (
     LrOpt,
     ModelOpt,
     PatienceOpt,
+    PrecisionOpt,
     ProgressOpt,
     StepsOpt,
     TaskOpt,
+    TensorboardOpt,
     ThreadsOpt,
+    check_out,
     collect_overrides,
     fail,
     set_threads,
@@ -44,10 +51,10 @@ from attnmoe.train import distributed
 from attnmoe.utils import check_writable
 
 
-def compare(
-    task: TaskOpt,
-    dataset: DatasetOpt,
-    out: Annotated[Path, typer.Option("--out", help="Comparison directory (created; resumable).")],
+def compare_command(
+    out: Annotated[Path | None, typer.Option("--out", help="Comparison directory (created; resumable).")] = None,
+    task: TaskOpt = None,
+    dataset: DatasetOpt = None,
     attention: Annotated[str, typer.Option(
         "--attention", help="Comma-separated variants; softmax is the t-test baseline.")
     ] = "softmax,active-gelu,active-relu,gated-g1,sigmoid",
@@ -62,38 +69,46 @@ def compare(
     eval_interval: EvalOpt = None,
     checkpoint_interval: CkptOpt = None,
     patience: PatienceOpt = None,
+    precision: PrecisionOpt = None,
     model: ModelOpt = None,
     device: DeviceOpt = "cpu",
+    compile: CompileOpt = False,
+    tensorboard: TensorboardOpt = False,
     progress: ProgressOpt = True,
     threads: ThreadsOpt = None,
     summary_only: Annotated[bool, typer.Option(
         "--summary-only", help="Only rewrite summary.md/json and curves.png from finished runs.")] = False,
 ) -> None:
     """Train every variant x seed (skipping finished runs); write summary.md, summary.json, curves.png."""
-    from attnmoe.train.compare import parse_seeds, parse_variants, run_comparison, summarize
+    from attnmoe.tasks import resolve_spec
+    from attnmoe.train.compare import parse_seeds, parse_variants, run_comparison, summarize_comparison
 
     main = True
     try:
+        out = check_out(out)
         if summary_only:
-            if not (out / "comparison.json").is_file():
-                raise ValueError(f"{out} holds no comparison (comparison.json missing)")
-            summary = summarize(out)
+            summary = summarize_comparison(out)
         else:
+            if task is None or dataset is None:
+                raise ValueError("give --task and --dataset")
             variants = parse_variants(attention)
             seed_list = parse_seeds(seeds)
             overrides = collect_overrides(steps=steps, epochs=epochs, batch_size=batch_size, lr=lr,
                                           eval_interval=eval_interval,
                                           checkpoint_interval=checkpoint_interval,
-                                          patience=patience, model=model)
+                                          patience=patience, precision=precision, model=model)
+            base = resolve_spec(task, dataset, attention=variants[0], seed=seed_list[0],
+                                horizon=horizon, overrides=overrides)
             set_threads(threads)
             main = distributed.setup(device)[0].is_main
             if main:
                 check_writable(out)
             command = "attnmoe " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-            summary = run_comparison(task, dataset, variants, seed_list, out, data_dir=data_dir,
-                                     horizon=horizon, overrides=overrides, device=device,
-                                     progress=progress, command=command)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as err:
+            summary = run_comparison(base, variants, seed_list, out, data_dir=data_dir,
+                                     device=device, progress=progress, command=command,
+                                     compile=compile, tensorboard=tensorboard,
+                                     report=(lambda line: typer.echo(line, err=True)) if main else None)
+    except ERRORS as err:
         raise fail(err) from None
     finally:
         distributed.cleanup()

@@ -2,11 +2,14 @@
 
     attnmoe train --task forecast --dataset ETTh1 --horizon 96 --attention active-gelu \\
         --data-dir ../shared/data --out runs/etth1-gelu
+    attnmoe train --config runs/etth1-gelu/config.json --seed 1 --out runs/etth1-gelu-s1
 
-The defaults are the task's reference recipe (``attnmoe.tasks.registry``, ``docs/tasks.md``);
-``--steps/--epochs``, ``--batch-size``, ``--lr``, ``--seed`` and ``--model KEY=VALUE`` (model
-sizes, e.g. ``--model n_layer=2``) override it. Writes ``metrics.json``, ``log.jsonl``,
-``config.json`` and ``checkpoint/`` into ``--out``; ``--resume`` continues an interrupted run.
+The options make a run spec (``attnmoe.tasks.spec.RunSpec``): the task's reference recipe
+(``docs/tasks.md``), or the spec of an earlier run (``--config RUN/config.json``), with
+``--steps/--epochs``, ``--batch-size``, ``--lr``, ``--seed``, ``--precision``, ... and
+``--model KEY=VALUE`` (model sizes, e.g. ``--model n_layer=2``) overriding it. Writes
+``metrics.json``, ``log.jsonl``, ``config.json`` and ``checkpoint/`` into ``--out``;
+``--resume`` continues an interrupted run with the same spec (another spec is refused).
 Data parallel: ``torchrun --nproc_per_node 2 -m attnmoe.cli train ...`` (gloo on CPU, NCCL with
 ``--device cuda``); ``--batch-size`` is the global batch.
 """
@@ -21,12 +24,14 @@ from typing import Annotated, Any
 import typer
 
 from attnmoe.train import distributed
+from attnmoe.train.lock import RunBusy
+from attnmoe.train.loop import TrainingDiverged
 from attnmoe.utils import check_writable
 
-TaskOpt = Annotated[str, typer.Option("--task", help="vision, lm or forecast.")]
-DatasetOpt = Annotated[str, typer.Option(
+TaskOpt = Annotated[str | None, typer.Option("--task", help="vision, lm or forecast.")]
+DatasetOpt = Annotated[str | None, typer.Option(
     "--dataset", help="fashion-mnist, mnist, digits, shakespeare, ETTh1, ETTh2, exchange_rate, "
-    "illness, or a path to a text / CSV file.")]
+    "illness (any case), or a path to a text / CSV file.")]
 DataDirOpt = Annotated[Path | None, typer.Option(
     "--data-dir", help="Folder of the named data sets (default: $ATTNMOE_DATA_DIR).")]
 HorizonOpt = Annotated[int | None, typer.Option("--horizon", help="Forecast horizon (forecast only).")]
@@ -34,13 +39,19 @@ StepsOpt = Annotated[int | None, typer.Option("--steps", help="Optimiser steps (
 EpochsOpt = Annotated[float | None, typer.Option("--epochs", help="Epochs (overrides the recipe).")]
 BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Global batch size.")]
 LrOpt = Annotated[float | None, typer.Option("--lr", help="Peak learning rate.")]
-EvalOpt = Annotated[int | None, typer.Option("--eval-interval", help="Steps between evaluations.")]
-CkptOpt = Annotated[int | None, typer.Option("--checkpoint-interval", help="Steps between checkpoints.")]
+EvalOpt = Annotated[int | None, typer.Option("--eval-interval", help="Steps between evaluations (0: per epoch).")]
+CkptOpt = Annotated[int | None, typer.Option("--checkpoint-interval",
+                                             help="Steps between checkpoints (0: per epoch).")]
 PatienceOpt = Annotated[int | None, typer.Option("--patience", help="Early-stopping patience (evaluations).")]
+PrecisionOpt = Annotated[str | None, typer.Option(
+    "--precision", help="fp32 (default), bf16 or fp16 (autocast; fp16 with a gradient scaler).")]
 ModelOpt = Annotated[list[str] | None, typer.Option(
     "--model", help="Model size override KEY=VALUE (repeatable), e.g. --model n_layer=2.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu or cuda.")]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")]
+CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the model's forward pass.")]
+TensorboardOpt = Annotated[bool, typer.Option(
+    "--tensorboard", help="Also log to TensorBoard in <run>/tensorboard (pip install 'attnmoe[tensorboard]').")]
 ThreadsOpt = Annotated[int | None, typer.Option(
     "--threads", help="torch intra-op threads (default: torch's choice). On a shared or small "
     "machine use 1: oversubscribed threads can make small models 10x slower.")]
@@ -63,7 +74,7 @@ def parse_model_overrides(items: list[str] | None) -> dict[str, Any]:
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise typer.BadParameter(f"--model expects KEY=VALUE, got {item!r}")
+            raise ValueError(f"--model expects KEY=VALUE, got {item!r}")
         try:
             result[key.strip()] = json.loads(value)
         except json.JSONDecodeError:
@@ -74,61 +85,105 @@ def parse_model_overrides(items: list[str] | None) -> dict[str, Any]:
 def collect_overrides(
     *, steps: int | None, epochs: float | None, batch_size: int | None, lr: float | None,
     eval_interval: int | None, checkpoint_interval: int | None, patience: int | None,
-    model: list[str] | None,
+    precision: str | None, model: list[str] | None,
 ) -> dict[str, Any]:
-    """Recipe and model-size overrides given on the command line (``None`` = recipe default)."""
-    if steps is not None and epochs is not None:
-        raise typer.BadParameter("give --steps or --epochs, not both")
+    """Spec fields and model sizes given on the command line (``None`` = keep the recipe's)."""
     given = {"steps": steps, "epochs": epochs, "batch_size": batch_size, "lr": lr,
-                 "eval_interval": eval_interval, "checkpoint_interval": checkpoint_interval,
-                 "patience": patience}
+             "eval_interval": eval_interval, "checkpoint_interval": checkpoint_interval,
+             "patience": patience, "precision": precision}
     return {**{k: v for k, v in given.items() if v is not None}, **parse_model_overrides(model)}
 
 
+def check_out(out: Path | None) -> Path:
+    """``--out`` as given. Missing or empty is refused: typer reads ``--out ''`` as ``.``, the
+    current directory, which is never meant as a run directory."""
+    if out is None or not str(out).strip() or str(out) == ".":
+        raise ValueError("--out must name a run directory (empty or '.' would write into the "
+                         "current directory)")
+    return out
+
+
+def base_spec(task: str | None, dataset: str | None, config: Path | None) -> Any:
+    """The spec the options override: the recipe of ``task``/``dataset``, or a run's config.json."""
+    from attnmoe.tasks import reference_spec
+    from attnmoe.tasks.spec import RunSpec
+    from attnmoe.train.loop import read_json
+
+    if config is not None:
+        if task is not None or dataset is not None:
+            raise ValueError("--task and --dataset come from --config; give one or the other")
+        if not config.is_file():
+            raise ValueError(f"--config {config}: no such file")
+        record = read_json(config)
+        if not isinstance(record, dict) or "spec" not in record:
+            raise ValueError(f"--config {config} records no run spec (not a run's config.json)")
+        return RunSpec.from_dict(record["spec"])
+    if task is None or dataset is None:
+        raise ValueError("give --task and --dataset (or --config RUN/config.json)")
+    return reference_spec(task, dataset)
+
+
 def fail(err: Exception) -> typer.Exit:
-    """Print an error line on stderr and return the exit to raise (code 2)."""
-    typer.echo(f"error: {err}", err=True)
+    """Print an error line on stderr (rank 0 only under torchrun) and return the exit to raise (code 2)."""
+    if distributed.info().is_main:
+        typer.echo(f"error: {err}", err=True)
     return typer.Exit(code=2)
 
 
-def train(
-    task: TaskOpt,
-    dataset: DatasetOpt,
-    out: Annotated[Path, typer.Option("--out", help="Run directory (created).")],
-    attention: Annotated[str, typer.Option("--attention", help="Attention variant, e.g. softmax, "
-                                           "active-gelu, gated-g1, sigmoid, active-gelu+gated-g1.")] = "softmax",
+ERRORS: tuple[type[Exception], ...] = (ValueError, TypeError, FileNotFoundError, FileExistsError,
+                                       RunBusy, TrainingDiverged)
+"""What a command turns into a one-line message on stderr and exit code 2."""
+
+
+def train_command(
+    out: Annotated[Path | None, typer.Option("--out", help="Run directory (created).")] = None,
+    task: TaskOpt = None,
+    dataset: DatasetOpt = None,
+    config: Annotated[Path | None, typer.Option(
+        "--config", help="Rerun the spec of a run's config.json (other options override it).")] = None,
+    attention: Annotated[str | None, typer.Option("--attention", help="Attention variant, e.g. softmax "
+                                                  "(default), active-gelu, gated-g1, sigmoid, "
+                                                  "active-gelu+gated-g1.")] = None,
     data_dir: DataDirOpt = None,
     horizon: HorizonOpt = None,
     steps: StepsOpt = None,
     epochs: EpochsOpt = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed: initialisation, data order, dropout.")] = 0,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed (>= 0, default 0): initialisation, "
+                                             "data order, dropout.")] = None,
     batch_size: BatchOpt = None,
     lr: LrOpt = None,
     eval_interval: EvalOpt = None,
     checkpoint_interval: CkptOpt = None,
     patience: PatienceOpt = None,
+    precision: PrecisionOpt = None,
     model: ModelOpt = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the run's checkpoint.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out (same spec).")] = False,
     device: DeviceOpt = "cpu",
+    compile: CompileOpt = False,
+    tensorboard: TensorboardOpt = False,
     progress: ProgressOpt = True,
     threads: ThreadsOpt = None,
 ) -> None:
     """Train one model on one task with one attention variant; write metrics.json, log.jsonl, config.json."""
-    from attnmoe.train.compare import run_one
+    from attnmoe.tasks import apply_overrides
+    from attnmoe.train.run import run_one
 
+    here = distributed.info()
     try:
+        out = check_out(out)
         overrides = collect_overrides(steps=steps, epochs=epochs, batch_size=batch_size, lr=lr,
                                       eval_interval=eval_interval,
                                       checkpoint_interval=checkpoint_interval, patience=patience,
-                                      model=model)
+                                      precision=precision, model=model)
+        spec = apply_overrides(base_spec(task, dataset, config), attention=attention, seed=seed,
+                               horizon=horizon, overrides=overrides)
         set_threads(threads)
         here, _ = distributed.setup(device)
         if here.is_main:
             check_writable(out)
-        metrics = run_one(task, dataset, attention, out, seed=seed, data_dir=data_dir,
-                          horizon=horizon, overrides=overrides, device=device, resume=resume,
-                          progress=progress)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as err:
+        metrics = run_one(spec, out, data_dir=data_dir, device=device, resume=resume,
+                          progress=progress, compile=compile, tensorboard=tensorboard)
+    except ERRORS as err:
         raise fail(err) from None
     finally:
         distributed.cleanup()

@@ -15,14 +15,36 @@ Attention is ``attnmoe.attention.Attention`` (non-causal) built from a variant N
 variant plugs in. Departure from the reference code, written down in ``docs/tasks.md``: the
 time-stamp covariates (``x_mark``, extra tokens in the reference code) are not used; the model
 sees only the channels.
+
+The task ``forecast`` (registered at the end of this file, beside its reference recipe): a named
+Time-Series-Library data set or a TSL-layout CSV; headline metric ``test_mse`` (normalised scale).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnmoe.attention import Attention
 from attnmoe.attention.variants import attention_kwargs
+from attnmoe.tasks.data import load_forecast_splits, resolve_data_dir
+from attnmoe.tasks.data.timeseries import FORECAST_DATASETS, WindowDataset, default_lengths
+from attnmoe.tasks.registry import (
+    EVAL_BATCH,
+    Task,
+    TaskEntry,
+    device_of,
+    in_eval_mode,
+    make_task,
+    register_task,
+    split_of,
+)
+from attnmoe.tasks.spec import RunSpec
 
 
 class InvertedEncoderLayer(nn.Module):
@@ -114,3 +136,73 @@ class ITransformer(nn.Module):
         if self.use_norm:
             y = y * s + mu
         return y
+
+
+# ---------------------------------------------------------------- task: recipe and builder
+
+FORECAST_RECIPE = RunSpec(
+    task="forecast", dataset="ETTh1", horizon=96,
+    epochs=10, batch_size=32, lr=1e-4, min_lr_ratio=0.1, warmup_steps=0, weight_decay=0.0,
+    beta1=0.9, beta2=0.999, grad_clip=1.0, eval_interval=0, patience=3, checkpoint_interval=0,
+    model={"seq_len": 96, "d_model": 256, "d_ff": 256, "e_layers": 2, "heads": 8, "dropout": 0.1,
+           "use_norm": True},
+)
+"""iTransformer's ETTh1 script (d_model 256, d_ff 256, 2 layers, 8 heads, dropout 0.1, batch 32,
+lr 1e-4, 10 epochs, patience 3). ``eval_interval = 0`` / ``checkpoint_interval = 0`` mean "once
+per epoch" (resolved by the loop from the number of training windows). The input length
+``seq_len`` and the horizon default to the data set's standard ones (:func:`forecast_recipe`)."""
+
+
+def forecast_recipe(dataset: str) -> RunSpec:
+    """The reference recipe on ``dataset``: its standard input length and first horizon."""
+    seq_len, horizons = default_lengths(dataset)
+    return replace(FORECAST_RECIPE, dataset=dataset, horizon=horizons[0],
+                   model={**FORECAST_RECIPE.model, "seq_len": seq_len})
+
+
+def _mse_loss(model: nn.Module, batch: Any) -> Tensor:
+    x, y = batch  # (B, L, C), (B, H, C)
+    return F.mse_loss(model(x), y)
+
+
+@register_task("forecast", recipe=forecast_recipe, primary_metric="test_mse", monitor="val_mse",
+               lower_is_better=True, throughput_unit="windows", datasets=lambda: tuple(FORECAST_DATASETS),
+               paths=True)
+def build_forecast(spec: RunSpec, data_dir: Path | None, entry: TaskEntry) -> Task:
+    """iTransformer on a named TSL data set or a TSL-layout CSV; loss = MSE on the normalised
+    scale; metrics ``{split}_mse``, ``{split}_mae`` averaged over every window and element, and
+    ``n_{split}_windows``."""
+    assert spec.horizon is not None  # the recipe sets one
+    sizes = dict(spec.model)
+    seq_len = sizes["seq_len"]
+    if not isinstance(seq_len, int) or isinstance(seq_len, bool) or seq_len < 1:
+        raise ValueError(f"--model seq_len must be a positive integer, got {seq_len!r}")
+    root = resolve_data_dir(data_dir) if spec.dataset in FORECAST_DATASETS else None
+    splits = load_forecast_splits(spec.dataset, root, seq_len=seq_len, pred_len=spec.horizon)
+    torch.manual_seed(spec.seed)
+    model = ITransformer(pred_len=spec.horizon, n_channels=splits.n_channels, attention=spec.attention, **sizes)
+    data: dict[str, WindowDataset | None] = {"val": splits.val, "test": splits.test}
+
+    @in_eval_mode
+    def evaluate(model: nn.Module, split: str) -> dict[str, float]:
+        windows = split_of(data, split, "forecast")
+        device = device_of(model)
+        sq, ab, count = 0.0, 0.0, 0
+        for start in range(0, len(windows), EVAL_BATCH):
+            idx = torch.arange(start, min(start + EVAL_BATCH, len(windows)))
+            x, y = windows.batch(idx)  # (b, L, C), (b, H, C)
+            err = model(x.to(device)) - y.to(device)
+            sq += float(err.double().square().sum())
+            ab += float(err.double().abs().sum())
+            count += err.numel()
+        return {f"{split}_mse": sq / count, f"{split}_mae": ab / count, f"n_{split}_windows": len(windows)}
+
+    return make_task(
+        entry, spec, f"forecast/{spec.dataset}/H{spec.horizon}/{spec.attention}",
+        model=model, train_data=splits.train, val_data=splits.val, test_data=splits.test,
+        loss_fn=_mse_loss, evaluate=evaluate,
+        info={"source": splits.source, "seq_len": seq_len, "pred_len": spec.horizon, "channels": splits.channels,
+              "borders": splits.borders, "n_train_windows": len(splits.train), "n_val_windows": len(splits.val),
+              "n_test_windows": len(splits.test), "scaler_mean": splits.mean.tolist(),
+              "scaler_std": splits.std.tolist()},
+    )

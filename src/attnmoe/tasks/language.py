@@ -11,15 +11,35 @@ For ids ``t_1..t_T``::
 Initialisation as nanoGPT (GPT-2): every Linear weight and both embeddings ``N(0, 0.02^2)``,
 biases 0, and the two residual output projections of each block (the attention ``out_proj``
 and the MLP ``proj``) ``N(0, (0.02 / sqrt(2 n_layer))^2)``.
+
+The task ``lm`` (registered at the end of this file, beside its reference recipe):
+``shakespeare`` or any UTF-8 text file; headline metric ``val_loss`` (nats/char).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from attnmoe.tasks.data import load_char_corpus, resolve_data_dir
+from attnmoe.tasks.data.text import BlockDataset
+from attnmoe.tasks.registry import (
+    EVAL_BATCH,
+    Task,
+    TaskEntry,
+    device_of,
+    in_eval_mode,
+    make_task,
+    register_task,
+    split_of,
+)
+from attnmoe.tasks.spec import RunSpec
 from attnmoe.tasks.vision import PreNormBlock
 
 
@@ -90,3 +110,82 @@ def _init_gpt(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
     elif isinstance(module, nn.Embedding):
         nn.init.normal_(module.weight, std=0.02)
+
+
+# ---------------------------------------------------------------- task: recipe and builder
+
+TEXT_DATASETS = {"shakespeare": "shakespeare/shakespeare_complete.txt"}
+
+LM_RECIPE = RunSpec(
+    task="lm", dataset="shakespeare",
+    steps=2000, batch_size=12, lr=1e-3, min_lr_ratio=0.1, warmup_steps=100, weight_decay=0.1,
+    beta1=0.9, beta2=0.99, grad_clip=1.0, eval_interval=250, checkpoint_interval=500,
+    model={"block_size": 64, "n_layer": 4, "n_head": 4, "n_embd": 128, "dropout": 0.0, "eval_blocks": 2048},
+)
+"""nanoGPT's CPU recipe for shakespeare_char (4 layers, 4 heads, 128 wide, block 64, batch 12,
+2,000 steps, lr 1e-3 -> 1e-4 cosine, warm-up 100, AdamW betas (0.9, 0.99), weight decay 0.1,
+clip 1.0, dropout 0). ``eval_blocks``: validation blocks per evaluation (see ``docs/tasks.md``)."""
+
+
+def lm_recipe(dataset: str) -> RunSpec:
+    """The reference recipe of the language task (the same for every text)."""
+    return replace(LM_RECIPE, dataset=dataset)
+
+
+def _lm_loss(model: nn.Module, batch: Any) -> Tensor:
+    x, y = batch  # (B, T), (B, T)
+    logits = model(x)  # (B, T, V)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+
+
+@register_task("lm", recipe=lm_recipe, primary_metric="val_loss", monitor="val_loss", lower_is_better=True,
+               throughput_unit="tokens", datasets=lambda: tuple(TEXT_DATASETS), paths=True)
+def build_lm(spec: RunSpec, data_dir: Path | None, entry: TaskEntry) -> Task:
+    """Character GPT on ``shakespeare`` or any UTF-8 text file; loss = mean next-character
+    cross-entropy (nats/char); metric ``val_loss`` over non-overlapping blocks of the
+    validation split (no test split: 90/10 protocol, as nanoGPT)."""
+    if spec.dataset in TEXT_DATASETS:
+        path = resolve_data_dir(data_dir) / TEXT_DATASETS[spec.dataset]
+    else:
+        path = Path(spec.dataset)
+    corpus = load_char_corpus(path)
+    sizes = dict(spec.model)
+    eval_blocks = sizes.pop("eval_blocks")
+    block = int(sizes["block_size"])
+    torch.manual_seed(spec.seed)
+    model = GPT(vocab_size=corpus.vocab_size, attention=spec.attention, **sizes)
+    train_data, val_data = BlockDataset(corpus.train, block), BlockDataset(corpus.val, block)
+    blocks = {"train": train_data, "val": val_data}
+
+    # validation blocks: non-overlapping, evenly spread over the whole split, fixed for the run
+    n_val_blocks = len(corpus.val) // (block + 1)
+    chosen = torch.arange(n_val_blocks) if eval_blocks is None or eval_blocks >= n_val_blocks else \
+        torch.linspace(0, n_val_blocks - 1, int(eval_blocks)).round().long()
+    val_starts = chosen * (block + 1)
+
+    def get_batch(split: str, batch_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        data = split_of(blocks, split, "lm")
+        starts = torch.randint(len(data), (batch_size,), generator=generator)
+        return data.batch(starts)
+
+    @in_eval_mode
+    def evaluate(model: nn.Module, split: str) -> dict[str, float]:
+        if split != "val":
+            raise ValueError(f"task 'lm' evaluates the 'val' split only (90/10 protocol), got {split!r}")
+        device = device_of(model)
+        total = 0.0
+        for start in range(0, len(val_starts), EVAL_BATCH):
+            x, y = val_data.batch(val_starts[start : start + EVAL_BATCH])
+            logits = model(x.to(device))  # (b, T, V)
+            total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.to(device).reshape(-1),
+                                           reduction="sum"))
+        return {"val_loss": total / (len(val_starts) * block)}
+
+    return make_task(
+        entry, spec, f"lm/{spec.dataset}/{spec.attention}",
+        model=model, train_data=train_data, val_data=val_data, test_data=None,
+        loss_fn=_lm_loss, evaluate=evaluate, get_batch=get_batch,
+        info={"source": corpus.source, "vocab_size": corpus.vocab_size, "n_train_chars": len(corpus.train),
+              "n_val_chars": len(corpus.val), "n_unk_val": corpus.n_unk_val, "unk_id": corpus.unk_id,
+              "n_eval_blocks": len(val_starts), "eval_tokens": len(val_starts) * block},
+    )

@@ -12,16 +12,38 @@ For an image ``x`` of shape ``(B, C, S, S)`` and patch size ``p`` (``N = (S/p)^2
 
 Linear weights, the class token and the position table start from a truncated normal with
 std 0.02 (as in the ViT / timm reference code); biases at 0, LayerNorm at (1, 0).
+
+The task ``vision`` (registered at the end of this file, beside its reference recipe):
+``fashion-mnist`` / ``mnist`` (IDX files) or ``digits`` (scikit-learn 8x8); loss = mean
+cross-entropy; metrics ``{split}_loss``, ``{split}_accuracy``; headline ``test_accuracy``.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
 import torch
+import torch.nn.functional as F
 from einops.layers.torch import Rearrange
 from torch import Tensor, nn
 
 from attnmoe.attention import Attention
 from attnmoe.attention.variants import attention_kwargs
+from attnmoe.tasks.data import load_digits_splits, load_idx_splits, resolve_data_dir
+from attnmoe.tasks.data.images import IDX_DATASETS
+from attnmoe.tasks.registry import (
+    EVAL_BATCH,
+    Task,
+    TaskEntry,
+    device_of,
+    in_eval_mode,
+    make_task,
+    register_task,
+    split_of,
+)
+from attnmoe.tasks.spec import RunSpec
 
 
 class MLP(nn.Module):
@@ -147,3 +169,68 @@ def _init_vit(module: nn.Module) -> None:
     elif isinstance(module, nn.LayerNorm):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
+
+
+# ---------------------------------------------------------------- task: recipe and builder
+
+VISION_RECIPE = RunSpec(
+    task="vision", dataset="fashion-mnist",
+    epochs=10, batch_size=128, lr=2e-3, min_lr_ratio=0.01, warmup_steps=200, weight_decay=0.05,
+    beta1=0.9, beta2=0.999, grad_clip=1.0, eval_interval=430, checkpoint_interval=430,
+    model={"patch_size": 7, "dim": 64, "depth": 4, "heads": 4, "mlp_ratio": 2.0, "dropout": 0.0},
+)
+"""ViT on 28x28 images: 16 patches of 7x7 + class token, 4 blocks of width 64, 10 epochs
+(88.4 % Fashion-MNIST test accuracy at seed 0, ``docs/tasks.md``)."""
+
+DIGITS_RECIPE = replace(
+    VISION_RECIPE, dataset="digits", epochs=60, batch_size=64, warmup_steps=50, eval_interval=100,
+    checkpoint_interval=500,
+    model={"patch_size": 2, "dim": 64, "depth": 4, "heads": 4, "mlp_ratio": 2.0, "dropout": 0.0},
+)
+"""ViT on the 8x8 digits: 16 patches of 2x2."""
+
+
+def vision_recipe(dataset: str) -> RunSpec:
+    """The reference recipe of a vision data set."""
+    return DIGITS_RECIPE if dataset == "digits" else replace(VISION_RECIPE, dataset=dataset)
+
+
+@register_task("vision", recipe=vision_recipe, primary_metric="test_accuracy", monitor="val_accuracy",
+               lower_is_better=False, throughput_unit="images", datasets=lambda: ("digits", *IDX_DATASETS))
+def build_vision(spec: RunSpec, data_dir: Path | None, entry: TaskEntry) -> Task:
+    """ViT on ``digits`` (scikit-learn) or an IDX data set under ``data_dir``; loss = mean
+    cross-entropy; metrics ``{split}_loss``, ``{split}_accuracy``."""
+    if spec.dataset == "digits":
+        splits = load_digits_splits()
+    else:
+        splits = load_idx_splits(resolve_data_dir(data_dir) / spec.dataset)
+    torch.manual_seed(spec.seed)
+    model = ViT(image_size=splits.image_size, in_channels=splits.channels, num_classes=splits.num_classes,
+                attention=spec.attention, **spec.model)
+    data = {"val": splits.val, "test": splits.test}
+
+    @in_eval_mode
+    def evaluate(model: nn.Module, split: str) -> dict[str, float]:
+        x_all, y_all = split_of(data, split, "vision").tensors
+        device = device_of(model)
+        loss_sum, correct = 0.0, 0
+        for start in range(0, len(y_all), EVAL_BATCH):
+            x = x_all[start : start + EVAL_BATCH].to(device)
+            y = y_all[start : start + EVAL_BATCH].to(device)
+            logits = model(x)  # (b, classes)
+            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(-1) == y).sum())
+        n = len(y_all)
+        return {f"{split}_loss": loss_sum / n, f"{split}_accuracy": correct / n}
+
+    def loss_fn(model: nn.Module, batch: Any) -> Tensor:
+        x, y = batch  # (B, C, S, S), (B,)
+        return F.cross_entropy(model(x), y)
+
+    return make_task(
+        entry, spec, f"vision/{spec.dataset}/{spec.attention}",
+        model=model, train_data=splits.train, val_data=splits.val, test_data=splits.test,
+        loss_fn=loss_fn, evaluate=evaluate,
+        info={"n_train": len(splits.train), "n_val": len(splits.val), "n_test": len(splits.test),
+              "pixel_mean": splits.mean, "pixel_std": splits.std, "image_size": splits.image_size},
+    )

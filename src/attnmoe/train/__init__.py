@@ -1,11 +1,18 @@
 """Training for every attnmoe task: one loop, checkpoints, data parallelism, comparisons.
 
-    loop.py         TrainConfig, train(task, config, out_dir, resume=...)
-    checkpoint.py   safetensors + JSON checkpoints (no pickle)
+    run.py          run_one(spec, out_dir): build the task of a RunSpec and train it (locked)
+    loop.py         train_task(task, spec, out_dir, resume=...): the training loop
+    checkpoint.py   safetensors + JSON checkpoints with checksums (no pickle)
+    lock.py         one flock per run directory
     distributed.py  torchrun / DDP set-up (gloo on CPU, NCCL on GPU)
-    compare.py      variants x seeds: runs, mean +- std, Welch's t-test, curves
+    compare.py      variants x seeds: runs, mean +- std, Welch / paired t-tests, curves
+
+The run spec (``RunSpec``) lives in ``attnmoe.tasks.spec`` because the task recipes are
+instances of it; it is re-exported here.
 """
 
-from attnmoe.train.loop import TrainConfig, is_finished, read_log, train
+from attnmoe.tasks.spec import RunSpec
+from attnmoe.train.loop import TrainingDiverged, is_finished, read_log, train_task
+from attnmoe.train.run import run_one
 
-__all__ = ["TrainConfig", "is_finished", "read_log", "train"]
+__all__ = ["RunSpec", "TrainingDiverged", "is_finished", "read_log", "run_one", "train_task"]

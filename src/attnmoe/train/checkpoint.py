@@ -8,13 +8,19 @@ A checkpoint is a directory ``<out>/checkpoint/`` holding
     state.json             step, optimizer hyper-parameters, scheduler state, Python/NumPy RNG
                            states, early-stopping counters and anything else the loop passes in
 
-No pickle is involved, so loading a checkpoint cannot execute code. A checkpoint is written
-into ``checkpoint.tmp/`` and then renamed into place, so an interruption while saving leaves
-the previous checkpoint intact (``checkpoint.old/`` is used if the swap itself was cut).
+No pickle is involved, so loading a checkpoint cannot execute code. ``state.json`` is written
+last and holds the SHA-256 of every other file, so a truncated or altered tensor file is
+detected before anything is loaded (:class:`CheckpointDamaged`).
+
+A checkpoint is written into ``checkpoint.tmp/`` and then renamed into place; the one before it
+is kept as ``checkpoint.old/``. An interruption while saving therefore leaves a complete
+checkpoint, and a damaged ``checkpoint/`` falls back to ``checkpoint.old/`` (one interval
+earlier; training from there reaches the same result, see ``attnmoe.train.loop``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import shutil
@@ -28,6 +34,12 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
 CHECKPOINT_DIR = "checkpoint"
+CHECKPOINT_DIRS = (CHECKPOINT_DIR, CHECKPOINT_DIR + ".old")
+"""Where checkpoints are looked for, newest first."""
+
+
+class CheckpointDamaged(ValueError):
+    """A checkpoint directory whose files are missing, truncated or altered."""
 
 
 @dataclass
@@ -44,12 +56,46 @@ class Checkpoint:
 
 
 def checkpoint_path(out_dir: Path) -> Path | None:
-    """The directory of the usable checkpoint under ``out_dir``, or ``None`` when there is none."""
-    for name in (CHECKPOINT_DIR, CHECKPOINT_DIR + ".old"):
-        path = Path(out_dir) / name
-        if (path / "state.json").is_file():
-            return path
-    return None
+    """The newest checkpoint directory under ``out_dir`` (not yet verified), or ``None``."""
+    found = checkpoint_candidates(out_dir)
+    return found[0] if found else None
+
+
+def checkpoint_candidates(out_dir: Path) -> list[Path]:
+    """The checkpoint directories under ``out_dir`` that exist, newest first."""
+    return [Path(out_dir) / name for name in CHECKPOINT_DIRS if (Path(out_dir) / name).is_dir()]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    """The verified ``state.json`` of checkpoint ``path``.
+
+    Raises:
+        CheckpointDamaged: ``state.json`` missing or unreadable, or a file it lists missing or
+            not matching its SHA-256.
+    """
+    path = Path(path)
+    try:
+        state = json.loads((path / "state.json").read_text())
+        files = state["files"]
+    except FileNotFoundError:
+        raise CheckpointDamaged(f"{path}: state.json is missing") from None
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise CheckpointDamaged(f"{path}: state.json is unreadable ({err})") from None
+    for name, digest in files.items():
+        file = path / name
+        if not file.is_file():
+            raise CheckpointDamaged(f"{path}: {name} is missing")
+        if _sha256(file) != digest:
+            raise CheckpointDamaged(f"{path}: {name} does not match its checksum (truncated or altered)")
+    return state
 
 
 def _rng_state() -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -120,18 +166,18 @@ def save_checkpoint(
     save_file(tensors, str(tmp / "tensors.safetensors"))
 
     state = {
+        "files": {f.name: _sha256(f) for f in sorted(tmp.glob("*.safetensors"))},
         "extra": extra,
         "optimizer": {"param_groups": opt["param_groups"], "scalars": scalars},
         "scheduler": scheduler.state_dict(),
         "rng": rng_json,
     }
-    (tmp / "state.json").write_text(json.dumps(state))
+    (tmp / "state.json").write_text(json.dumps(state))  # last: the checkpoint is complete
 
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():
         final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
+    tmp.rename(final)  # the previous checkpoint stays as checkpoint.old (fallback)
     return final
 
 
@@ -141,6 +187,7 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     device: torch.device | str = "cpu",
+    state: dict[str, Any] | None = None,
 ) -> Checkpoint:
     """Restore model, optimizer, scheduler and RNG states in place from a checkpoint directory.
 
@@ -150,25 +197,28 @@ def load_checkpoint(
         optimizer: an optimizer over the same parameter groups.
         scheduler: a scheduler of the same kind.
         device: where the optimizer state tensors go.
+        state: the already verified :func:`read_state` of ``path`` (read again when ``None``).
 
     Returns:
         The loop's ``extra`` state and the best weights (if saved).
 
     Raises:
-        FileNotFoundError: when ``path`` holds no checkpoint.
+        CheckpointDamaged: when a file is missing, truncated or altered.
         ValueError: when the checkpoint does not match the model.
     """
     path = Path(path)
-    if not (path / "state.json").is_file():
-        raise FileNotFoundError(f"no checkpoint at {path} (state.json missing)")
-    missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False,
-                                     device=str(device))
+    state = read_state(path) if state is None else state
+    try:
+        missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False,
+                                         device=str(device))
+    except RuntimeError as err:  # shapes differ
+        first = str(err).strip().splitlines()[-1].strip()
+        raise ValueError(f"checkpoint {path} does not match the model ({first})") from None
     if missing or unexpected:
         raise ValueError(
             f"checkpoint {path} does not match the model: missing {sorted(missing)[:5]}, "
             f"unexpected {sorted(unexpected)[:5]} (same --attention and model sizes?)"
         )
-    state = json.loads((path / "state.json").read_text())
     tensors = load_file(str(path / "tensors.safetensors"))
 
     per_param: dict[int, dict[str, Any]] = {}

@@ -1,88 +1,49 @@
-"""Runs and comparisons: one training run by name, variants x seeds, and their summary.
+"""Comparisons: attention variants x seeds of one run spec, and their summary.
 
-* :func:`run_one` builds a task by name (``attnmoe.tasks.build_task``), makes a
-  :class:`~attnmoe.train.loop.TrainConfig` from the task's reference recipe plus overrides, and
-  trains into a run directory (resuming when asked). ``attnmoe train`` is a thin wrapper.
-* :func:`run_comparison` runs every variant x seed into ``<out>/<variant>/seed<k>/``, seed-major
-  (all variants for the first seed, then the next seed), so a comparison cut short is balanced
-  across variants. Finished runs (``metrics.json`` present) are skipped; interrupted ones
-  resume from their checkpoint. ``summary.md``/``summary.json`` are rewritten after every run,
-  ``curves.png`` at the end (or with ``attnmoe compare --summary-only``). A run being trained
-  holds ``<run>/.running`` (the pid), so two ``compare`` processes with different ``--seeds``
-  lists (or the same) can work on one comparison without training the same run twice.
-* :func:`summarize` reads the run directories and writes ``summary.json``, ``summary.md`` and
-  ``curves.png``: per variant ``n`` (finished seeds), mean and sample standard deviation
-  (``ddof=1``) of each final metric, parameter count, wall time, and Welch's unequal-variance
-  t-test against ``softmax`` (``scipy.stats.ttest_ind(..., equal_var=False)``):
+* :func:`run_comparison` trains every variant x seed of a base :class:`RunSpec` (the spec with
+  ``attention`` and ``seed`` replaced) into ``<out>/<variant>/seed<k>/`` with
+  :func:`attnmoe.train.run.run_one`, seed-major (all variants for the first seed, then the next
+  seed), so a comparison cut short is balanced across variants. Every run that is not trained
+  is named (``report``) with the reason: finished earlier, diverged earlier, or held by another
+  process (each run directory has a lock, ``attnmoe.train.lock``, so several ``compare``
+  processes can share a comparison). Interrupted runs resume from their checkpoint. A run
+  whose loss diverges is recorded as diverged and the comparison goes on.
+  ``summary.md``/``summary.json`` are rewritten (atomically) after every run, ``curves.png``
+  at the end (or with ``attnmoe compare --summary-only``).
+* :func:`summarize_comparison` reads the run directories and writes ``summary.json``,
+  ``summary.md`` and ``curves.png``: per variant ``n`` (finished seeds), mean and sample
+  standard deviation (``ddof=1``) of each final metric, parameter count, wall time, Welch's
+  unequal-variance t-test against ``softmax`` (``scipy.stats.ttest_ind(..., equal_var=False)``):
   ``t = (m_a - m_b) / sqrt(s_a^2/n_a + s_b^2/n_b)`` with Welch-Satterthwaite degrees of
-  freedom, two-sided p-value; reported only when both groups have ``n >= 2``.
+  freedom, two-sided p-value; reported only when both groups have ``n >= 2``; the paired
+  t-test over common seeds with Holm's correction; and the diverged and unfinished runs.
+  The headline metric is the task's ``primary_metric`` (``attnmoe.tasks.task_entry``).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import stats
 
+from attnmoe.tasks.spec import RunSpec
 from attnmoe.train import distributed
-from attnmoe.train.checkpoint import checkpoint_path
-from attnmoe.train.loop import METRICS_FILE, TrainConfig, is_finished, read_log, train
+from attnmoe.train.lock import RunBusy
+from attnmoe.train.loop import TrainingDiverged, is_diverged, read_json, read_log, read_metrics
+from attnmoe.train.run import run_one
+from attnmoe.utils import atomic_write_json, atomic_write_text
 
 BASELINE = "softmax"
-TRAIN_ONLY = ("seed", "device", "log_interval", "warmup_frac")
-"""``TrainConfig`` fields that are not recipe fields (the loop's business only)."""
-
-
-def run_one(
-    task: str,
-    dataset: str,
-    attention: str,
-    out_dir: Path,
-    *,
-    seed: int = 0,
-    data_dir: Path | None = None,
-    horizon: int | None = None,
-    overrides: dict[str, Any] | None = None,
-    device: str = "cpu",
-    resume: bool = False,
-    progress: bool = True,
-) -> dict[str, float]:
-    """Build ``task``/``dataset`` with ``attention`` and train it into ``out_dir``.
-
-    Args:
-        task: ``vision``, ``lm`` or ``forecast``.
-        dataset: a data set name or file path (see ``attnmoe.tasks.build_task``).
-        attention: attention variant name.
-        out_dir: the run directory.
-        seed: model initialisation, data order and dropout seed.
-        data_dir: folder of the named data sets (else ``$ATTNMOE_DATA_DIR``).
-        horizon: forecast horizon.
-        overrides: recipe fields (``steps``, ``epochs``, ``batch_size``, ``lr``, ...) and model
-            sizes (the keys of the task's ``recipe.model``); ``None`` values are ignored.
-        device: ``cpu`` or ``cuda``.
-        resume: continue from a checkpoint in ``out_dir``.
-        progress: show a progress bar.
-
-    Returns:
-        The final metrics.
-    """
-    from attnmoe.tasks import build_task  # the tasks layer is only needed to run
-
-    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    built = build_task(task, dataset, data_dir=data_dir, attention=attention, seed=seed,
-                       horizon=horizon, overrides=overrides)
-    config = TrainConfig.from_recipe(built.recipe, seed=seed, device=device)
-    run_info = {"task": task, "dataset": dataset, "attention": attention, "seed": seed,
-                "horizon": horizon, "overrides": overrides, "model": dict(built.recipe.model),
-                "task_info": getattr(built, "info", {})}
-    return train(built, config, Path(out_dir), resume=resume, progress=progress, run_info=run_info)
+COMPARISON_FILE = "comparison.json"
+PER_RUN = ("attention", "seed")
+"""Spec fields that vary inside a comparison; every other field is the comparison's identity."""
 
 
 def parse_seeds(seeds: str) -> list[int]:
@@ -118,95 +79,92 @@ def run_dir(out: Path, variant: str, seed: int) -> Path:
     return Path(out) / variant / f"seed{seed}"
 
 
+def _identity(spec: RunSpec) -> dict[str, Any]:
+    return {k: v for k, v in spec.to_dict().items() if k not in PER_RUN}
+
+
+def _record_comparison(out: Path, base: RunSpec, variants: Sequence[str], seeds: Sequence[int],
+                       command: str | None) -> None:
+    """Write (or extend) ``comparison.json``; refuse a directory holding another comparison."""
+    record = {"spec": _identity(base), "variants": list(variants), "seeds": list(seeds),
+              "command": command}
+    path = out / COMPARISON_FILE
+    if path.is_file():
+        before = read_json(path)
+        if not isinstance(before, dict) or "spec" not in before:
+            raise ValueError(f"{path} records no run spec (an older attnmoe wrote it); use another --out")
+        diffs = RunSpec.from_dict({**before["spec"], "attention": BASELINE, "seed": 0}).differences(
+            replace(base, attention=BASELINE, seed=0))
+        if diffs:
+            raise ValueError(f"{out} holds a comparison with another spec ({'; '.join(diffs)}); "
+                             "use another --out")
+        record["variants"] = list(dict.fromkeys([*before["variants"], *variants]))
+        record["seeds"] = sorted(set(before["seeds"]) | set(seeds))
+        record["command"] = before.get("command") or command  # the command that started it
+    if distributed.info().is_main:
+        atomic_write_json(path, record)
+
+
 def run_comparison(
-    task: str,
-    dataset: str,
+    base: RunSpec,
     variants: Sequence[str],
     seeds: Sequence[int],
     out: Path,
     *,
     data_dir: Path | None = None,
-    horizon: int | None = None,
-    overrides: dict[str, Any] | None = None,
     device: str = "cpu",
     progress: bool = True,
     command: str | None = None,
+    report: Callable[[str], None] | None = None,
+    compile: bool = False,
+    tensorboard: bool = False,
 ) -> dict[str, Any]:
-    """Train every variant x seed (skipping finished runs) and summarise.
+    """Train every variant x seed of ``base`` (skipping, and naming, runs not to train) and summarise.
+
+    Args:
+        base: the run spec shared by every run (its ``attention`` and ``seed`` are replaced).
+        variants, seeds: what varies.
+        out: the comparison directory.
+        report: called with one line per run that is not trained (and why) and per diverged run.
 
     Returns:
-        The summary (what ``summary.json`` holds).
+        The summary (what ``summary.json`` holds), plus ``"skipped"``: ``{run: reason}`` for the
+        runs this call did not train.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    spec = {"task": task, "dataset": dataset, "variants": list(variants), "seeds": list(seeds),
-            "horizon": horizon, "overrides": overrides or {}, "command": command}
-    spec_path = out / "comparison.json"
-    if spec_path.is_file():
-        before = json.loads(spec_path.read_text())
-        for key in ("task", "dataset", "horizon", "overrides"):
-            if before.get(key) != spec[key]:
-                raise ValueError(f"{out} holds a comparison with {key}={before.get(key)!r}, not "
-                                 f"{spec[key]!r}; use another --out")
-        spec["variants"] = list(dict.fromkeys([*before["variants"], *variants]))
-        spec["seeds"] = sorted(set(before["seeds"]) | set(seeds))
-        spec["command"] = before.get("command") or command  # the command that started it
-    if distributed.info().is_main:
-        spec_path.write_text(json.dumps(spec, indent=2) + "\n")
+    say = report or (lambda line: None)
+    _record_comparison(out, base, variants, seeds, command)
+    main = distributed.info().is_main
+    skipped: dict[str, str] = {}
     summary: dict[str, Any] = {}
-    for seed in seeds:
-        for variant in variants:
-            where = run_dir(out, variant, seed)
-            if is_finished(where) or not _claim(where):
-                continue
+    plan = [(seed, variant) for seed in seeds for variant in variants]
+    for k, (seed, variant) in enumerate(plan, start=1):
+        where = run_dir(out, variant, seed)
+        name = f"{variant}/seed{seed}"
+        reason = None
+        if read_metrics(where) is not None:
+            reason = "finished earlier"
+        elif (record := is_diverged(where)) is not None:
+            reason = f"diverged earlier (step {record.get('step')}); remove {where} to retry"
+        if reason is None:
             try:
-                run_one(task, dataset, variant, where, seed=seed, data_dir=data_dir,
-                        horizon=horizon, overrides=overrides, device=device, progress=progress,
-                        resume=checkpoint_path(where) is not None)
-            finally:
-                _release(where)
-            if distributed.info().is_main:
-                summary = summarize(out, plot=False)
-    if distributed.info().is_main:
-        summary = summarize(out)
-    return summary
-
-
-LOCK_FILE = ".running"
-
-
-def _claim(where: Path) -> bool:
-    """Mark a run as taken by this process (``<run>/.running`` holds the pid), so that several
-    ``attnmoe compare`` processes on one machine can share a comparison (e.g. one per seed list).
-    A lock left by a process that no longer exists is taken over. Rank 0 decides under DDP."""
-    if not distributed.info().is_main:
-        return bool(distributed.broadcast_object(None))
-    where.mkdir(parents=True, exist_ok=True)
-    lock = where / LOCK_FILE
-    claimed = False
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                os.kill(int(lock.read_text() or "0"), 0)  # owner alive: leave the run to it
-                break
-            except (ProcessLookupError, ValueError):
-                lock.unlink(missing_ok=True)  # stale lock
-                continue
-            except PermissionError:
-                break
-        else:
-            os.write(fd, str(os.getpid()).encode())
-            os.close(fd)
-            claimed = True
-            break
-    return bool(distributed.broadcast_object(claimed))
-
-
-def _release(where: Path) -> None:
-    if distributed.info().is_main:
-        (where / LOCK_FILE).unlink(missing_ok=True)
+                run_one(replace(base, attention=variant, seed=seed), where, data_dir=data_dir,
+                        device=device, resume=True, progress=progress,
+                        label=f"run {k}/{len(plan)} {variant} seed {seed}", compile=compile,
+                        tensorboard=tensorboard)
+            except RunBusy as err:
+                reason = f"skipped: {err}"
+            except TrainingDiverged as err:
+                reason = f"diverged: {err}"
+            if main:
+                summary = summarize_comparison(out, plot=False)
+        if reason is not None:
+            skipped[name] = reason
+            say(f"{name}: {reason}")
+    if main:
+        summary = summarize_comparison(out)
+    return {**summary, "skipped": skipped}
 
 
 def welch(a: Sequence[float], b: Sequence[float]) -> dict[str, float] | None:
@@ -248,12 +206,26 @@ def holm(pvalues: dict[str, float | None]) -> dict[str, float | None]:
     return out
 
 
+def _seed_dirs(out: Path, variant: str) -> list[tuple[int, Path]]:
+    found = []
+    for path in (out / variant).glob("seed*"):
+        if path.is_dir() and path.name[4:].isdigit():
+            found.append((int(path.name[4:]), path))
+    return sorted(found)
+
+
 def _finished_runs(out: Path, variant: str) -> list[tuple[int, dict[str, Any]]]:
     runs = []
-    for path in sorted((out / variant).glob("seed*")):
-        if (path / METRICS_FILE).is_file():
-            runs.append((int(path.name[4:]), json.loads((path / METRICS_FILE).read_text())))
-    return sorted(runs)
+    for seed, path in _seed_dirs(out, variant):
+        metrics = read_metrics(path)
+        if metrics is not None:
+            runs.append((seed, metrics))
+    return runs
+
+
+def _diverged_runs(out: Path, variant: str) -> dict[int, Any]:
+    return {seed: record.get("step") for seed, path in _seed_dirs(out, variant)
+            if read_metrics(path) is None and (record := is_diverged(path)) is not None}
 
 
 def _metric_names(runs: list[dict[str, Any]], primary: str) -> list[str]:
@@ -262,13 +234,24 @@ def _metric_names(runs: list[dict[str, Any]], primary: str) -> list[str]:
     return sorted(names, key=lambda k: (k != primary, k))
 
 
-def summarize(out: Path, *, plot: bool = True) -> dict[str, Any]:
+def summarize_comparison(out: Path, *, plot: bool = True) -> dict[str, Any]:
     """Aggregate the finished runs under ``out`` into ``summary.json``, ``summary.md`` and (with
-    ``plot``) ``curves.png``."""
+    ``plot``) ``curves.png``.
+
+    Raises:
+        ValueError: ``out`` holds no readable ``comparison.json``.
+    """
+    from attnmoe.tasks import task_entry
+
     out = Path(out)
-    spec = json.loads((out / "comparison.json").read_text())
-    primary = {"vision": "test_accuracy", "lm": "val_loss", "forecast": "test_mse"}.get(
-        spec["task"], "val_loss")
+    path = out / COMPARISON_FILE
+    if not path.is_file():
+        raise ValueError(f"{out} holds no comparison ({COMPARISON_FILE} missing)")
+    record = read_json(path)
+    if not isinstance(record, dict) or "spec" not in record:
+        raise ValueError(f"{path} records no run spec (an older attnmoe wrote it)")
+    spec = {**record, **{k: record["spec"][k] for k in ("task", "dataset", "horizon")}}
+    primary = task_entry(spec["task"]).primary_metric
     per_variant = {v: _finished_runs(out, v) for v in spec["variants"]}
     all_runs = [m for runs in per_variant.values() for _, m in runs]
     names = _metric_names(all_runs, primary)
@@ -278,7 +261,8 @@ def summarize(out: Path, *, plot: bool = True) -> dict[str, Any]:
     variants: dict[str, Any] = {}
     for variant, runs in per_variant.items():
         entry: dict[str, Any] = {"n": len(runs), "seeds": [s for s, _ in runs], "metrics": {},
-                                 "runs": [{"seed": s, **m} for s, m in runs]}
+                                 "runs": [{"seed": s, **m} for s, m in runs],
+                                 "diverged": _diverged_runs(out, variant)}
         if runs:
             entry["n_params"] = runs[0][1].get("n_params")
             entry["wall_time_s_mean"] = float(np.mean([m.get("wall_time_s", math.nan) for _, m in runs]))
@@ -303,8 +287,8 @@ def summarize(out: Path, *, plot: bool = True) -> dict[str, Any]:
             if t is not None:
                 t["p_holm"] = adjusted[v]
     summary = {**spec, "primary_metric": primary, "metrics": names, "variants": variants}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / "summary.md").write_text(_markdown(summary))
+    atomic_write_json(out / "summary.json", summary)
+    atomic_write_text(out / "summary.md", _markdown(summary))
     if plot:
         _plot_curves(out, spec["variants"])
     return summary
@@ -358,9 +342,13 @@ def _markdown(summary: dict[str, Any]) -> str:
             cells = " | ".join(f"{run[n]:.4f}" if n in run else "-" for n in names)
             lines.append(f"| {variant} | {run['seed']} | {cells} | {run.get('steps', '-')} | "
                          f"{run.get('wall_time_s', math.nan):.0f} |")
+    diverged = [f"{v}/seed{s} (step {step})" for v, e in summary["variants"].items()
+                for s, step in sorted(e.get("diverged", {}).items())]
     missing = [f"{v}/seed{s}" for v, e in summary["variants"].items()
-               for s in summary["seeds"] if s not in e["seeds"]]
-    lines += ["", f"Not finished: {', '.join(missing) if missing else 'none'}.", "",
+               for s in summary["seeds"] if s not in e["seeds"] and s not in e.get("diverged", {})]
+    lines += ["", f"Diverged (training loss NaN/inf; not in the statistics): "
+              f"{', '.join(diverged) if diverged else 'none'}.", "",
+              f"Not finished: {', '.join(missing) if missing else 'none'}.", "",
               "Training curves: `curves.png`.", ""]
     return "\n".join(lines)
 
@@ -376,11 +364,12 @@ def _plot_curves(out: Path, variants: Sequence[str]) -> None:
     monitor = None
     for i, variant in enumerate(variants):
         colour = colours[i % len(colours)]
-        for k, path in enumerate(sorted((out / variant).glob("seed*"))):
+        for k, (_, path) in enumerate(_seed_dirs(out, variant)):
             records = read_log(path)
-            config_path = path / "config.json"
-            if config_path.is_file():
-                monitor = json.loads(config_path.read_text()).get("monitor", monitor)
+            try:
+                monitor = json.loads((path / "config.json").read_text()).get("monitor", monitor)
+            except (OSError, ValueError, AttributeError):
+                pass
             train_pts = [(r["step"], r["train_loss"]) for r in records if "train_loss" in r]
             val_pts = [(r["step"], r[monitor]) for r in records if monitor and monitor in r]
             label = variant if k == 0 else None
@@ -397,5 +386,7 @@ def _plot_curves(out: Path, variants: Sequence[str]) -> None:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "curves.png", dpi=110)
+    tmp = out / ".curves.tmp.png"
+    fig.savefig(tmp, dpi=110)
+    tmp.replace(out / "curves.png")
     plt.close(fig)

@@ -1,6 +1,7 @@
 """The one training loop behind ``attnmoe train`` / ``attnmoe compare`` (issue 4).
 
-Every task (vision, lm, forecast) goes through :func:`train`:
+Every task (vision, lm, forecast) goes through :func:`train_task`, driven by one
+:class:`~attnmoe.tasks.spec.RunSpec` (the run's identity: every field below comes from it):
 
 * **Optimiser**: AdamW (Loshchilov & Hutter, arXiv 1711.05101). Weight decay applies only to
   the weights of ``nn.Linear`` / convolution layers; biases, normalisation parameters,
@@ -13,6 +14,9 @@ Every task (vision, lm, forecast) goes through :func:`train`:
   with ``S`` total steps, ``W`` warm-up steps and ``r = min_lr_ratio`` (arXiv 1608.03983,
   SGDR, without restarts).
 * **Clipping**: the global gradient 2-norm is clipped to ``grad_clip``.
+* **Precision**: ``fp32``, or the forward pass and loss under ``torch.autocast`` to ``bf16`` /
+  ``fp16`` (weights, optimizer state and evaluation stay float32); ``fp16`` scales the loss with
+  a ``GradScaler`` (its state is checkpointed).
 * **Data order**: a pure function of ``(seed, step)``. Map-style data sets are read in
   per-epoch permutations ``randperm(n, generator=seed*1_000_003 + epoch)`` cut into global
   batches (``drop_last`` for training only); a task that exposes ``get_batch`` (random
@@ -23,23 +27,30 @@ Every task (vision, lm, forecast) goes through :func:`train`:
   to ``log.jsonl``; with ``patience`` set (forecasting), training stops after ``patience``
   evaluations without improvement of the monitored validation metric and the best weights
   are restored before the test.
-* **Checkpoints** every ``checkpoint_interval`` steps (``attnmoe.train.checkpoint``);
-  ``resume=True`` continues from the last one and reaches the same weights and metrics as
-  an uninterrupted run.
+  ``eval_interval = 0`` / ``checkpoint_interval = 0`` mean once per epoch.
+* **Checkpoints** every ``checkpoint_interval`` steps (``attnmoe.train.checkpoint``), holding
+  the spec; ``resume=True`` continues from the last one and reaches the same weights, metrics
+  and log as an uninterrupted run (the running training-loss sum is checkpointed too). A
+  resume whose spec differs from the stored one is refused, naming the fields.
+* **Divergence**: a non-finite training loss writes ``diverged.json`` (step, loss) and raises
+  :class:`TrainingDiverged`.
 
-Outputs in ``out_dir``: ``config.json`` (task, dataset, attention, training config),
-``log.jsonl`` (one JSON object per logged step / evaluation), ``metrics.json`` (final
-metrics, parameter count, wall time, throughput), ``checkpoint/``.
+Outputs in ``out_dir`` (rank 0 only; every JSON file written atomically, temp file + rename):
+``config.json`` (the spec, data facts, resolved step counts), ``log.jsonl`` (one JSON object
+per logged step / evaluation), ``metrics.json`` (final metrics, parameter count, wall time,
+throughput; its presence marks a finished run), ``checkpoint/`` and ``checkpoint.old/``,
+``diverged.json`` for a diverged run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
+import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -50,12 +61,29 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, TensorDataset, default_collate
 from tqdm.auto import tqdm
 
+from attnmoe.tasks.spec import RunSpec
 from attnmoe.train import distributed
-from attnmoe.train.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from attnmoe.train.checkpoint import (
+    CHECKPOINT_DIRS,
+    CheckpointDamaged,
+    checkpoint_candidates,
+    load_checkpoint,
+    read_state,
+    save_checkpoint,
+)
+from attnmoe.utils import atomic_write_json, atomic_write_text
 
 METRICS_FILE = "metrics.json"
 LOG_FILE = "log.jsonl"
 CONFIG_FILE = "config.json"
+DIVERGED_FILE = "diverged.json"
+RUN_FILES = (CONFIG_FILE, METRICS_FILE, LOG_FILE, DIVERGED_FILE, *CHECKPOINT_DIRS)
+"""Files whose presence means a directory holds a run (new runs never write over them)."""
+AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class TrainingDiverged(FloatingPointError):
+    """The training loss became NaN or infinite (recorded in ``diverged.json``)."""
 
 
 class TaskLike(Protocol):
@@ -74,103 +102,6 @@ class TaskLike(Protocol):
     def loss_fn(self, model: nn.Module, batch: Any) -> torch.Tensor: ...
 
     def evaluate(self, model: nn.Module, split: str) -> dict[str, float]: ...
-
-
-@dataclass
-class TrainConfig:
-    """Training hyper-parameters (defaults come from the task's recipe; the CLI overrides).
-
-    Args:
-        steps: number of optimiser steps; exclusive with ``epochs``.
-        epochs: passes over the training set (map-style data only); ``steps = ceil(epochs *
-            (n_train // batch_size))``.
-        batch_size: global batch size (split evenly over data-parallel ranks).
-        lr: peak learning rate.
-        min_lr_ratio: final learning rate as a fraction of ``lr`` (cosine floor).
-        warmup_steps: linear warm-up length; ``warmup_frac`` is used when this is ``None``.
-        warmup_frac: warm-up length as a fraction of ``steps``.
-        weight_decay: AdamW decoupled weight decay on Linear/Conv weights only.
-        beta1: AdamW first-moment decay.
-        beta2: AdamW second-moment decay.
-        grad_clip: maximal global gradient norm; ``None`` or 0 disables clipping.
-        eval_interval: evaluate on the validation split every this many steps (and at the end).
-        patience: early stopping after this many evaluations without improvement
-            (``None``: no early stopping; the final weights are tested).
-        checkpoint_interval: save a checkpoint every this many steps (and at the end).
-        log_interval: write the running training loss to ``log.jsonl`` every this many steps.
-        seed: seeds Python, NumPy, torch and the data order.
-        device: ``"cpu"`` or ``"cuda"``.
-    """
-
-    steps: int | None = None
-    epochs: float | None = None
-    batch_size: int = 64
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int | None = None
-    warmup_frac: float = 0.05
-    weight_decay: float = 0.05
-    beta1: float = 0.9
-    beta2: float = 0.999
-    grad_clip: float | None = 1.0
-    eval_interval: int = 250
-    patience: int | None = None
-    checkpoint_interval: int = 500
-    log_interval: int = 10
-    seed: int = 0
-    device: str = "cpu"
-
-    def __post_init__(self) -> None:
-        if (self.steps is None) == (self.epochs is None):
-            raise ValueError(f"give exactly one of steps or epochs (got steps={self.steps}, "
-                             f"epochs={self.epochs})")
-        if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 1):
-            raise ValueError(f"steps must be a positive int, got {self.steps!r}")
-        if self.epochs is not None and not self.epochs > 0:
-            raise ValueError(f"epochs must be > 0, got {self.epochs!r}")
-        for name in ("batch_size", "eval_interval", "checkpoint_interval", "log_interval"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
-        if self.warmup_steps is not None and self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps!r}")
-        if not 0.0 <= self.warmup_frac < 1.0:
-            raise ValueError(f"warmup_frac must be in [0, 1), got {self.warmup_frac!r}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
-        if self.patience is not None and self.patience < 1:
-            raise ValueError(f"patience must be >= 1 or None, got {self.patience!r}")
-        if self.device not in ("cpu", "cuda"):
-            raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
-
-    @classmethod
-    def from_recipe(cls, recipe: Any, **overrides: Any) -> TrainConfig:
-        """A config from a task recipe (dataclass or mapping), then ``overrides`` (``None`` ignored).
-
-        Only recipe fields that are ``TrainConfig`` fields are used (model sizes are the
-        task's business). Giving ``steps`` in ``overrides`` drops the recipe's ``epochs`` and
-        vice versa.
-        """
-        names = {f.name for f in fields(cls)}
-        source = recipe if isinstance(recipe, Mapping) else (
-            asdict(recipe) if recipe is not None and hasattr(recipe, "__dataclass_fields__")
-            else vars(recipe) if recipe is not None else {}
-        )
-        values = {k: v for k, v in source.items() if k in names and v is not None}
-        given = {k: v for k, v in overrides.items() if v is not None}
-        unknown = set(given) - names
-        if unknown:
-            raise ValueError(f"unknown training options {sorted(unknown)}; known: {sorted(names)}")
-        if "steps" in given:
-            values.pop("epochs", None)
-        if "epochs" in given:
-            values.pop("steps", None)
-        values.update(given)
-        return cls(**values)
 
 
 class WarmupCosine:
@@ -335,18 +266,55 @@ def _monitor(task: TaskLike) -> tuple[str, bool]:
     return name, bool(lower)
 
 
-def _append_log(path: Path, record: dict[str, Any]) -> None:
-    with path.open("a") as handle:
-        handle.write(json.dumps(record) + "\n")
+class RunLog:
+    """``log.jsonl`` (one JSON object per line, appended) and, optionally, TensorBoard scalars."""
+
+    def __init__(self, path: Path, writer: Any = None) -> None:
+        self.path, self.writer = path, writer
+
+    def append(self, record: dict[str, Any]) -> None:
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self.writer.add_scalar(key, value, record["step"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+def _tensorboard(out_dir: Path, step: int) -> Any:
+    """A TensorBoard ``SummaryWriter`` on ``out_dir/tensorboard`` that drops events after ``step``."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ValueError("--tensorboard needs the tensorboard package "
+                         "(pip install 'attnmoe[tensorboard]')") from None
+    return SummaryWriter(str(Path(out_dir) / "tensorboard"), purge_step=step + 1 if step else None)
+
+
+def _log_records(path: Path) -> list[dict[str, Any]]:
+    """The records of a ``log.jsonl``; a line that does not parse (the partial last line an
+    interruption leaves) is dropped."""
+    records = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
 
 
 def _truncate_log(path: Path, last_step: int) -> None:
-    """Drop log lines past ``last_step`` (written after the checkpoint an interrupted run left)."""
-    if not path.is_file():
-        return
-    kept = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= last_step]
-    path.write_text("".join(line + "\n" for line in kept))
+    """Keep the log records up to ``last_step`` (those after the checkpoint an interrupted run
+    left, and any partial line, are dropped)."""
+    kept = [r for r in _log_records(path) if r.get("step", 0) <= last_step]
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def _evaluate(task: TaskLike, model: nn.Module, split: str) -> dict[str, float]:
@@ -363,27 +331,127 @@ def _has_split(task: TaskLike, split: str) -> bool:
     return attr is not None or (split == "val" and hasattr(task, "get_batch"))
 
 
-def train(
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file's content; ``ValueError`` naming the file when it does not parse."""
+    try:
+        return json.loads(Path(path).read_text())
+    except ValueError as err:
+        raise ValueError(f"{path} is damaged ({err}); remove it or use another --out") from None
+
+
+def read_metrics(out_dir: Path) -> dict[str, Any] | None:
+    """``metrics.json`` of a finished run; ``None`` when absent or unreadable (a damaged file
+    does not count as finished: the run is resumed from its checkpoint instead)."""
+    try:
+        metrics = json.loads((Path(out_dir) / METRICS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return metrics if isinstance(metrics, dict) else None
+
+
+def saved_spec(out_dir: Path) -> RunSpec | None:
+    """The spec ``out_dir/config.json`` records (``None`` without a config.json).
+
+    Raises:
+        ValueError: a damaged config.json, or one without a spec (written before specs were
+            stored: it cannot be checked, so it is not resumed).
+    """
+    path = Path(out_dir) / CONFIG_FILE
+    if not path.is_file():
+        return None
+    config = read_json(path)
+    if not isinstance(config, dict) or "spec" not in config:
+        raise ValueError(f"{path} records no run spec (an older attnmoe wrote it), so a resume "
+                         "cannot be checked; use another --out")
+    return RunSpec.from_dict(config["spec"])
+
+
+def check_same_spec(saved: RunSpec, spec: RunSpec, out_dir: Path) -> None:
+    """Refuse to continue a run in ``out_dir`` with a spec other than the one it started with.
+
+    Raises:
+        ValueError: naming every differing field (``lr: 0.001 -> 0.5``).
+    """
+    diffs = saved.differences(spec)
+    if diffs:
+        raise ValueError(f"cannot resume {out_dir}: the run was started with another spec "
+                         f"({'; '.join(diffs)}); use the run's options or another --out")
+
+
+def _usable_checkpoint(out_dir: Path, spec: RunSpec) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint whose files verify, with its state; damaged ones are named on
+    stderr and skipped. ``None`` when there is no checkpoint.
+
+    Raises:
+        ValueError: checkpoints exist but none is usable, or the usable one holds another spec.
+    """
+    found = checkpoint_candidates(out_dir)
+    problems = []
+    for path in found:
+        try:
+            state = read_state(path)
+        except CheckpointDamaged as err:
+            problems.append(str(err))
+            _warn(f"{err}; trying the previous checkpoint")
+            continue
+        stored = state.get("extra", {}).get("spec")
+        if stored is None:
+            raise ValueError(f"{path} records no run spec (an older attnmoe wrote it); "
+                             "use another --out")
+        check_same_spec(RunSpec.from_dict(stored), spec, out_dir)
+        return path, state
+    if found:
+        raise ValueError(f"no usable checkpoint in {out_dir}: {'; '.join(problems)}; remove "
+                         f"{', '.join(p.name for p in found)} to start the run again")
+    return None
+
+
+def _interval(value: int, per_epoch: int | None, option: str) -> int:
+    """``value`` steps, or one epoch when ``value`` is 0."""
+    if value:
+        return value
+    if per_epoch is None:
+        raise ValueError(f"{option} 0 means once per epoch, but this task samples random blocks "
+                         "(no epochs); give a number of steps")
+    return per_epoch
+
+
+def train_task(
     task: TaskLike,
-    config: TrainConfig,
+    spec: RunSpec,
     out_dir: Path,
     *,
+    device: str = "cpu",
     resume: bool = False,
     progress: bool = True,
+    label: str | None = None,
+    compile: bool = False,
+    tensorboard: bool = False,
     run_info: dict[str, Any] | None = None,
     stop_after: int | None = None,
-) -> dict[str, float]:
-    """Train ``task.model`` with ``config`` and write the run into ``out_dir``.
+) -> dict[str, Any]:
+    """Train ``task.model`` as ``spec`` says and write the run into ``out_dir``.
 
     Args:
-        task: an ``attnmoe.tasks.registry.Task`` (see :class:`TaskLike`).
-        config: the training configuration.
+        task: an ``attnmoe.tasks.registry.Task`` (see :class:`TaskLike`), built from ``spec``.
+        spec: the run spec (schedule, optimiser, seed, precision; stored with the run).
         out_dir: run directory (created); only rank 0 writes.
-        resume: continue from ``out_dir/checkpoint`` when it exists (else start fresh).
-            Without ``resume`` an existing checkpoint is an error, so runs are not mixed.
-        progress: show a tqdm bar with the running loss and the last validation metric.
-        run_info: extra JSON-serialisable fields for ``config.json`` (task name, dataset,
-            attention variant, model sizes...).
+        device: ``"cpu"`` or ``"cuda"``.
+        resume: continue the run in ``out_dir``: a finished one returns its metrics, an
+            interrupted one continues from its checkpoint, an empty directory starts fresh.
+            Without ``resume`` a directory holding any run file is an error, so runs are
+            never mixed or overwritten.
+        progress: show a tqdm bar (``label`` as its description, default ``task.name``).
+        compile: run the forward pass through ``torch.compile`` (same numbers up to kernel
+            rounding; not part of the spec).
+        tensorboard: also write every ``log.jsonl`` record as TensorBoard scalars under
+            ``out_dir/tensorboard`` (needs the ``tensorboard`` package; events after the
+            checkpoint a resume starts from are purged, as the log's lines are).
+        run_info: extra JSON-serialisable fields for ``config.json``.
         stop_after: stop (after checkpointing) once this step is reached without finishing
             the run; simulates an interruption for tests. Returns ``{}`` then.
 
@@ -391,99 +459,126 @@ def train(
         The final metrics (those of ``metrics.json``) on every rank.
 
     Raises:
-        FileExistsError: when ``out_dir`` holds a checkpoint and ``resume`` is False.
-        FloatingPointError: when the training loss becomes NaN or infinite.
+        FileExistsError: ``out_dir`` holds a run and ``resume`` is False.
+        ValueError: the run in ``out_dir`` has another spec, or its files are damaged beyond
+            the fallback checkpoint.
+        TrainingDiverged: the training loss became NaN or infinite.
     """
     out_dir = Path(out_dir)
     where = distributed.info()
-    device = torch.device(config.device if config.device == "cpu" else f"cuda:{where.local_rank}")
-    if config.batch_size % where.world_size:
-        raise ValueError(f"batch_size {config.batch_size} is not divisible by the "
+    torch_device = torch.device(device if device == "cpu" else f"cuda:{where.local_rank}")
+    if spec.batch_size % where.world_size:
+        raise ValueError(f"--batch-size {spec.batch_size} is not divisible by the "
                          f"{where.world_size} data-parallel processes")
-    found = checkpoint_path(out_dir)
-    if found is not None and not resume:
-        raise FileExistsError(f"{out_dir} already holds a checkpoint: pass resume=True (--resume) "
-                              "to continue it, or choose another output directory")
+    existing = [name for name in RUN_FILES if (out_dir / name).exists()]
+    if existing and not resume:
+        raise FileExistsError(f"{out_dir} already holds a run ({', '.join(existing)}): pass "
+                              "--resume to continue it, or use another --out")
+    found: tuple[Path, dict[str, Any]] | None = None
+    if existing:
+        before = saved_spec(out_dir)
+        if before is not None:
+            check_same_spec(before, spec, out_dir)
+        finished = read_metrics(out_dir)
+        if finished is not None and before is not None:
+            return finished  # nothing to do
+        found = _usable_checkpoint(out_dir, spec)
     if where.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / DIVERGED_FILE).unlink(missing_ok=True)
     log_path, metrics_path = out_dir / LOG_FILE, out_dir / METRICS_FILE
 
     # Dropout noise differs per rank; data order does not (BatchPlan).
-    seed_everything(config.seed + 7919 * where.rank)
-    plan = BatchPlan(task, config.batch_size, config.seed)
-    total = config.steps if config.steps is not None else plan.steps_for(float(config.epochs))
-    warmup = config.warmup_steps if config.warmup_steps is not None else int(config.warmup_frac * total)
-    warmup = min(warmup, total - 1) if total > 1 else 0
+    seed_everything(spec.seed + 7919 * where.rank)
+    plan = BatchPlan(task, spec.batch_size, spec.seed)
+    total = spec.steps if spec.steps is not None else plan.steps_for(float(spec.epochs))
+    warmup = min(spec.warmup_steps, total - 1) if total > 1 else 0
+    eval_every = _interval(spec.eval_interval, plan.steps_per_epoch, "--eval-interval")
+    save_every = _interval(spec.checkpoint_interval, plan.steps_per_epoch, "--checkpoint-interval")
 
-    model = task.model.to(device)
+    model = task.model.to(torch_device)
     model.train()
-    optimizer = torch.optim.AdamW(
-        parameter_groups(model, config.weight_decay), lr=config.lr,
-        betas=(config.beta1, config.beta2),
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, WarmupCosine(total, warmup, config.min_lr_ratio)
-    )
+    optimizer = torch.optim.AdamW(parameter_groups(model, spec.weight_decay), lr=spec.lr,
+                                  betas=(spec.beta1, spec.beta2))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(total, warmup, spec.min_lr_ratio))
+    amp_dtype = AMP_DTYPES[spec.precision]
+    scaler = torch.amp.GradScaler(torch_device.type, enabled=spec.precision == "fp16")
     n_params = count_parameters(model)
     monitor, lower_better = _monitor(task)
 
     state: dict[str, Any] = {"step": 0, "best": None, "best_step": None, "bad_evals": 0,
-                             "stopped_early": False, "elapsed_s": 0.0, "units": 0}
+                             "stopped_early": False, "elapsed_s": 0.0, "units": 0,
+                             "running": 0.0, "running_n": 0, "spec": spec.to_dict()}
     best_weights: dict[str, torch.Tensor] | None = None
     if found is not None:
-        loaded = load_checkpoint(found, model, optimizer, scheduler, device=device)
+        loaded = load_checkpoint(found[0], model, optimizer, scheduler, device=torch_device, state=found[1])
         state.update(loaded.state)
         best_weights = loaded.best_weights
+        if "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
         if where.is_main:
             _truncate_log(log_path, state["step"])
     elif where.is_main:
-        log_path.write_text("")
+        atomic_write_text(log_path, "")
     if where.is_main:
-        record = {**(run_info or {}), "train": asdict(config), "total_steps": total,
-                  "warmup_steps": warmup, "n_params": n_params, "world_size": where.world_size,
-                  "monitor": monitor, "monitor_lower_is_better": lower_better}
-        (out_dir / CONFIG_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
+        atomic_write_json(out_dir / CONFIG_FILE, {
+            **(run_info or {}), "spec": spec.to_dict(), "total_steps": total, "warmup_steps": warmup,
+            "eval_interval_steps": eval_every, "checkpoint_interval_steps": save_every,
+            "n_params": n_params, "world_size": where.world_size, "device": device,
+            "monitor": monitor, "monitor_lower_is_better": lower_better})
 
+    log = RunLog(log_path, _tensorboard(out_dir, state["step"]) if tensorboard and where.is_main else None)
     wrapped: nn.Module = DistributedDataParallel(model) if where.enabled else model
+    forward = torch.compile(wrapped) if compile else wrapped
     params = [p for g in optimizer.param_groups for p in g["params"]]
     bar = tqdm(total=total, initial=state["step"], disable=not (progress and where.is_main),
-               desc=f"{task.name}", dynamic_ncols=True, leave=False)
-    running, running_n, last_val = 0.0, 0, None
+               desc=label or task.name, dynamic_ncols=True, leave=False)
+    last_val = None
     final_val: dict[str, float] | None = None  # the evaluation at the last step, reused at the end
     started = time.perf_counter() - state["elapsed_s"]
 
     def snapshot() -> None:
         state["elapsed_s"] = time.perf_counter() - started
+        state["scaler"] = scaler.state_dict() if scaler.is_enabled() else None
         if where.is_main:
             save_checkpoint(out_dir, model, optimizer, scheduler, dict(state), best_weights)
         distributed.barrier()
 
     while state["step"] < total and not state["stopped_early"]:
         step = state["step"]
-        batch = _move(_rank_slice(plan.global_batch(step), where.rank, where.world_size), device)
-        loss = task.loss_fn(wrapped, batch)
+        batch = _move(_rank_slice(plan.global_batch(step), where.rank, where.world_size), torch_device)
+        with torch.autocast(torch_device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext():
+            loss = task.loss_fn(forward, batch)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"training loss is {loss.item()} at step {step} "
-                                     f"(task {task.name}); lower --lr or check the data")
+            bar.close()
+            log.close()
+            value = float(loss.detach())
+            if where.is_main:
+                atomic_write_json(out_dir / DIVERGED_FILE, {"step": step, "loss": str(value)})
+            raise TrainingDiverged(f"training diverged: the loss is {value} at step {step} "
+                                   f"({task.name}); lower --lr or check the data")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-        optimizer.step()
+        scaler.scale(loss).backward()
+        if spec.grad_clip:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(params, spec.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
         scheduler.step()
         state["step"] = step = step + 1
         state["units"] += _units(batch, task.throughput_unit) * where.world_size
-        running += float(loss.detach())
-        running_n += 1
+        state["running"] += float(loss.detach())
+        state["running_n"] += 1
 
-        if where.is_main and (step % config.log_interval == 0 or step == total):
-            _append_log(log_path, {"step": step, "train_loss": running / running_n,
-                                   "lr": scheduler.get_last_lr()[0]})
-            bar.set_postfix(loss=f"{running / running_n:.4f}",
+        if where.is_main and (step % spec.log_interval == 0 or step == total):
+            mean_loss = state["running"] / state["running_n"]
+            log.append({"step": step, "train_loss": mean_loss, "lr": scheduler.get_last_lr()[0]})
+            bar.set_postfix(loss=f"{mean_loss:.4f}",
                             **({monitor: f"{last_val:.4f}"} if last_val is not None else {}))
-            running, running_n = 0.0, 0
+        if step % spec.log_interval == 0 or step == total:
+            state["running"], state["running_n"] = 0.0, 0
 
-        if step % config.eval_interval == 0 or step == total:
+        if step % eval_every == 0 or step == total:
             decision = None
             if where.is_main:
                 metrics = _evaluate(task, model, "val")
@@ -492,32 +587,34 @@ def train(
                                    f"not the monitored metric {monitor!r}")
                 last_val = metrics[monitor]
                 final_val = metrics if step == total else None
-                _append_log(log_path, {"step": step, **metrics})
+                log.append({"step": step, **metrics})
                 better = state["best"] is None or (
                     last_val < state["best"] if lower_better else last_val > state["best"])
                 if better:
                     state.update(best=last_val, best_step=step, bad_evals=0)
-                    if config.patience is not None:
+                    if spec.patience is not None:
                         best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 else:
                     state["bad_evals"] += 1
-                decision = config.patience is not None and state["bad_evals"] >= config.patience
+                decision = spec.patience is not None and state["bad_evals"] >= spec.patience
             state["stopped_early"] = bool(distributed.broadcast_object(decision))
         bar.update(1)
 
-        if step % config.checkpoint_interval == 0 or step == total or state["stopped_early"]:
+        if step % save_every == 0 or step == total or state["stopped_early"]:
             snapshot()
         if stop_after is not None and step >= stop_after and step < total:
-            if step % config.checkpoint_interval:
+            if step % save_every:
                 snapshot()
             bar.close()
+            log.close()
             return {}
     bar.close()
+    log.close()
 
     elapsed = time.perf_counter() - started
-    result: dict[str, float] | None = None
+    result: dict[str, Any] | None = None
     if where.is_main:
-        restore = config.patience is not None and best_weights is not None
+        restore = spec.patience is not None and best_weights is not None
         if restore:
             model.load_state_dict(best_weights)
         result = dict(final_val) if final_val is not None and not restore else \
@@ -529,31 +626,41 @@ def train(
             "stopped_early": state["stopped_early"], "wall_time_s": elapsed,
             f"train_{task.throughput_unit}_per_s": state["units"] / max(elapsed, 1e-9),
         })
-        metrics_path.write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write_json(metrics_path, result)
     result = distributed.broadcast_object(result)
     return result
 
 
 def is_finished(out_dir: Path) -> bool:
-    """True when ``out_dir`` holds a completed run (``metrics.json``)."""
-    return (Path(out_dir) / METRICS_FILE).is_file()
+    """True when ``out_dir`` holds a completed run (a readable ``metrics.json``)."""
+    return read_metrics(out_dir) is not None
+
+
+def is_diverged(out_dir: Path) -> dict[str, Any] | None:
+    """The ``diverged.json`` record of a run whose training loss became non-finite, else ``None``."""
+    path = Path(out_dir) / DIVERGED_FILE
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except ValueError:
+        return {"step": None, "loss": "unknown"}
 
 
 def read_log(out_dir: Path) -> list[dict[str, Any]]:
-    """The records of ``out_dir/log.jsonl``."""
-    path = Path(out_dir) / LOG_FILE
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] \
-        if path.is_file() else []
+    """The records of ``out_dir/log.jsonl`` (a partial last line is skipped)."""
+    return _log_records(Path(out_dir) / LOG_FILE)
 
 
 __all__ = [
     "BatchPlan",
-    "TrainConfig",
+    "TrainingDiverged",
     "WarmupCosine",
     "count_parameters",
+    "is_diverged",
     "is_finished",
     "parameter_groups",
     "read_log",
+    "read_metrics",
+    "saved_spec",
     "seed_everything",
-    "train",
+    "train_task",
 ]

@@ -164,6 +164,32 @@ class WindowDataset(Dataset):
         return chunk[:, : self.seq_len], chunk[:, self.seq_len :]
 
 
+CONSTANT_RTOL = 1e-10
+"""A train-split channel whose std is at most this fraction of its largest absolute value is
+constant up to rounding (e.g. 0.1 repeated has a float64 std of ~1e-17, not 0): standardising
+it would divide by rounding noise, so it is rejected like an exactly constant one."""
+
+
+def _names(channels: list[str], mask: np.ndarray) -> list[str]:
+    return [c for c, m in zip(channels, mask) if m]
+
+
+def _scaler(path: Path, train_rows: np.ndarray, channels: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and population std of the train rows, checked to be usable."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean = train_rows.mean(axis=0)
+        std = train_rows.std(axis=0)  # population std (ddof 0), as sklearn's StandardScaler
+    huge = ~(np.isfinite(mean) & np.isfinite(std))
+    if huge.any():
+        raise ValueError(f"{path}: channel(s) {_names(channels, huge)} are too large to standardise "
+                         "(their mean or std overflows float64)")
+    flat = std <= CONSTANT_RTOL * np.abs(train_rows).max(axis=0)
+    if flat.any():
+        raise ValueError(f"{path}: constant channel(s) {_names(channels, flat)} in the train split "
+                         f"(std <= {CONSTANT_RTOL:g} x the largest |value|)")
+    return mean, std
+
+
 @dataclass
 class ForecastSplits:
     """Normalised train / val / test windows plus the scaler fitted on train."""
@@ -223,11 +249,14 @@ def load_forecast_splits(
     if borders[1][0] < 0 or borders[0][1] < seq_len + pred_len:
         raise ValueError(f"{path}: {len(values)} rows are too few for input {seq_len} + horizon {pred_len}")
     train_rows = values[borders[0][0] : borders[0][1]]
-    mean = train_rows.mean(axis=0)
-    std = train_rows.std(axis=0)  # population std (ddof 0), as sklearn's StandardScaler
-    if (std == 0).any():
-        raise ValueError(f"{path}: constant channel(s) {[c for c, s in zip(channels, std) if s == 0]} in the train split")
-    normed = torch.from_numpy(((values - mean) / std).astype(np.float32))
+    mean, std = _scaler(path, train_rows, channels)
+    with np.errstate(over="ignore"):
+        scaled = ((values - mean) / std).astype(np.float32)
+    overflow = ~np.isfinite(scaled).all(axis=0)
+    if overflow.any():
+        raise ValueError(f"{path}: standardised values of channel(s) {_names(channels, overflow)} "
+                         "overflow float32 (values far outside the train split's range)")
+    normed = torch.from_numpy(scaled)
     windows = [WindowDataset(normed[b1:b2], seq_len, pred_len) for b1, b2 in borders]
     return ForecastSplits(
         train=windows[0], val=windows[1], test=windows[2], mean=mean, std=std,
