@@ -36,6 +36,7 @@ __all__ = [
     "make_setting",
     "sample",
     "sample_inputs",
+    "with_noise",
 ]
 
 INPUT_DISTRIBUTIONS = ("uniform", "normal")
@@ -256,6 +257,17 @@ CORE_SETTINGS: Mapping[str, Setting] = MappingProxyType(
         )
     }
 )
+
+
+def with_noise(setting: Setting, noise_std: float) -> Setting:
+    """``setting`` with another noise level, named ``<name>-sd<noise_std>`` (records of different
+    noise levels never share a key). Same truth, inputs and seeds: only the noise is rescaled."""
+    if not (isinstance(noise_std, (int, float)) and np.isfinite(noise_std) and noise_std >= 0):
+        raise ValueError(f"--noise must be a finite number >= 0, got {noise_std!r}")
+    from dataclasses import replace
+
+    base = setting.name.split("-sd")[0]
+    return replace(setting, noise_std=float(noise_std), name=f"{base}-sd{float(noise_std):g}")
 
 
 def get_setting(name: str) -> Setting:
