@@ -22,7 +22,7 @@ from attnmoe.estimation import study
 
 runner = CliRunner()
 ONE = ["--settings", "monomial-sigmoid-exact"]
-TINY = [*ONE, "--n-grid", "200,400", "--replicates", "2", "--max-iter", "3", "--no-progress"]
+TINY = [*ONE, "--n-grid", "200,400", "--replicates", "2", "--max-iter", "3", "--workers", "1", "--no-progress"]
 
 
 def _invoke(*args: str):
