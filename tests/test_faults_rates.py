@@ -44,13 +44,14 @@ def _one_line_error(res, *fragments: str) -> None:
         (["--workers", "0"], "--workers"),
         (["--block-size", "0"], "--block-size"),
         (["--threads", "-3"], "--threads"),
+        (["--seed", "-5"], "--seed"),
     ],
 )
 def test_zero_parallelism_options_rejected_naming_the_option(
     tmp_path: Path, args: list[str], option: str
 ) -> None:
     out = tmp_path / "run"
-    _one_line_error(_invoke("--out", str(out), *TINY, *args), option, "positive integer")
+    _one_line_error(_invoke("--out", str(out), *TINY, *args), option, "integer, got")
     assert not out.exists()
 
 

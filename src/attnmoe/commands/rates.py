@@ -111,7 +111,7 @@ def rates(
                 out, preset, settings, gates, experts, k_true, k_fit, n_grid, replicates, backend,
                 workers, threads, max_iter, bound, block_size, seed, summary_only, progress,
             )
-        except (ValueError, TypeError, ImportError) as err:
+        except (ValueError, ImportError) as err:
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(code=2) from err
     for w in caught:

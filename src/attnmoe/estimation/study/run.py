@@ -107,6 +107,9 @@ def run_study(
     threads = default_threads() if threads is None else check_positive_int(threads, "--threads")
     block_size = replicates if block_size is None else check_positive_int(block_size, "--block-size")
     check_positive_int(n_boot, "n_boot")
+    if isinstance(base_seed, bool) or not isinstance(base_seed, int) or base_seed < 0:
+        # replicate seeds feed numpy's SeedSequence, which takes non-negative integers only
+        raise ValueError(f"--seed must be a non-negative integer, got {base_seed!r}")
     validate_study(settings, n_grid, replicates)
     n_grid = [int(n) for n in n_grid]
     out = Path(out)
