@@ -133,7 +133,7 @@ def test_ray_backend_equals_process_backend(tmp_path: Path) -> None:
 
 def test_summary_only_uses_every_record_on_file(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    base = ["--out", str(out), "--replicates", "2", "--max-iter", "5", "--no-progress"]
+    base = ["--out", str(out), "--replicates", "2", "--max-iter", "5", "--workers", "1", "--no-progress"]
     assert _invoke(*base, "--settings", "monomial-sigmoid-exact", "--n-grid", "200,400").exit_code == 0
     # a second setting on a different grid, in the same directory
     assert _invoke(*base, "--settings", "monomial-linear-exact", "--n-grid", "300,600,900").exit_code == 0

@@ -8,6 +8,7 @@ given on the command line overrides its preset value. See ``docs/rates.md``.
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from dataclasses import replace
@@ -32,10 +33,16 @@ def _ints(value: str | None, what: str) -> list[int] | None:
     items = _split(value, what)
     if items is None:
         return None
-    try:
-        return [int(float(v)) if "e" in v.lower() else int(v) for v in items]
-    except ValueError as err:
-        raise typer.BadParameter(f"{what} must be comma-separated integers, got {value!r}") from err
+    out = []
+    for v in items:
+        try:
+            number = float(v) if "e" in v.lower() else int(v)
+        except ValueError:
+            number = None
+        if number is None or not math.isfinite(number) or number != int(number):
+            raise typer.BadParameter(f"{what} must be comma-separated integers, got {value!r}")
+        out.append(int(number))
+    return out
 
 
 def rates(
@@ -67,9 +74,13 @@ def rates(
         int | None, typer.Option("--replicates", help="Replicate seeds per (setting, n).")
     ] = None,
     backend: Annotated[str, typer.Option("--backend", help="process or ray.")] = "process",
-    workers: Annotated[int, typer.Option("--workers", help="Parallel workers.")] = 1,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", help="Parallel workers (default: one per core, at most one per job)."),
+    ] = None,
     threads: Annotated[
-        int | None, typer.Option("--threads", help="Torch threads per worker (default cores/workers).")
+        int | None,
+        typer.Option("--threads", help="Torch threads per worker (default: OMP_NUM_THREADS, else 1)."),
     ] = None,
     max_iter: Annotated[
         int | None, typer.Option("--max-iter", help="Optimiser iteration cap per fit.")
@@ -93,54 +104,67 @@ def rates(
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ) -> None:
     """Convergence-rate study: fit replicates on a grid of n, report log-log slopes."""
-    try:
-        if preset not in study.PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(study.PRESETS)}")
-        p = study.PRESETS[preset]
-        chosen = study.resolve_settings(
-            _split(settings, "--settings") or (list(p.settings) if p.settings else None),
-            gates=_split(gates, "--gates"),
-            experts=_split(experts, "--experts"),
-            k_true=_ints(k_true, "--k-true"),
-            k_fit=_ints(k_fit, "--k-fit"),
-        )
-        if summary_only:
-            result = study.resummarize(
-                out, chosen, _ints(n_grid, "--n-grid"), replicates, base_seed=seed
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        try:
+            result = _run(
+                out, preset, settings, gates, experts, k_true, k_fit, n_grid, replicates, backend,
+                workers, threads, max_iter, bound, block_size, seed, summary_only, progress,
             )
-            typer.echo(f"summarised {len(result.records)} records from {out / study.RECORDS_FILE}")
-            typer.echo(study.summary_markdown(result.summary))
-            return
-        grid = _ints(n_grid, "--n-grid") or list(p.n_grid)
-        options = p.fit if max_iter is None else replace(p.fit, max_iter=max_iter)
-        options = options if bound is None else replace(options, bound=bound)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", RuntimeWarning)
-            result = study.run_study(
-                chosen,
-                grid,
-                replicates if replicates is not None else p.replicates,
-                out,
-                options=options,
-                backend=backend,
-                workers=workers,
-                threads=threads,
-                block_size=block_size,
-                base_seed=seed,
-                progress=progress,
-            )
-    except (ValueError, ImportError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(code=2) from err
+        except (ValueError, ImportError) as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(code=2) from err
     for w in caught:
         typer.echo(f"warning: {w.message}", err=True)
-    typer.echo(
-        f"{result.fitted} fits run, {result.reused} reused from {out / study.RECORDS_FILE}"
-        + (f", {len(result.bad_lines)} corrupted line(s) skipped" if result.bad_lines else "")
-        + f" ({result.seconds:.1f} s, {os.cpu_count()} cores)"
-    )
+    if summary_only:
+        typer.echo(f"summarised {len(result.records)} records from {out / study.RECORDS_FILE}")
+    else:
+        typer.echo(
+            f"{result.fitted} fits run, {result.reused} reused from {out / study.RECORDS_FILE}"
+            + (f", {len(result.bad_lines)} corrupted line(s) skipped" if result.bad_lines else "")
+            + f" ({result.seconds:.1f} s, {result.workers} worker(s) x {result.threads} thread(s), "
+            f"{os.cpu_count()} cores)"
+        )
     typer.echo(study.summary_markdown(result.summary))
-    typer.echo(f"wrote {', '.join(str(out / f) for f in _outputs())}")
+    if not summary_only:
+        typer.echo(f"wrote {', '.join(str(out / f) for f in _outputs())}")
+
+
+def _run(
+    out: Path, preset: str, settings: str | None, gates: str | None, experts: str | None,
+    k_true: str | None, k_fit: str | None, n_grid: str | None, replicates: int | None,
+    backend: str, workers: int | None, threads: int | None, max_iter: int | None,
+    bound: float | None, block_size: int | None, seed: int, summary_only: bool, progress: bool,
+) -> study.StudyResult:
+    """Options -> settings, grid and fit options -> run_study / resummarize (errors: ValueError)."""
+    if preset not in study.PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(study.PRESETS)}")
+    p = study.PRESETS[preset]
+    grid = _ints(n_grid, "--n-grid")
+    chosen = study.resolve_settings(
+        _split(settings, "--settings") or (list(p.settings) if p.settings else None),
+        gates=_split(gates, "--gates"),
+        experts=_split(experts, "--experts"),
+        k_true=_ints(k_true, "--k-true"),
+        k_fit=_ints(k_fit, "--k-fit"),
+    )
+    if summary_only:
+        return study.resummarize(out, chosen, grid, replicates, base_seed=seed)
+    options = p.fit if max_iter is None else replace(p.fit, max_iter=max_iter)
+    options = options if bound is None else replace(options, bound=bound)
+    return study.run_study(
+        chosen,
+        grid or list(p.n_grid),
+        replicates if replicates is not None else p.replicates,
+        out,
+        options=options,
+        backend=backend,
+        workers=workers,
+        threads=threads,
+        block_size=block_size,
+        base_seed=seed,
+        progress=progress,
+    )
 
 
 def _outputs() -> list[str]:

@@ -87,11 +87,9 @@ class QuadraticGatingMoERegressor(RegressorMixin, BaseEstimator):
         X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True)  # rejects NaN/inf, shapes
         n, d = X.shape
         layout = ParameterLayout(self.gate, self.expert, int(self.n_experts), d)
-        if n < layout.n_params:
-            raise ValueError(
-                f"n_samples = {n} is smaller than the number of free parameters ({layout.n_params}) "
-                f"of a {self.n_experts}-expert {self.gate}/{self.expert} MoE on {d} features"
-            )
+        layout.check_sample_size(
+            n, f"a {self.n_experts}-expert {self.gate}/{self.expert} MoE on {d} features (n_samples)"
+        )
         Xt = torch.from_numpy(X).unsqueeze(0)  # (1, n, d)
         yt = torch.from_numpy(np.asarray(y, dtype=np.float64)).unsqueeze(0)  # (1, n)
         rng = check_random_state(self.random_state)

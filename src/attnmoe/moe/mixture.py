@@ -201,6 +201,21 @@ class ParameterLayout:
             f"n_experts={self.n_experts}, dim={self.dim}, n_params={self.n_params})"
         )
 
+    def check_sample_size(self, n: int, what: str | None = None) -> None:
+        """The one sample-size check: least squares needs ``n >= n_params`` observations.
+
+        With fewer observations than free parameters the least-squares problem has a continuum
+        of exact fits, so no estimator (and no rate) is defined.
+
+        Raises:
+            ValueError: ``n < n_params``; the message names ``what`` (default: this layout).
+        """
+        if n < self.n_params:
+            raise ValueError(
+                f"n={n} is smaller than the number of free parameters ({self.n_params}) of "
+                f"{what or repr(self)}; every n must be >= {self.n_params}"
+            )
+
     def unpack(self, flat: Tensor) -> dict[str, Tensor]:
         """Flat ``(R, P)`` -> natural dict with leading ``(R, k)``; differentiable."""
         if flat.ndim != 2 or flat.shape[1] != self.n_params:

@@ -1,0 +1,256 @@
+"""What a study runs: presets, settings, validation, parallelism and the list of jobs.
+
+Everything here is checked before anything is written or allocated (``docs/rates.md``,
+"Choices"): the numbers of experts before a :class:`~attnmoe.estimation.truth.Setting` is built
+(a random truth with k experts costs O(k²) per draw), the sample sizes against
+:data:`MAX_N` and against the free parameters of every fitted model
+(:meth:`~attnmoe.moe.mixture.ParameterLayout.check_sample_size`, the one sample-size check),
+and workers / threads / block size.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from attnmoe.estimation.options import FitOptions
+from attnmoe.estimation.truth import CORE_SETTINGS, Setting, get_setting, make_setting
+
+__all__ = [
+    "MAX_EXPERTS",
+    "MAX_N",
+    "PRESETS",
+    "Job",
+    "Preset",
+    "check_positive_int",
+    "core_setting_names",
+    "default_threads",
+    "default_workers",
+    "log_grid",
+    "plan_jobs",
+    "replicate_seeds",
+    "resolve_settings",
+    "validate_study",
+]
+
+#: Largest sample size a study accepts. A fit holds several (R, k, n) float64 tensors: at
+#: n = 10^7, k = 4 and a block of 40 replicates that is ~13 GB per tensor, so larger n is a typo
+#: (``--n-grid 1000,1e12`` would ask for terabytes) rather than a study this code can run.
+MAX_N = 10**7
+
+#: Largest number of experts (true or fitted). The theory's settings use k <= 5; a random
+#: well-separated truth for k experts is drawn by rejection on O(k²) pair distances, and the
+#: fitted model's per-iteration cost grows with k. 32 leaves room for exploration while
+#: refusing a typo like ``--k-true 100000`` at once.
+MAX_EXPERTS = 32
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named study size. ``settings=None`` means every core setting."""
+
+    n_grid: tuple[int, ...]
+    replicates: int
+    fit: FitOptions = field(default_factory=FitOptions)
+    settings: tuple[str, ...] | None = None
+
+
+def log_grid(n_min: int, n_max: int, num: int) -> tuple[int, ...]:
+    """``num`` log-spaced integer sample sizes from ``n_min`` to ``n_max`` inclusive."""
+    if not (1 <= n_min < n_max) or num < 2:
+        raise ValueError(f"need 1 <= n_min < n_max and num >= 2, got {n_min}, {n_max}, {num}")
+    return tuple(round(v) for v in np.logspace(math.log10(n_min), math.log10(n_max), num))
+
+
+PRESETS: dict[str, Preset] = {
+    # All 8 core settings in under 5 minutes on 2 shared CPU cores (timed: docs/rates.md).
+    "quick": Preset(
+        n_grid=(1000, 2000, 4000, 8000),
+        replicates=4,
+        fit=FitOptions(max_iter=150, n_test=4000),
+    ),
+    # The scale of the simulations in this literature: n up to 1e5, 40 replicates.
+    "paper": Preset(
+        n_grid=log_grid(1000, 100_000, 9),
+        replicates=40,
+        fit=FitOptions(max_iter=1000, n_test=20_000, bound=10.0),
+    ),
+}
+
+
+def check_positive_int(value: object, option: str, *, maximum: int | None = None) -> int:
+    """``value`` as an int >= 1 (and <= ``maximum``), else a one-line error naming ``option``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{option} must be a positive integer, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{option} must be at most {maximum}, got {value!r}")
+    return int(value)
+
+
+# --------------------------------------------------------------------------------------------
+# Settings
+# --------------------------------------------------------------------------------------------
+
+
+def core_setting_names() -> list[str]:
+    """Names of the core settings (polynomial/monomial x linear/sigmoid x exact/over)."""
+    return list(CORE_SETTINGS)
+
+
+def resolve_settings(
+    names: Sequence[str] | None = None,
+    *,
+    gates: Sequence[str] | None = None,
+    experts: Sequence[str] | None = None,
+    k_true: Sequence[int] | None = None,
+    k_fit: Sequence[int] | None = None,
+) -> list[Setting]:
+    """Turn command-line choices into ``Setting`` objects (validated before any is built).
+
+    Either ``names`` (core-setting names) or the product ``gates x experts x k_true x k_fit``
+    (missing axes default to the core values: gates polynomial,monomial; experts
+    linear,sigmoid; k_true = the core k*; k_fit = k* and k*+1). Neither: all core settings.
+
+    Raises:
+        ValueError: unknown name, gate or expert; k < 1 or k > :data:`MAX_EXPERTS`;
+            k_fit < k_true; both styles mixed.
+    """
+    product_given = any(v is not None for v in (gates, experts, k_true, k_fit))
+    if names is not None and product_given:
+        raise ValueError("use either --settings NAMES or --gates/--experts/--k-true/--k-fit, not both")
+    core = list(CORE_SETTINGS.values())
+    if not product_given:
+        if names is None:
+            return core
+        out = []
+        for name in names:
+            try:
+                out.append(get_setting(name))
+            except (KeyError, ValueError) as err:
+                raise ValueError(f"unknown setting {name!r}; known settings: {', '.join(CORE_SETTINGS)}") from err
+        return _dedupe(out)
+    k_true = list(k_true) if k_true is not None else sorted({s.k_true for s in core})
+    for kt in k_true:
+        _check_k(kt, "--k-true", "k*")
+    pairs = [(kt, kf) for kt in k_true for kf in (list(k_fit) if k_fit is not None else [kt, kt + 1])]
+    for kt, kf in pairs:
+        _check_k(kf, "--k-fit", "k")
+        if kf < kt:
+            raise ValueError(
+                f"k={kf} < k*={kt}: the fitted model must have at least as many "
+                "experts as the truth (exact- or over-specified)"
+            )
+    gates = list(gates) if gates is not None else ["polynomial", "monomial"]
+    experts = list(experts) if experts is not None else ["linear", "sigmoid"]
+    out = [make_setting(g, e, kt, kf) for g in gates for e in experts for kt, kf in pairs]
+    return _dedupe(out)
+
+
+def _check_k(k: int, option: str, symbol: str) -> None:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"{option}: number of experts must be >= 1, got {symbol}={k!r}")
+    if k > MAX_EXPERTS:
+        raise ValueError(f"{option}: number of experts must be at most {MAX_EXPERTS}, got {symbol}={k}")
+
+
+def _dedupe(settings: list[Setting]) -> list[Setting]:
+    seen: dict[str, Setting] = {}
+    for s in settings:
+        seen.setdefault(s.name, s)
+    return list(seen.values())
+
+
+def validate_study(settings: Sequence[Setting], n_grid: Sequence[int], replicates: int) -> None:
+    """Check a study before anything is written or allocated.
+
+    Raises:
+        TypeError: a setting that is not a :class:`~attnmoe.estimation.truth.Setting`.
+        ValueError: empty settings or grid, non-positive replicates, duplicate sizes,
+            n > :data:`MAX_N`, k < 1, k < k*, or an n smaller than the number of free
+            parameters of a fitted model.
+    """
+    if not settings:
+        raise ValueError("no settings to run")
+    if not n_grid:
+        raise ValueError("the sample-size grid is empty")
+    check_positive_int(replicates, "replicates")
+    for n in n_grid:
+        check_positive_int(n, "every sample size in --n-grid", maximum=MAX_N)
+    if len(set(n_grid)) != len(n_grid):
+        raise ValueError(f"the sample-size grid has duplicates: {list(n_grid)}")
+    for s in settings:
+        if not isinstance(s, Setting):
+            raise TypeError(f"settings must be attnmoe.estimation.truth.Setting, got {type(s).__name__}")
+        if s.k_fit < s.k_true:
+            raise ValueError(f"{s.name}: k={s.k_fit} < k*={s.k_true}")
+        s.fit_layout.check_sample_size(min(n_grid), f"the fitted model of {s.name}")
+
+
+# --------------------------------------------------------------------------------------------
+# Parallelism
+# --------------------------------------------------------------------------------------------
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS, Windows
+        return os.cpu_count() or 1
+
+
+def default_threads() -> int:
+    """Torch threads per worker: ``OMP_NUM_THREADS`` when set to a positive integer, else 1.
+
+    One thread per worker is the default because OpenMP threads spin at every barrier: on a
+    machine busier than its core count, two threads per worker made the ``quick`` preset tens
+    of times slower, while one-thread workers only share the cores (``docs/rates.md``).
+    """
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(value) if value.isdigit() and int(value) >= 1 else 1
+
+
+def default_workers(n_jobs: int, threads: int) -> int:
+    """Workers: as many one-thread processes as cores (``cores // threads``), at most one per job."""
+    return max(1, min(available_cores() // max(1, threads), n_jobs))
+
+
+# --------------------------------------------------------------------------------------------
+# Jobs
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Job:
+    """Seeds of one ``(setting, n)`` fitted together as one batched call."""
+
+    setting: Setting
+    n: int
+    seeds: tuple[int, ...]
+
+
+def replicate_seeds(replicates: int, base_seed: int = 0) -> list[int]:
+    """Seeds of the replicates: ``base_seed, base_seed+1, ...`` (the same at every n)."""
+    return list(range(base_seed, base_seed + replicates))
+
+
+def plan_jobs(
+    settings: Sequence[Setting],
+    n_grid: Sequence[int],
+    seeds: Sequence[int],
+    done: set[tuple[str, int, int]],
+    block_size: int,
+) -> list[Job]:
+    """Blocks of the ``(setting, n, seed)`` not in ``done``; largest n first (load balance)."""
+    check_positive_int(block_size, "--block-size")
+    jobs = []
+    for n in sorted(n_grid, reverse=True):
+        for s in settings:
+            todo = [sd for sd in seeds if (s.name, int(n), int(sd)) not in done]
+            for i in range(0, len(todo), block_size):
+                jobs.append(Job(s, int(n), tuple(todo[i : i + block_size])))
+    return jobs

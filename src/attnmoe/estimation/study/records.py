@@ -1,0 +1,237 @@
+"""The files of a study directory: ``records.jsonl`` (read back, append), ``study.json``.
+
+``records.jsonl`` holds one JSON record per fit. Reading it back never stops a study: a line
+that is not a JSON object, lacks a required key, or whose ``n`` / ``seed`` is not an integer is
+reported (``RuntimeWarning`` + :class:`BadLine`) and skipped, and the fit is redone. Records may
+carry keys beyond :data:`REQUIRED_KEYS`; they are kept as they are.
+
+``study.json`` records the fit options of the study. A resumed study must use the same options;
+a ``study.json`` that cannot be read is refused, never replaced (replacing it would record new
+options over fits made with unknown ones).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from attnmoe.estimation.options import FitOptions
+
+__all__ = [
+    "FIGURE_FILE",
+    "RECORDS_FILE",
+    "REQUIRED_KEYS",
+    "STUDY_FILE",
+    "SUMMARY_JSON",
+    "SUMMARY_MD",
+    "BadLine",
+    "RecordWriter",
+    "atomic_write",
+    "check_or_write_config",
+    "check_records_file",
+    "jsonable",
+    "read_records",
+    "record_key",
+]
+
+RECORDS_FILE = "records.jsonl"
+STUDY_FILE = "study.json"
+SUMMARY_JSON = "summary.json"
+SUMMARY_MD = "summary.md"
+FIGURE_FILE = "rates.png"
+
+#: Keys every record must carry to be usable (others, e.g. ``train_loss``, are kept as-is).
+REQUIRED_KEYS: tuple[str, ...] = ("setting", "n", "seed", "losses", "converged", "iterations")
+
+Record = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class BadLine:
+    """A line of ``records.jsonl`` that was skipped, and why."""
+
+    lineno: int
+    reason: str
+    text: str
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def record_problem(rec: object) -> str | None:
+    """Why ``rec`` is not a usable record (None if it is).
+
+    Usable: a JSON object with every key of :data:`REQUIRED_KEYS`, ``setting`` a string,
+    ``n`` an integer >= 1, ``seed`` an integer, ``losses`` an object, ``iterations`` a number.
+    The loss values themselves are checked by the summary (a NaN loss drops that loss only).
+    """
+    if not isinstance(rec, dict):
+        return "not a JSON object"
+    missing = [k for k in REQUIRED_KEYS if k not in rec]
+    if missing:
+        return f"missing keys {missing}"
+    if not isinstance(rec["setting"], str):
+        return f"setting is not a string ({rec['setting']!r})"
+    if not _is_int(rec["n"]) or rec["n"] < 1:
+        return f"n is not a positive integer ({rec['n']!r})"
+    if not _is_int(rec["seed"]):
+        return f"seed is not an integer ({rec['seed']!r})"
+    if not isinstance(rec["losses"], dict):
+        return "losses is not an object"
+    if isinstance(rec["iterations"], bool) or not isinstance(rec["iterations"], (int, float)):
+        return f"iterations is not a number ({rec['iterations']!r})"
+    return None
+
+
+def check_records_file(path: Path) -> None:
+    """Refuse a ``records.jsonl`` that exists but is not a regular file (one-line error)."""
+    if path.exists() and not path.is_file():
+        raise ValueError(f"{path} exists but is not a regular file; move it away or use another --out")
+
+
+def read_records(path: Path) -> tuple[list[Record], list[BadLine]]:
+    """Read ``records.jsonl``. Unusable lines are warned about, returned, and skipped.
+
+    A line is unusable if :func:`record_problem` says so. Duplicate ``(setting, n, seed)``
+    lines keep the first occurrence.
+
+    Raises:
+        ValueError: ``path`` exists but is not a regular file, or cannot be read.
+    """
+    path = Path(path)
+    if not path.exists():
+        return [], []
+    check_records_file(path)
+    records: list[Record] = []
+    bad: list[BadLine] = []
+    seen: set[tuple[str, int, int]] = set()
+    try:
+        with path.open("r", encoding="utf-8", errors="replace") as fh:
+            for lineno, line in enumerate(fh, start=1):
+                text = line.strip()
+                if not text:
+                    continue
+                try:
+                    rec = json.loads(text)
+                except json.JSONDecodeError as err:
+                    bad.append(BadLine(lineno, f"not valid JSON ({err.msg})", text[:120]))
+                    continue
+                problem = record_problem(rec)
+                if problem is not None:
+                    bad.append(BadLine(lineno, problem, text[:120]))
+                    continue
+                key = record_key(rec)
+                if key not in seen:
+                    seen.add(key)
+                    records.append(rec)
+    except OSError as err:
+        raise ValueError(f"cannot read {path}: {err.strerror or err}") from None
+    for b in bad:
+        warnings.warn(
+            f"{path}: line {b.lineno} skipped, {b.reason}: {b.text!r}", RuntimeWarning, stacklevel=2
+        )
+    return records, bad
+
+
+def record_key(rec: Record) -> tuple[str, int, int]:
+    """The identity of a record: ``(setting, n, seed)``."""
+    return (str(rec["setting"]), int(rec["n"]), int(rec["seed"]))
+
+
+class RecordWriter:
+    """Appends records to ``records.jsonl``, one flush (and fsync) per block."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def append(self, records: Iterable[Record]) -> None:
+        lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
+        needs_newline = False
+        if self.path.exists() and self.path.stat().st_size > 0:
+            with self.path.open("rb") as fh:  # an interrupted write may have left a partial line
+                fh.seek(-1, os.SEEK_END)
+                needs_newline = fh.read(1) != b"\n"
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(("\n" if needs_newline else "") + lines)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def jsonable(obj: Any) -> Any:
+    """``obj`` with numpy / 0-d torch scalars as Python numbers and NaN/inf as None."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        v = float(obj)
+        return v if math.isfinite(v) else None  # strict JSON has no NaN/inf
+    if hasattr(obj, "item"):  # 0-d torch tensor
+        return jsonable(obj.item())
+    return obj
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename (never half-written)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def _study_config(options: FitOptions) -> dict[str, Any]:
+    return {"fit": options.to_dict(), "version": 1}
+
+
+def read_config(out: Path) -> dict[str, Any] | None:
+    """The ``study.json`` of ``out`` (None if there is none).
+
+    Raises:
+        ValueError: the file exists but is not readable JSON with a ``fit`` object.
+    """
+    path = Path(out) / STUDY_FILE
+    if not path.exists():
+        return None
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        reason = getattr(err, "msg", None) or getattr(err, "strerror", None) or str(err)
+        raise ValueError(
+            f"{path} is unreadable ({reason}); it records the options of the fits in {out}: "
+            "move it away or use another --out"
+        ) from None
+    if not isinstance(config, dict) or not isinstance(config.get("fit"), dict):
+        raise ValueError(
+            f"{path} is unreadable (no 'fit' options in it); move it away or use another --out"
+        )
+    return config
+
+
+def check_or_write_config(out: Path, options: FitOptions, *, write: bool = True) -> None:
+    """Refuse a resume with other fit options or an unreadable ``study.json``; else record them.
+
+    With ``write=False`` only the checks run (called before anything is written).
+    """
+    config = _study_config(options)
+    previous = read_config(out)
+    if previous is not None:
+        if previous["fit"] != config["fit"]:
+            raise ValueError(
+                f"{out} holds a study fitted with options {previous['fit']}, this run asks for "
+                f"{config['fit']}; resume with the same options or use another --out"
+            )
+        return
+    if write:
+        atomic_write(Path(out) / STUDY_FILE, json.dumps(config, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,134 @@
+"""The human-readable outputs of a study: ``summary.md`` (a table) and ``rates.png`` (a figure).
+
+Both read the summary of :func:`~attnmoe.estimation.study.summary.summarize_records` and are
+generic over loss names and over the convergence information records carry.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from attnmoe.estimation.study.records import (
+    FIGURE_FILE,
+    SUMMARY_JSON,
+    SUMMARY_MD,
+    Record,
+    atomic_write,
+)
+from attnmoe.estimation.study.summary import loss_value
+
+__all__ = ["plot_rates", "summary_markdown", "write_outputs"]
+
+
+def write_outputs(out: Path, summary: dict[str, Any], records: Sequence[Record]) -> None:
+    """Write ``summary.json``, ``summary.md`` and ``rates.png`` (each atomically)."""
+    atomic_write(out / SUMMARY_JSON, json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    atomic_write(out / SUMMARY_MD, summary_markdown(summary))
+    plot_rates(records, summary, out / FIGURE_FILE)
+
+
+def _fmt_slope(entry: dict[str, Any]) -> str:
+    if entry.get("slope") is None:
+        return "n/a"
+    return f"{entry['slope']:+.3f} [{entry['ci_low']:+.3f}, {entry['ci_high']:+.3f}]"
+
+
+def _fmt_convergence(info: dict[str, Any]) -> str:
+    conv = info.get("converged_fraction")
+    text = "n/a" if conv is None else f"{conv:.0%}"
+    reasons = info.get("reasons")
+    if reasons:
+        text += " (" + ", ".join(f"{reason} {count}" for reason, count in reasons.items()) + ")"
+    return text
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    """A Markdown table: one row per setting, convergence, one column per loss (slope [CI])."""
+    settings = summary["settings"]
+    loss_names = sorted({k for s in settings.values() for k in s["losses"]})
+    level = summary.get("level", 0.95)
+    lines = [
+        "# Convergence-rate study",
+        "",
+        f"Slope of log(loss) against log(n): {summary['method']}; {level:.0%} interval, "
+        f"{summary['n_boot']} resamples. Converged: fraction of fits the optimiser reported "
+        "converged (count per stopping reason when the records carry one).",
+        "",
+        "| setting | n range | reps | converged | " + " | ".join(loss_names) + " |",
+        "|---|---|---|---|" + "---|" * len(loss_names),
+    ]
+    for name, info in settings.items():
+        first = next(iter(info["losses"].values()), {})
+        cells = [_fmt_slope(info["losses"][k]) if k in info["losses"] else "" for k in loss_names]
+        lines.append(
+            f"| {name} | {first.get('n_min')}–{first.get('n_max')} | {first.get('replicates')} | "
+            f"{_fmt_convergence(info)} | " + " | ".join(cells) + " |"
+        )
+    dropped = [
+        f"{name} {loss}: {entry['dropped']}"
+        for name, info in settings.items()
+        for loss, entry in info["losses"].items()
+        if entry.get("dropped")
+    ]
+    if dropped:
+        lines += ["", "Records left out of a slope (missing, NaN or non-positive loss): " + "; ".join(dropped) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def plot_rates(records: Sequence[Record], summary: dict[str, Any], path: Path) -> None:
+    """Log-log loss against n, one panel per loss, one colour per setting, fitted lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    settings = summary["settings"]
+    loss_names = sorted({k for s in settings.values() for k in s["losses"]})
+    ncol = min(3, max(1, len(loss_names)))
+    nrow = max(1, math.ceil(len(loss_names) / ncol))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(5.2 * ncol, 4.2 * nrow), squeeze=False)
+    colors = plt.get_cmap("tab10")
+    for ax in axes.flat[len(loss_names) :]:
+        ax.set_visible(False)
+    for li, loss in enumerate(loss_names):
+        ax = axes.flat[li]
+        for si, (name, info) in enumerate(settings.items()):
+            entry = info["losses"].get(loss)
+            if not entry or not entry["mean_log_loss"]:
+                continue
+            c = colors(si % 10)
+            points = [
+                (int(r["n"]), math.exp(v))
+                for r in records
+                if str(r["setting"]) == name and (v := loss_value(r["losses"].get(loss))) is not None
+            ]
+            if points:
+                xs, ys = zip(*points)
+                ax.scatter(xs, ys, s=4, alpha=0.25, color=c, linewidths=0)
+            ns = np.array([int(k) for k in entry["mean_log_loss"]], dtype=float)
+            gm = np.exp(np.array(list(entry["mean_log_loss"].values())))
+            ax.plot(ns, gm, "o", color=c, ms=4)
+            label = name
+            if entry["slope"] is not None:
+                grid = np.geomspace(ns.min(), ns.max(), 50)
+                ax.plot(grid, np.exp(entry["intercept"]) * grid ** entry["slope"], "-", color=c, lw=1.2)
+                label = f"{name}: {entry['slope']:+.2f}"
+            ax.plot([], [], "-o", color=c, ms=3, label=label)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("n")
+        ax.set_ylabel(loss)
+        ax.set_title(f"{loss} (geometric mean per n, OLS slope)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=6.5, loc="best")
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)

@@ -1,0 +1,175 @@
+"""Fault injection and bad input for ``attnmoe rates`` (issue 9: items 5, 8, 10 and 12).
+
+Every case must end with the right result or a one-line error naming the problem (exit 2),
+and leave nothing written or changed. Each test failed on the code before the study
+subpackage (``estimation/study.py`` at b7ce3d5): bad numbers were accepted, a corrupted
+``study.json`` was replaced, a record with ``"n": "abc"`` stopped the command, NaN losses were
+dropped without a word, and the CIs changed with the order of the records.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from attnmoe.cli import app
+from attnmoe.estimation import study
+
+runner = CliRunner()
+ONE = ["--settings", "monomial-sigmoid-exact"]
+TINY = [*ONE, "--n-grid", "200,400", "--replicates", "2", "--max-iter", "3", "--workers", "1", "--no-progress"]
+
+
+def _invoke(*args: str):
+    return runner.invoke(app, ["rates", *args])
+
+
+def _one_line_error(res, *fragments: str) -> None:
+    assert res.exit_code == 2, res.output
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert len(lines) == 1, res.output
+    for fragment in fragments:
+        assert fragment in lines[0], res.output
+
+
+@pytest.mark.parametrize(
+    "args, option",
+    [
+        (["--threads", "0"], "--threads"),
+        (["--workers", "0"], "--workers"),
+        (["--block-size", "0"], "--block-size"),
+        (["--threads", "-3"], "--threads"),
+        (["--seed", "-5"], "--seed"),
+    ],
+)
+def test_zero_parallelism_options_rejected_naming_the_option(
+    tmp_path: Path, args: list[str], option: str
+) -> None:
+    out = tmp_path / "run"
+    _one_line_error(_invoke("--out", str(out), *TINY, *args), option, "integer, got")
+    assert not out.exists()
+
+
+def test_huge_n_rejected_before_allocation(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    t0 = time.perf_counter()
+    res = _invoke("--out", str(out), *ONE, "--n-grid", "1000,1e12", "--replicates", "2", "--no-progress")
+    assert time.perf_counter() - t0 < 30
+    _one_line_error(res, "--n-grid", f"at most {study.MAX_N}")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args", [["--k-true", "100000"], ["--k-true", "3", "--k-fit", "100000"]])
+def test_huge_k_fails_fast(tmp_path: Path, args: list[str]) -> None:
+    out = tmp_path / "run"
+    t0 = time.perf_counter()
+    res = _invoke("--out", str(out), "--gates", "monomial", "--experts", "linear", *args)
+    assert time.perf_counter() - t0 < 30  # the old code spent minutes in an O(k^2) loop
+    _one_line_error(res, args[-2], f"at most {study.MAX_EXPERTS}")
+    assert not out.exists()
+
+
+def test_non_integer_grid_value_rejected(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    for grid in ("1000,1.0005e3", "1000,1e400", "1000,1500.5"):
+        res = _invoke("--out", str(out), *ONE, "--n-grid", grid, "--no-progress")
+        assert res.exit_code == 2 and "--n-grid" in res.output, res.output
+    assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished tiny study (real fits, 4 records); tests copy it before changing it."""
+    out = tmp_path_factory.mktemp("rates") / "run"
+    res = _invoke("--out", str(out), *TINY)
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    dst.mkdir()
+    for f in src.iterdir():
+        (dst / f.name).write_bytes(f.read_bytes())
+    return dst
+
+
+def test_corrupted_study_json_refused_never_replaced(finished: Path, tmp_path: Path) -> None:
+    out = _copy(finished, tmp_path / "run")
+    for corrupted in ('{"fit": {"max_iter": 3', "", "[1, 2]"):
+        (out / "study.json").write_text(corrupted)
+        records = (out / "records.jsonl").read_bytes()
+        res = _invoke("--out", str(out), *TINY, "--max-iter", "4")
+        _one_line_error(res, "study.json", "unreadable", "move it away or use another --out")
+        assert (out / "study.json").read_text() == corrupted
+        assert (out / "records.jsonl").read_bytes() == records
+
+
+def test_records_file_that_is_a_directory(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    (out / "records.jsonl").mkdir(parents=True)
+    res = _invoke("--out", str(out), *TINY)
+    _one_line_error(res, "records.jsonl", "not a regular file")
+    assert sorted(p.name for p in out.iterdir()) == ["records.jsonl"]
+    res = _invoke("--out", str(out), *ONE, "--summary-only")
+    _one_line_error(res, "records.jsonl", "not a regular file")
+
+
+@pytest.mark.parametrize(
+    "field, value", [("n", "abc"), ("seed", "x"), ("seed", 1.5), ("n", -200), ("setting", 3)]
+)
+def test_record_with_bad_identity_skipped_like_other_bad_lines(
+    finished: Path, tmp_path: Path, field: str, value: object
+) -> None:
+    out = _copy(finished, tmp_path / "run")
+    lines = (out / "records.jsonl").read_text().splitlines()
+    rec = json.loads(lines[1])
+    rec[field] = value
+    lines[1] = json.dumps(rec)
+    (out / "records.jsonl").write_text("\n".join(lines) + "\n")
+    res = _invoke("--out", str(out), *TINY)
+    assert res.exit_code == 0, res.output
+    assert "line 2 skipped" in res.output and field in res.output
+    assert "1 fits run, 3 reused" in res.output  # the lost fit is redone
+    res = _invoke("--out", str(out), *ONE, "--summary-only")
+    assert res.exit_code == 0 and "line 2 skipped" in res.output, res.output
+
+
+def test_nan_and_string_losses_dropped_with_a_warning_naming_the_count(
+    finished: Path, tmp_path: Path
+) -> None:
+    out = _copy(finished, tmp_path / "run")
+    lines = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    lines[0]["losses"]["D1"] = None  # how a NaN loss is stored (strict JSON has no NaN)
+    lines[2]["losses"]["D1"] = "oops"
+    (out / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    for extra in ([], ["--summary-only"]):
+        res = _invoke("--out", str(out), *TINY, *extra)
+        assert res.exit_code == 0, res.output
+        assert "warning: monomial-sigmoid-exact: 2 record(s) whose D1" in res.output, res.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["settings"]["monomial-sigmoid-exact"]["losses"]["D1"]["dropped"] == 2
+    assert "monomial-sigmoid-exact D1: 2" in (out / "summary.md").read_text()
+
+
+def _records(order: list[int]) -> list[dict]:
+    base = []
+    for seed in range(6):
+        for n in (1000, 4000, 16000):
+            loss = n**-0.5 * math.exp(0.3 * math.sin(7 * seed + n))
+            base.append({"setting": "s", "n": n, "seed": seed, "losses": {"D1": loss},
+                         "converged": True, "iterations": 1})
+    return [base[i] for i in order]
+
+
+def test_ci_does_not_depend_on_record_order_or_other_settings() -> None:
+    forward = study.summarize_records(_records(list(range(18))), n_boot=400)["settings"]["s"]
+    backward = study.summarize_records(_records(list(range(17, -1, -1))), n_boot=400)
+    assert backward["settings"]["s"] == forward
+    other = [dict(r, setting="a-first") for r in _records(list(range(18)))]
+    together = study.summarize_records(other + _records(list(range(18))), n_boot=400)
+    assert together["settings"]["s"] == forward
