@@ -45,10 +45,18 @@ def _ints(value: str | None, what: str) -> list[int] | None:
     return out
 
 
+def _floats(value: str, what: str) -> list[float]:
+    items = _split(value, what) or []
+    try:
+        return [float(v) for v in items]
+    except ValueError as err:
+        raise typer.BadParameter(f"{what} must be comma-separated numbers, got {value!r}") from err
+
+
 def rates(
     out: Annotated[Path, typer.Option("--out", help="Output directory (created; resumable).")],
     preset: Annotated[
-        str, typer.Option("--preset", help="quick (all core settings, < 5 min) or paper.")
+        str, typer.Option("--preset", help="quick (all core settings), paper or identifiability.")
     ] = "quick",
     settings: Annotated[
         str | None, typer.Option("--settings", help="Comma-separated core setting names.")
@@ -89,6 +97,30 @@ def rates(
         float | None,
         typer.Option("--bound", help="Fit every parameter inside [-B, B] (paper preset: 10)."),
     ] = None,
+    method: Annotated[
+        str | None, typer.Option("--method", help="trust-region (default), lbfgs or adam.")
+    ] = None,
+    init: Annotated[
+        str | None,
+        typer.Option("--init", help="Start: near-truth[:SCALE], displaced:DELTA, displaced-gate:DELTA, "
+                     "group, random; several joined by '+'."),
+    ] = None,
+    starts: Annotated[
+        int | None, typer.Option("--starts", help="Starts per replicate (and kind of start).")
+    ] = None,
+    near_best: Annotated[
+        float | None,
+        typer.Option("--near-best", help="c of the near-best window c*sigma^2/n (default 1)."),
+    ] = None,
+    dtol: Annotated[
+        float | None,
+        typer.Option("--dtol", help="Converged when the Newton decrement <= dtol*L/n (trust-region)."),
+    ] = None,
+    noise: Annotated[
+        str | None,
+        typer.Option("--noise", "--noise-grid",
+                     help="Noise level(s) sigma, comma-separated: a sweep; settings renamed <name>-sd<sigma>."),
+    ] = None,
     block_size: Annotated[
         int | None, typer.Option("--block-size", help="Seeds fitted per batched call.")
     ] = None,
@@ -107,9 +139,11 @@ def rates(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
         try:
+            fit_overrides = {"max_iter": max_iter, "bound": bound, "method": method, "init": init,
+                             "starts": starts, "near_best": near_best, "dtol": dtol}
             result = _run(
                 out, preset, settings, gates, experts, k_true, k_fit, n_grid, replicates, backend,
-                workers, threads, max_iter, bound, block_size, seed, summary_only, progress,
+                workers, threads, fit_overrides, noise, block_size, seed, summary_only, progress,
             )
         except (ValueError, ImportError) as err:
             typer.echo(f"error: {err}", err=True)
@@ -133,8 +167,8 @@ def rates(
 def _run(
     out: Path, preset: str, settings: str | None, gates: str | None, experts: str | None,
     k_true: str | None, k_fit: str | None, n_grid: str | None, replicates: int | None,
-    backend: str, workers: int | None, threads: int | None, max_iter: int | None,
-    bound: float | None, block_size: int | None, seed: int, summary_only: bool, progress: bool,
+    backend: str, workers: int | None, threads: int | None, fit_overrides: dict[str, object],
+    noise: str | None, block_size: int | None, seed: int, summary_only: bool, progress: bool,
 ) -> study.StudyResult:
     """Options -> settings, grid and fit options -> run_study / resummarize (errors: ValueError)."""
     if preset not in study.PRESETS:
@@ -148,10 +182,17 @@ def _run(
         k_true=_ints(k_true, "--k-true"),
         k_fit=_ints(k_fit, "--k-fit"),
     )
+    chosen = study.with_noise_grid(chosen, _floats(noise, "--noise") if noise is not None else p.noise)
     if summary_only:
         return study.resummarize(out, chosen, grid, replicates, base_seed=seed)
-    options = p.fit if max_iter is None else replace(p.fit, max_iter=max_iter)
-    options = options if bound is None else replace(options, bound=bound)
+    given = {k: v for k, v in fit_overrides.items() if v is not None}
+    try:
+        options = replace(p.fit, **given)
+    except ValueError as err:  # name the option, not the field
+        if str(err).startswith("--"):
+            raise
+        field = str(err).split()[0]
+        raise ValueError(f"--{field.replace('_', '-')}: {err}") from err
     return study.run_study(
         chosen,
         grid or list(p.n_grid),

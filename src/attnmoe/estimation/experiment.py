@@ -6,6 +6,9 @@ program, and returns one JSON-serialisable record per seed.
 
 Protocol (docs/rates.md, "Protocol"). With S = ``options.starts`` starts per replicate:
 
+* with several kinds of start (``near-truth:0.1+displaced:0.3``) each kind gets S starts and
+  the record also keeps, per kind, the losses of that kind's best start (``D1@near-truth``,
+  ``copy@displaced``, ...) and how many of its starts converged;
 * the **best fit** is the converged start with the lowest training loss (the lowest overall
   when none converged; the record then says ``converged: false``). Its Voronoi losses D1, D2,
   mass, atom, its identifiability statistics (``split_cell_stats``: D11, copy, split_mass,
@@ -27,8 +30,8 @@ from collections.abc import Sequence
 
 import torch
 
-from attnmoe.estimation.fit import FitResult, check_sample_size, fit_least_squares
-from attnmoe.estimation.init import make_starts, parse_init
+from attnmoe.estimation.fit import FitResult, fit_least_squares
+from attnmoe.estimation.init import make_starts, parse_inits
 from attnmoe.estimation.options import FitOptions
 from attnmoe.estimation.truth import Setting, sample
 from attnmoe.estimation.voronoi import l2_error, split_cell_stats, voronoi_losses
@@ -72,12 +75,13 @@ def fit_and_score(
     if not seeds:
         raise ValueError("seeds must not be empty")
     layout = setting.fit_layout
-    check_sample_size(n, layout, setting.name)
+    layout.check_sample_size(n, setting.name)
     start = time.perf_counter()
-    R, S = len(seeds), o.starts
+    specs = parse_inits(o.init)
+    R, S = len(seeds), o.starts * len(specs)
     X, y = sample(setting, n, seeds)
-    spec = parse_init(o.init)
-    inits = make_starts(spec, layout, setting.true_params(), seeds, n, S, X, y)  # (S, R, P)
+    inits = torch.cat([make_starts(sp, layout, setting.true_params(), seeds, n, o.starts, X, y)
+                       for sp in specs])  # (S, R, P), kind-major
     if o.bound is not None:
         inits = inits.clamp(-0.99 * o.bound, 0.99 * o.bound)
     Xs = X.unsqueeze(0).expand(S, *X.shape).reshape(S * R, *X.shape[1:])  # (S*R, n, d)
@@ -96,6 +100,14 @@ def fit_and_score(
         losses["width_D11"] = _num(scores["D11"][near].max())
         losses["width_copy"] = _num(scores["copy"][near].max())
         losses["width_split_mass"] = _num(scores["split_mass"][near].min())
+        by_kind: dict[str, int] = {}
+        if len(specs) > 1:  # each kind's own best start: its local error, its split
+            for k, sp in enumerate(specs):
+                own = rows[k * o.starts : (k + 1) * o.starts]
+                b_k, _ = _best_and_near(res, own, window)
+                for key in ("D1", "D11", "copy", "split_mass"):
+                    losses[f"{key}@{sp.kind}"] = _num(scores[key][b_k])
+                by_kind[sp.kind] = int(res.converged[own].sum())
         records.append({
             "setting": setting.name,
             "n": int(n),
@@ -110,6 +122,7 @@ def fit_and_score(
             "train_loss": _num(res.loss[best]),
             "starts": S,
             "converged_starts": int(res.converged[rows].sum()),
+            **({"converged_starts_by_kind": by_kind} if by_kind else {}),
             "near_best": int(near.numel()),
         })
     seconds = (time.perf_counter() - start) / R

@@ -30,22 +30,12 @@ from attnmoe.moe import GATES, ParameterLayout
 
 __all__ = [
     "FitResult",
-    "check_sample_size",
     "fit_least_squares",
     "fit_restarts",
     "gauss_newton_matrix",
     "jacobian",
     "least_squares_objective",
 ]
-
-
-def check_sample_size(n: int, layout: ParameterLayout, what: str = "") -> None:
-    """The one sample-size check: n must be at least the number of free parameters."""
-    if n < layout.n_params:
-        raise ValueError(
-            f"n = {n} samples is smaller than the number of free parameters "
-            f"({layout.n_params}) of {what or layout}"
-        )
 
 
 def least_squares_objective(
@@ -181,7 +171,7 @@ def _check_data(X: Tensor, y: Tensor, layout: ParameterLayout) -> None:
         raise ValueError(f"X has d = {X.shape[2]} features, the model expects {layout.dim}")
     if not bool(torch.isfinite(X).all()) or not bool(torch.isfinite(y).all()):
         raise ValueError("X and y must not contain NaN or inf")
-    check_sample_size(X.shape[1], layout)
+    layout.check_sample_size(X.shape[1])
 
 
 def fit_least_squares(

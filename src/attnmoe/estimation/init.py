@@ -33,6 +33,7 @@ __all__ = [
     "make_starts",
     "near_truth_init",
     "parse_init",
+    "parse_inits",
     "random_init",
     "split_atoms",
     "split_source",
@@ -244,6 +245,15 @@ def parse_init(text: str, default_scale: float = 0.1) -> InitSpec:
     if not (math.isfinite(number) and number >= 0):
         raise ValueError(f"--init {text!r}: the value must be a finite number >= 0")
     return InitSpec(kind, number)
+
+
+def parse_inits(text: str) -> list[InitSpec]:
+    """Parse ``SPEC[+SPEC...]``: several kinds of start per replicate (e.g.
+    ``near-truth:0.1+displaced:0.3``); each kind gets ``starts`` starts."""
+    specs = [parse_init(part) for part in str(text).split("+")]
+    if len({sp.kind for sp in specs}) != len(specs):
+        raise ValueError(f"--init {text!r}: each kind of start may appear once")
+    return specs
 
 
 def make_starts(

@@ -32,8 +32,9 @@ class FitOptions:
         init: the start (:func:`~attnmoe.estimation.init.parse_init`): ``near-truth:SCALE``
             (truth + SCALE N(0, 1), n-independent), ``displaced:DELTA`` (split copies moved
             +-DELTA along their flat direction), ``displaced-gate:DELTA``, ``group`` (the
-            research group's n-shrinking start, for comparison) or ``random``.
-        starts: starts per replicate; the record reports the best-loss fit and the near-best
+            research group's n-shrinking start, for comparison) or ``random``; several kinds
+            joined by ``+`` give each replicate ``starts`` starts of every kind.
+        starts: starts per replicate and kind; the record reports the best-loss fit and the near-best
             width over the converged fits within ``near_best * sigma^2 / n`` of it.
         near_best: the c of that window.
         bound: if set, every free parameter is fitted inside [-bound, bound] (the compact
@@ -51,7 +52,7 @@ class FitOptions:
     bound: float | None = None
 
     def __post_init__(self) -> None:
-        from attnmoe.estimation.init import parse_init
+        from attnmoe.estimation.init import parse_inits
 
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; valid: {list(METHODS)}")
@@ -67,7 +68,8 @@ class FitOptions:
             isinstance(self.bound, (int, float)) and math.isfinite(self.bound) and self.bound > 0
         ):
             raise ValueError(f"bound must be a finite number > 0 or None, got {self.bound!r}")
-        object.__setattr__(self, "init", str(parse_init(self.init)))  # canonical spelling
+        canonical = "+".join(str(sp) for sp in parse_inits(self.init))
+        object.__setattr__(self, "init", canonical)  # canonical spelling
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields (what ``study.json`` records)."""

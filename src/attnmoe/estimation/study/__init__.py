@@ -41,6 +41,7 @@ from attnmoe.estimation.study.plan import (
     replicate_seeds,
     resolve_settings,
     validate_study,
+    with_noise_grid,
 )
 from attnmoe.estimation.study.records import (
     FIGURE_FILE,
@@ -57,9 +58,13 @@ from attnmoe.estimation.study.records import (
 from attnmoe.estimation.study.report import plot_rates, summary_markdown, write_outputs
 from attnmoe.estimation.study.run import StudyResult, resummarize, run_study
 from attnmoe.estimation.study.summary import ols_slope, setting_rng, slope_with_ci, summarize_records
+from attnmoe.estimation.study.sweep import split_noise_name, sweep_summary
 
 __all__ = [
     "BACKENDS",
+    "split_noise_name",
+    "sweep_summary",
+    "with_noise_grid",
     "FIGURE_FILE",
     "MAX_EXPERTS",
     "MAX_N",

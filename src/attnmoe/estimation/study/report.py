@@ -78,6 +78,22 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     ]
     if dropped:
         lines += ["", "Records left out of a slope (missing, NaN or non-positive loss): " + "; ".join(dropped) + "."]
+    sweep = summary.get("sweep", {}).get("settings", {})
+    if sweep:
+        names = sorted({k for s in sweep.values() for k in s["losses"]})
+        lines += [
+            "",
+            "## Noise sweep: slope of log(loss) against log(n / sigma^2)",
+            "",
+            f"{summary['sweep']['method']} (docs/rates.md, \"Noise sweeps\").",
+            "",
+            "| base setting | cells | fits | converged | " + " | ".join(names) + " |",
+            "|---|---|---|---|" + "---|" * len(names),
+        ]
+        for name, info in sweep.items():
+            cells = [_fmt_slope(info["losses"][k]) if k in info["losses"] else "" for k in names]
+            lines.append(f"| {name} | {info['cells']} | {info['fits']} | "
+                         f"{info['converged_fraction']:.0%} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -36,6 +36,7 @@ from attnmoe.estimation.study.records import (
     record_key,
 )
 from attnmoe.estimation.study.report import write_outputs
+from attnmoe.estimation.study.sweep import sweep_summary
 from attnmoe.estimation.study.summary import summarize_records
 from attnmoe.estimation.truth import Setting
 from attnmoe.utils import check_writable
@@ -141,6 +142,9 @@ def run_study(
                 bar.update(len(block))
     study_records = [r for r in existing + new if record_key(r) in wanted]
     summary = summarize_records(study_records, n_boot=n_boot, settings=settings)
+    sweep = sweep_summary(study_records, n_boot=n_boot)
+    if sweep["settings"]:
+        summary["sweep"] = sweep
     write_outputs(out, summary, study_records)
     return StudyResult(
         out=out,
@@ -193,6 +197,9 @@ def resummarize(
     if not chosen:
         raise ValueError(f"{records_path} holds no records of the chosen settings / sizes / seeds")
     summary = summarize_records(chosen, n_boot=n_boot, settings=settings)
+    sweep = sweep_summary(chosen, n_boot=n_boot)
+    if sweep["settings"]:
+        summary["sweep"] = sweep
     write_outputs(out, summary, chosen)
     return StudyResult(
         out=out, records=chosen, fitted=0, reused=len(chosen), bad_lines=bad, summary=summary,
