@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 
@@ -26,3 +28,23 @@ def check_writable(out: Path | str) -> Path:
     except OSError as err:
         raise ValueError(f"cannot write to output directory {out}: {err.strerror or err}") from None
     return out
+
+
+def lookup_name(name: str, choices: Iterable[str], what: str, aliases: Mapping[str, str] | None = None,
+                or_else: str = "") -> str:
+    """The canonical spelling of ``name`` among ``choices``, matched case-insensitively.
+
+    ``aliases`` maps other names (any case) to a choice. Raises ``ValueError`` naming ``what``,
+    the close matches (``difflib``) and every valid choice (then ``or_else``, e.g. "a path to a
+    .csv file") when nothing matches.
+    """
+    choices = list(choices)
+    table = {c.lower(): c for c in choices}
+    table.update({k.lower(): v for k, v in (aliases or {}).items()})
+    found = table.get(name.lower())
+    if found is not None:
+        return found
+    close = difflib.get_close_matches(name.lower(), list(table), n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(map(repr, dict.fromkeys(table[c] for c in close)))}?" if close else ""
+    valid = ", ".join(choices) + (f", or {or_else}" if or_else else "")
+    raise ValueError(f"unknown {what} {name!r}{hint} (valid: {valid})")

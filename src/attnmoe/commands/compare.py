@@ -28,12 +28,14 @@ from attnmoe.commands.train import (
     DeviceOpt,
     EpochsOpt,
     EvalOpt,
+    FeaturesOpt,
     HorizonOpt,
     LrOpt,
     ModelOpt,
     PatienceOpt,
     ProgressOpt,
     StepsOpt,
+    TargetOpt,
     TaskOpt,
     ThreadsOpt,
     collect_overrides,
@@ -55,6 +57,8 @@ def compare(
         "--seeds", help="Number of seeds (3 -> 0,1,2) or a comma list (0,1,2).")] = "3",
     data_dir: DataDirOpt = None,
     horizon: HorizonOpt = None,
+    features: FeaturesOpt = None,
+    target: TargetOpt = None,
     steps: StepsOpt = None,
     epochs: EpochsOpt = None,
     batch_size: BatchOpt = None,
@@ -84,7 +88,8 @@ def compare(
             overrides = collect_overrides(steps=steps, epochs=epochs, batch_size=batch_size, lr=lr,
                                           eval_interval=eval_interval,
                                           checkpoint_interval=checkpoint_interval,
-                                          patience=patience, model=model)
+                                          patience=patience, model=model, features=features,
+                                          target=target)
             set_threads(threads)
             main = distributed.setup(device)[0].is_main
             if main:

@@ -30,6 +30,11 @@ DatasetOpt = Annotated[str, typer.Option(
 DataDirOpt = Annotated[Path | None, typer.Option(
     "--data-dir", help="Folder of the named data sets (default: $ATTNMOE_DATA_DIR).")]
 HorizonOpt = Annotated[int | None, typer.Option("--horizon", help="Forecast horizon (forecast only).")]
+FeaturesOpt = Annotated[str | None, typer.Option(
+    "--features", help="Forecast only, as Time-Series-Library: M (all channels -> all), S (target -> "
+    "target), MS (all channels -> target). Default M.")]
+TargetOpt = Annotated[str | None, typer.Option(
+    "--target", help="Forecast only: the target column for S / MS (default OT).")]
 StepsOpt = Annotated[int | None, typer.Option("--steps", help="Optimiser steps (overrides the recipe).")]
 EpochsOpt = Annotated[float | None, typer.Option("--epochs", help="Epochs (overrides the recipe).")]
 BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Global batch size.")]
@@ -74,14 +79,15 @@ def parse_model_overrides(items: list[str] | None) -> dict[str, Any]:
 def collect_overrides(
     *, steps: int | None, epochs: float | None, batch_size: int | None, lr: float | None,
     eval_interval: int | None, checkpoint_interval: int | None, patience: int | None,
-    model: list[str] | None,
+    model: list[str] | None, features: str | None = None, target: str | None = None,
 ) -> dict[str, Any]:
-    """Recipe and model-size overrides given on the command line (``None`` = recipe default)."""
+    """Recipe, model-size and forecast-data (``features``, ``target``) overrides given on the
+    command line (``None`` = default)."""
     if steps is not None and epochs is not None:
         raise typer.BadParameter("give --steps or --epochs, not both")
     given = {"steps": steps, "epochs": epochs, "batch_size": batch_size, "lr": lr,
                  "eval_interval": eval_interval, "checkpoint_interval": checkpoint_interval,
-                 "patience": patience}
+                 "patience": patience, "features": features, "target": target}
     return {**{k: v for k, v in given.items() if v is not None}, **parse_model_overrides(model)}
 
 
@@ -99,6 +105,8 @@ def train(
                                            "active-gelu, gated-g1, sigmoid, active-gelu+gated-g1.")] = "softmax",
     data_dir: DataDirOpt = None,
     horizon: HorizonOpt = None,
+    features: FeaturesOpt = None,
+    target: TargetOpt = None,
     steps: StepsOpt = None,
     epochs: EpochsOpt = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed: initialisation, data order, dropout.")] = 0,
@@ -120,7 +128,7 @@ def train(
         overrides = collect_overrides(steps=steps, epochs=epochs, batch_size=batch_size, lr=lr,
                                       eval_interval=eval_interval,
                                       checkpoint_interval=checkpoint_interval, patience=patience,
-                                      model=model)
+                                      model=model, features=features, target=target)
         set_threads(threads)
         here, _ = distributed.setup(device)
         if here.is_main:

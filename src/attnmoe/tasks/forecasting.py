@@ -11,6 +11,10 @@ reference code, ``use_norm=True``), for an input ``x`` of shape ``(B, L, C)``::
     u  = LN(u' + Dropout(GELU(u' W_1 + b_1) W_2 + b_2))  #   x e_layers, then a final LayerNorm
     y  = (u W_proj + b_proj)^T * s + mu                  # (B, H, C)
 
+With ``n_targets`` (TSL's ``MS`` / ``S`` features), only the last ``n_targets`` channel tokens
+are projected: ``y`` is ``(B, H, n_targets)``, the same numbers as slicing the full output (the
+projection acts on each token alone), as TSL's ``outputs[:, :, f_dim:]``.
+
 Attention is ``attnmoe.attention.Attention`` (non-causal) built from a variant NAME, so every
 variant plugs in. Departure from the reference code, written down in ``docs/tasks.md``: the
 time-stamp covariates (``x_mark``, extra tokens in the reference code) are not used; the model
@@ -65,6 +69,7 @@ class ITransformer(nn.Module):
         attention: attention variant name.
         dropout: dropout probability.
         use_norm: instance (series) normalisation of each input window.
+        n_targets: forecast only the last ``n_targets`` channels (default: all ``C``).
     """
 
     def __init__(
@@ -80,13 +85,19 @@ class ITransformer(nn.Module):
         attention: str = "softmax",
         dropout: float = 0.1,
         use_norm: bool = True,
+        n_targets: int | None = None,
     ) -> None:
         super().__init__()
+        n_targets = n_channels if n_targets is None else n_targets
         for name, val in (("seq_len", seq_len), ("pred_len", pred_len), ("n_channels", n_channels),
-                          ("d_model", d_model), ("d_ff", d_ff), ("e_layers", e_layers), ("heads", heads)):
+                          ("d_model", d_model), ("d_ff", d_ff), ("e_layers", e_layers), ("heads", heads),
+                          ("n_targets", n_targets)):
             if not isinstance(val, int) or val < 1:
                 raise ValueError(f"{name} must be a positive int, got {val!r}")
+        if n_targets > n_channels:
+            raise ValueError(f"n_targets ({n_targets}) must be <= n_channels ({n_channels})")
         self.seq_len, self.pred_len, self.n_channels, self.use_norm = seq_len, pred_len, n_channels, use_norm
+        self.n_targets = n_targets
         self.embed = nn.Linear(seq_len, d_model)
         self.embed_dropout = nn.Dropout(dropout)
         self.layers = nn.ModuleList(
@@ -97,7 +108,7 @@ class ITransformer(nn.Module):
         self.projector = nn.Linear(d_model, pred_len)
 
     def forward(self, x: Tensor) -> Tensor:
-        """Forecast ``(B, H, C)`` from an input window ``x`` ``(B, L, C)``."""
+        """Forecast ``(B, H, n_targets)`` (the last channels) from an input window ``x`` ``(B, L, C)``."""
         if x.ndim != 3 or x.shape[1] != self.seq_len or x.shape[2] != self.n_channels:
             raise ValueError(
                 f"expected input (B, {self.seq_len}, {self.n_channels}), got {tuple(x.shape)}"
@@ -110,7 +121,8 @@ class ITransformer(nn.Module):
         u = self.embed_dropout(self.embed(x.transpose(1, 2)))  # (B, C, d_model)
         for layer in self.layers:
             u = layer(u)
-        y = self.projector(self.norm(u)).transpose(1, 2)  # (B, H, C)
+        k = self.n_targets
+        y = self.projector(self.norm(u[:, -k:])).transpose(1, 2)  # (B, H, k)
         if self.use_norm:
-            y = y * s + mu
+            y = y * s[..., -k:] + mu[..., -k:]
         return y

@@ -8,9 +8,11 @@ each value was chosen is in ``docs/tasks.md``):
 - ``lm``: character GPT on ``shakespeare`` or any UTF-8 text file; loss = mean next-character
   cross-entropy (nats/char); metric ``val_loss`` over non-overlapping blocks of the validation
   split (no test split: 90/10 protocol, as nanoGPT).
-- ``forecast``: iTransformer on ``ETTh1``, ``ETTh2``, ``exchange_rate``, ``illness`` or a
-  TSL-layout CSV; loss = MSE on the normalised scale; metrics ``{split}_mse``, ``{split}_mae``
-  averaged over every window and element, and ``n_{split}_windows``.
+- ``forecast``: iTransformer on ``ETTh1/2``, ``ETTm1/2``, ``exchange_rate``, ``illness``,
+  ``weather``, ``electricity``, ``traffic`` or a TSL-layout CSV; TSL ``features`` ``M``/``S``/``MS``
+  and ``target`` (overrides ``features``/``target``); loss = MSE on the normalised scale of the
+  target channels; metrics ``{split}_mse``, ``{split}_mae`` averaged over every window and
+  element, and ``n_{split}_windows``.
 
 ``Task.evaluate(model, split)`` returns metric names prefixed by ``split`` (``val``/``test``),
 evaluates in eval mode without gradients, and restores the model's mode.
@@ -38,10 +40,17 @@ from attnmoe.tasks.data import (
 )
 from attnmoe.tasks.data.images import IDX_DATASETS
 from attnmoe.tasks.data.text import BlockDataset
-from attnmoe.tasks.data.timeseries import FORECAST_DATASETS, WindowDataset, default_lengths
+from attnmoe.tasks.data.timeseries import (
+    DEFAULT_TARGET,
+    FORECAST_DATASETS,
+    WindowDataset,
+    default_lengths,
+    forecast_name,
+)
 from attnmoe.tasks.forecasting import ITransformer
 from attnmoe.tasks.language import GPT
 from attnmoe.tasks.vision import ViT
+from attnmoe.utils import lookup_name
 
 TaskName = Literal["vision", "lm", "forecast"]
 TASKS: tuple[str, ...] = ("vision", "lm", "forecast")
@@ -266,8 +275,9 @@ def build_task(
             combinations joined by ``+``; see ``attnmoe.attention.variants``).
         seed: seeds the model initialisation (``torch.manual_seed``).
         horizon: forecast horizon (forecast only; default the data set's first standard horizon).
-        overrides: recipe fields (``steps``, ``epochs``, ``batch_size``, ``lr``, ...) or model sizes
-            (the keys of ``recipe.model``, e.g. ``dim``, ``n_layer``, ``d_model``, ``seq_len``).
+        overrides: recipe fields (``steps``, ``epochs``, ``batch_size``, ``lr``, ...), model sizes
+            (the keys of ``recipe.model``, e.g. ``dim``, ``n_layer``, ``d_model``, ``seq_len``), or
+            forecast data options ``features`` (``M``/``S``/``MS``) and ``target`` (default ``OT``).
 
     Raises:
         ValueError: unknown task / data set / variant / override, bad data (naming the file).
@@ -280,6 +290,9 @@ def build_task(
     if horizon is not None and task != "forecast":
         raise ValueError(f"horizon is only used by the forecast task, not {task!r}")
     overrides = dict(overrides or {})
+    data_options = [key for key in DATA_OVERRIDES if overrides.get(key) is not None]
+    if data_options and task != "forecast":
+        raise ValueError(f"{' and '.join(data_options)} only apply to the forecast task, not {task!r}")
     if task == "vision":
         return _build_vision(dataset, data_dir, attention, seed, overrides)
     if task == "lm":
@@ -289,12 +302,11 @@ def build_task(
 
 def _build_vision(dataset: str, data_dir: str | Path | None, attention: str, seed: int,
                   overrides: dict[str, Any]) -> Task:
+    dataset = lookup_name(dataset, ["digits", *IDX_DATASETS], "vision data set")
     if dataset == "digits":
         splits = load_digits_splits()
-    elif dataset in IDX_DATASETS:
-        splits = load_idx_splits(resolve_data_dir(data_dir) / dataset)
     else:
-        raise ValueError(f"unknown vision data set {dataset!r}; expected one of {['digits', *IDX_DATASETS]}")
+        splits = load_idx_splits(resolve_data_dir(data_dir) / dataset)
     recipe = default_recipe("vision", dataset)
     rec, mod = _check_overrides(overrides, recipe)
     recipe = replace(recipe, **rec, model={**recipe.model, **mod})
@@ -330,13 +342,11 @@ def _build_vision(dataset: str, data_dir: str | Path | None, attention: str, see
 
 def _build_lm(dataset: str, data_dir: str | Path | None, attention: str, seed: int,
               overrides: dict[str, Any]) -> Task:
-    if dataset in TEXT_DATASETS:
+    if dataset.lower() in {name.lower() for name in TEXT_DATASETS} or not Path(dataset).is_file():
+        dataset = lookup_name(dataset, TEXT_DATASETS, "text data set", or_else="an existing text file")
         path = resolve_data_dir(data_dir) / TEXT_DATASETS[dataset]
     else:
         path = Path(dataset)
-        if not path.is_file():
-            raise ValueError(f"unknown text data set {dataset!r}: not one of {sorted(TEXT_DATASETS)} "
-                             f"and not an existing file")
     corpus = load_char_corpus(path)
     recipe = default_recipe("lm", dataset)
     rec, mod = _check_overrides(overrides, recipe)
@@ -385,17 +395,23 @@ def _build_lm(dataset: str, data_dir: str | Path | None, attention: str, seed: i
     )
 
 
+DATA_OVERRIDES = ("features", "target")
+"""Forecast data options carried in ``overrides`` (TSL's ``--features`` / ``--target``)."""
+
+
 def _build_forecast(dataset: str, data_dir: str | Path | None, attention: str, seed: int,
                     horizon: int | None, overrides: dict[str, Any]) -> Task:
+    dataset = forecast_name(dataset)
+    features = overrides.pop("features", None) or "M"
+    target = overrides.pop("target", None) or DEFAULT_TARGET
     default_len, horizons = default_lengths(dataset)
     seq_len = int(overrides.pop("seq_len", None) or default_len)
     pred_len = horizons[0] if horizon is None else horizon
     if not isinstance(pred_len, int) or pred_len < 1:
         raise ValueError(f"horizon must be a positive int, got {pred_len!r}")
-    if dataset in FORECAST_DATASETS:
-        splits = load_forecast_splits(dataset, resolve_data_dir(data_dir), seq_len=seq_len, pred_len=pred_len)
-    else:
-        splits = load_forecast_splits(dataset, None, seq_len=seq_len, pred_len=pred_len)
+    where = resolve_data_dir(data_dir) if dataset in FORECAST_DATASETS else None
+    splits = load_forecast_splits(dataset, where, seq_len=seq_len, pred_len=pred_len, features=features,
+                                  target=target)
     recipe = default_recipe("forecast", dataset)
     rec, mod = _check_overrides(overrides, recipe)
     recipe = replace(recipe, **rec, model={**recipe.model, **mod})
@@ -405,7 +421,7 @@ def _build_forecast(dataset: str, data_dir: str | Path | None, attention: str, s
                      checkpoint_interval=recipe.checkpoint_interval or per_epoch)
     torch.manual_seed(seed)
     model = ITransformer(seq_len=seq_len, pred_len=pred_len, n_channels=splits.n_channels,
-                         attention=attention, **recipe.model)
+                         n_targets=splits.n_targets, attention=attention, **recipe.model)
     data: dict[str, WindowDataset | None] = {"val": splits.val, "test": splits.test}
 
     @_in_eval_mode
@@ -423,11 +439,13 @@ def _build_forecast(dataset: str, data_dir: str | Path | None, attention: str, s
         return {f"{split}_mse": sq / count, f"{split}_mae": ab / count, f"n_{split}_windows": len(windows)}
 
     return Task(
-        name=f"forecast/{dataset}/H{pred_len}/{attention}", task="forecast", dataset=dataset,
+        name=f"forecast/{dataset}/H{pred_len}{'' if features == 'M' else f'/{features}-{target}'}/{attention}",
+        task="forecast", dataset=dataset,
         attention=attention, model=model, train_data=splits.train, val_data=splits.val,
         test_data=splits.test, loss_fn=_mse_loss, evaluate=evaluate, recipe=recipe,
         primary_metric="test_mse", monitor="val_mse", lower_is_better=True, throughput_unit="windows",
         info={"source": splits.source, "seq_len": seq_len, "pred_len": pred_len, "channels": splits.channels,
+              "features": splits.features, "target": splits.target, "n_targets": splits.n_targets,
                   "borders": splits.borders, "n_train_windows": len(splits.train), "n_val_windows": len(splits.val),
                   "n_test_windows": len(splits.test), "scaler_mean": splits.mean.tolist(),
                   "scaler_std": splits.std.tolist(), "steps_per_epoch": per_epoch},
