@@ -1,5 +1,6 @@
 """attnmoe.estimation: ground truths, batched least-squares fitting, Voronoi losses, estimator."""
 
+from attnmoe.estimation.estimator import MoERegressor
 from attnmoe.estimation.experiment import fit_and_score
 from attnmoe.estimation.fit import (
     FitResult,
@@ -18,6 +19,7 @@ from attnmoe.estimation.voronoi import l2_error, voronoi_cells, voronoi_losses
 __all__ = [
     "CORE_SETTINGS",
     "FitResult",
+    "MoERegressor",
     "OptimResult",
     "Setting",
     "adam",

@@ -42,7 +42,7 @@ __all__ = ["MoERegressor", "QuadraticGatingMoERegressor"]
 GN_DAMPING = 1e-3
 
 #: Default ridge strength ``l2`` (see :func:`penalty_weights`).
-L2_DEFAULT = 1e-3
+L2_DEFAULT = 0.1
 
 
 def _weighted_mean_std(v: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
@@ -108,8 +108,11 @@ class _WeightedModel:
         out = self.layout.forward(flat[:, :P], X)
         return flat[:, P : P + 1] * out + flat[:, P + 1 : P + 2] if self.affine else out
 
-    def __call__(self, flat: Tensor, idx: Tensor | None = None) -> Tensor:  # (m, P') -> (m,)
-        fit = ((self.z - self.predict(flat)).square() * self.w).sum(-1)
+    def mse(self, flat: Tensor) -> Tensor:  # (m, P') -> (m,) weighted mean squared error of z
+        return ((self.z - self.predict(flat)).square() * self.w).sum(-1)
+
+    def __call__(self, flat: Tensor, idx: Tensor | None = None) -> Tensor:  # (m, P') -> (m,) objective
+        fit = self.mse(flat)
         return fit + self.l2 * (flat.square() * self.penalty).sum(-1) if self.l2 > 0 else fit
 
     def preconditioner(self, flat: Tensor, idx: Tensor | None = None) -> Tensor:
@@ -138,6 +141,20 @@ def penalty_weights(layout: ParameterLayout, s_x: float, n_params: int) -> Tenso
         if name in per:
             weights[start : start + experts * width] = (torch.ones(experts, width, dtype=torch.float64) * per[name]).reshape(-1)
     return weights
+
+
+def collapse_duplicates(X: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct rows ``(x_j, y_j)`` with positive weight, sorted, each with its summed weight.
+
+    The weighted loss is unchanged (a weight m is m copies of a row), and a data set with
+    repeated rows and the same rows with integer weights reduce to bitwise the same arrays, so
+    their fits are identical, not just equal up to the optimiser's rounding.
+    """
+    keep = w > 0
+    rows = np.column_stack([X[keep], y[keep]])  # (n+, d + 1)
+    unique, inverse = np.unique(rows, axis=0, return_inverse=True)
+    summed = np.bincount(inverse.reshape(-1), weights=w[keep], minlength=len(unique))
+    return np.ascontiguousarray(unique[:, :-1]), np.ascontiguousarray(unique[:, -1]), summed
 
 
 def _check_int(name: str, value: object, low: int) -> None:
@@ -179,8 +196,8 @@ class MoERegressor(RegressorMixin, BaseEstimator):
         gate: str = "monomial",
         expert: str = "sigmoid",
         n_init: int = 8,
-        max_iter: int = 500,
-        tol: float = 1e-9,
+        max_iter: int = 2000,
+        tol: float = 1e-6,
         l2: float = L2_DEFAULT,
         random_state=None,
     ) -> None:
@@ -214,25 +231,24 @@ class MoERegressor(RegressorMixin, BaseEstimator):
         """
         self._check_params()
         X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True)  # rejects NaN/inf, shapes
-        sw = _check_sample_weight(sample_weight, X, dtype=np.float64, ensure_non_negative=True)
-        if not sw.sum() > 0:
-            raise ValueError("sample_weight must have a positive sum")
+        sw = _check_sample_weight(sample_weight, X, dtype=np.float64, ensure_non_negative=True)  # >= 0, not all 0
+        X, y, sw = collapse_duplicates(X, np.asarray(y, dtype=np.float64), sw)
         n, d = X.shape
         layout = ParameterLayout(self.gate, self.expert, int(self.n_experts), d)
         affine = self.expert != "linear"
-        n_used = int((sw > 0).sum())
-        if n_used < layout.n_params + 2 * affine:
+        if n < layout.n_params + 2 * affine:
             warnings.warn(
-                f"{n_used} samples (with positive weight) for {layout.n_params + 2 * affine} free "
+                f"{n} distinct samples (with positive weight) for {layout.n_params + 2 * affine} free "
                 f"parameters of a {self.n_experts}-expert {self.gate}/{self.expert} MoE on {d} "
                 f"features: the least-squares fit is not unique",
                 UserWarning,
                 stacklevel=2,
             )
         Xt, w = torch.from_numpy(X), torch.from_numpy(sw)
-        mu, s = _weighted_mean_std(torch.from_numpy(np.asarray(y, dtype=np.float64)), w)
+        yt = torch.from_numpy(y)
+        mu, s = _weighted_mean_std(yt, w)
         s = s if float(s) > 1e-12 * max(1.0, abs(float(mu))) else torch.ones_like(s)
-        z = (torch.from_numpy(np.asarray(y, dtype=np.float64)) - mu) / s  # (n,)
+        z = (yt - mu) / s  # (n,)
         rng = check_random_state(self.random_state)
         gen = torch.Generator().manual_seed(int(rng.randint(0, 2**31 - 1)))
         theta0 = weighted_random_init(layout, Xt, z, w, int(self.n_init), gen)  # (S, P)
@@ -263,7 +279,8 @@ class MoERegressor(RegressorMixin, BaseEstimator):
         self.c_ = params["c"]
         self.a_ = params["a"]
         self.alpha_ = params["alpha"]
-        self.loss_ = float(res.loss[best]) * s**2
+        with torch.no_grad():
+            self.loss_ = float(model.mse(res.x[best : best + 1])[0]) * s**2  # without the penalty
         self.n_iter_ = int(res.n_iter[best])
         self.converged_ = bool(res.converged[best])
         if not self.converged_:
