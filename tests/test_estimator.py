@@ -109,6 +109,7 @@ def test_integer_weights_equal_repeated_rows_and_zero_weights_removal() -> None:
     np.testing.assert_allclose(weighted.loss_, direct, rtol=1e-8)
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_underdetermined_fit_warns_instead_of_raising() -> None:
     X, y = _data(10)
     with pytest.warns(UserWarning, match="not unique"):

@@ -30,6 +30,13 @@ def check_writable(out: Path | str) -> Path:
     return out
 
 
+def did_you_mean(close: list[str]) -> str:
+    """``"; did you mean 'x'?"`` / ``"; did you mean one of 'x', 'y'?"`` / ``""`` for no candidate."""
+    if not close:
+        return ""
+    return f"; did you mean {'' if len(close) == 1 else 'one of '}{', '.join(map(repr, close))}?"
+
+
 def lookup_name(name: str, choices: Iterable[str], what: str, aliases: Mapping[str, str] | None = None,
                 or_else: str = "") -> str:
     """The canonical spelling of ``name`` among ``choices``, matched case-insensitively.
@@ -45,6 +52,6 @@ def lookup_name(name: str, choices: Iterable[str], what: str, aliases: Mapping[s
     if found is not None:
         return found
     close = difflib.get_close_matches(name.lower(), list(table), n=3, cutoff=0.6)
-    hint = f"; did you mean {' or '.join(map(repr, dict.fromkeys(table[c] for c in close)))}?" if close else ""
+    hint = did_you_mean(list(dict.fromkeys(table[c] for c in close)))
     valid = ", ".join(choices) + (f", or {or_else}" if or_else else "")
     raise ValueError(f"unknown {what} {name!r}{hint} (valid: {valid})")

@@ -41,7 +41,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from attnmoe.utils import lookup_name
+from attnmoe.utils import did_you_mean, lookup_name
 
 ETT_COLUMNS = ("HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT")
 
@@ -250,8 +250,7 @@ def select_channels(channels: list[str], features: str, target: str) -> list[int
     if features == "M" and target == DEFAULT_TARGET and target not in channels:
         return list(range(len(channels)))
     if target not in channels:
-        close = difflib.get_close_matches(target, channels, n=3)
-        hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+        hint = did_you_mean(difflib.get_close_matches(target, channels, n=3))
         raise ValueError(f"target column {target!r} not in the file{hint} (columns: {channels})")
     t = channels.index(target)
     if features == "S":
