@@ -19,14 +19,14 @@ import warnings
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from sklearn.datasets import load_diabetes  # noqa: E402
-from sklearn.exceptions import ConvergenceWarning  # noqa: E402
-from sklearn.linear_model import LinearRegression  # noqa: E402
-from sklearn.model_selection import GridSearchCV, KFold, train_test_split  # noqa: E402
+import numpy as np
+import torch
+from sklearn.datasets import load_diabetes
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LinearRegression
+from sklearn.model_selection import GridSearchCV, KFold, train_test_split
 
-from attnmoe.estimation import MoERegressor  # noqa: E402
+from attnmoe.estimation import MoERegressor
 
 L2_GRID = (0.01, 0.03, 0.1, 0.3, 1.0)
 

@@ -94,7 +94,7 @@ def test_integer_weights_equal_repeated_rows_and_zero_weights_removal() -> None:
     sw = np.random.default_rng(2).integers(0, 4, size=60)
     order = np.random.default_rng(3).permutation(int(sw.sum()))
     X_rep, y_rep = np.repeat(X, sw, axis=0)[order], np.repeat(y, sw)[order]
-    kw = dict(n_init=2, max_iter=100, random_state=0)
+    kw = {"n_init": 2, "max_iter": 100, "random_state": 0}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         weighted = MoERegressor(**kw).fit(X, y, sample_weight=sw)
@@ -126,7 +126,7 @@ def test_convergence_warning() -> None:
 
 def test_deprecated_name_warns_and_fits_the_same() -> None:
     X, y = _data(100)
-    kw = dict(n_init=1, max_iter=20, random_state=0)
+    kw = {"n_init": 1, "max_iter": 20, "random_state": 0}
     with pytest.warns(FutureWarning, match="MoERegressor"):
         old = QuadraticGatingMoERegressor(**kw).fit(X, y)
     with warnings.catch_warnings():

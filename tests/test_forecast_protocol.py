@@ -114,7 +114,7 @@ def test_features_s_ms_m_against_pandas(tmp_path: Path) -> None:
     assert ms.channels == ["a", "OT", "c", "b"] and x.shape == (16, 4) and y.shape == (8, 1)
     np.testing.assert_allclose(x.numpy(), normed[["a", "OT", "c", "b"]].iloc[start : start + 16], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(y[:, 0].numpy(), normed["b"].iloc[start + 16 : start + 24], rtol=1e-5, atol=1e-5)
-    xb, yb = ms.test.batch(torch.tensor([0, 3]))
+    _xb, yb = ms.test.batch(torch.tensor([0, 3]))
     assert yb.shape == (2, 8, 1) and torch.equal(yb[0], y)
 
     m = load_forecast_splits(path, seq_len=16, pred_len=8)  # default target OT moved last

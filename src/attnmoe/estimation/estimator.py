@@ -28,7 +28,12 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils.validation import _check_sample_weight, check_is_fitted, check_random_state, validate_data
+from sklearn.utils.validation import (
+    _check_sample_weight,
+    check_is_fitted,
+    check_random_state,
+    validate_data,
+)
 from torch import Tensor
 
 from attnmoe.estimation.fit import lbfgs
@@ -117,7 +122,7 @@ class _WeightedModel:
 
     def preconditioner(self, flat: Tensor, idx: Tensor | None = None) -> Tensor:
         """Inverse damped weighted Gauss-Newton matrix ``(m, P', P')``: 2 J^T W J + damping."""
-        single = lambda p: self.predict(p.unsqueeze(0))[0]  # noqa: E731  (P',) -> (n,)
+        single = lambda p: self.predict(p.unsqueeze(0))[0]  # (P',) -> (n,)
         J = torch.func.vmap(torch.func.jacfwd(single))(flat.detach())  # (m, n, P')
         G = 2.0 * torch.einsum("mnp,n,mnq->mpq", J, self.w, J)  # (m, P', P')
         G = G + 2.0 * self.l2 * torch.diag(self.penalty)  # exact Hessian of the penalty
