@@ -47,7 +47,7 @@ __all__ = ["MoERegressor", "QuadraticGatingMoERegressor"]
 GN_DAMPING = 1e-3
 
 #: Default ridge strength ``l2`` (see :func:`penalty_weights`).
-L2_DEFAULT = 0.1
+L2_DEFAULT = 0.03
 
 
 def _weighted_mean_std(v: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
@@ -134,12 +134,16 @@ class _WeightedModel:
 def penalty_weights(layout: ParameterLayout, s_x: float, n_params: int) -> Tensor:
     """Weights ``(P',)`` of the ridge penalty sum_p weight_p theta_p^2 on the free parameters.
 
-    s_x^4 ||A_i||_F^2 + s_x^2 ||b_i||^2 + s_x^2 ||a_i||^2 (off-diagonal triangle entries of A
-    count twice, as in the Frobenius norm); biases c, alpha and the output layer are not
+    s_x^4 ||A_i||_F^2 + s_x^2 ||b_i||^2 + s_x^2 ||a_i||^2 + scale^2 (off-diagonal triangle
+    entries of A count twice, as in the Frobenius norm; ``scale`` is the output layer's, on the
+    standardised response, when there is one); biases c, alpha and the output offset are not
     penalised. The powers of s_x (weighted std of X's entries) make the penalty invariant to a
-    common rescaling of X.
+    common rescaling of X. Penalising the output scale too keeps the minimum finite: otherwise
+    shrinking a and growing the scale lowers the penalty at a nearly unchanged fit, without end.
     """
     weights = torch.zeros(n_params, dtype=torch.float64)
+    if n_params == layout.n_params + 2:  # output layer (scale, offset)
+        weights[layout.n_params] = 1.0
     iu = torch.triu_indices(layout.dim, layout.dim)
     per = {"A": torch.where(iu[0] == iu[1], 1.0, 2.0).double() * s_x**4, "b": s_x**2, "a": s_x**2}
     for name, start, experts, width in layout.blocks:
