@@ -124,6 +124,7 @@ def test_convergence_warning() -> None:
     assert model.converged_ is False
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_deprecated_name_warns_and_fits_the_same() -> None:
     X, y = _data(100)
     kw = {"n_init": 1, "max_iter": 20, "random_state": 0}
@@ -170,4 +171,5 @@ def test_bad_input() -> None:
 def test_sklearn_compatible(estimator, check) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
+        warnings.filterwarnings("ignore", "[0-9]+ distinct samples", UserWarning)  # tiny check data
         check(estimator)
