@@ -107,6 +107,26 @@ def test_resume_on_another_dataset_is_refused(tmp_path: Path) -> None:
                     "cannot resume", "dataset")
 
 
+def test_resume_with_other_features_is_refused(tmp_path: Path) -> None:
+    """``features`` / ``target`` are part of the run spec: another mode is refused, naming the
+    field; spelling out the defaults (``--features M --target OT``) is the same run."""
+    series = str(_series_csv(tmp_path / "series.csv"))
+    out = tmp_path / "run"
+    assert _train(*FORECAST, "--dataset", series, "--out", str(out)).exit_code == 0
+    (out / "metrics.json").unlink()  # as if interrupted at the end
+    before = _snapshot(out)
+    for change, field in ((["--features", "MS"], "features"), (["--features", "S"], "features"),
+                          (["--target", "a"], "target")):
+        line = _one_line_error(_train(*FORECAST, "--dataset", series, *change, "--out", str(out), "--resume"),
+                               "cannot resume", field)
+        assert "another spec" in line and repr(change[1]) in line
+        assert _snapshot(out) == before
+    again = _train(*FORECAST, "--dataset", series, "--features", "M", "--target", "OT", "--out", str(out),
+                   "--resume")
+    assert again.exit_code == 0, again.output
+    assert json.loads((out / "config.json").read_text())["spec"]["features"] == "M"
+
+
 # ---------------------------------------------------------------- 2. finished runs are protected
 
 

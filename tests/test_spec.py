@@ -68,7 +68,15 @@ def test_override_rules() -> None:
         resolve_spec("vision", "digits", overrides={"d_model": 3})
     with pytest.raises(ValueError, match="--horizon is only used by the forecast task"):
         resolve_spec("lm", "shakespeare", horizon=3)
-    with pytest.raises(ValueError, match="did you mean 'ETTh[12]' or 'ETTh[12]'"):
+    with pytest.raises(ValueError, match="unknown forecast data set 'ETTH3'; did you mean one of 'ETTh[12]', 'ETTh[12]'"):
         resolve_spec("forecast", "ETTH3")
+    with pytest.raises(ValueError, match="--features only applies to the forecast task, not 'vision'"):
+        resolve_spec("vision", "digits", overrides={"features": "S"})
+    with pytest.raises(ValueError, match="--features: unknown features mode 'SM'"):
+        resolve_spec("forecast", "ETTh1", overrides={"features": "SM"})
+    # an explicit default is the default; TSL aliases resolve to the canonical name
+    assert resolve_spec("forecast", "etth1", overrides={"features": "M", "target": "OT"}) == \
+        resolve_spec("forecast", "ETTh1")
+    assert resolve_spec("forecast", "ecl").dataset == "electricity"
     with pytest.raises(ValueError, match="unknown task 'audio'"):
         resolve_spec("audio", "x")

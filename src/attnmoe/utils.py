@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 
@@ -54,3 +56,30 @@ def atomic_write_json(path: Path | str, data: object) -> Path:
     import json
 
     return atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def did_you_mean(close: list[str]) -> str:
+    """``"; did you mean 'x'?"`` / ``"; did you mean one of 'x', 'y'?"`` / ``""`` for no candidate."""
+    if not close:
+        return ""
+    return f"; did you mean {'' if len(close) == 1 else 'one of '}{', '.join(map(repr, close))}?"
+
+
+def lookup_name(name: str, choices: Iterable[str], what: str, aliases: Mapping[str, str] | None = None,
+                or_else: str = "") -> str:
+    """The canonical spelling of ``name`` among ``choices``, matched case-insensitively.
+
+    ``aliases`` maps other names (any case) to a choice. Raises ``ValueError`` naming ``what``,
+    the close matches (``difflib``) and every valid choice (then ``or_else``, e.g. "a path to a
+    .csv file") when nothing matches.
+    """
+    choices = list(choices)
+    table = {c.lower(): c for c in choices}
+    table.update({k.lower(): v for k, v in (aliases or {}).items()})
+    found = table.get(name.lower())
+    if found is not None:
+        return found
+    close = difflib.get_close_matches(name.lower(), list(table), n=3, cutoff=0.6)
+    hint = did_you_mean(list(dict.fromkeys(table[c] for c in close)))
+    valid = ", ".join(choices) + (f", or {or_else}" if or_else else "")
+    raise ValueError(f"unknown {what} {name!r}{hint} (valid: {valid})")

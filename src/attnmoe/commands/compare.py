@@ -32,6 +32,7 @@ from attnmoe.commands.train import (
     DeviceOpt,
     EpochsOpt,
     EvalOpt,
+    FeaturesOpt,
     HorizonOpt,
     LrOpt,
     ModelOpt,
@@ -39,6 +40,7 @@ from attnmoe.commands.train import (
     PrecisionOpt,
     ProgressOpt,
     StepsOpt,
+    TargetOpt,
     TaskOpt,
     TensorboardOpt,
     ThreadsOpt,
@@ -62,6 +64,8 @@ def compare_command(
         "--seeds", help="Number of seeds (3 -> 0,1,2) or a comma list (0,1,2).")] = "3",
     data_dir: DataDirOpt = None,
     horizon: HorizonOpt = None,
+    features: FeaturesOpt = None,
+    target: TargetOpt = None,
     steps: StepsOpt = None,
     epochs: EpochsOpt = None,
     batch_size: BatchOpt = None,
@@ -96,7 +100,8 @@ def compare_command(
             overrides = collect_overrides(steps=steps, epochs=epochs, batch_size=batch_size, lr=lr,
                                           eval_interval=eval_interval,
                                           checkpoint_interval=checkpoint_interval,
-                                          patience=patience, precision=precision, model=model)
+                                          patience=patience, precision=precision, model=model,
+                                          features=features, target=target)
             base = resolve_spec(task, dataset, attention=variants[0], seed=seed_list[0],
                                 horizon=horizon, overrides=overrides)
             set_threads(threads)

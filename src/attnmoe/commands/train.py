@@ -35,6 +35,12 @@ DatasetOpt = Annotated[str | None, typer.Option(
 DataDirOpt = Annotated[Path | None, typer.Option(
     "--data-dir", help="Folder of the named data sets (default: $ATTNMOE_DATA_DIR).")]
 HorizonOpt = Annotated[int | None, typer.Option("--horizon", help="Forecast horizon (forecast only).")]
+FeaturesOpt = Annotated[str | None, typer.Option(
+    "--features", help="Forecast only, as Time-Series-Library: M (all channels -> all), S (target -> "
+    "target), MS (all channels -> target). Default M.")]
+TargetOpt = Annotated[str | None, typer.Option(
+    "--target", help="Forecast only: the target column, predicted by S / MS and moved to the last "
+    "channel (default OT).")]
 StepsOpt = Annotated[int | None, typer.Option("--steps", help="Optimiser steps (overrides the recipe).")]
 EpochsOpt = Annotated[float | None, typer.Option("--epochs", help="Epochs (overrides the recipe).")]
 BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Global batch size.")]
@@ -86,11 +92,14 @@ def collect_overrides(
     *, steps: int | None, epochs: float | None, batch_size: int | None, lr: float | None,
     eval_interval: int | None, checkpoint_interval: int | None, patience: int | None,
     precision: str | None, model: list[str] | None,
+    features: str | None = None, target: str | None = None,
 ) -> dict[str, Any]:
-    """Spec fields and model sizes given on the command line (``None`` = keep the recipe's)."""
+    """Spec fields (``features`` and ``target``: forecast only) and model sizes given on the
+    command line (``None`` = keep the recipe's)."""
     given = {"steps": steps, "epochs": epochs, "batch_size": batch_size, "lr": lr,
              "eval_interval": eval_interval, "checkpoint_interval": checkpoint_interval,
-             "patience": patience, "precision": precision}
+             "patience": patience, "precision": precision, "features": features,
+             "target": target}
     return {**{k: v for k, v in given.items() if v is not None}, **parse_model_overrides(model)}
 
 
@@ -146,6 +155,8 @@ def train_command(
                                                   "active-gelu+gated-g1.")] = None,
     data_dir: DataDirOpt = None,
     horizon: HorizonOpt = None,
+    features: FeaturesOpt = None,
+    target: TargetOpt = None,
     steps: StepsOpt = None,
     epochs: EpochsOpt = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed (>= 0, default 0): initialisation, "
@@ -174,7 +185,8 @@ def train_command(
         overrides = collect_overrides(steps=steps, epochs=epochs, batch_size=batch_size, lr=lr,
                                       eval_interval=eval_interval,
                                       checkpoint_interval=checkpoint_interval, patience=patience,
-                                      precision=precision, model=model)
+                                      precision=precision, model=model, features=features,
+                                      target=target)
         spec = apply_overrides(base_spec(task, dataset, config), attention=attention, seed=seed,
                                horizon=horizon, overrides=overrides)
         set_threads(threads)

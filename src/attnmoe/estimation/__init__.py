@@ -6,6 +6,7 @@ Layout: ``truth`` (settings, sampling), ``objective`` (closed-form loss, gradien
 ``study`` (the rates study).
 """
 
+from attnmoe.estimation.estimator import MoERegressor
 from attnmoe.estimation.experiment import fit_and_score
 from attnmoe.estimation.fit import FitResult, fit_least_squares, fit_restarts, least_squares_objective
 from attnmoe.estimation.init import displaced_init, group_init, near_truth_init, random_init
@@ -18,6 +19,7 @@ __all__ = [
     "CORE_SETTINGS",
     "FitOptions",
     "FitResult",
+    "MoERegressor",
     "OptimResult",
     "Setting",
     "adam",

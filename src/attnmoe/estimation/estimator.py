@@ -1,42 +1,193 @@
-"""A scikit-learn style least-squares estimator for (quadratic-)gating MoE regression.
+"""A scikit-learn least-squares estimator for softmax-gating MoE regression (arXiv 2410.11222).
 
-    y = sum_{i=1..k} softmax_i(g(x; A_i, b_i, c_i)) h(x; a_i, alpha_i) + noise      (arXiv 2410.11222)
+Model, with softmax gating over ``k`` experts (expert 0 is the reference: its gating
+parameters are fixed at zero, softmax being translation invariant)::
 
-fitted by least squares with batched L-BFGS from ``n_init`` data-driven random restarts (one
-tensor program), keeping the restart with the lowest training loss. Expert 0 is the reference
-expert: its gating parameters are fixed at zero (softmax gating is translation invariant).
+    f_G(x) = sum_{i=1..k} softmax_i(g(x; A_i, b_i, c_i)) h(x; a_i, alpha_i)
+    y      = offset + scale * f_G(x) + noise
+
+The output layer ``(offset, scale)`` makes the prediction unbounded when the experts are
+bounded (sigmoid, tanh) or one-sided (relu, gelu); for linear experts it is absorbed in
+``(a_i, alpha_i)`` and fixed to ``(0, 1)``. Fitting minimises the weighted mean squared error
+
+    L = sum_j w_j (y_j - f(x_j))^2 / sum_j w_j    (plus the ridge penalty of ``penalty_weights``)
+
+on the standardised response ``z = (y - mu_w) / s_w`` (``mu_w``, ``s_w`` the weighted mean and
+standard deviation of y; ``s_w = 1`` for a constant y), with batched L-BFGS (the project's
+``lbfgs``, weighted Gauss-Newton preconditioner) from ``n_init`` random restarts in one tensor
+program, keeping the restart with the lowest loss; the fitted parameters are then mapped back
+to the units of y. Details and choices: ``docs/estimation.md``.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils.validation import check_is_fitted, check_random_state, validate_data
+from sklearn.utils.validation import (
+    _check_sample_weight,
+    check_is_fitted,
+    check_random_state,
+    validate_data,
+)
+from torch import Tensor
 
-from attnmoe.estimation.fit import fit_restarts
-from attnmoe.estimation.init import random_init
+from attnmoe.estimation.optim import lbfgs
 from attnmoe.moe import GATES, ParameterLayout, make_expert, make_gate, mixture_forward
 from attnmoe.moe.experts import EXPERTS
 
-__all__ = ["QuadraticGatingMoERegressor"]
+__all__ = ["MoERegressor", "QuadraticGatingMoERegressor"]
+
+#: Damping of the weighted Gauss-Newton preconditioner, relative to the mean of its diagonal
+#: (the same convention as ``attnmoe.estimation.fit.gauss_newton_matrix``).
+GN_DAMPING = 1e-3
+
+#: Default ridge strength ``l2`` (see :func:`penalty_weights`).
+L2_DEFAULT = 0.03
 
 
-class QuadraticGatingMoERegressor(RegressorMixin, BaseEstimator):
-    """Least-squares mixture-of-experts regressor with softmax gating.
+def _weighted_mean_std(v: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
+    """Weighted mean and population standard deviation of ``v`` ``(n,)`` with weights ``w`` ``(n,)``."""
+    mean = (w * v).sum() / w.sum()
+    return mean, ((w * (v - mean).square()).sum() / w.sum()).sqrt()
+
+
+def weighted_random_init(
+    layout: ParameterLayout, X: Tensor, z: Tensor, w: Tensor, n_init: int, generator: torch.Generator
+) -> Tensor:
+    """Random restarts ``(n_init, P)``: the distribution of ``init.random_init`` with weighted moments.
+
+    With ``s_x`` the weighted standard deviation of X's entries: A ~ N(0, 1)/s_x^2, b ~ N(0, 1)/s_x,
+    c ~ N(0, 0.5^2); linear experts: weighted least squares (a_wls, alpha_wls) of z on X plus
+    N(0, 1) s_z/(s_x sqrt(d)) resp. N(0, s_z^2); other experts a ~ N(0, 1)/(s_x sqrt(d)),
+    alpha ~ N(0, 1). Every moment is a weighted one, so an integer weight and a repeated row give
+    the same start (``init.random_init`` uses unweighted moments).
+    """
+    n, d = X.shape
+    k, dt = layout.n_experts, X.dtype
+    s_x = _weighted_mean_std(X, w.unsqueeze(-1).expand(n, d))[1].clamp_min(1e-12)
+    s_z = _weighted_mean_std(z, w)[1].clamp_min(1e-12)
+
+    def rnd(*shape: int) -> Tensor:  # (S, k, *shape)
+        return torch.randn(n_init, k, *shape, generator=generator, dtype=dt)
+
+    params: dict[str, Tensor] = {}
+    if "A" in layout.gate.param_names:
+        params["A"] = rnd(d, d) / s_x**2
+    if "b" in layout.gate.param_names:
+        params["b"] = rnd(d) / s_x
+    params["c"] = 0.5 * rnd()
+    if layout.expert.name == "linear":
+        root = w.sqrt().unsqueeze(-1)  # (n, 1)
+        design = torch.cat([X, X.new_ones(n, 1)], -1) * root  # (n, d+1)
+        coef = torch.linalg.lstsq(design, z.unsqueeze(-1) * root, driver="gelsd").solution.squeeze(-1)  # (d+1,)
+        params["a"] = coef[:d] + rnd(d) * s_z / (s_x * math.sqrt(d))
+        params["alpha"] = coef[d] + rnd() * s_z
+    else:
+        params["a"] = rnd(d) / (s_x * math.sqrt(d))
+        params["alpha"] = rnd()
+    return layout.pack(params)  # (S, P)
+
+
+class _WeightedModel:
+    """``out(theta) = offset + scale * f_G(x; theta)`` and its weighted mean squared error.
+
+    Free parameters per restart: the MoE's ``P`` entries (``layout``), then ``(scale, offset)``
+    when ``affine``.
+    """
+
+    def __init__(self, layout: ParameterLayout, X: Tensor, z: Tensor, w: Tensor, affine: bool,
+                 l2: float, s_x: float) -> None:
+        self.layout, self.X, self.z, self.affine, self.l2 = layout, X, z, affine, l2
+        self.w = w / w.sum()  # (n,) normalised weights
+        self.n_params = layout.n_params + (2 if affine else 0)
+        self.penalty = penalty_weights(layout, s_x, self.n_params)  # (P',)
+
+    def predict(self, flat: Tensor) -> Tensor:  # (m, P') -> (m, n)
+        P = self.layout.n_params
+        X = self.X.unsqueeze(0).expand(flat.shape[0], *self.X.shape)  # (m, n, d), no copy
+        out = self.layout.forward(flat[:, :P], X)
+        return flat[:, P : P + 1] * out + flat[:, P + 1 : P + 2] if self.affine else out
+
+    def mse(self, flat: Tensor) -> Tensor:  # (m, P') -> (m,) weighted mean squared error of z
+        return ((self.z - self.predict(flat)).square() * self.w).sum(-1)
+
+    def __call__(self, flat: Tensor, idx: Tensor | None = None) -> Tensor:  # (m, P') -> (m,) objective
+        fit = self.mse(flat)
+        return fit + self.l2 * (flat.square() * self.penalty).sum(-1) if self.l2 > 0 else fit
+
+    def preconditioner(self, flat: Tensor, idx: Tensor | None = None) -> Tensor:
+        """Inverse damped weighted Gauss-Newton matrix ``(m, P', P')``: 2 J^T W J + damping."""
+        single = lambda p: self.predict(p.unsqueeze(0))[0]  # (P',) -> (n,)
+        J = torch.func.vmap(torch.func.jacfwd(single))(flat.detach())  # (m, n, P')
+        G = 2.0 * torch.einsum("mnp,n,mnq->mpq", J, self.w, J)  # (m, P', P')
+        G = G + 2.0 * self.l2 * torch.diag(self.penalty)  # exact Hessian of the penalty
+        scale = torch.diagonal(G, dim1=1, dim2=2).mean(-1).clamp_min(1e-300)  # (m,)
+        eye = torch.eye(G.shape[-1], dtype=G.dtype)
+        return torch.linalg.inv(G + GN_DAMPING * scale.view(-1, 1, 1) * eye)
+
+
+def penalty_weights(layout: ParameterLayout, s_x: float, n_params: int) -> Tensor:
+    """Weights ``(P',)`` of the ridge penalty sum_p weight_p theta_p^2 on the free parameters.
+
+    s_x^4 ||A_i||_F^2 + s_x^2 ||b_i||^2 + s_x^2 ||a_i||^2 + scale^2 (off-diagonal triangle
+    entries of A count twice, as in the Frobenius norm; ``scale`` is the output layer's, on the
+    standardised response, when there is one); biases c, alpha and the output offset are not
+    penalised. The powers of s_x (weighted std of X's entries) make the penalty invariant to a
+    common rescaling of X. Penalising the output scale too keeps the minimum finite: otherwise
+    shrinking a and growing the scale lowers the penalty at a nearly unchanged fit, without end.
+    """
+    weights = torch.zeros(n_params, dtype=torch.float64)
+    if n_params == layout.n_params + 2:  # output layer (scale, offset)
+        weights[layout.n_params] = 1.0
+    iu = torch.triu_indices(layout.dim, layout.dim)
+    per = {"A": torch.where(iu[0] == iu[1], 1.0, 2.0).double() * s_x**4, "b": s_x**2, "a": s_x**2}
+    for name, start, experts, width in layout.blocks:
+        if name in per:
+            weights[start : start + experts * width] = (torch.ones(experts, width, dtype=torch.float64) * per[name]).reshape(-1)
+    return weights
+
+
+def collapse_duplicates(X: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct rows ``(x_j, y_j)`` with positive weight, sorted, each with its summed weight.
+
+    The weighted loss is unchanged (a weight m is m copies of a row), and a data set with
+    repeated rows and the same rows with integer weights reduce to bitwise the same arrays, so
+    their fits are identical, not just equal up to the optimiser's rounding.
+    """
+    keep = w > 0
+    rows = np.column_stack([X[keep], y[keep]])  # (n+, d + 1)
+    unique, inverse = np.unique(rows, axis=0, return_inverse=True)
+    summed = np.bincount(inverse.reshape(-1), weights=w[keep], minlength=len(unique))
+    return np.ascontiguousarray(unique[:, :-1]), np.ascontiguousarray(unique[:, -1]), summed
+
+
+def _check_int(name: str, value: object, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+
+
+class MoERegressor(RegressorMixin, BaseEstimator):
+    """Least-squares softmax-gating mixture-of-experts regressor with an output layer.
+
+    ``predict(x) = output_offset_ + output_scale_ * sum_i softmax_i(g(x)) h_i(x)`` (module doc).
 
     Args:
         n_experts: number of experts k (>= 1).
-        gate: ``"monomial"`` (x^T A x + c), ``"polynomial"`` (x^T A x + b^T x + c) or
-            ``"linear"`` (b^T x + c).
+        gate: gating score ``g``: ``"monomial"`` (x^T A x + c), ``"polynomial"``
+            (x^T A x + b^T x + c) or ``"linear"`` (b^T x + c, the classical softmax gate).
         expert: ``"linear"`` (a^T x + alpha) or ``"sigmoid"``, ``"tanh"``, ``"gelu"``,
             ``"relu"`` (sigma(a^T x + alpha)).
         n_init: number of random restarts, fitted as one batched program.
         max_iter: L-BFGS iteration cap per restart.
-        tol: convergence tolerance on the max-abs gradient of the mean squared error.
+        tol: convergence tolerance on the max-abs gradient of the penalised weighted mean squared
+            error of the standardised response.
+        l2: ridge strength (:func:`penalty_weights`; 0 = plain least squares). The default was
+            chosen by 5-fold CV on diabetes training data (``docs/estimation.md``).
         random_state: seed / ``np.random.RandomState`` for the restarts.
 
     Attributes:
@@ -44,7 +195,8 @@ class QuadraticGatingMoERegressor(RegressorMixin, BaseEstimator):
         b_: ``(k, d)`` linear gating vectors (polynomial / linear gates only), b_[0] = 0.
         c_: ``(k,)`` gating biases, c_[0] = 0.
         a_: ``(k, d)`` expert weights. alpha_: ``(k,)`` expert biases.
-        loss_: training mean squared error of the selected restart.
+        output_scale_, output_offset_: the output layer (1 and 0 for linear experts).
+        loss_: weighted training mean squared error (units of y squared) of the selected restart.
         n_iter_: L-BFGS iterations of the selected restart. converged_: its convergence flag.
         n_features_in_: d.
     """
@@ -55,8 +207,9 @@ class QuadraticGatingMoERegressor(RegressorMixin, BaseEstimator):
         gate: str = "monomial",
         expert: str = "sigmoid",
         n_init: int = 8,
-        max_iter: int = 500,
-        tol: float = 1e-9,
+        max_iter: int = 2000,
+        tol: float = 1e-6,
+        l2: float = L2_DEFAULT,
         random_state=None,
     ) -> None:
         self.n_experts = n_experts
@@ -65,50 +218,86 @@ class QuadraticGatingMoERegressor(RegressorMixin, BaseEstimator):
         self.n_init = n_init
         self.max_iter = max_iter
         self.tol = tol
+        self.l2 = l2
         self.random_state = random_state
 
     def _check_params(self) -> None:
-        if isinstance(self.n_experts, bool) or not isinstance(self.n_experts, (int, np.integer)) or self.n_experts < 1:
-            raise ValueError(f"n_experts must be an int >= 1, got {self.n_experts!r}")
+        _check_int("n_experts", self.n_experts, 1)
         if self.gate not in GATES:
             raise ValueError(f"unknown gate {self.gate!r}; valid gates: {sorted(GATES)}")
         if self.expert not in EXPERTS:
             raise ValueError(f"unknown expert {self.expert!r}; valid experts: {list(EXPERTS)}")
-        if isinstance(self.n_init, bool) or not isinstance(self.n_init, (int, np.integer)) or self.n_init < 1:
-            raise ValueError(f"n_init must be an int >= 1, got {self.n_init!r}")
-        if isinstance(self.max_iter, bool) or not isinstance(self.max_iter, (int, np.integer)) or self.max_iter < 1:
-            raise ValueError(f"max_iter must be an int >= 1, got {self.max_iter!r}")
-        if not (isinstance(self.tol, (int, float)) and self.tol >= 0):
+        _check_int("n_init", self.n_init, 1)
+        _check_int("max_iter", self.max_iter, 1)
+        if isinstance(self.tol, bool) or not isinstance(self.tol, (int, float)) or not self.tol >= 0:
             raise ValueError(f"tol must be a float >= 0, got {self.tol!r}")
+        if isinstance(self.l2, bool) or not isinstance(self.l2, (int, float)) or not self.l2 >= 0:
+            raise ValueError(f"l2 must be a float >= 0, got {self.l2!r}")
 
-    def fit(self, X, y) -> QuadraticGatingMoERegressor:
-        """Fit by least squares from ``n_init`` batched random restarts; returns self."""
+    def fit(self, X, y, sample_weight=None) -> MoERegressor:
+        """Fit by weighted least squares from ``n_init`` batched random restarts; returns self.
+
+        ``sample_weight`` (n,) non-negative, not all zero: an integer weight m gives the fit
+        that m copies of the sample give.
+        """
         self._check_params()
         X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True)  # rejects NaN/inf, shapes
+        sw = _check_sample_weight(sample_weight, X, dtype=np.float64, ensure_non_negative=True)  # >= 0, not all 0
+        X, y, sw = collapse_duplicates(X, np.asarray(y, dtype=np.float64), sw)
         n, d = X.shape
         layout = ParameterLayout(self.gate, self.expert, int(self.n_experts), d)
-        layout.check_sample_size(
-            n, f"a {self.n_experts}-expert {self.gate}/{self.expert} MoE on {d} features (n_samples)"
-        )
-        Xt = torch.from_numpy(X).unsqueeze(0)  # (1, n, d)
-        yt = torch.from_numpy(np.asarray(y, dtype=np.float64)).unsqueeze(0)  # (1, n)
+        affine = self.expert != "linear"
+        if n < layout.n_params + 2 * affine:
+            warnings.warn(
+                f"{n} distinct samples (with positive weight) for {layout.n_params + 2 * affine} free "
+                f"parameters of a {self.n_experts}-expert {self.gate}/{self.expert} MoE on {d} "
+                f"features: the least-squares fit is not unique",
+                UserWarning,
+                stacklevel=2,
+            )
+        Xt, w = torch.from_numpy(X), torch.from_numpy(sw)
+        yt = torch.from_numpy(y)
+        mu, s = _weighted_mean_std(yt, w)
+        s = s if float(s) > 1e-12 * max(1.0, abs(float(mu))) else torch.ones_like(s)
+        z = (yt - mu) / s  # (n,)
         rng = check_random_state(self.random_state)
         gen = torch.Generator().manual_seed(int(rng.randint(0, 2**31 - 1)))
-        inits = random_init(layout, Xt, yt, int(self.n_init), gen)  # (S, 1, P)
-        res = fit_restarts(layout, Xt, yt, inits, max_iter=int(self.max_iter), tol=float(self.tol))
-        params = {k: v[0].numpy() for k, v in res.params.items()}
+        theta0 = weighted_random_init(layout, Xt, z, w, int(self.n_init), gen)  # (S, P)
+        s_x = float(_weighted_mean_std(Xt, w.unsqueeze(-1).expand(n, d))[1].clamp_min(1e-12))
+        model = _WeightedModel(layout, Xt, z, w, affine, float(self.l2), s_x)
+        if affine:  # output layer started at the weighted least-squares line of z on f_G(x; theta0)
+            with torch.no_grad():
+                f0 = model.layout.forward(theta0, Xt.unsqueeze(0).expand(theta0.shape[0], n, d))  # (S, n)
+            m0 = (f0 * model.w).sum(-1, keepdim=True)
+            cov = ((f0 - m0) * z * model.w).sum(-1, keepdim=True)
+            scale0 = cov / ((f0 - m0).square() * model.w).sum(-1, keepdim=True).clamp_min(1e-12)
+            theta0 = torch.cat([theta0, scale0, -scale0 * m0], -1)  # (S, P + 2)
+        res = lbfgs(model, theta0, max_iter=int(self.max_iter), tol=float(self.tol),
+                    precondition=model.preconditioner)
+        loss = torch.where(torch.isfinite(res.loss), res.loss, torch.inf)
+        best = int(loss.argmin())
+        P = layout.n_params
+        params = {key: v[0].numpy() for key, v in layout.unpack(res.x[best : best + 1, :P]).items()}
+        scale, offset = (float(res.x[best, P]), float(res.x[best, P + 1])) if affine else (1.0, 0.0)
+        s, mu = float(s), float(mu)
+        if affine:  # y = mu + s * (offset + scale * f_G)
+            self.output_scale_, self.output_offset_ = s * scale, mu + s * offset
+        else:  # y = mu + s * f_G: absorbed in the linear experts
+            params["a"], params["alpha"] = s * params["a"], mu + s * params["alpha"]
+            self.output_scale_, self.output_offset_ = 1.0, 0.0
         self.A_ = params.get("A")
         self.b_ = params.get("b")
         self.c_ = params["c"]
         self.a_ = params["a"]
         self.alpha_ = params["alpha"]
-        self.loss_ = float(res.loss[0])
-        self.n_iter_ = int(res.n_iter[0])
-        self.converged_ = bool(res.converged[0])
+        with torch.no_grad():
+            self.loss_ = float(model.mse(res.x[best : best + 1])[0]) * s**2  # without the penalty
+        self.n_iter_ = int(res.n_iter[best])
+        self.converged_ = bool(res.converged[best])
         if not self.converged_:
             warnings.warn(
                 f"L-BFGS did not converge in max_iter={self.max_iter} iterations (max |grad| = "
-                f"{float(res.grad_max[0]):.3g} > tol={self.tol}); increase max_iter or tol.",
+                f"{float(res.grad_max[best]):.3g} > tol={self.tol}); increase max_iter or tol.",
                 ConvergenceWarning,
                 stacklevel=2,
             )
@@ -126,4 +315,13 @@ class QuadraticGatingMoERegressor(RegressorMixin, BaseEstimator):
         gate = make_gate(self.gate, X.shape[1])
         with torch.no_grad():
             out = mixture_forward(gate, make_expert(self.expert), params, torch.from_numpy(X).unsqueeze(0))
-        return out[0].numpy()
+        return self.output_offset_ + self.output_scale_ * out[0].numpy()
+
+
+class QuadraticGatingMoERegressor(MoERegressor):
+    """Deprecated name of :class:`MoERegressor` (the gate may be linear, so "quadratic" misled)."""
+
+    def fit(self, X, y, sample_weight=None) -> MoERegressor:
+        warnings.warn("QuadraticGatingMoERegressor is deprecated; use attnmoe.estimation.MoERegressor",
+                      FutureWarning, stacklevel=2)
+        return super().fit(X, y, sample_weight)

@@ -226,7 +226,7 @@ class ParameterLayout:
             block = flat[:, start : start + m * width].reshape(R, m, width)  # (R, m, width)
             if name == "A":
                 block = (block @ self._sym.to(flat).T).reshape(R, m, d, d)  # (R, m, d, d)
-            elif width == 1:
+            elif name in ("c", "alpha"):  # one scalar per expert (not b or a when d = 1)
                 block = block.squeeze(-1)  # (R, m)
             if m < k:  # prepend the reference expert's zero gating parameters
                 block = torch.cat([block.new_zeros(R, k - m, *block.shape[2:]), block], dim=1)

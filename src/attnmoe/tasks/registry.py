@@ -24,8 +24,7 @@ evaluates in eval mode without gradients, and restores the model's mode.
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,8 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from attnmoe.attention.variants import attention_kwargs
-from attnmoe.tasks.spec import RunSpec
+from attnmoe.tasks.spec import RunSpec, flag
+from attnmoe.utils import lookup_name
 
 EVAL_BATCH = 1000
 """Images / windows / LM blocks per forward pass in ``evaluate``."""
@@ -104,6 +104,7 @@ class TaskEntry:
         throughput_unit: ``images``, ``tokens`` or ``windows`` (``train_<unit>_per_s``).
         datasets: the named data sets (file paths may be accepted besides, see ``paths``).
         paths: whether a file path is a valid ``dataset``.
+        aliases: other names of the named data sets (``{"ECL": "electricity"}``), any case.
     """
 
     name: str
@@ -115,6 +116,7 @@ class TaskEntry:
     throughput_unit: str
     datasets: Callable[[], Sequence[str]]
     paths: bool = False
+    aliases: Mapping[str, str] = field(default_factory=dict)
 
 
 TASK_REGISTRY: dict[str, TaskEntry] = {}
@@ -130,6 +132,7 @@ def register_task(
     throughput_unit: str,
     datasets: Callable[[], Sequence[str]],
     paths: bool = False,
+    aliases: Mapping[str, str] | None = None,
 ) -> Callable[[Builder], Builder]:
     """Register the decorated builder as task ``name`` (see the module docstring)."""
 
@@ -137,7 +140,7 @@ def register_task(
         if name in TASK_REGISTRY:
             raise ValueError(f"task {name!r} is registered twice")
         TASK_REGISTRY[name] = TaskEntry(name, recipe, build, primary_metric, monitor, lower_is_better,
-                                        throughput_unit, datasets, paths)
+                                        throughput_unit, datasets, paths, dict(aliases or {}))
         return build
 
     return decorate
@@ -160,7 +163,8 @@ def task_entry(name: str) -> TaskEntry:
 
 
 def canonical_dataset(entry: TaskEntry, dataset: str) -> str:
-    """``dataset`` matched case-insensitively against the task's named data sets.
+    """``dataset`` matched case-insensitively against the task's named data sets and aliases
+    (:func:`attnmoe.utils.lookup_name`).
 
     A name that matches none is returned unchanged when the task accepts file paths and the
     path exists.
@@ -169,15 +173,12 @@ def canonical_dataset(entry: TaskEntry, dataset: str) -> str:
         ValueError: an unknown name, with the closest known names as suggestions.
     """
     known = list(entry.datasets())
-    by_lower = {name.lower(): name for name in known}
-    if dataset.lower() in by_lower:
-        return by_lower[dataset.lower()]
-    if entry.paths and Path(dataset).is_file():
+    aliases = dict(entry.aliases)
+    names = {name.lower() for name in [*known, *aliases]}
+    if entry.paths and dataset.lower() not in names and Path(dataset).is_file():
         return dataset
-    close = difflib.get_close_matches(dataset.lower(), list(by_lower), n=3, cutoff=0.6)
-    hint = f"; did you mean {' or '.join(repr(by_lower[c]) for c in close)}?" if close else ""
-    paths = " or the path of an existing file" if entry.paths else ""
-    raise ValueError(f"unknown {entry.name} data set {dataset!r}{hint} (known: {known}{paths})")
+    return lookup_name(dataset, known, f"{entry.name} data set", aliases,
+                       or_else="the path of an existing file" if entry.paths else "")
 
 
 def reference_spec(task: str, dataset: str) -> RunSpec:
@@ -229,14 +230,18 @@ def apply_overrides(
     size and must be a key of ``base.model``.
 
     Raises:
-        ValueError: unknown variant / option / model size, ``horizon`` for a task without one,
-            or invalid values.
+        ValueError: unknown variant / option / model size, ``horizon``, ``features`` or
+            ``target`` for a task without one, or invalid values.
     """
     if attention is not None:
         attention_kwargs(attention)  # fail on a bad variant name before loading any data
     if horizon is not None and base.horizon is None:
         raise ValueError(f"--horizon is only used by the forecast task, not {base.task!r}")
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    unused = [flag(k) for k in ("features", "target") if k in given and getattr(base, k) is None]
+    if unused:
+        raise ValueError(f"{' and '.join(unused)} only appl{'ies' if len(unused) == 1 else 'y'} to the "
+                         f"forecast task, not {base.task!r}")
     spec_fields = set(RunSpec.__dataclass_fields__) - {"task", "dataset", "model"}
     sizes = {k: v for k, v in given.items() if k not in spec_fields}
     options = {k: v for k, v in given.items() if k in spec_fields}

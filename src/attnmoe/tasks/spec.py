@@ -30,6 +30,10 @@ from typing import Any
 PRECISIONS = ("fp32", "bf16", "fp16")
 """Training precisions: float32, or autocast to bfloat16 / float16 (fp16 with a gradient scaler)."""
 
+FEATURES = ("M", "S", "MS")
+"""Forecast feature modes, as Time-Series-Library's ``--features``: ``M`` all channels in and
+out, ``S`` the target channel in and out, ``MS`` all channels in, the target out."""
+
 
 def flag(name: str) -> str:
     """The command-line option of a spec field (``batch_size`` -> ``--batch-size``)."""
@@ -45,6 +49,10 @@ class RunSpec:
         dataset: data set name or file path.
         attention: attention variant name (``softmax``, ``active-gelu``, ``gated-g1+...``).
         horizon: forecast horizon (forecast only; ``None`` for the other tasks).
+        features: forecast feature mode, one of :data:`FEATURES` (forecast only; ``None`` for
+            the other tasks).
+        target: forecast target column, predicted by ``S`` / ``MS`` and moved to the last
+            channel (forecast only; ``None`` for the other tasks).
         seed: seeds the initialisation, the data order and dropout (>= 0).
         model: model sizes, keyword arguments of the task's model (``dim``, ``n_layer``,
             ``seq_len``, ...); read-only.
@@ -69,6 +77,8 @@ class RunSpec:
     dataset: str
     attention: str = "softmax"
     horizon: int | None = None
+    features: str | None = None
+    target: str | None = None
     seed: int = 0
     model: Mapping[str, Any] = field(default_factory=dict)
     steps: int | None = None
@@ -113,6 +123,12 @@ class RunSpec:
         _check_real(self, "beta2", lambda v: 0 <= v < 1, "in [0, 1)")
         if self.grad_clip is not None:
             _check_real(self, "grad_clip", lambda v: v > 0, "> 0 (or None: no clipping)")
+        if self.features is not None and self.features not in FEATURES:
+            raise ValueError(f"--features: unknown features mode {self.features!r}; expected one of "
+                             f"{list(FEATURES)} (M: all channels -> all, S: target -> target, "
+                             "MS: all channels -> target)")
+        if self.target is not None and (not isinstance(self.target, str) or not self.target):
+            raise ValueError(f"--target must be a non-empty column name, got {self.target!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"--precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
         for key in self.model:
@@ -205,4 +221,4 @@ def _check_real(spec: RunSpec, name: str, ok: Any, what: str) -> None:
         raise ValueError(f"{flag(name)} must be a finite number {what}, got {value!r}")
 
 
-__all__ = ["PRECISIONS", "RunSpec", "flag"]
+__all__ = ["FEATURES", "PRECISIONS", "RunSpec", "flag"]

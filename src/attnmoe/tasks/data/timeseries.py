@@ -1,16 +1,25 @@
-"""Multivariate long-horizon forecasting data in the Time-Series-Library (TSL) layout and protocol.
+"""Long-horizon forecasting data in the Time-Series-Library (TSL) layout and protocol.
 
 File layout: a CSV whose first column is ``date`` and whose other columns are numeric channels.
 
-Protocol, as in TSL's ``Dataset_ETT_hour`` / ``Dataset_Custom`` (Informer arXiv 2012.07436,
-Autoformer arXiv 2106.13008, used by iTransformer arXiv 2310.06625), with input length ``L``
-(``seq_len``) and horizon ``H`` (``pred_len``):
+Protocol, as in TSL's ``Dataset_ETT_hour`` / ``Dataset_ETT_minute`` / ``Dataset_Custom``
+(``data_provider/data_loader.py``; Informer arXiv 2012.07436, Autoformer arXiv 2106.13008, used
+by iTransformer arXiv 2310.06625), with input length ``L`` (``seq_len``) and horizon ``H``
+(``pred_len``):
 
-- ETTh* (hourly): train rows ``[0, 8640)`` (12 months of 30 days), val ``[8640 - L, 11520)``,
-  test ``[11520 - L, 14400)`` (4 + 4 months); rows after 14,400 are unused.
-- every other file, ``N`` rows: ``n_train = int(0.7 N)``, ``n_test = int(0.2 N)``,
-  ``n_val = N - n_train - n_test``; train ``[0, n_train)``, val ``[n_train - L, n_train + n_val)``,
-  test ``[N - n_test - L, N)``.
+- ETT (``ETTh1/2`` hourly, ``ETTm1/2`` every 15 minutes), by months of 30 days with ``r`` rows
+  a month (``r = 30 * 24`` hourly, ``30 * 24 * 4`` for 15-minute data): train rows
+  ``[0, 12 r)``, val ``[12 r - L, 16 r)``, test ``[16 r - L, 20 r)``; later rows are unused.
+  Chosen by name (``ETTh*`` / ``ETTm*``, also for a CSV path whose file name starts so).
+- every other file (``exchange_rate``, ``illness``, ``weather``, ``electricity``, ``traffic``,
+  any CSV), ``N`` rows: ``n_train = int(0.7 N)``, ``n_test = int(0.2 N)``,
+  ``n_val = N - n_train - n_test``; train ``[0, n_train)``, val
+  ``[n_train - L, n_train + n_val)``, test ``[N - n_test - L, N)``.
+- features (TSL ``--features``): ``M`` all channels in, all channels out; ``S`` the target
+  channel in and out; ``MS`` all channels in, the target out. The target (default ``OT``) is
+  moved to the last column, as ``Dataset_Custom`` does (TSL's ETT loaders keep the file's order
+  and, with ``MS``, score the last column, which is ``OT``; ours score the named target).
+  Windows yield ``x (L, C)`` and ``y (H, n_targets)``: the last ``n_targets`` channels.
 - per-channel z-score ``(x - mu_c) / sigma_c`` with ``mu_c`` and the population std
   ``sigma_c`` (ddof 0, as sklearn's ``StandardScaler``) fitted on the TRAIN rows only and
   applied to all splits.
@@ -18,11 +27,12 @@ Autoformer arXiv 2106.13008, used by iTransformer arXiv 2310.06625), with input 
   ``drop_last``): window ``i`` is input rows ``[i, i + L)`` and target rows ``[i + L, i + L + H)``.
   ETTh1 with ``L = H = 96`` gives 8,449 / 2,785 / 2,785 windows.
 - input length 96 and horizons 96/192/336/720; ILI (``illness``): input 36, horizons 24/36/48/60.
-- MSE and MAE are reported on the normalised scale.
+- MSE and MAE are reported on the normalised scale (of the target channels).
 """
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,29 +41,59 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-# name -> (relative path, expected channel columns or None, border style)
+from attnmoe.tasks.spec import FEATURES
+from attnmoe.utils import did_you_mean, lookup_name
+
+ETT_COLUMNS = ("HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT")
+
+# name -> (relative path under the data directory, expected channel columns or None, border
+# style); the paths are TSL's ``--root_path``/``--data_path`` under its ``dataset/`` folder.
 FORECAST_DATASETS: dict[str, tuple[str, tuple[str, ...] | None, str]] = {
-    "ETTh1": ("ETT-small/ETTh1.csv", ("HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT"), "ett_hour"),
-    "ETTh2": ("ETT-small/ETTh2.csv", ("HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT"), "ett_hour"),
+    "ETTh1": ("ETT-small/ETTh1.csv", ETT_COLUMNS, "ett_hour"),
+    "ETTh2": ("ETT-small/ETTh2.csv", ETT_COLUMNS, "ett_hour"),
+    "ETTm1": ("ETT-small/ETTm1.csv", ETT_COLUMNS, "ett_minute"),
+    "ETTm2": ("ETT-small/ETTm2.csv", ETT_COLUMNS, "ett_minute"),
     "exchange_rate": ("exchange_rate/exchange_rate.csv", ("0", "1", "2", "3", "4", "5", "6", "OT"), "ratio"),
     "illness": (
         "illness/national_illness.csv",
         ("% WEIGHTED ILI", "%UNWEIGHTED ILI", "AGE 0-4", "AGE 5-24", "ILITOTAL", "NUM. OF PROVIDERS", "OT"),
         "ratio",
     ),
+    "weather": ("weather/weather.csv", None, "ratio"),
+    "electricity": ("electricity/electricity.csv", None, "ratio"),
+    "traffic": ("traffic/traffic.csv", None, "ratio"),
 }
+#: Other names TSL's scripts use for the same files (matched case-insensitively, as names are).
+FORECAST_ALIASES = {"ECL": "electricity", "ILI": "illness", "national_illness": "illness", "exchange": "exchange_rate"}
 
-ETT_HOUR_TRAIN = 12 * 30 * 24  # 8,640 rows
-ETT_HOUR_VAL = 4 * 30 * 24  # 2,880 rows
-ETT_HOUR_TEST = 4 * 30 * 24  # 2,880 rows
+#: Rows in a month of 30 days, per ETT border style; the ETT splits are 12 / 4 / 4 months.
+ETT_ROWS_PER_MONTH = {"ett_hour": 30 * 24, "ett_minute": 30 * 24 * 4}
+ETT_MONTHS = (12, 4, 4)
+DEFAULT_TARGET = "OT"
 
 STANDARD_HORIZONS = (96, 192, 336, 720)
 ILI_HORIZONS = (24, 36, 48, 60)
 
 
+def forecast_name(dataset: str) -> str:
+    """The canonical name of a forecasting data set (case-insensitive, TSL aliases), or ``dataset``
+    unchanged when it names a ``.csv`` file; otherwise ``ValueError`` with close matches."""
+    if Path(dataset).suffix.lower() == ".csv":
+        return dataset
+    return lookup_name(dataset, FORECAST_DATASETS, "forecasting data set", FORECAST_ALIASES, "a path to a .csv file")
+
+
+def border_style(dataset: str) -> str:
+    """``ett_hour`` / ``ett_minute`` for a name or a file name starting with ``ETTh`` / ``ETTm``
+    (any case), else ``ratio``."""
+    name = FORECAST_DATASETS[dataset][0] if dataset in FORECAST_DATASETS else dataset
+    stem = Path(name).name.lower()
+    return "ett_hour" if stem.startswith("etth") else "ett_minute" if stem.startswith("ettm") else "ratio"
+
+
 def default_lengths(dataset: str) -> tuple[int, tuple[int, ...]]:
     """Standard ``(input length, horizons)`` of a data set name: ILI ``(36, (24, 36, 48, 60))``, else ``(96, (96, 192, 336, 720))``."""
-    if dataset == "illness":
+    if Path(dataset).suffix.lower() != ".csv" and forecast_name(dataset) == "illness":
         return 36, ILI_HORIZONS
     return 96, STANDARD_HORIZONS
 
@@ -110,26 +150,27 @@ def read_tsl_csv(path: str | Path, expected_columns: tuple[str, ...] | None = No
 
 def split_borders(n_rows: int, seq_len: int, style: str) -> list[tuple[int, int]]:
     """Row ranges ``[(b1, b2)]`` of train / val / test under the TSL protocol (see module doc)."""
-    if style == "ett_hour":
-        needed = ETT_HOUR_TRAIN + ETT_HOUR_VAL + ETT_HOUR_TEST
-        if n_rows < needed:
-            raise ValueError(f"ETTh protocol needs at least {needed} rows, got {n_rows}")
-        a, b = ETT_HOUR_TRAIN, ETT_HOUR_TRAIN + ETT_HOUR_VAL
-        return [(0, a), (a - seq_len, b), (b - seq_len, b + ETT_HOUR_TEST)]
+    if style in ETT_ROWS_PER_MONTH:
+        month = ETT_ROWS_PER_MONTH[style]
+        a, b, c = (month * sum(ETT_MONTHS[: i + 1]) for i in range(3))  # 12, 16, 20 months
+        if n_rows < c:
+            raise ValueError(f"the {style} protocol (12/4/4 months of {month} rows) needs at least {c} rows, got {n_rows}")
+        return [(0, a), (a - seq_len, b), (b - seq_len, c)]
     if style == "ratio":
         n_train, n_test = int(n_rows * 0.7), int(n_rows * 0.2)
         n_val = n_rows - n_train - n_test
         return [(0, n_train), (n_train - seq_len, n_train + n_val), (n_rows - n_test - seq_len, n_rows)]
-    raise ValueError(f"unknown border style {style!r}; expected 'ett_hour' or 'ratio'")
+    raise ValueError(f"unknown border style {style!r}; expected one of {[*ETT_ROWS_PER_MONTH, 'ratio']}")
 
 
 class WindowDataset(Dataset):
-    """Sliding windows of a normalised series: item ``i`` is ``(x (L, C), y (H, C))``.
+    """Sliding windows of a normalised series: item ``i`` is ``(x (L, C), y (H, n_targets))``.
 
-    ``x = series[i : i + L]``, ``y = series[i + L : i + L + H]``; ``len = n - L - H + 1``.
+    ``x = series[i : i + L]``, ``y = series[i + L : i + L + H, C - n_targets:]`` (the last
+    ``n_targets`` channels, default all); ``len = n - L - H + 1``.
     """
 
-    def __init__(self, series: torch.Tensor, seq_len: int, pred_len: int) -> None:
+    def __init__(self, series: torch.Tensor, seq_len: int, pred_len: int, n_targets: int | None = None) -> None:
         if series.ndim != 2:
             raise ValueError(f"series must be (rows, channels), got shape {tuple(series.shape)}")
         if seq_len < 1 or pred_len < 1:
@@ -138,9 +179,13 @@ class WindowDataset(Dataset):
             raise ValueError(
                 f"a split of {len(series)} rows holds no window of {seq_len} + {pred_len} rows"
             )
+        n_targets = series.shape[1] if n_targets is None else n_targets
+        if not 1 <= n_targets <= series.shape[1]:
+            raise ValueError(f"n_targets must be in [1, {series.shape[1]}], got {n_targets}")
         self.series = series
         self.seq_len = seq_len
         self.pred_len = pred_len
+        self.n_targets = n_targets
 
     def __len__(self) -> int:
         return len(self.series) - self.seq_len - self.pred_len + 1
@@ -150,7 +195,7 @@ class WindowDataset(Dataset):
             raise IndexError(i)
         i = i % len(self)
         s = self.series
-        return s[i : i + self.seq_len], s[i + self.seq_len : i + self.seq_len + self.pred_len]
+        return s[i : i + self.seq_len], s[i + self.seq_len : i + self.seq_len + self.pred_len, -self.n_targets :]
 
     def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Batched fetch (used by ``DataLoader``)."""
@@ -158,10 +203,10 @@ class WindowDataset(Dataset):
         return list(zip(x, y))
 
     def batch(self, starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Windows starting at ``starts`` ``(B,)``: ``x (B, L, C)``, ``y (B, H, C)``."""
+        """Windows starting at ``starts`` ``(B,)``: ``x (B, L, C)``, ``y (B, H, n_targets)``."""
         pos = starts[:, None] + torch.arange(self.seq_len + self.pred_len)  # (B, L + H)
         chunk = self.series[pos]  # (B, L + H, C)
-        return chunk[:, : self.seq_len], chunk[:, self.seq_len :]
+        return chunk[:, : self.seq_len], chunk[:, self.seq_len :, -self.n_targets :]
 
 
 CONSTANT_RTOL = 1e-10
@@ -204,10 +249,39 @@ class ForecastSplits:
     seq_len: int
     pred_len: int
     source: str
+    features: str = "M"
+    target: str = DEFAULT_TARGET
 
     @property
     def n_channels(self) -> int:
+        """Input channels ``C`` (the target is the last)."""
         return len(self.channels)
+
+    @property
+    def n_targets(self) -> int:
+        """Forecast channels: ``C`` for ``M``, 1 for ``S`` and ``MS`` (the last ``n_targets`` channels)."""
+        return self.n_channels if self.features == "M" else 1
+
+
+def select_channels(channels: list[str], features: str, target: str) -> list[int]:
+    """Column indices of the model's channels under TSL ``features``, the target last.
+
+    ``M`` / ``MS``: every channel, ``target`` moved to the end (as TSL's ``Dataset_Custom``);
+    ``S``: the target only. With ``M`` and the default target absent, the file's order is kept
+    (every channel is a target anyway). Raises ``ValueError`` for an unknown mode or target.
+    """
+    if features not in FEATURES:
+        raise ValueError(f"unknown features mode {features!r}; expected one of {list(FEATURES)} "
+                         "(M: multivariate -> multivariate, S: target -> target, MS: multivariate -> target)")
+    if features == "M" and target == DEFAULT_TARGET and target not in channels:
+        return list(range(len(channels)))
+    if target not in channels:
+        hint = did_you_mean(difflib.get_close_matches(target, channels, n=3))
+        raise ValueError(f"target column {target!r} not in the file{hint} (columns: {channels})")
+    t = channels.index(target)
+    if features == "S":
+        return [t]
+    return [j for j in range(len(channels)) if j != t] + [t]
 
 
 def load_forecast_splits(
@@ -216,35 +290,41 @@ def load_forecast_splits(
     *,
     seq_len: int | None = None,
     pred_len: int,
+    features: str = "M",
+    target: str = DEFAULT_TARGET,
 ) -> ForecastSplits:
     """Load a forecasting set under the TSL protocol.
 
     Args:
-        dataset: ``ETTh1``, ``ETTh2``, ``exchange_rate``, ``illness``, or a path to a TSL-layout
-            CSV (70/10/20 split; ETTh borders if its file name starts with ``ETTh``).
+        dataset: a name of :data:`FORECAST_DATASETS` (any case; TSL aliases such as ``ECL``), or
+            a path to a TSL-layout CSV (70/10/20 split; ETT borders if its file name starts with
+            ``ETTh`` / ``ETTm``).
         data_dir: directory holding the named data sets (unused for a path).
         seq_len: input length; default 96 (36 for ``illness``).
         pred_len: forecast horizon ``H``.
+        features: ``M``, ``S`` or ``MS`` (module doc).
+        target: the target column for ``S`` / ``MS`` (and the last channel for ``M``).
     """
+    dataset = forecast_name(dataset)
     if dataset in FORECAST_DATASETS:
         rel, expected, style = FORECAST_DATASETS[dataset]
         if data_dir is None:
             raise ValueError(f"data set {dataset!r} needs a data directory")
         path = Path(data_dir) / rel
     else:
-        path = Path(dataset)
-        if path.suffix.lower() != ".csv":
-            raise ValueError(
-                f"unknown forecasting data set {dataset!r}; expected one of "
-                f"{sorted(FORECAST_DATASETS)} or a path to a .csv file"
-            )
-        expected = None
-        style = "ett_hour" if path.name.startswith("ETTh") else "ratio"
+        path, expected, style = Path(dataset), None, border_style(dataset)
     if seq_len is None:
         seq_len = default_lengths(dataset)[0]
     if seq_len < 1 or pred_len < 1:
         raise ValueError(f"seq_len and pred_len must be >= 1, got {seq_len}, {pred_len}")
-    _, values, channels = read_tsl_csv(path, expected)
+    if features not in FEATURES:
+        select_channels([target], features, target)  # raises, naming the modes, before reading
+    _, values, columns = read_tsl_csv(path, expected)
+    try:
+        order = select_channels(columns, features, target)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    values, channels = values[:, order], [columns[j] for j in order]
     borders = split_borders(len(values), seq_len, style)
     if borders[1][0] < 0 or borders[0][1] < seq_len + pred_len:
         raise ValueError(f"{path}: {len(values)} rows are too few for input {seq_len} + horizon {pred_len}")
@@ -257,8 +337,10 @@ def load_forecast_splits(
         raise ValueError(f"{path}: standardised values of channel(s) {_names(channels, overflow)} "
                          "overflow float32 (values far outside the train split's range)")
     normed = torch.from_numpy(scaled)
-    windows = [WindowDataset(normed[b1:b2], seq_len, pred_len) for b1, b2 in borders]
+    n_targets = len(channels) if features == "M" else 1
+    windows = [WindowDataset(normed[b1:b2], seq_len, pred_len, n_targets) for b1, b2 in borders]
     return ForecastSplits(
         train=windows[0], val=windows[1], test=windows[2], mean=mean, std=std,
         channels=channels, borders=borders, seq_len=seq_len, pred_len=pred_len, source=str(path),
+        features=features, target=target,
     )
