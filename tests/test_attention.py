@@ -37,15 +37,27 @@ def _padding_mask() -> torch.Tensor:
     return torch.tensor([[False] * T, [False, False, False, True, True]])
 
 
-def naive_forward(layer: Attention, x: torch.Tensor, kpm: torch.Tensor | None) -> torch.Tensor:
-    """Layer output from its weights, formula by formula (independent of the layer's code)."""
+def naive_forward(
+    layer: Attention,
+    x: torch.Tensor,
+    kpm: torch.Tensor | None = None,
+    *,
+    context: torch.Tensor | None = None,
+    add_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Layer output from its weights, formula by formula (independent of the layer's code).
+
+    ``kpm``: bool (B, S), True = ignore; ``add_mask``: additive float broadcastable to
+    (B, H, T, S) (-inf = hidden); ``context``: keys/values source (cross-attention).
+    """
     H, D = layer.heads, layer.head_dim
 
     def lin(m: torch.nn.Linear, z: torch.Tensor) -> torch.Tensor:
         out = torch.einsum("btc,oc->bto", z, m.weight)
         return out if m.bias is None else out + m.bias
 
-    q, k, v = lin(layer.q_proj, x), lin(layer.k_proj, x), lin(layer.v_proj, x)  # (B, T, C)
+    z = x if context is None else context
+    q, k, v = lin(layer.q_proj, x), lin(layer.k_proj, z), lin(layer.v_proj, z)  # (B, T|S, C)
     act = layer._act
     if act is not None:
         v = act(v)
@@ -61,21 +73,25 @@ def naive_forward(layer: Attention, x: torch.Tensor, kpm: torch.Tensor | None) -
         elif layer.output_gate == "G4":
             q = q * g
     Bn, Tn, C = x.shape
+    Sn = z.shape[1]
     qh = q.reshape(Bn, Tn, H, D)
-    kh = k.reshape(Bn, Tn, H, D)
-    vh = v.reshape(Bn, Tn, H, D)
+    kh = k.reshape(Bn, Sn, H, D)
+    vh = v.reshape(Bn, Sn, H, D)
     s = torch.einsum("bthd,bshd->bhts", qh, kh) / math.sqrt(D)
-    ok = torch.ones(Bn, 1, Tn, Tn, dtype=torch.bool)
+    if add_mask is not None:
+        s = s + add_mask
+    ok = torch.isfinite(s)
     if layer.causal:
         t_idx = torch.arange(Tn)
         ok = ok & (t_idx[None, :] <= t_idx[:, None])
     if kpm is not None:
         ok = ok & ~kpm[:, None, None, :]
+    s = torch.where(ok, s, torch.zeros_like(s))
     if layer.score == "softmax":
         e = torch.exp(s - s.amax(-1, keepdim=True)) * ok
         w = e / e.sum(-1, keepdim=True)
     else:
-        b = -math.log(Tn) if layer.sigmoid_bias is None else layer.sigmoid_bias
+        b = -math.log(Sn) if layer.sigmoid_bias is None else layer.sigmoid_bias
         w = (1.0 / (1.0 + torch.exp(-(s + b)))) * ok
     y = torch.einsum("bhts,bshd->bthd", w, vh).reshape(Bn, Tn, C)
     if layer.output_gate == "G1":
