@@ -118,3 +118,30 @@ def test_probe_errors() -> None:
         AttentionProbes("model")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="threshold"):
         AttentionProbes(Attention(DIM, HEADS), threshold=0.0)
+
+
+def test_cross_attention_masks_and_cache() -> None:
+    """Masks and context passed by keyword reach the recomputed weights; cached calls are
+    counted apart (their earlier keys are not in the call's inputs)."""
+    from attnmoe.attention import KVCache
+
+    torch.manual_seed(3)
+    layer = Attention(DIM, HEADS).double()
+    x = torch.randn(B, T, DIM, dtype=torch.float64)
+    ctx = torch.randn(B, T + 2, DIM, dtype=torch.float64)
+    am = torch.randn(T, T + 2, dtype=torch.float64)
+    with AttentionProbes(layer) as probes:
+        layer(x, ctx, attn_mask=am)
+    with torch.no_grad():
+        q = layer.q_proj(x).view(B, T, HEADS, -1).transpose(1, 2)
+        k = layer.k_proj(ctx).view(B, T + 2, HEADS, -1).transpose(1, 2)
+        w = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(DIM // HEADS) + am, -1)
+    got = probes.summary()["<root>"]
+    assert got["first_token_share"] == pytest.approx(w[..., 0].mean().item(), abs=1e-12)
+    causal = Attention(DIM, HEADS, causal=True)
+    cache = KVCache()
+    with AttentionProbes(causal) as probes:
+        causal(x.float()[:, :3], cache=cache)
+        causal(x.float()[:, 3:4], cache=cache)
+    s = probes.summary()["<root>"]
+    assert s["calls"] == 2 and s["cached_calls"] == 2 and s["first_token_share"] is None
