@@ -381,7 +381,8 @@ def _build_lm(dataset: str, data_dir: str | Path | None, attention: str, seed: i
         throughput_unit="tokens", get_batch=get_batch,
         info={"source": corpus.source, "vocab_size": corpus.vocab_size, "n_train_chars": len(corpus.train),
                   "n_val_chars": len(corpus.val), "n_unk_val": corpus.n_unk_val, "unk_id": corpus.unk_id,
-                  "n_eval_blocks": len(val_starts), "eval_tokens": len(val_starts) * block},
+                  "n_eval_blocks": len(val_starts), "eval_tokens": len(val_starts) * block,
+                  "chars": "".join(corpus.chars)},  # the vocabulary: id i is chars[i], UNK = V
     )
 
 
