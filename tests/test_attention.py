@@ -24,6 +24,15 @@ from attnmoe.attention import (
 DIM, HEADS, B, T = 8, 2, 2, 5
 
 
+@pytest.fixture(autouse=True)
+def _small_sigmoid_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tiny blocks, so that these tiny layers take the chunked sigmoid path (several blocks)
+    rather than the explicit one that calls no bigger than a block take."""
+    import attnmoe.attention.sigmoid_chunked as sc
+
+    monkeypatch.setattr(sc, "CHUNK_ELEMENTS", 16)
+
+
 
 GATE_CONFIGS = [(None, "elementwise")]
 GATE_CONFIGS += [(g, "elementwise") for g in ("G1", "G2", "G3", "G4", "G5")]

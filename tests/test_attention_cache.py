@@ -18,6 +18,15 @@ NAMES = list_variants() + ["active-gelu+gated-g1", "sigmoid+gated-g2-headwise",
                            "active-tanh+gated-g3"]
 
 
+@pytest.fixture(autouse=True)
+def _small_sigmoid_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tiny blocks, so that these tiny layers take the chunked sigmoid path (several blocks)
+    rather than the explicit one that calls no bigger than a block take."""
+    import attnmoe.attention.sigmoid_chunked as sc
+
+    monkeypatch.setattr(sc, "CHUNK_ELEMENTS", 16)
+
+
 def _decode(layer: Attention, x: torch.Tensor, chunks: list[int], **kw) -> list[torch.Tensor]:
     cache, outs, start = KVCache(), [], 0
     for n in chunks:

@@ -19,6 +19,15 @@ DIM, HEADS, B, T, S = 8, 2, 2, 5, 7
 F64 = torch.float64
 
 
+@pytest.fixture(autouse=True)
+def _small_sigmoid_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tiny blocks, so that these tiny layers take the chunked sigmoid path (several blocks)
+    rather than the explicit one that calls no bigger than a block take."""
+    import attnmoe.attention.sigmoid_chunked as sc
+
+    monkeypatch.setattr(sc, "CHUNK_ELEMENTS", 16)
+
+
 def _bool_mask(shape: tuple[int, ...], seed: int) -> torch.Tensor:
     """Random True = blocked mask; key 0 stays visible so no row is fully hidden."""
     g = torch.Generator().manual_seed(seed)

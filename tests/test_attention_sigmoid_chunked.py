@@ -114,6 +114,9 @@ def test_layer_uses_chunked_path_and_reference_otherwise(monkeypatch) -> None:
     monkeypatch.setattr(sc._SigmoidAttention, "apply", lambda *a: calls.append(1) or orig(*a))
     layer = Attention(8, 2, score="sigmoid", causal=True)
     x = torch.randn(2, 5, 8)
+    layer(x)  # 2*2*5*5 weights <= CHUNK_ELEMENTS: one block's worth, explicit path
+    assert not calls
+    monkeypatch.setattr(sc, "CHUNK_ELEMENTS", 99)
     layer(x)
     assert len(calls) == 1
     layer(x, reference=True)  # explicit path

@@ -21,6 +21,15 @@ runner = CliRunner()
 VARIANTS = ["softmax", "sigmoid", "gated-g3", "active-gelu+gated-g1"]
 
 
+@pytest.fixture(autouse=True)
+def _small_sigmoid_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tiny blocks, so that these tiny layers take the chunked sigmoid path (several blocks)
+    rather than the explicit one that calls no bigger than a block take."""
+    import attnmoe.attention.sigmoid_chunked as sc
+
+    monkeypatch.setattr(sc, "CHUNK_ELEMENTS", 16)
+
+
 def _gpt(attention: str, block_size: int = 8) -> GPT:
     torch.manual_seed(0)
     return GPT(vocab_size=11, block_size=block_size, n_layer=2, n_head=2, n_embd=16,

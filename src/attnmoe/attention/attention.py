@@ -44,8 +44,9 @@ random mask.
   G2/G3/G4 transform V/K/Q before it and G1/G5 transform its result, masks are passed
   to it, so every softmax option keeps the fused kernel;
 * sigmoid scores: query chunks with the weights recomputed in backward
-  (:mod:`attnmoe.attention.sigmoid_chunked`), no ``(T, S)`` matrix; with dropout in
-  training mode the reference path instead;
+  (:mod:`attnmoe.attention.sigmoid_chunked`), no ``(T, S)`` matrix; the reference path
+  instead with dropout in training mode, and for calls whose whole ``(B, H, T, S)`` weight
+  tensor is no bigger than one chunk (``CHUNK_ELEMENTS``; e.g. decoding one token);
 * the reference path forms the ``(B, H, T, S)`` weight matrix explicitly
   (``reference=True`` in ``forward`` or ``layer.use_reference = True``).
 """
@@ -62,7 +63,7 @@ from torch import Tensor, nn
 
 from attnmoe.moe.experts import EXPERT_ACTIVATIONS
 
-from .sigmoid_chunked import sigmoid_attention_chunked
+from . import sigmoid_chunked
 
 __all__ = [
     "OUTPUT_GATE_GRANULARITIES",
@@ -637,8 +638,10 @@ class Attention(nn.Module):
                 q, k, v, attn_mask=mask, dropout_p=p_drop, is_causal=is_causal
             )
         grad_mask = user is not None and user.requires_grad
-        if self.score == "sigmoid" and not use_ref and p_drop == 0.0 and not grad_mask:
-            return sigmoid_attention_chunked(
+        # a problem no bigger than one block (e.g. decoding one token) is cheaper explicitly
+        small = q.shape[0] * q.shape[1] * T * S <= sigmoid_chunked.CHUNK_ELEMENTS
+        if self.score == "sigmoid" and not (use_ref or small or grad_mask or p_drop > 0.0):
+            return sigmoid_chunked.sigmoid_attention_chunked(
                 q,
                 k,
                 v,
