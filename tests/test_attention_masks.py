@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_attention import naive_forward
 
 from attnmoe.attention import Attention, attention_kwargs, from_torch_mha
-from test_attention import naive_forward
 
 DIM, HEADS, B, T, S = 8, 2, 2, 5, 7
 F64 = torch.float64

@@ -63,7 +63,7 @@ def test_chunked_matches_explicit(chunk, mask_kind, causal_offset, dtype, tol) -
 
 def test_gradcheck() -> None:
     q, k, v = (t.detach()[:1, :1, :5].clone().requires_grad_() for t in _inputs(torch.float64))
-    fn = lambda q, k, v: sc.sigmoid_attention_chunked(  # noqa: E731
+    fn = lambda q, k, v: sc.sigmoid_attention_chunked(
         q, k, v, bias=-0.5, scale=0.7, causal_offset=0, chunk=2)
     assert torch.autograd.gradcheck(fn, (q, k, v))
 

@@ -184,8 +184,7 @@ def from_fused_gate_state_dict(
     if kv <= 0 or heads % kv:
         raise ValueError(f"num_key_value_heads={kv} must divide heads={heads}")
     g = heads // kv
-    qw, kw, vw, ow = (get(n) for n in ("q_proj.weight", "k_proj.weight", "v_proj.weight",
-                                      "o_proj.weight"))
+    qw, kw, ow = (get(n) for n in ("q_proj.weight", "k_proj.weight", "o_proj.weight"))
     hidden = qw.shape[1]
     if kw.shape[0] % kv:
         raise ValueError(f"k_proj has {kw.shape[0]} rows, not a multiple of KV={kv}")

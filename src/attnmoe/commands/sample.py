@@ -69,6 +69,7 @@ def sample(
 ) -> None:
     """Generate text from a trained character language model; print prompt + continuation."""
     import torch
+    from safetensors import SafetensorError
     from safetensors.torch import load_model
 
     from attnmoe.tasks.language import GPT, cache_is_exact, generate
@@ -97,7 +98,7 @@ def sample(
             raise ValueError(f"--run {run}: no weights at {WEIGHTS}")
         try:
             load_model(model, str(weights), strict=True)
-        except Exception as err:  # safetensors raises several kinds for truncated/mismatched files
+        except (SafetensorError, RuntimeError, OSError) as err:  # truncated / other shapes
             raise ValueError(f"{weights}: cannot load into the model of config.json ({err})") from None
         if not cache_is_exact(model):
             typer.echo("note: stacked sigmoid attention with the default bias -log(n): "
