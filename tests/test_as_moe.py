@@ -36,8 +36,9 @@ def test_as_moe_reproduces_layer(act: str | None, score: str, gate: str | None, 
         for bias in (False, True):
             for masked in (False, True):
                 torch.manual_seed(0)
-                layer = Attention(DIM, HEADS, value_activation=act, score=score, gate=gate,
-                                  gate_granularity=gran, causal=causal, bias=bias).double()
+                layer = Attention(DIM, HEADS, value_activation=act, score=score,
+                                  output_gate=gate, output_gate_granularity=gran,
+                                  causal=causal, bias=bias).double()
                 x = torch.randn(B, T, DIM, dtype=torch.float64)
                 kpm = _mask() if masked else None
                 moe = as_moe(layer, x, kpm)
@@ -62,7 +63,7 @@ def test_gate_weights_equal_layer_weights() -> None:
         layer = Attention(DIM, HEADS, score=score, causal=True).double()
         x = torch.randn(B, T, DIM, dtype=torch.float64)
         moe = as_moe(layer, x, _mask())
-        want = layer.weights(x, _mask()).detach()
+        want = layer.weights(x, key_padding_mask=_mask()).detach()
         torch.testing.assert_close(moe.gate_weights(moe.x_tilde), want, rtol=0, atol=1e-12)
 
 
@@ -92,7 +93,7 @@ def test_monomial_without_bias_and_structure() -> None:
 def test_evaluates_new_inputs() -> None:
     """The rewrite depends on the weights only: it reproduces the layer on any x~."""
     torch.manual_seed(4)
-    layer = Attention(DIM, HEADS, value_activation="tanh", gate="G1").double()
+    layer = Attention(DIM, HEADS, value_activation="tanh", output_gate="G1").double()
     moe = as_moe(layer, torch.zeros(1, T, DIM, dtype=torch.float64))
     x = torch.randn(3, T, DIM, dtype=torch.float64)
     torch.testing.assert_close(moe(x.reshape(3, -1)), head_outputs(layer, x), rtol=0, atol=1e-10)
@@ -102,19 +103,39 @@ def test_as_moe_errors() -> None:
     x = torch.randn(T, DIM)
     for g in ("G3", "G4", "G5"):
         with pytest.raises(ValueError, match="no per-head quadratic"):
-            as_moe(Attention(DIM, HEADS, gate=g), x)
+            as_moe(Attention(DIM, HEADS, output_gate=g), x)
     with pytest.raises(TypeError, match="Attention"):
         as_moe(torch.nn.Linear(DIM, DIM), x)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="dense rewrite"):
         as_moe(Attention(64, 4), torch.randn(64, 64))
     with pytest.raises(ValueError, match="rank"):
         as_moe(Attention(DIM, HEADS), torch.randn(1, 1, T, DIM))
+    with pytest.raises(ValueError, match="context_dim"):
+        as_moe(Attention(DIM, HEADS, context_dim=3), x)
+
+
+def test_expert_family_chosen_by_name_not_function_identity() -> None:
+    """A named activation uses attnmoe.moe's expert of that name; a callable (even the same
+    function object) is applied to the linear expert -- both reproduce the layer."""
+    torch.manual_seed(6)
+    x = torch.randn(B, T, DIM, dtype=torch.float64)
+    named = Attention(DIM, HEADS, value_activation="gelu").double()
+    assert as_moe(named, x).expert_name == "gelu"
+    as_callable = Attention(DIM, HEADS, value_activation=torch.nn.functional.gelu).double()
+    as_callable.load_state_dict(named.state_dict())
+    moe = as_moe(as_callable, x)
+    assert moe.expert_name is None
+    torch.testing.assert_close(moe(), as_moe(named, x)(), rtol=0, atol=1e-12)
+    assert as_moe(Attention(DIM, HEADS, value_activation="silu").double(), x).expert_name is None
+    assert as_moe(Attention(DIM, HEADS, value_activation="identity").double(), x).expert_name == (
+        "linear"
+    )
 
 
 def test_heads_through_out_proj_give_layer_output() -> None:
     """Multi-head reading: out_proj(concat_h y_h) of the MoE outputs is the layer output."""
     torch.manual_seed(5)
-    layer = Attention(DIM, HEADS, value_activation="softplus", gate="G2", causal=True).double()
+    layer = Attention(DIM, HEADS, value_activation="softplus", output_gate="G2", causal=True).double()
     x = torch.randn(B, T, DIM, dtype=torch.float64)
     y = as_moe(layer, x)()  # (B, H, T, D)
     out = layer.out_proj(y.transpose(1, 2).reshape(B, T, DIM))

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from attnmoe.attention import (
-    ACTIVATIONS,
+    VALUE_ACTIVATIONS,
     VARIANTS,
     Attention,
     attention_kwargs,
@@ -24,12 +24,21 @@ from attnmoe.attention import (
 DIM, HEADS, B, T = 8, 2, 2, 5
 
 
+@pytest.fixture(autouse=True)
+def _small_sigmoid_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tiny blocks, so that these tiny layers take the chunked sigmoid path (several blocks)
+    rather than the explicit one that calls no bigger than a block take."""
+    import attnmoe.attention.sigmoid_chunked as sc
+
+    monkeypatch.setattr(sc, "CHUNK_ELEMENTS", 16)
+
+
 
 GATE_CONFIGS = [(None, "elementwise")]
 GATE_CONFIGS += [(g, "elementwise") for g in ("G1", "G2", "G3", "G4", "G5")]
 GATE_CONFIGS += [(g, "headwise") for g in ("G1", "G2", "G3", "G4")]
 COMBOS = ["active-gelu+gated-g1", "sigmoid+gated-g2-headwise"]
-ACTS = [None, *ACTIVATIONS]
+ACTS = [None, *VALUE_ACTIVATIONS]
 
 
 def _padding_mask() -> torch.Tensor:
@@ -37,51 +46,67 @@ def _padding_mask() -> torch.Tensor:
     return torch.tensor([[False] * T, [False, False, False, True, True]])
 
 
-def naive_forward(layer: Attention, x: torch.Tensor, kpm: torch.Tensor | None) -> torch.Tensor:
-    """Layer output from its weights, formula by formula (independent of the layer's code)."""
+def naive_forward(
+    layer: Attention,
+    x: torch.Tensor,
+    kpm: torch.Tensor | None = None,
+    *,
+    context: torch.Tensor | None = None,
+    add_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Layer output from its weights, formula by formula (independent of the layer's code).
+
+    ``kpm``: bool (B, S), True = ignore; ``add_mask``: additive float broadcastable to
+    (B, H, T, S) (-inf = hidden); ``context``: keys/values source (cross-attention).
+    """
     H, D = layer.heads, layer.head_dim
 
     def lin(m: torch.nn.Linear, z: torch.Tensor) -> torch.Tensor:
         out = torch.einsum("btc,oc->bto", z, m.weight)
         return out if m.bias is None else out + m.bias
 
-    q, k, v = lin(layer.q_proj, x), lin(layer.k_proj, x), lin(layer.v_proj, x)  # (B, T, C)
+    z = x if context is None else context
+    q, k, v = lin(layer.q_proj, x), lin(layer.k_proj, z), lin(layer.v_proj, z)  # (B, T|S, C)
     act = layer._act
     if act is not None:
         v = act(v)
     g = None
-    if layer.gate is not None:
-        g = torch.sigmoid(lin(layer.gate_proj, x))  # (B, T, C) or (B, T, H)
-        if layer.gate_granularity == "headwise":
+    if layer.output_gate is not None:
+        g = torch.sigmoid(lin(layer.output_gate_proj, x))  # (B, T, C) or (B, T, H)
+        if layer.output_gate_granularity == "headwise":
             g = g.repeat_interleave(D, dim=-1)  # head h's scalar on its D coordinates
-        if layer.gate == "G2":
+        if layer.output_gate == "G2":
             v = v * g
-        elif layer.gate == "G3":
+        elif layer.output_gate == "G3":
             k = k * g
-        elif layer.gate == "G4":
+        elif layer.output_gate == "G4":
             q = q * g
     Bn, Tn, C = x.shape
+    Sn = z.shape[1]
     qh = q.reshape(Bn, Tn, H, D)
-    kh = k.reshape(Bn, Tn, H, D)
-    vh = v.reshape(Bn, Tn, H, D)
+    kh = k.reshape(Bn, Sn, H, D)
+    vh = v.reshape(Bn, Sn, H, D)
     s = torch.einsum("bthd,bshd->bhts", qh, kh) / math.sqrt(D)
-    ok = torch.ones(Bn, 1, Tn, Tn, dtype=torch.bool)
+    if add_mask is not None:
+        s = s + add_mask
+    ok = torch.isfinite(s)
     if layer.causal:
         t_idx = torch.arange(Tn)
         ok = ok & (t_idx[None, :] <= t_idx[:, None])
     if kpm is not None:
         ok = ok & ~kpm[:, None, None, :]
+    s = torch.where(ok, s, torch.zeros_like(s))
     if layer.score == "softmax":
         e = torch.exp(s - s.amax(-1, keepdim=True)) * ok
         w = e / e.sum(-1, keepdim=True)
     else:
-        b = -math.log(Tn) if layer.sigmoid_bias is None else layer.sigmoid_bias
+        b = -math.log(Sn) if layer.sigmoid_bias is None else layer.sigmoid_bias
         w = (1.0 / (1.0 + torch.exp(-(s + b)))) * ok
     y = torch.einsum("bhts,bshd->bthd", w, vh).reshape(Bn, Tn, C)
-    if layer.gate == "G1":
+    if layer.output_gate == "G1":
         y = y * g
     y = lin(layer.out_proj, y)
-    if layer.gate == "G5":
+    if layer.output_gate == "G5":
         y = y * g
     return y
 
@@ -111,7 +136,7 @@ def test_equals_multihead_attention(bias: bool, causal: bool, masked: bool) -> N
     attn_mask = torch.ones(T, T, dtype=torch.bool).triu(1) if causal else None  # True = blocked
     want = mha(x, x, x, key_padding_mask=kpm, attn_mask=attn_mask, need_weights=False)[0]
     for ref in (False, True):
-        torch.testing.assert_close(layer(x, kpm, reference=ref), want, rtol=0, atol=1e-12)
+        torch.testing.assert_close(layer(x, key_padding_mask=kpm, reference=ref), want, rtol=0, atol=1e-12)
 
 
 def test_identity_activation_equals_plain_layer() -> None:
@@ -149,13 +174,13 @@ def test_sdpa_reference_naive_agree(
             for bias in (False, True):
                 torch.manual_seed(3)
                 layer = Attention(
-                    DIM, HEADS, value_activation=act, gate=gate, gate_granularity=gran,
+                    DIM, HEADS, value_activation=act, output_gate=gate, output_gate_granularity=gran,
                     score=score, causal=causal, bias=bias,
                 ).to(dtype).eval()
                 x = torch.randn(B, T, DIM, dtype=dtype)
                 for kpm in (None, _padding_mask()):
-                    fast = layer(x, kpm, reference=False)
-                    ref = layer(x, kpm, reference=True)
+                    fast = layer(x, key_padding_mask=kpm, reference=False)
+                    ref = layer(x, key_padding_mask=kpm, reference=True)
                     naive = naive_forward(layer, x, kpm)
                     torch.testing.assert_close(fast, ref, rtol=0, atol=tol)
                     torch.testing.assert_close(ref, naive, rtol=0, atol=tol)
@@ -177,7 +202,7 @@ def test_every_parameter_gets_gradient(name: str) -> None:
     torch.manual_seed(5)
     layer = Attention(DIM, HEADS, causal=True, **attention_kwargs(name))
     x = torch.randn(B, T, DIM, requires_grad=True)
-    y = layer(x, _padding_mask()[:, [0, 1, 2, 3, 0]])  # no fully-masked query rows
+    y = layer(x, key_padding_mask=_padding_mask()[:, [0, 1, 2, 3, 0]])  # no fully-masked query rows
     assert torch.isfinite(y).all()
     y.square().sum().backward()
     for pname, p in layer.named_parameters():
@@ -211,7 +236,10 @@ def test_padding_mask_ignores_masked_keys() -> None:
         kpm = _padding_mask()
         x2 = x.clone()
         x2[1, 3:] = 5.0  # only masked keys change
-        torch.testing.assert_close(layer(x, kpm)[1, :3], layer(x2, kpm)[1, :3], rtol=0, atol=1e-13)
+        torch.testing.assert_close(
+            layer(x, key_padding_mask=kpm)[1, :3], layer(x2, key_padding_mask=kpm)[1, :3],
+            rtol=0, atol=1e-13,
+        )
 
 
 def test_dropout_only_in_training() -> None:
@@ -225,10 +253,10 @@ def test_dropout_only_in_training() -> None:
 
 
 def test_headwise_gate_shape() -> None:
-    layer = Attention(DIM, HEADS, gate="G1", gate_granularity="headwise")
-    assert layer.gate_proj.weight.shape == (HEADS, DIM)
-    assert Attention(DIM, HEADS, gate="G1").gate_proj.weight.shape == (DIM, DIM)
-    assert Attention(DIM, HEADS).gate_proj is None
+    layer = Attention(DIM, HEADS, output_gate="G1", output_gate_granularity="headwise")
+    assert layer.output_gate_proj.weight.shape == (HEADS, DIM)
+    assert Attention(DIM, HEADS, output_gate="G1").output_gate_proj.weight.shape == (DIM, DIM)
+    assert Attention(DIM, HEADS).output_gate_proj is None
 
 
 # --------------------------------------------------------------- errors and registry
@@ -237,10 +265,13 @@ def test_headwise_gate_shape() -> None:
     [
         ({"value_activation": "swishy"}, "unknown value_activation"),
         ({"value_activation": 3}, "value_activation must be"),
-        ({"gate": "G7"}, "unknown gate position"),
-        ({"gate_granularity": "rowwise", "gate": "G1"}, "unknown gate_granularity"),
+        ({"output_gate": "G7"}, "unknown output_gate position"),
+        ({"output_gate_granularity": "rowwise", "output_gate": "G1"},
+         "unknown output_gate_granularity"),
         ({"score": "relu"}, "unknown score"),
-        ({"gate": "G5", "gate_granularity": "headwise"}, "G5"),
+        ({"output_gate": "G5", "output_gate_granularity": "headwise"}, "G5"),
+        ({"context_dim": 6, "causal": True}, "causal=True with context_dim"),
+        ({"context_dim": 6, "output_gate": "G2"}, "output_gate='G2'"),
         ({"sigmoid_bias": -1.0}, "only used with score='sigmoid'"),
         ({"dropout": 1.5}, "dropout"),
     ],
@@ -261,9 +292,11 @@ def test_bad_shapes_raise() -> None:
     with pytest.raises(ValueError, match="features"):
         layer(torch.randn(B, T, DIM + 1))
     with pytest.raises(ValueError, match="key_padding_mask must have shape"):
-        layer(torch.randn(B, T, DIM), torch.zeros(B, T + 1, dtype=torch.bool))
+        layer(torch.randn(B, T, DIM), key_padding_mask=torch.zeros(B, T + 1, dtype=torch.bool))
     with pytest.raises(TypeError, match="bool"):
-        layer(torch.randn(B, T, DIM), torch.zeros(B, T))
+        layer(torch.randn(B, T, DIM), key_padding_mask=torch.zeros(B, T, dtype=torch.long))
+    with pytest.raises(TypeError, match="masks go by keyword"):
+        layer(torch.randn(B, T, DIM), torch.zeros(B, T, dtype=torch.bool))  # old positional mask
 
 
 def test_registry_names_and_kwargs() -> None:
@@ -275,10 +308,11 @@ def test_registry_names_and_kwargs() -> None:
     for name in names:
         Attention(DIM, HEADS, causal=True, dropout=0.1, **attention_kwargs(name))
     kw = attention_kwargs("active-gelu+gated-g1")
-    assert kw == {"value_activation": "gelu", "gate": "G1", "gate_granularity": "elementwise"}
+    assert kw == {"value_activation": "gelu", "output_gate": "G1",
+                  "output_gate_granularity": "elementwise"}
     assert attention_kwargs("sigmoid")["score"] == "sigmoid"
-    kw["gate"] = "G2"  # returned dicts are copies
-    assert attention_kwargs("gated-g1")["gate"] == "G1"
+    kw["output_gate"] = "G2"  # returned dicts are copies
+    assert attention_kwargs("gated-g1")["output_gate"] == "G1"
 
 
 @pytest.mark.parametrize(
@@ -298,8 +332,8 @@ def test_gelu_matches_functional() -> None:
     # the active-gelu variant is the exact (erf) GELU
     torch.manual_seed(9)
     z = torch.randn(100, dtype=torch.float64)
-    torch.testing.assert_close(ACTIVATIONS["gelu"](z), 0.5 * z * (1 + torch.erf(z / math.sqrt(2))))
-    assert F.gelu is ACTIVATIONS["gelu"]
+    torch.testing.assert_close(VALUE_ACTIVATIONS["gelu"](z), 0.5 * z * (1 + torch.erf(z / math.sqrt(2))))
+    assert F.gelu is VALUE_ACTIVATIONS["gelu"]
 
 
 @pytest.mark.parametrize("name", [n for n in list_variants() if n != "sigmoid"] + COMBOS[:1])

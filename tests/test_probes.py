@@ -23,7 +23,7 @@ class TinyModel(nn.Module):
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(DIM), nn.LayerNorm(DIM)
         self.attn1 = Attention(DIM, HEADS, causal=True)
-        self.attn2 = Attention(DIM, HEADS, gate="G1", value_activation="gelu")
+        self.attn2 = Attention(DIM, HEADS, output_gate="G1", value_activation="gelu")
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         x = x + self.attn1(self.norm1(x))
@@ -65,7 +65,7 @@ def _hand_weights(layer: Attention, x: torch.Tensor, causal: bool) -> torch.Tens
 @pytest.mark.parametrize("causal", [False, True])
 def test_first_token_share_by_hand(score: str, causal: bool) -> None:
     torch.manual_seed(1)
-    layer = Attention(DIM, HEADS, score=score, causal=causal, gate="G1").double()
+    layer = Attention(DIM, HEADS, score=score, causal=causal, output_gate="G1").double()
     x = torch.randn(B, T, DIM, dtype=torch.float64)
     with AttentionProbes(layer, threshold=0.05) as probes:
         layer(x)
@@ -73,12 +73,12 @@ def test_first_token_share_by_hand(score: str, causal: bool) -> None:
     with torch.no_grad():
         w = _hand_weights(layer, x, causal)
         share = (w[..., 0] / w.sum(-1)).mean().item()
-        gate = torch.sigmoid(x @ layer.gate_proj.weight.T + layer.gate_proj.bias)  # (B, T, dim)
+        gate = torch.sigmoid(x @ layer.output_gate_proj.weight.T + layer.output_gate_proj.bias)  # (B, T, dim)
         v = (x @ layer.v_proj.weight.T + layer.v_proj.bias).view(B, T, HEADS, -1)
         heads = torch.einsum("bhts,bshd->bthd", w, v).reshape(B, T, DIM) * gate
         small = (heads.abs() < 0.05).double().mean().item()
     assert got["first_token_share"] == pytest.approx(share, abs=1e-12)
-    assert got["mean_gate"] == pytest.approx(gate.mean().item(), abs=1e-12)
+    assert got["mean_output_gate"] == pytest.approx(gate.mean().item(), abs=1e-12)
     assert got["small_output_fraction"] == pytest.approx(small, abs=1e-12)
     assert got["max_abs_hidden"] == pytest.approx(x.abs().max().item())
     assert got["max_abs_output"] == pytest.approx(layer(x).abs().max().item())
@@ -108,7 +108,7 @@ def test_running_average_over_calls_and_masks() -> None:
         model(x2)
     a, b = p1.summary()["attn1"]["first_token_share"], p2.summary()["attn1"]["first_token_share"]
     assert s["first_token_share"] == pytest.approx((a * B + b * 1) / (B + 1), abs=1e-12)
-    assert s["mean_gate"] is None  # attn1 is not gated
+    assert s["mean_output_gate"] is None  # attn1 is not gated
 
 
 def test_probe_errors() -> None:
@@ -118,3 +118,30 @@ def test_probe_errors() -> None:
         AttentionProbes("model")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="threshold"):
         AttentionProbes(Attention(DIM, HEADS), threshold=0.0)
+
+
+def test_cross_attention_masks_and_cache() -> None:
+    """Masks and context passed by keyword reach the recomputed weights; cached calls are
+    counted apart (their earlier keys are not in the call's inputs)."""
+    from attnmoe.attention import KVCache
+
+    torch.manual_seed(3)
+    layer = Attention(DIM, HEADS).double()
+    x = torch.randn(B, T, DIM, dtype=torch.float64)
+    ctx = torch.randn(B, T + 2, DIM, dtype=torch.float64)
+    am = torch.randn(T, T + 2, dtype=torch.float64)
+    with AttentionProbes(layer) as probes:
+        layer(x, ctx, attn_mask=am)
+    with torch.no_grad():
+        q = layer.q_proj(x).view(B, T, HEADS, -1).transpose(1, 2)
+        k = layer.k_proj(ctx).view(B, T + 2, HEADS, -1).transpose(1, 2)
+        w = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(DIM // HEADS) + am, -1)
+    got = probes.summary()["<root>"]
+    assert got["first_token_share"] == pytest.approx(w[..., 0].mean().item(), abs=1e-12)
+    causal = Attention(DIM, HEADS, causal=True)
+    cache = KVCache()
+    with AttentionProbes(causal) as probes:
+        causal(x.float()[:, :3], cache=cache)
+        causal(x.float()[:, 3:4], cache=cache)
+    s = probes.summary()["<root>"]
+    assert s["calls"] == 2 and s["cached_calls"] == 2 and s["first_token_share"] is None

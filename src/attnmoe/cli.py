@@ -3,6 +3,7 @@
     attnmoe rates    convergence-rate study of gating MoE estimators (issue 2)
     attnmoe train    train one model on one task with one attention variant (issue 4)
     attnmoe compare  variants x seeds, mean +- std and Welch's t-test (issue 4)
+    attnmoe sample   generate text from a trained character GPT run (issue 10)
 
 The subcommands live in ``attnmoe.commands.<name>``; this file only registers them.
 """
@@ -17,6 +18,7 @@ import typer
 from attnmoe.commands.compare import compare_command
 from attnmoe.commands.rates import rates
 from attnmoe.commands.train import train_command
+from attnmoe.commands.sample import sample
 
 app = typer.Typer(
     name="attnmoe",
@@ -52,6 +54,7 @@ def main(
 app.command(name="rates")(rates)
 app.command(name="train")(train_command)
 app.command(name="compare")(compare_command)
+app.command(name="sample")(sample)
 
 if __name__ == "__main__":  # pragma: no cover
     app()

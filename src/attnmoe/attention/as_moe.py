@@ -24,6 +24,9 @@ with weight 0.  Gates (arXiv 2505.06708, hierarchical reading arXiv 2602.01468):
 * G2: ``E_i <- sigmoid(W_theta^T P_i x~ + b_theta) * E_i`` -- a sigmoid gate on
   each expert.
 
+(These are the attention layer's *output gates*, ``Attention(output_gate=...)``; "gate"
+alone means the MoE gating function ``pi_ij`` here, as in :mod:`attnmoe.moe`.)
+
 G3/G4 (gates on keys/queries) make the logits cubic/quartic in ``x~`` and G5 mixes
 heads, so they have no per-head quadratic rewrite; ``as_moe`` rejects them.
 
@@ -46,26 +49,21 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from attnmoe.moe import make_expert, make_gate
+from attnmoe.moe import EXPERTS, make_expert, make_gate
 
-from .attention import ACTIVATIONS, Attention
+from .attention import Attention
 
 __all__ = ["AttentionMoE", "as_moe", "head_outputs"]
 
-# value activations that attnmoe.moe has a named expert for (same function objects)
-_MOE_EXPERTS: tuple[tuple[object, str], ...] = (
-    (None, "linear"),
-    (ACTIVATIONS["identity"], "linear"),
-    (ACTIVATIONS["sigmoid"], "sigmoid"),
-    (ACTIVATIONS["tanh"], "tanh"),
-    (ACTIVATIONS["gelu"], "gelu"),
-    (ACTIVATIONS["relu"], "relu"),
-)
 
+def _moe_expert_name(layer: Attention) -> str | None:
+    """Name of the ``attnmoe.moe`` expert computing ``sigma(a^T x + alpha)`` for the layer's
+    value activation (matched by name; "identity" and no activation are linear), or None."""
+    name = layer.value_activation_name
+    if layer._act is None or name == "identity":
+        return "linear"
+    return name if name in EXPERTS else None
 
-def _moe_expert_name(activation: object) -> str | None:
-    """Name of the ``attnmoe.moe`` expert computing ``activation(a^T x + alpha)``, if any."""
-    return next((name for fn, name in _MOE_EXPERTS if fn is activation), None)
 
 MAX_DENSE_ELEMENTS = 50_000_000
 """Largest ``A`` (``H*T*T*N*N`` entries) ``as_moe`` will build."""
@@ -88,10 +86,12 @@ class AttentionMoE:
         expert_weight: ``(H, T, N, D)`` -- ``W_V^T P_i`` of head h, stored as ``(N, D)``.
         expert_bias: ``(H, D)`` ``b_V`` of head h (zeros without biases).
         activation: the value activation sigma (None = identity).
-        gate_position: None, "G1" or "G2".
-        gate_weight: ``(H, T, N, Dg)`` -- ``W_theta^T P_t`` for the token t the gate reads
-            (t = j for G1, t = i for G2); None without a gate.
-        gate_bias: ``(H, Dg)``; None without a gate.
+        expert_name: the ``attnmoe.moe`` expert family evaluating ``sigma(a^T x~ + alpha)``;
+            None when ``attnmoe.moe`` has none (sigma is then applied to the linear expert).
+        output_gate_position: None, "G1" or "G2" (the attention layer's output gate).
+        output_gate_weight: ``(H, T, N, Dg)`` -- ``W_theta^T P_t`` for the token t the
+            output gate reads (t = j for G1, t = i for G2); None without one.
+        output_gate_bias: ``(H, Dg)``; None without an output gate.
         x_tilde: ``(B, N)`` the vectorised input sequences given to :func:`as_moe`.
     """
 
@@ -103,9 +103,10 @@ class AttentionMoE:
     expert_weight: Tensor
     expert_bias: Tensor
     activation: Callable[[Tensor], Tensor] | None
-    gate_position: str | None
-    gate_weight: Tensor | None
-    gate_bias: Tensor | None
+    expert_name: str | None
+    output_gate_position: str | None
+    output_gate_weight: Tensor | None
+    output_gate_bias: Tensor | None
     x_tilde: Tensor
 
     @property
@@ -149,7 +150,7 @@ class AttentionMoE:
         """
         H, T, N, D = self.expert_weight.shape
         Bn = x_tilde.shape[0]
-        moe_name = _moe_expert_name(self.activation)
+        moe_name = self.expert_name
         expert = make_expert(moe_name or "linear")
         params = {
             "a": self.expert_weight.permute(0, 3, 1, 2).reshape(H * D, T, N),  # (R, k, N)
@@ -160,20 +161,21 @@ class AttentionMoE:
         if moe_name is None and self.activation is not None:
             e = self.activation(e)
         e = e.view(H, D, Bn, T).permute(2, 0, 3, 1)  # (B, H, T, D)
-        if self.gate_position == "G2":
-            e = e * self._sigmoid_gate(x_tilde)
+        if self.output_gate_position == "G2":
+            e = e * self._output_gate(x_tilde)
         return e
 
-    def _sigmoid_gate(self, x_tilde: Tensor) -> Tensor:
-        z = torch.einsum("bn,htng->bhtg", x_tilde, self.gate_weight) + self.gate_bias[:, None]
+    def _output_gate(self, x_tilde: Tensor) -> Tensor:
+        z = torch.einsum("bn,htng->bhtg", x_tilde, self.output_gate_weight)
+        z = z + self.output_gate_bias[:, None]
         return torch.sigmoid(z)  # (B, H, T, Dg)
 
     def __call__(self, x_tilde: Tensor | None = None) -> Tensor:
         """Per-head outputs ``y_j`` ``(B, H, T, D)``; default input: the stored ``x_tilde``."""
         x_tilde = self.x_tilde if x_tilde is None else x_tilde
         y = torch.einsum("bhji,bhid->bhjd", self.gate_weights(x_tilde), self.experts(x_tilde))
-        if self.gate_position == "G1":
-            y = y * self._sigmoid_gate(x_tilde)  # outer gate of query j's mixture
+        if self.output_gate_position == "G1":
+            y = y * self._output_gate(x_tilde)  # outer gate of query j's mixture
         return y  # (B, H, T, D)
 
 
@@ -190,7 +192,7 @@ def as_moe(layer: Attention, x: Tensor, key_padding_mask: Tensor | None = None) 
     """Rewrite every head of ``layer`` as a quadratic-gating MoE over ``x~ = vec(X)``.
 
     Args:
-        layer: an :class:`Attention` layer (gate None, "G1" or "G2").
+        layer: a self-attention :class:`Attention` layer (output gate None, "G1" or "G2").
         x: input sequences ``(T, dim)`` or ``(B, T, dim)``; fixes ``T`` and is stored
             vectorised as ``x_tilde`` ``(B, N)``.
         key_padding_mask: optional bool ``(B, T)``, True = ignore that key.
@@ -201,20 +203,30 @@ def as_moe(layer: Attention, x: Tensor, key_padding_mask: Tensor | None = None) 
 
     Raises:
         TypeError: ``layer`` is not an ``Attention``.
-        ValueError: gate G3/G4/G5, bad input shape, or a rewrite too large to hold densely.
+        ValueError: output gate G3/G4/G5, a cross-attention layer (``context_dim``), bad
+            input shape, or a rewrite too large to hold densely.
     """
     if not isinstance(layer, Attention):
         raise TypeError(f"as_moe needs an attnmoe.attention.Attention, got {type(layer).__name__}")
-    if layer.gate in ("G3", "G4", "G5"):
+    if layer.context_dim is not None:
+        raise ValueError("as_moe rewrites self-attention; this layer has a context_dim")
+    if layer.output_gate in ("G3", "G4", "G5"):
         raise ValueError(
-            f"gate {layer.gate} has no per-head quadratic-gating rewrite "
+            f"output gate {layer.output_gate} has no per-head quadratic-gating rewrite "
             "(G3/G4 make the gate logits higher than quadratic; G5 mixes heads); use G1 or G2"
         )
     if x.dim() == 2:
         x = x.unsqueeze(0)
         if key_padding_mask is not None and key_padding_mask.dim() == 1:
             key_padding_mask = key_padding_mask.unsqueeze(0)
-    layer._check_input(x, key_padding_mask)
+    layer._check_input(x)
+    if key_padding_mask is not None and (
+        key_padding_mask.dtype != torch.bool or key_padding_mask.shape != x.shape[:2]
+    ):
+        raise ValueError(
+            f"key_padding_mask must be a bool (B, T)={tuple(x.shape[:2])} tensor, "
+            f"got {key_padding_mask.dtype} {tuple(key_padding_mask.shape)}"
+        )
     Bn, T, C = x.shape
     H, D = layer.heads, layer.head_dim
     N = T * C
@@ -258,8 +270,8 @@ def as_moe(layer: Attention, x: Tensor, key_padding_mask: Tensor | None = None) 
         allowed = allowed & ~key_padding_mask[:, None, :]  # (B, T, T)
 
     gate_weight = gate_bias = None
-    if layer.gate is not None:
-        Wg, bg = cols(layer.gate_proj)  # (C, H, Dg), (H, Dg)
+    if layer.output_gate_proj is not None:
+        Wg, bg = cols(layer.output_gate_proj)  # (C, H, Dg), (H, Dg)
         gate_weight = torch.stack([_selection_blocks(Wg[:, h], T) for h in range(H)])
         # gate_weight: (H, T, N, Dg)
         gate_bias = bg
@@ -273,9 +285,10 @@ def as_moe(layer: Attention, x: Tensor, key_padding_mask: Tensor | None = None) 
         expert_weight=torch.stack(ew_list),  # (H, T, N, D)
         expert_bias=bv,
         activation=layer._act,
-        gate_position=layer.gate,
-        gate_weight=gate_weight,
-        gate_bias=gate_bias,
+        expert_name=_moe_expert_name(layer),
+        output_gate_position=layer.output_gate,
+        output_gate_weight=gate_weight,
+        output_gate_bias=gate_bias,
         x_tilde=x.detach().reshape(Bn, N),
     )
 
@@ -293,7 +306,7 @@ def head_outputs(layer: Attention, x: Tensor, key_padding_mask: Tensor | None = 
         lambda _m, args: seen.append(args[0].detach())
     )
     try:
-        layer(x, key_padding_mask)
+        layer(x, key_padding_mask=key_padding_mask)
     finally:
         handle.remove()
     Bn, T, _ = seen[0].shape

@@ -1,59 +1,77 @@
-"""One multi-head self-attention module whose options are the seed papers' variants.
+"""One multi-head attention module whose options are the seed papers' variants.
 
-Plain multi-head self-attention (Vaswani et al., arXiv 1706.03762) for an input
-``X`` of shape ``(B, T, dim)`` with ``H`` heads of size ``D = dim / H``::
+Plain multi-head attention (Vaswani et al., arXiv 1706.03762) for queries from ``X``
+``(B, T, dim)`` and keys/values from ``Z`` (``Z = X`` for self-attention, the ``context``
+for cross-attention, ``(B, S, context_dim)``), ``H`` heads of size ``D = dim / H``::
 
-    Q = X W_Q + b_Q,  K = X W_K + b_K,  V = X W_V + b_V          # (B, T, dim) each
+    Q = X W_Q + b_Q,  K = Z W_K + b_K,  V = Z W_V + b_V           # (B, T|S, dim)
     Y_h = softmax(Q_h K_h^T / sqrt(D) + M) V_h                     # (B, T, D) per head h
     out = concat_h(Y_h) W_O + b_O                                  # (B, T, dim)
 
-(``M`` is 0 where a key may be attended to and -inf where it is masked.)  Options,
-one per paper:
+``M`` ``(B, H, T, S)`` is 0 where query t may see key s and -inf where it may not (causal,
+key padding, a boolean ``attn_mask``) plus any additive float mask.  Options, one per paper:
 
 * ``value_activation`` -- **active attention** (arXiv 2410.11222):
-  ``Y_h = softmax(Q_h K_h^T / sqrt(D)) sigma(X W_V + b_V)_h``; sigma acts
-  elementwise on the value projection *after* its bias, so every key token becomes a
-  non-linear expert ``sigma(W_V^T x_i + b_V)``.
-* ``gate`` -- **gated attention** (Qiu et al., arXiv 2505.06708; hierarchical-MoE
-  reading in arXiv 2602.01468): ``Y' = Y * sigmoid(X W_theta + b_theta)`` where X is
-  the layer input (the pre-norm hidden state that also feeds ``q_proj``), applied at
-  G1 (each head's SDPA output, before concatenation and ``out_proj``), G2 (the
-  values, after the value activation if any), G3 (the keys), G4 (the queries) or G5
-  (after ``out_proj``).  ``gate_granularity="elementwise"`` gives one gate per
-  coordinate (``W_theta`` is ``dim x dim``); ``"headwise"`` one scalar per head and
-  token (``W_theta`` is ``dim x H``), broadcast over the head's ``D`` coordinates.
+  ``Y_h = softmax(Q_h K_h^T / sqrt(D)) sigma(Z W_V + b_V)_h``; sigma acts elementwise on
+  the value projection *after* its bias, so every key token becomes a non-linear expert
+  ``sigma(W_V^T z_i + b_V)``.
+* ``output_gate`` -- **gated attention** (Qiu et al., arXiv 2505.06708; hierarchical-MoE
+  reading in arXiv 2602.01468): a multiplicative sigmoid gate ``Y' = Y * sigmoid(X W_theta
+  + b_theta)`` on the output of one step of the layer, where X is the layer input (the
+  pre-norm hidden state that also feeds ``q_proj``): G1 (each head's attention output,
+  before concatenation and ``out_proj``), G2 (the values, after the value activation if
+  any), G3 (the keys), G4 (the queries) or G5 (after ``out_proj``).
+  ``output_gate_granularity="elementwise"`` gives one gate per coordinate (``W_theta`` is
+  ``dim x dim``); ``"headwise"`` one scalar per head and token (``W_theta`` is
+  ``dim x H``), broadcast over the head's ``D`` coordinates.  (Named ``output_gate`` so
+  that "gate" keeps one meaning in this project: the gating function of a MoE.)
 * ``score="sigmoid"`` -- **sigmoid attention** (Ramapuram et al., arXiv 2409.04431;
-  sample-complexity analysis by Yan, Nguyen, Akbarian et al.,
-  "Sigmoid Self-Attention has Lower Sample Complexity than Softmax Self-Attention", 2025):
-  ``Y_h = sigmoid(Q_h K_h^T / sqrt(D) + b) V_h`` with ``b = -log(n)`` by default,
-  ``n`` the number of keys; masked keys get weight exactly 0.
+  sample-complexity analysis by Yan, Nguyen, Akbarian et al., "Sigmoid Self-Attention has
+  Lower Sample Complexity than Softmax Self-Attention", 2025):
+  ``Y_h = sigmoid(Q_h K_h^T / sqrt(D) + b) V_h`` with ``b = -log(n)`` by default, ``n`` the
+  number of keys in the call (cached keys included); masked keys get weight exactly 0.
 
-Two computation paths give the same numbers (tests check it to 1e-10 in float64):
+``forward(x, context=None, *, attn_mask=None, key_padding_mask=None, cache=None)`` follows
+x-transformers' order (``context`` second, for cross-attention) with
+``nn.MultiheadAttention``'s mask names and boolean convention (True = may *not* attend);
+see ``docs/attention.md`` for the comparison with timm and ``nn.MultiheadAttention``.
 
-* the fast path calls ``F.scaled_dot_product_attention`` for softmax scores; value
-  activations and gates G2/G3/G4 transform V/K/Q before it and G1/G5 transform its
-  result, so every softmax option keeps the fused kernel;
-* the reference path forms the ``(B, H, T, T)`` weight matrix explicitly
-  (``reference=True`` in ``forward`` or ``layer.use_reference = True``).  Sigmoid
-  scores have no fused kernel and always take this path.
+Three computation paths; without dropout they give the same numbers up to rounding (tests
+check 1e-10 in float64).  With dropout in training mode they do not: each path draws its own
+random mask.
+
+* softmax scores: ``F.scaled_dot_product_attention`` (SDPA).  Value activations and gates
+  G2/G3/G4 transform V/K/Q before it and G1/G5 transform its result, masks are passed
+  to it, so every softmax option keeps the fused kernel;
+* sigmoid scores: query chunks with the weights recomputed in backward
+  (:mod:`attnmoe.attention.sigmoid_chunked`), no ``(T, S)`` matrix; the reference path
+  instead with dropout in training mode, and for calls whose whole ``(B, H, T, S)`` weight
+  tensor is no bigger than one chunk (``CHUNK_ELEMENTS``; e.g. decoding one token);
+* the reference path forms the ``(B, H, T, S)`` weight matrix explicitly
+  (``reference=True`` in ``forward`` or ``layer.use_reference = True``).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from attnmoe.moe.experts import EXPERT_ACTIVATIONS
+
+from . import sigmoid_chunked
+
 __all__ = [
-    "ACTIVATIONS",
-    "GATE_GRANULARITIES",
-    "GATE_POSITIONS",
+    "OUTPUT_GATE_GRANULARITIES",
+    "OUTPUT_GATE_POSITIONS",
     "SCORES",
+    "VALUE_ACTIVATIONS",
     "Attention",
+    "KVCache",
     "resolve_activation",
     "validate_options",
 ]
@@ -65,23 +83,25 @@ def _identity(x: Tensor) -> Tensor:
     return x
 
 
-ACTIVATIONS: dict[str, ActivationFn] = {
-    "relu": F.relu,
-    "gelu": F.gelu,
+VALUE_ACTIVATIONS: dict[str, ActivationFn] = {
+    # the expert non-linearities of attnmoe.moe (one definition: the same functions) ...
+    **{name: fn for name, fn in EXPERT_ACTIVATIONS.items() if fn is not None},
+    # ... and value activations that have no MoE expert family
     "silu": F.silu,
-    "sigmoid": torch.sigmoid,
-    "tanh": torch.tanh,
     "elu": F.elu,
     "softplus": F.softplus,
     "identity": _identity,
 }
-"""Value activations by name (active attention, arXiv 2410.11222)."""
+"""Value activations by name (active attention, arXiv 2410.11222).  Names shared with
+``attnmoe.moe.experts.EXPERT_ACTIVATIONS`` map to the same functions."""
 
-GATE_POSITIONS: tuple[str, ...] = ("G1", "G2", "G3", "G4", "G5")
-"""Gate positions of Qiu et al. (arXiv 2505.06708)."""
+OUTPUT_GATE_POSITIONS: tuple[str, ...] = ("G1", "G2", "G3", "G4", "G5")
+"""Output-gate positions of Qiu et al. (arXiv 2505.06708)."""
 
-GATE_GRANULARITIES: tuple[str, ...] = ("elementwise", "headwise")
+OUTPUT_GATE_GRANULARITIES: tuple[str, ...] = ("elementwise", "headwise")
 SCORES: tuple[str, ...] = ("softmax", "sigmoid")
+
+_KEY_SIDE_GATES = ("G2", "G3")  # gates computed from each key token's own layer input
 
 
 def resolve_activation(value_activation: str | ActivationFn | None) -> ActivationFn | None:
@@ -95,11 +115,11 @@ def resolve_activation(value_activation: str | ActivationFn | None) -> Activatio
         return None
     if isinstance(value_activation, str):
         try:
-            return ACTIVATIONS[value_activation.lower()]
+            return VALUE_ACTIVATIONS[value_activation.lower()]
         except KeyError:
             raise ValueError(
                 f"unknown value_activation {value_activation!r}; "
-                f"choose one of {sorted(ACTIVATIONS)} or pass a callable"
+                f"choose one of {sorted(VALUE_ACTIVATIONS)} or pass a callable"
             ) from None
     if callable(value_activation):
         return value_activation
@@ -109,36 +129,49 @@ def resolve_activation(value_activation: str | ActivationFn | None) -> Activatio
     )
 
 
+def _check_positive_int(name: str, val: object) -> None:
+    if isinstance(val, bool) or not isinstance(val, int):
+        raise TypeError(f"{name} must be an int, got {type(val).__name__}")
+    if val <= 0:
+        raise ValueError(f"{name} must be positive, got {val}")
+
+
 def validate_options(
     dim: int,
     heads: int,
     *,
     value_activation: str | ActivationFn | None = None,
-    gate: str | None = None,
-    gate_granularity: str = "elementwise",
+    output_gate: str | None = None,
+    output_gate_granularity: str = "elementwise",
     score: str = "softmax",
     sigmoid_bias: float | None = None,
     dropout: float = 0.0,
+    causal: bool = False,
+    context_dim: int | None = None,
 ) -> None:
     """Raise ValueError/TypeError naming the problem if the options do not make a layer."""
-    for name, val in (("dim", dim), ("heads", heads)):
-        if isinstance(val, bool) or not isinstance(val, int):
-            raise TypeError(f"{name} must be an int, got {type(val).__name__}")
-        if val <= 0:
-            raise ValueError(f"{name} must be positive, got {val}")
+    _check_positive_int("dim", dim)
+    _check_positive_int("heads", heads)
     if dim % heads != 0:
         raise ValueError(f"dim={dim} is not divisible by heads={heads}")
     resolve_activation(value_activation)
-    if gate is not None and (not isinstance(gate, str) or gate.upper() not in GATE_POSITIONS):
-        raise ValueError(f"unknown gate position {gate!r}; choose None or one of {GATE_POSITIONS}")
-    if gate_granularity not in GATE_GRANULARITIES:
+    gate = output_gate
+    if gate is not None and (
+        not isinstance(gate, str) or gate.upper() not in OUTPUT_GATE_POSITIONS
+    ):
         raise ValueError(
-            f"unknown gate_granularity {gate_granularity!r}; choose one of {GATE_GRANULARITIES}"
+            f"unknown output_gate position {gate!r}; choose None or one of {OUTPUT_GATE_POSITIONS}"
         )
-    if gate is not None and gate.upper() == "G5" and gate_granularity == "headwise":
+    if output_gate_granularity not in OUTPUT_GATE_GRANULARITIES:
         raise ValueError(
-            "gate='G5' with gate_granularity='headwise' is undefined: G5 acts after out_proj, "
-            "where the heads are already mixed; use elementwise G5 or a headwise gate at G1..G4"
+            f"unknown output_gate_granularity {output_gate_granularity!r}; "
+            f"choose one of {OUTPUT_GATE_GRANULARITIES}"
+        )
+    if gate is not None and gate.upper() == "G5" and output_gate_granularity == "headwise":
+        raise ValueError(
+            "output_gate='G5' with output_gate_granularity='headwise' is undefined: G5 acts "
+            "after out_proj, where the heads are already mixed; use elementwise G5 or a "
+            "headwise gate at G1..G4"
         )
     if score not in SCORES:
         raise ValueError(f"unknown score {score!r}; choose one of {SCORES}")
@@ -149,35 +182,130 @@ def validate_options(
             raise ValueError(f"sigmoid_bias must be a finite number, got {sigmoid_bias!r}")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    if context_dim is not None:
+        _check_positive_int("context_dim", context_dim)
+        if causal:
+            raise ValueError(
+                "causal=True with context_dim: a causal mask is for self-attention; "
+                "give a cross-attention layer an attn_mask instead"
+            )
+        if gate is not None and gate.upper() in _KEY_SIDE_GATES:
+            raise ValueError(_cross_gate_message(gate.upper()))
+
+
+def _cross_gate_message(gate: str) -> str:
+    return (
+        f"output_gate={gate!r} gates each key/value token with sigmoid of that token's own "
+        "layer input, which cross-attention keys (context tokens) do not have; use G1, G4 "
+        "or G5 (read from the query input) for cross-attention"
+    )
+
+
+class KVCache:
+    """Keys and values of the tokens a self-attention layer has seen, for incremental decoding.
+
+    One cache per layer.  ``layer(x_new, cache=cache)`` attends from the new tokens to the
+    cached keys plus their own, then appends their keys and values; the outputs equal the
+    last rows of a full recomputation on the whole sequence so far (tests: 1e-6 in float32
+    for every variant).  Keys are stored after a G3 gate and values after the value
+    activation and a G2 gate (each depends on its own token only), ``(B, H, S, D)``.
+
+    Attributes:
+        k, v: ``(B, H, S, D)`` tensors, or None while empty.
+    """
+
+    def __init__(self) -> None:
+        self.k: Tensor | None = None
+        self.v: Tensor | None = None
+
+    def __len__(self) -> int:
+        return 0 if self.k is None else self.k.shape[-2]
+
+    def reset(self) -> None:
+        self.k = self.v = None
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Append ``(B, H, T, D)`` keys/values; return all keys/values ``(B, H, S, D)``."""
+        if self.k is None or self.v is None:
+            self.k, self.v = k, v
+        else:
+            if self.k.shape[:2] != k.shape[:2] or self.k.shape[-1] != k.shape[-1]:
+                raise ValueError(
+                    f"cache holds (B, H, ., D)={tuple(self.k.shape)}, new keys are "
+                    f"{tuple(k.shape)}: a KVCache belongs to one layer and one batch"
+                )
+            self.k = torch.cat([self.k, k], dim=-2)
+            self.v = torch.cat([self.v, v], dim=-2)
+        return self.k, self.v
+
+    def __repr__(self) -> str:
+        return f"KVCache(len={len(self)})"
+
+
+# A mask in internal form: None, a bool tensor True = may attend (SDPA's convention), or an
+# additive float tensor; either broadcastable to (B, H, T, S).
+Mask = Tensor | None
+
+
+def _and_masks(a: Mask, b: Mask) -> Mask:
+    """Combine two internal masks (bool allowed or additive float)."""
+    if a is None or b is None:
+        return a if b is None else b
+    if a.dtype == torch.bool and b.dtype == torch.bool:
+        return a & b
+    if a.dtype == torch.bool:
+        a, b = b, a
+    # a is float now
+    return a + b if b.dtype != torch.bool else a.masked_fill(~b, float("-inf"))
+
+
+def _as_additive(mask: Mask, dtype: torch.dtype) -> Tensor | None:
+    if mask is None or mask.dtype != torch.bool:
+        return mask
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(
+        ~mask, float("-inf")
+    )
+
+
+def causal_allowed(T: int, S: int, offset: int, device: torch.device) -> Tensor:
+    """Bool ``(T, S)``: query t (absolute position ``t + offset``) may see key s iff s <= t + offset."""
+    t = torch.arange(T, device=device)[:, None] + offset
+    return torch.arange(S, device=device)[None, :] <= t
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with the seed papers' variants as options.
+    """Multi-head (self- or cross-) attention with the seed papers' variants as options.
 
-    Input and output are ``(B, T, dim)``.  With every option off this is
-    ``nn.MultiheadAttention(dim, heads, batch_first=True)`` used as self-attention
-    (same parameters, split into ``q_proj``/``k_proj``/``v_proj``).  See the module
-    docstring for the formulas and sources.
+    Input and output are ``(B, T, dim)``.  With every option off this computes what
+    ``nn.MultiheadAttention(dim, heads, batch_first=True)`` computes, with the packed
+    ``in_proj_weight`` split into ``q_proj``/``k_proj``/``v_proj``
+    (:func:`attnmoe.attention.from_torch_mha` / :func:`~attnmoe.attention.to_torch_mha`
+    convert weights).  See the module docstring for the formulas and sources.
 
     Args:
-        dim: model width; input and output feature size.
+        dim: model width; query input and output feature size.
         heads: number of heads ``H``; must divide ``dim``.
         value_activation: active attention (arXiv 2410.11222). A name in
-            ``ACTIVATIONS`` (relu, gelu, silu, sigmoid, tanh, elu, softplus, identity) or
-            a callable, applied elementwise to ``X W_V + b_V`` before the weighted sum.
-        gate: sigmoid gate position (arXiv 2505.06708): None, "G1" (SDPA output per
-            head), "G2" (values), "G3" (keys), "G4" (queries) or "G5" (after out_proj).
-        gate_granularity: "elementwise" (one gate per coordinate) or "headwise" (one
+            ``VALUE_ACTIVATIONS`` (relu, gelu, silu, sigmoid, tanh, elu, softplus, identity)
+            or a callable, applied elementwise to ``Z W_V + b_V`` before the weighted sum.
+        output_gate: sigmoid gate position (arXiv 2505.06708): None, "G1" (attention
+            output per head), "G2" (values), "G3" (keys), "G4" (queries) or "G5" (after
+            out_proj).  G2/G3 need self-attention (see ``forward``).
+        output_gate_granularity: "elementwise" (one gate per coordinate) or "headwise" (one
             scalar per head and token; not with G5).
         score: "softmax" or "sigmoid" (sigmoid attention, arXiv 2409.04431).
         sigmoid_bias: constant ``b`` added to the sigmoid logits; None means
-            ``-log(n)`` with ``n`` the number of keys. Only with ``score="sigmoid"``.
-        causal: mask future keys (query t sees keys ``<= t``).
+            ``-log(n)`` with ``n`` the number of keys in the call. Only with ``score="sigmoid"``.
+        causal: mask future keys (query t sees keys ``<= t``); self-attention only.
         bias: biases on the q/k/v/out (and gate) projections.
         dropout: dropout probability on the attention weights (training only).
+        context_dim: feature size of the cross-attention context, if it differs from
+            ``dim`` (``k_proj``/``v_proj`` then map ``context_dim -> dim``); such a layer
+            needs a ``context`` in every call.  None: keys/values read ``dim`` features.
 
     Attributes:
         use_reference: if True, ``forward`` takes the explicit reference path.
+        value_activation_name: the activation's name, or None (none, or a callable).
 
     Raises:
         ValueError / TypeError: at construction, for any invalid option or combination.
@@ -189,197 +317,343 @@ class Attention(nn.Module):
         heads: int,
         *,
         value_activation: str | ActivationFn | None = None,
-        gate: Literal["G1", "G2", "G3", "G4", "G5"] | None = None,
-        gate_granularity: Literal["elementwise", "headwise"] = "elementwise",
+        output_gate: Literal["G1", "G2", "G3", "G4", "G5"] | None = None,
+        output_gate_granularity: Literal["elementwise", "headwise"] = "elementwise",
         score: Literal["softmax", "sigmoid"] = "softmax",
         sigmoid_bias: float | None = None,
         causal: bool = False,
         bias: bool = True,
         dropout: float = 0.0,
+        context_dim: int | None = None,
     ) -> None:
         super().__init__()
         validate_options(
             dim,
             heads,
             value_activation=value_activation,
-            gate=gate,
-            gate_granularity=gate_granularity,
+            output_gate=output_gate,
+            output_gate_granularity=output_gate_granularity,
             score=score,
             sigmoid_bias=sigmoid_bias,
             dropout=dropout,
+            causal=causal,
+            context_dim=context_dim,
         )
         self.dim = dim
         self.heads = heads
         self.head_dim = dim // heads
         self.value_activation = value_activation
+        self.value_activation_name = (
+            value_activation.lower() if isinstance(value_activation, str) else None
+        )
         self._act = resolve_activation(value_activation)
-        self.gate = None if gate is None else gate.upper()
-        self.gate_granularity = gate_granularity
+        self.output_gate = None if output_gate is None else output_gate.upper()
+        self.output_gate_granularity = output_gate_granularity
         self.score = score
         self.sigmoid_bias = None if sigmoid_bias is None else float(sigmoid_bias)
         self.causal = bool(causal)
         self.bias = bool(bias)
         self.dropout = float(dropout)
+        self.context_dim = context_dim
         self.use_reference = False
 
+        kv_in = dim if context_dim is None else context_dim
         self.q_proj = nn.Linear(dim, dim, bias=bias)
-        self.k_proj = nn.Linear(dim, dim, bias=bias)
-        self.v_proj = nn.Linear(dim, dim, bias=bias)
+        self.k_proj = nn.Linear(kv_in, dim, bias=bias)
+        self.v_proj = nn.Linear(kv_in, dim, bias=bias)
         self.out_proj = nn.Linear(dim, dim, bias=bias)
-        self.gate_proj: nn.Linear | None = None
-        if self.gate is not None:
-            gate_out = heads if gate_granularity == "headwise" else dim
-            self.gate_proj = nn.Linear(dim, gate_out, bias=bias)
+        self.output_gate_proj: nn.Linear | None = None
+        if self.output_gate is not None:
+            gate_out = heads if output_gate_granularity == "headwise" else dim
+            self.output_gate_proj = nn.Linear(dim, gate_out, bias=bias)
 
     def extra_repr(self) -> str:
         act = self.value_activation
         act_name = getattr(act, "__name__", act) if not isinstance(act, str) else act
+        ctx = "" if self.context_dim is None else f", context_dim={self.context_dim}"
         return (
-            f"dim={self.dim}, heads={self.heads}, value_activation={act_name}, gate={self.gate}, "
-            f"gate_granularity={self.gate_granularity}, score={self.score}, "
+            f"dim={self.dim}, heads={self.heads}, value_activation={act_name}, "
+            f"output_gate={self.output_gate}, "
+            f"output_gate_granularity={self.output_gate_granularity}, score={self.score}, "
             f"sigmoid_bias={self.sigmoid_bias}, causal={self.causal}, bias={self.bias}, "
-            f"dropout={self.dropout}"
+            f"dropout={self.dropout}{ctx}"
         )
 
-    # ------------------------------------------------------------------ pieces
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # checkpoints written before the rename of the attention gate keep loading
+        for name in ("weight", "bias"):
+            old = f"{prefix}gate_proj.{name}"
+            if old in state_dict:
+                state_dict[f"{prefix}output_gate_proj.{name}"] = state_dict.pop(old)
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+    # ------------------------------------------------------------------ checks
     def _split(self, y: Tensor) -> Tensor:
         B, T, _ = y.shape
-        return y.view(B, T, self.heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        return y.view(B, T, self.heads, -1).transpose(1, 2)  # (B, H, T, D)
 
-    def _check_input(self, x: Tensor, key_padding_mask: Tensor | None) -> None:
+    def _check_input(self, x: Tensor, context: Tensor | None = None) -> None:
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a Tensor, got {type(x).__name__}")
         if x.dim() != 3:
             raise ValueError(f"x must have shape (B, T, dim), got rank {x.dim()} {tuple(x.shape)}")
         if x.shape[-1] != self.dim:
             raise ValueError(f"x has {x.shape[-1]} features, layer dim is {self.dim}")
-        if key_padding_mask is not None:
-            if key_padding_mask.dtype != torch.bool:
-                raise TypeError("key_padding_mask must be a bool tensor (True = ignore the key)")
-            if key_padding_mask.shape != x.shape[:2]:
+        if context is None:
+            if self.context_dim is not None:
                 raise ValueError(
-                    f"key_padding_mask must have shape (B, T)={tuple(x.shape[:2])}, "
-                    f"got {tuple(key_padding_mask.shape)}"
+                    f"this layer reads keys/values from a context of {self.context_dim} "
+                    "features (context_dim); pass context=..."
                 )
+            return
+        if not isinstance(context, Tensor) or not context.is_floating_point():
+            kind = type(context).__name__ if not isinstance(context, Tensor) else context.dtype
+            raise TypeError(
+                f"context must be a floating-point (B, S, features) tensor, got {kind}; "
+                "masks go by keyword: key_padding_mask=..., attn_mask=..."
+            )
+        want = self.dim if self.context_dim is None else self.context_dim
+        if context.dim() != 3 or context.shape[0] != x.shape[0] or context.shape[-1] != want:
+            raise ValueError(
+                f"context must have shape (B={x.shape[0]}, S, {want}), got {tuple(context.shape)}"
+            )
+        if self.causal:
+            raise ValueError(
+                "causal=True is for self-attention; for cross-attention give an attn_mask"
+            )
+        if self.output_gate in _KEY_SIDE_GATES:
+            raise ValueError(_cross_gate_message(self.output_gate))
 
-    def gate_scores(self, x: Tensor) -> Tensor | None:
+    def _user_masks(
+        self,
+        attn_mask: Tensor | None,
+        key_padding_mask: Tensor | None,
+        B: int,
+        T: int,
+        S: int,
+        dtype: torch.dtype,
+    ) -> Mask:
+        """``attn_mask`` and ``key_padding_mask`` (True = blocked, or additive) in internal form."""
+        out: Mask = None
+        if key_padding_mask is not None:
+            self._check_mask_dtype("key_padding_mask", key_padding_mask)
+            if tuple(key_padding_mask.shape) != (B, S):
+                raise ValueError(
+                    f"key_padding_mask must have shape (B, S)=({B}, {S}) (S = keys: the "
+                    f"context, or cached plus new tokens), got {tuple(key_padding_mask.shape)}"
+                )
+            out = self._internal(key_padding_mask[:, None, None, :], dtype)  # (B, 1, 1, S)
+        if attn_mask is not None:
+            self._check_mask_dtype("attn_mask", attn_mask)
+            ok = 2 <= attn_mask.dim() <= 4
+            if ok:
+                try:
+                    ok = torch.broadcast_shapes(attn_mask.shape, (B, self.heads, T, S)) == (
+                        B, self.heads, T, S,
+                    )
+                except RuntimeError:
+                    ok = False
+            if not ok:
+                raise ValueError(
+                    f"attn_mask must broadcast to (B, H, T, S)=({B}, {self.heads}, {T}, {S}) "
+                    f"with 2 to 4 dims, got {tuple(attn_mask.shape)} (nn.MultiheadAttention's "
+                    "(B*H, T, S) layout: reshape it to (B, H, T, S))"
+                )
+            out = _and_masks(out, self._internal(attn_mask, dtype))
+        return out
+
+    @staticmethod
+    def _check_mask_dtype(name: str, mask: Tensor) -> None:
+        if not isinstance(mask, Tensor):
+            raise TypeError(f"{name} must be a Tensor, got {type(mask).__name__}")
+        if mask.dtype != torch.bool and not mask.is_floating_point():
+            raise TypeError(
+                f"{name} must be bool (True = may not attend) or float (added to the "
+                f"logits), got {mask.dtype}"
+            )
+
+    @staticmethod
+    def _internal(mask: Tensor, dtype: torch.dtype) -> Tensor:
+        return ~mask if mask.dtype == torch.bool else mask.to(dtype)
+
+    # ------------------------------------------------------------------ pieces
+    def output_gate_scores(self, x: Tensor) -> Tensor | None:
         """Sigmoid gate ``sigmoid(X W_theta + b_theta)`` shaped to broadcast at its position.
 
         Returns ``(B, H, T, D)`` (elementwise) or ``(B, H, T, 1)`` (headwise) for G1..G4,
         ``(B, T, dim)`` for G5, None without a gate.
         """
-        if self.gate_proj is None:
+        if self.output_gate_proj is None:
             return None
-        g = torch.sigmoid(self.gate_proj(x))  # (B, T, dim) or (B, T, H)
-        if self.gate == "G5":
+        g = torch.sigmoid(self.output_gate_proj(x))  # (B, T, dim) or (B, T, H)
+        if self.output_gate == "G5":
             return g  # (B, T, dim)
-        if self.gate_granularity == "headwise":
+        if self.output_gate_granularity == "headwise":
             return g.transpose(1, 2).unsqueeze(-1)  # (B, H, T, 1)
         return self._split(g)  # (B, H, T, D)
-
-    def allowed_keys(
-        self, key_padding_mask: Tensor | None, T: int, device: torch.device
-    ) -> Tensor | None:
-        """Bool ``(B or 1, 1, T, T)``, True where query t may attend to key s; None = all."""
-        allowed = None
-        if self.causal:
-            allowed = torch.ones(T, T, dtype=torch.bool, device=device).tril()[None, None]
-            # allowed: (1, 1, T, T)
-        if key_padding_mask is not None:
-            kp = ~key_padding_mask[:, None, None, :]  # (B, 1, 1, T)
-            allowed = kp if allowed is None else allowed & kp  # (B, 1, T, T)
-        return allowed
 
     def _sigmoid_bias_value(self, n_keys: int) -> float:
         return -math.log(n_keys) if self.sigmoid_bias is None else self.sigmoid_bias
 
-    def attention_weights(self, q: Tensor, k: Tensor, allowed: Tensor | None) -> Tensor:
-        """Explicit weights ``(B, H, T, T)`` from (possibly gated) queries/keys ``(B, H, T, D)``.
+    def attention_weights(self, q: Tensor, k: Tensor, mask: Mask = None) -> Tensor:
+        """Explicit weights ``(B, H, T, S)`` from queries ``(B, H, T, D)`` and keys ``(B, H, S, D)``.
 
-        softmax: ``softmax(q k^T / sqrt(D))`` over allowed keys (masked -> weight 0);
-        sigmoid: ``sigmoid(q k^T / sqrt(D) + b)`` with masked keys set to weight 0.
+        ``mask``: None, bool (True = may attend) or additive float, broadcastable to
+        ``(B, H, T, S)``.  softmax: ``softmax(q k^T / sqrt(D) + M)``; sigmoid:
+        ``sigmoid(q k^T / sqrt(D) + b + M)`` (hidden keys get weight exactly 0).
         No dropout is applied here.
         """
-        # scale the (B, H, T, D) queries rather than the (B, H, T, T) logits; the in-place
+        # scale the (B, H, T, D) queries rather than the (B, H, T, S) logits; the in-place
         # edits below are safe for autograd (the product's backward does not need its output)
-        logits = (q * (1.0 / math.sqrt(self.head_dim))) @ k.transpose(-2, -1)  # (B, H, T, T)
+        logits = (q * (1.0 / math.sqrt(self.head_dim))) @ k.transpose(-2, -1)  # (B, H, T, S)
         if self.score == "sigmoid":
             logits.add_(self._sigmoid_bias_value(k.shape[-2]))
-        if allowed is not None:
-            logits.masked_fill_(~allowed, float("-inf"))
+        if mask is not None:
+            if mask.dtype == torch.bool:
+                logits.masked_fill_(~mask, float("-inf"))
+            else:
+                logits = logits + mask
         if self.score == "softmax":
             return torch.softmax(logits, dim=-1)
         return torch.sigmoid(logits)  # sigmoid(-inf) = 0 exactly
 
-    def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        """Queries, keys, values ``(B, H, T, D)`` after activation and G2/G3/G4 gates; the gate."""
+    def project(
+        self, x: Tensor, context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """Queries ``(B, H, T, D)``, keys/values ``(B, H, S, D)`` after activation and G2/G3/G4
+        gates, and the gate scores (from ``x``)."""
+        kv_in = x if context is None else context
         q = self._split(self.q_proj(x))  # (B, H, T, D)
-        k = self._split(self.k_proj(x))  # (B, H, T, D)
-        v = self._split(self.v_proj(x))  # (B, H, T, D)
+        k = self._split(self.k_proj(kv_in))  # (B, H, S, D)
+        v = self._split(self.v_proj(kv_in))  # (B, H, S, D)
         if self._act is not None:
-            v = self._act(v)  # active attention: sigma(X W_V + b_V)
-        g = self.gate_scores(x)
-        if self.gate == "G2":
-            v = v * g  # gate after the value activation
-        elif self.gate == "G3":
+            v = self._act(v)  # active attention: sigma(Z W_V + b_V)
+        g = self.output_gate_scores(x)
+        if self.output_gate == "G2":
+            v = v * g  # gate after the value activation (self-attention: S = T)
+        elif self.output_gate == "G3":
             k = k * g
-        elif self.gate == "G4":
+        elif self.output_gate == "G4":
             q = q * g
         return q, k, v, g
 
-    def weights(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
-        """Attention weights ``(B, H, T, T)`` the layer uses on input ``x`` (no dropout)."""
-        self._check_input(x, key_padding_mask)
-        q, k, _, _ = self.project(x)
-        allowed = self.allowed_keys(key_padding_mask, x.shape[1], x.device)
-        return self.attention_weights(q, k, allowed)
+    def weights(
+        self,
+        x: Tensor,
+        context: Tensor | None = None,
+        *,
+        attn_mask: Tensor | None = None,
+        key_padding_mask: Tensor | None = None,
+    ) -> Tensor:
+        """Attention weights ``(B, H, T, S)`` the layer uses on input ``x`` (no dropout, no cache)."""
+        self._check_input(x, context)
+        q, k, _, _ = self.project(x, context)
+        B, T, S = x.shape[0], q.shape[-2], k.shape[-2]
+        mask = self._user_masks(attn_mask, key_padding_mask, B, T, S, q.dtype)
+        if self.causal:
+            mask = _and_masks(mask, causal_allowed(T, S, 0, x.device))
+        return self.attention_weights(q, k, mask)
 
     # ------------------------------------------------------------------ forward
     def forward(
         self,
         x: Tensor,
-        key_padding_mask: Tensor | None = None,
+        context: Tensor | None = None,
         *,
+        attn_mask: Tensor | None = None,
+        key_padding_mask: Tensor | None = None,
+        cache: KVCache | None = None,
         reference: bool | None = None,
     ) -> Tensor:
-        """Self-attention on ``x`` ``(B, T, dim)`` -> ``(B, T, dim)``.
+        """Attention from ``x`` ``(B, T, dim)`` to itself or to ``context`` -> ``(B, T, dim)``.
 
         Args:
-            x: input hidden states.
-            key_padding_mask: optional bool ``(B, T)``, True = ignore that key (the
-                ``nn.MultiheadAttention`` convention). A query whose keys are all masked
-                gives NaN with softmax scores (as ``nn.MultiheadAttention``) and 0 with
-                sigmoid scores.
-            reference: force the explicit path (True) or the SDPA path (False); None
-                uses ``self.use_reference``. Sigmoid scores always use the explicit path.
+            x: query-side hidden states (and keys/values for self-attention).
+            context: optional ``(B, S, dim or context_dim)``: cross-attention, keys and values
+                from the context.  Not with ``causal``, gates G2/G3 or a cache.
+            attn_mask: optional mask broadcastable to ``(B, H, T, S)`` (2 to 4 dims, e.g.
+                ``(T, S)``): bool, True = query t may *not* attend to key s (the
+                ``nn.MultiheadAttention`` convention, the opposite of SDPA's), or float,
+                added to the logits (``-inf`` hides a key).
+            key_padding_mask: optional ``(B, S)``, bool True = ignore that key, or float
+                added to the logits.  With a cache, S counts cached plus new tokens.
+                A query whose keys are all hidden gives NaN with softmax scores (as
+                ``nn.MultiheadAttention``) and 0 with sigmoid scores.
+            cache: a :class:`KVCache` for incremental self-attention decoding: the new
+                tokens attend to the cached ones and their own (causally, with ``causal``),
+                and their keys/values are appended to it.
+            reference: force the explicit path (True) or the fast path (False); None uses
+                ``self.use_reference``.
         """
-        self._check_input(x, key_padding_mask)
+        self._check_input(x, context)
+        if cache is not None:
+            if not isinstance(cache, KVCache):
+                raise TypeError(f"cache must be a KVCache, got {type(cache).__name__}")
+            if context is not None:
+                raise ValueError(
+                    "cache is for incremental self-attention decoding; cross-attention keys "
+                    "do not grow, call the layer with the same context instead"
+                )
         B, T, C = x.shape
         use_ref = self.use_reference if reference is None else reference
-        q, k, v, g = self.project(x)
-        p_drop = self.dropout if self.training else 0.0
-        if self.score == "softmax" and not use_ref:
-            # causal without padding: let SDPA build the mask (keeps the fused kernel)
-            only_causal = self.causal and key_padding_mask is None
-            allowed = None if only_causal else self.allowed_keys(key_padding_mask, T, x.device)
-            y = F.scaled_dot_product_attention(
-                q,
-                k,
-                v,
-                attn_mask=allowed,
-                dropout_p=p_drop,
-                is_causal=only_causal,
-            )  # (B, H, T, D)
-        else:
-            allowed = self.allowed_keys(key_padding_mask, T, x.device)
-            w = self.attention_weights(q, k, allowed)  # (B, H, T, T)
-            if p_drop > 0.0:
-                w = F.dropout(w, p=p_drop)
-            y = w @ v  # (B, H, T, D)
-        if self.gate == "G1":
+        q, k, v, g = self.project(x, context)
+        offset = 0
+        if cache is not None:
+            offset = len(cache)
+            k, v = cache.append(k, v)  # (B, H, S, D), S = offset + T
+        S = k.shape[-2]
+        user = self._user_masks(attn_mask, key_padding_mask, B, T, S, q.dtype)
+        y = self._attend(q, k, v, user, offset if self.causal else None, use_ref)  # (B, H, T, D)
+        if self.output_gate == "G1":
             y = y * g  # gate each head's output before concatenation
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, dim)
         y = self.out_proj(y)
-        if self.gate == "G5":
+        if self.output_gate == "G5":
             y = y * g
         return y
+
+    def _attend(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        user: Mask,
+        causal_offset: int | None,
+        use_ref: bool,
+    ) -> Tensor:
+        """Per-head outputs ``(B, H, T, D)`` on the fastest path the options allow."""
+        T, S = q.shape[-2], k.shape[-2]
+        p_drop = self.dropout if self.training else 0.0
+        # a causal mask that hides nothing: one new token after the cache, or no causality
+        causal_trivial = causal_offset is None or (T == 1 and causal_offset == S - 1)
+        if self.score == "softmax" and not use_ref:
+            if causal_trivial:
+                mask, is_causal = user, False
+            elif user is None and causal_offset == 0 and T == S:
+                mask, is_causal = None, True  # SDPA builds the mask (keeps the fused kernel)
+            else:
+                mask = _and_masks(user, causal_allowed(T, S, causal_offset, q.device))
+                is_causal = False
+            return F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=p_drop, is_causal=is_causal
+            )
+        grad_mask = user is not None and user.requires_grad
+        # a problem no bigger than one block (e.g. decoding one token) is cheaper explicitly
+        small = q.shape[0] * q.shape[1] * T * S <= sigmoid_chunked.CHUNK_ELEMENTS
+        if self.score == "sigmoid" and not (use_ref or small or grad_mask or p_drop > 0.0):
+            return sigmoid_chunked.sigmoid_attention_chunked(
+                q,
+                k,
+                v,
+                bias=self._sigmoid_bias_value(S),
+                scale=1.0 / math.sqrt(self.head_dim),
+                mask=_as_additive(user, q.dtype),
+                causal_offset=None if causal_trivial else causal_offset,
+            )
+        mask = user
+        if not causal_trivial:
+            mask = _and_masks(mask, causal_allowed(T, S, causal_offset, q.device))
+        w = self.attention_weights(q, k, mask)  # (B, H, T, S)
+        if p_drop > 0.0:
+            w = F.dropout(w, p=p_drop)
+        return w @ v  # (B, H, T, D)

@@ -10,12 +10,14 @@ Per layer, averaged over every forward call seen (weighted by element counts):
   ``w[t, 0] / sum_s w[t, s]``, the attention weight on the first key token.  For softmax
   scores the row sum is 1; for sigmoid scores (weights not normalised) the share is taken
   relative to the row's total weight.  Rows with no allowed key are skipped.  The weights
-  are recomputed from the layer input by ``Attention.weights`` (the SDPA kernel never
-  forms them), which costs one extra ``(B, H, T, T)`` product per probed call.
+  are recomputed from the layer input (context and masks included) by
+  ``Attention.weights`` (the SDPA kernel never forms them), which costs one extra
+  ``(B, H, T, S)`` product per probed call.  Calls with a ``KVCache`` are not counted in
+  this share (their earlier keys are not in the call's inputs); ``cached_calls`` counts them.
 * ``max_abs_hidden`` -- ``max |x|`` of the hidden state entering the layer, and
   ``max_abs_output`` -- ``max |y|`` of the layer's output (maximum over all calls).
-* ``mean_gate`` -- mean of ``sigmoid(X W_theta + b_theta)`` over all entries (None for
-  layers without a gate).
+* ``mean_output_gate`` -- mean of the output gate ``sigmoid(X W_theta + b_theta)`` over
+  all entries (None for layers without an output gate).
 * ``small_output_fraction`` -- fraction of entries of the concatenated per-head
   attention output (the input of ``out_proj``, after a G1 gate) with ``|value| < threshold``
   (default 1e-2).
@@ -51,6 +53,7 @@ class LayerStats:
     max_abs_output: float = 0.0
     gate_sum: float = 0.0
     gate_count: int = 0
+    cached_calls: int = 0
     small_sum: float = 0.0
     small_count: int = 0
     calls: int = 0
@@ -64,9 +67,10 @@ class LayerStats:
             "first_token_share": ratio(self.share_sum, self.share_count),
             "max_abs_hidden": self.max_abs_hidden,
             "max_abs_output": self.max_abs_output,
-            "mean_gate": ratio(self.gate_sum, self.gate_count) if self.gated else None,
+            "mean_output_gate": ratio(self.gate_sum, self.gate_count) if self.gated else None,
             "small_output_fraction": ratio(self.small_sum, self.small_count),
             "calls": self.calls,
+            "cached_calls": self.cached_calls,
         }
 
 
@@ -102,7 +106,8 @@ class AttentionProbes:
     # ------------------------------------------------------------------ lifecycle
     def reset(self) -> None:
         self.stats = {
-            name: LayerStats(gated=m.gate_proj is not None) for name, m in self.layers.items()
+            name: LayerStats(gated=m.output_gate_proj is not None)
+            for name, m in self.layers.items()
         }
 
     def attach(self) -> AttentionProbes:
@@ -114,8 +119,10 @@ class AttentionProbes:
                 layer.register_forward_hook(self._layer_hook(st), with_kwargs=True)
             )
             self._handles.append(layer.out_proj.register_forward_pre_hook(self._out_proj_hook(st)))
-            if layer.gate_proj is not None:
-                self._handles.append(layer.gate_proj.register_forward_hook(self._gate_hook(st)))
+            if layer.output_gate_proj is not None:
+                self._handles.append(
+                    layer.output_gate_proj.register_forward_hook(self._gate_hook(st))
+                )
         return self
 
     def detach(self) -> None:
@@ -139,18 +146,26 @@ class AttentionProbes:
             layer: Attention, args: tuple[Any, ...], kwargs: dict[str, Any], out: Tensor
         ) -> None:
             x = args[0] if args else kwargs["x"]
-            kpm = args[1] if len(args) > 1 else kwargs.get("key_padding_mask")
+            context = args[1] if len(args) > 1 else kwargs.get("context")
             with torch.no_grad():
-                self._recomputing = True  # the gate hook must not count this second pass
-                try:
-                    w = layer.weights(x.detach(), kpm)  # (B, H, T, T)
-                finally:
-                    self._recomputing = False
-                total = w.sum(-1)  # (B, H, T)
-                ok = total > 0
-                share = w[..., 0][ok] / total[ok]
-                st.share_sum += share.sum().item()
-                st.share_count += share.numel()
+                if kwargs.get("cache") is None:
+                    self._recomputing = True  # the gate hook must not count this second pass
+                    try:
+                        w = layer.weights(  # (B, H, T, S)
+                            x.detach(),
+                            None if context is None else context.detach(),
+                            attn_mask=kwargs.get("attn_mask"),
+                            key_padding_mask=kwargs.get("key_padding_mask"),
+                        )
+                    finally:
+                        self._recomputing = False
+                    total = w.sum(-1)  # (B, H, T)
+                    ok = total > 0
+                    share = w[..., 0][ok] / total[ok]
+                    st.share_sum += share.sum().item()
+                    st.share_count += share.numel()
+                else:
+                    st.cached_calls += 1
                 st.max_abs_hidden = max(st.max_abs_hidden, x.detach().abs().max().item())
                 st.max_abs_output = max(st.max_abs_output, out.detach().abs().max().item())
                 st.calls += 1

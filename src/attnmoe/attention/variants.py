@@ -8,7 +8,7 @@ Base names (see ``list_variants()``):
 * ``softmax`` -- plain softmax attention (arXiv 1706.03762).
 * ``active-<act>`` -- active attention, value activation ``<act>`` (arXiv 2410.11222),
   e.g. ``active-gelu``, ``active-relu``.
-* ``gated-g1`` .. ``gated-g5`` -- elementwise sigmoid gate at position G1..G5 and
+* ``gated-g1`` .. ``gated-g5`` -- elementwise sigmoid output gate at position G1..G5 and
   ``gated-g1-headwise`` .. ``gated-g4-headwise`` -- one gate per head (arXiv 2505.06708).
 * ``sigmoid`` -- sigmoid attention with bias ``-log(n)`` (arXiv 2409.04431).
 
@@ -22,20 +22,26 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Any
 
-from .attention import ACTIVATIONS, validate_options
+from .attention import OUTPUT_GATE_POSITIONS, VALUE_ACTIVATIONS, validate_options
 
 __all__ = ["VARIANTS", "attention_kwargs", "list_variants"]
 
 
 def _build_registry() -> dict[str, dict[str, Any]]:
     reg: dict[str, dict[str, Any]] = {"softmax": {"score": "softmax"}}
-    for act in ACTIVATIONS:
+    for act in VALUE_ACTIVATIONS:
         if act != "identity":
             reg[f"active-{act}"] = {"value_activation": act}
-    for pos in ("G1", "G2", "G3", "G4", "G5"):
-        reg[f"gated-{pos.lower()}"] = {"gate": pos, "gate_granularity": "elementwise"}
-    for pos in ("G1", "G2", "G3", "G4"):
-        reg[f"gated-{pos.lower()}-headwise"] = {"gate": pos, "gate_granularity": "headwise"}
+    for pos in OUTPUT_GATE_POSITIONS:
+        reg[f"gated-{pos.lower()}"] = {
+            "output_gate": pos,
+            "output_gate_granularity": "elementwise",
+        }
+        if pos != "G5":  # a headwise gate after out_proj is undefined (heads are mixed)
+            reg[f"gated-{pos.lower()}-headwise"] = {
+                "output_gate": pos,
+                "output_gate_granularity": "headwise",
+            }
     reg["sigmoid"] = {"score": "sigmoid"}
     return reg
 
@@ -47,8 +53,8 @@ VARIANTS: MappingProxyType[str, dict[str, Any]] = MappingProxyType(_build_regist
 _SLOT = {
     "score": "score",
     "value_activation": "activation",
-    "gate": "gate",
-    "gate_granularity": "gate",
+    "output_gate": "output gate",
+    "output_gate_granularity": "output gate",
 }
 
 

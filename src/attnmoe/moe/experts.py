@@ -18,16 +18,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ACTIVATIONS", "EXPERTS", "Expert", "make_expert"]
+__all__ = ["EXPERTS", "EXPERT_ACTIVATIONS", "Expert", "make_expert"]
 
-ACTIVATIONS: dict[str, Callable[[Tensor], Tensor] | None] = {
+EXPERT_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor] | None] = {
     "linear": None,
     "sigmoid": torch.sigmoid,
     "tanh": torch.tanh,
     "gelu": F.gelu,  # exact (erf) GELU
     "relu": F.relu,
 }
-EXPERTS = tuple(ACTIVATIONS)
+"""Expert non-linearity by name (None = linear); attention's value activations reuse these."""
+EXPERTS = tuple(EXPERT_ACTIVATIONS)
 
 
 class Expert:
@@ -40,10 +41,10 @@ class Expert:
     param_names: tuple[str, ...] = ("a", "alpha")
 
     def __init__(self, name: str) -> None:
-        if name not in ACTIVATIONS:
+        if name not in EXPERT_ACTIVATIONS:
             raise ValueError(f"unknown expert {name!r}; valid experts: {list(EXPERTS)}")
         self.name = name
-        self.activation = ACTIVATIONS[name]
+        self.activation = EXPERT_ACTIVATIONS[name]
 
     @staticmethod
     def param_shapes(dim: int) -> dict[str, tuple[int, ...]]:

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from attnmoe.attention import Attention, KVCache
 from attnmoe.tasks.data import load_char_corpus, resolve_data_dir
 from attnmoe.tasks.data.text import BlockDataset
 from attnmoe.tasks.registry import (
@@ -89,18 +90,89 @@ class GPT(nn.Module):
             nn.init.normal_(block.attn.out_proj.weight, std=residual_std)
             nn.init.normal_(block.mlp.proj.weight, std=residual_std)
 
-    def forward(self, idx: Tensor) -> Tensor:
-        """Next-token logits ``(B, T, vocab_size)`` for ids ``idx`` ``(B, T)``, ``T <= block_size``."""
+    def forward(self, idx: Tensor, caches: list[KVCache] | None = None) -> Tensor:
+        """Next-token logits ``(B, T, vocab_size)`` for ids ``idx`` ``(B, T)``.
+
+        ``caches``: one :class:`KVCache` per block for incremental decoding; ``idx`` then
+        continues the cached tokens (positions start at the cache length). Cached plus new
+        tokens must fit in ``block_size``.
+        """
         if idx.ndim != 2 or idx.dtype != torch.long:
             raise ValueError(f"expected int64 ids (B, T), got {idx.dtype} {tuple(idx.shape)}")
-        T = idx.shape[1]
+        if caches is not None and len(caches) != len(self.blocks):
+            raise ValueError(f"need one KVCache per block ({len(self.blocks)}), got {len(caches)}")
+        start = 0 if caches is None else len(caches[0])
+        T = start + idx.shape[1]
         if T > self.block_size:
             raise ValueError(f"sequence length {T} exceeds block_size {self.block_size}")
-        pos = torch.arange(T, device=idx.device)
+        pos = torch.arange(start, T, device=idx.device)
         h = self.dropout(self.tok_embed(idx) + self.pos_embed(pos))  # (B, T, dim)
-        for block in self.blocks:
-            h = block(h)
+        for i, block in enumerate(self.blocks):
+            h = block(h, None if caches is None else caches[i])
         return self.lm_head(self.ln_f(h))  # (B, T, vocab)
+
+
+def cache_is_exact(model: GPT) -> bool:
+    """Whether KV-cache decoding reproduces recomputing the prefix.
+
+    Not for a stack of sigmoid-attention layers with the default bias ``-log n``: ``n`` is
+    the number of keys of the call, so the hidden states of earlier tokens (the next
+    layer's cached keys) depend on how long the sequence was when they were computed.
+    """
+    length_dependent = any(
+        isinstance(m, Attention) and m.score == "sigmoid" and m.sigmoid_bias is None
+        for m in model.modules()
+    )
+    return not (length_dependent and len(model.blocks) > 1)
+
+
+@torch.no_grad()
+def generate(
+    model: GPT,
+    idx: Tensor,
+    n_tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+) -> Tensor:
+    """Append ``n_tokens`` sampled ids to ``idx`` ``(B, T0)``; returns ``(B, T0 + n_tokens)``.
+
+    Each next id is drawn from ``softmax(logits / temperature)`` restricted to the ``top_k``
+    largest logits (all when None). The context is the last ``block_size`` ids (nanoGPT's
+    crop). With ``use_cache`` the blocks keep a :class:`KVCache`, so each new id costs one
+    token's forward until the context is full; from then on the window slides, positions
+    shift, and every step recomputes the window (as without the cache).  Both ways give the
+    same logits up to rounding (tested); where they would not (:func:`cache_is_exact`) the
+    cache is not used.  The model is put in eval mode.
+    """
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if idx.ndim != 2 or idx.shape[1] < 1:
+        raise ValueError(f"idx must be (B, T0) with T0 >= 1, got {tuple(idx.shape)}")
+    model.eval()
+    window = model.block_size
+    caches = [KVCache() for _ in model.blocks] if use_cache and cache_is_exact(model) else None
+    out = idx
+    logits = model(out[:, -window:], caches)[:, -1]  # (B, V)
+    for step in range(n_tokens):
+        logits = logits / temperature
+        if top_k is not None and top_k < logits.shape[-1]:
+            kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        probs = torch.softmax(logits, dim=-1)
+        nxt = torch.multinomial(probs, 1, generator=generator)  # (B, 1)
+        out = torch.cat([out, nxt], dim=1)
+        if step == n_tokens - 1:
+            break
+        if caches is not None and len(caches[0]) < window:
+            logits = model(nxt, caches)[:, -1]
+        else:
+            logits = model(out[:, -window:])[:, -1]
+    return out
 
 
 def _init_gpt(module: nn.Module) -> None:
@@ -185,7 +257,7 @@ def build_lm(spec: RunSpec, data_dir: Path | None, entry: TaskEntry) -> Task:
         entry, spec, f"lm/{spec.dataset}/{spec.attention}",
         model=model, train_data=train_data, val_data=val_data, test_data=None,
         loss_fn=_lm_loss, evaluate=evaluate, get_batch=get_batch,
-        info={"source": corpus.source, "vocab_size": corpus.vocab_size, "n_train_chars": len(corpus.train),
+        info={"source": corpus.source, "chars": "".join(corpus.chars), "vocab_size": corpus.vocab_size, "n_train_chars": len(corpus.train),
               "n_val_chars": len(corpus.val), "n_unk_val": corpus.n_unk_val, "unk_id": corpus.unk_id,
               "n_eval_blocks": len(val_starts), "eval_tokens": len(val_starts) * block},
     )

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from einops.layers.torch import Rearrange
 from torch import Tensor, nn
 
-from attnmoe.attention import Attention
+from attnmoe.attention import Attention, KVCache
 from attnmoe.attention.variants import attention_kwargs
 from attnmoe.tasks.data import load_digits_splits, load_idx_splits, resolve_data_dir
 from attnmoe.tasks.data.images import IDX_DATASETS
@@ -82,8 +82,8 @@ class PreNormBlock(nn.Module):
         self.ln2 = nn.LayerNorm(dim)
         self.mlp = MLP(dim, round(mlp_ratio * dim), dropout)
 
-    def forward(self, x: Tensor) -> Tensor:  # (B, T, dim) -> (B, T, dim)
-        x = x + self.attn_dropout(self.attn(self.ln1(x)))
+    def forward(self, x: Tensor, cache: KVCache | None = None) -> Tensor:  # (B, T, dim)
+        x = x + self.attn_dropout(self.attn(self.ln1(x), cache=cache))
         return x + self.mlp(self.ln2(x))
 
 
