@@ -100,13 +100,17 @@ def fit_and_score(
         losses["width_D11"] = _num(scores["D11"][near].max())
         losses["width_copy"] = _num(scores["copy"][near].max())
         losses["width_split_mass"] = _num(scores["split_mass"][near].min())
+        if setting.k_fit == setting.k_true:  # no cell can be split: no split statistics
+            for key in ("copy", "split_mass", "width_copy", "width_split_mass"):
+                losses.pop(key)
         by_kind: dict[str, int] = {}
         if len(specs) > 1:  # each kind's own best start: its local error, its split
             for k, sp in enumerate(specs):
                 own = rows[k * o.starts : (k + 1) * o.starts]
                 b_k, _ = _best_and_near(res, own, window)
                 for key in ("D1", "D11", "copy", "split_mass"):
-                    losses[f"{key}@{sp.kind}"] = _num(scores[key][b_k])
+                    if key in losses:
+                        losses[f"{key}@{sp.kind}"] = _num(scores[key][b_k])
                 by_kind[sp.kind] = int(res.converged[own].sum())
         records.append({
             "setting": setting.name,

@@ -48,17 +48,29 @@ def _fmt_convergence(info: dict[str, Any]) -> str:
     return text
 
 
+#: columns of the Markdown tables, in this order, when present (summary.json has every loss)
+TABLE_COLUMNS = ("D1", "D2", "L2", "atom", "gate", "expert", "copy", "split_mass", "width_copy",
+                 "D1@near-truth", "copy@near-truth", "D1@displaced", "copy@displaced")
+
+
+def table_columns(names: set[str]) -> list[str]:
+    """The losses a Markdown table shows: :data:`TABLE_COLUMNS` present in ``names``, else all."""
+    chosen = [k for k in TABLE_COLUMNS if k in names]
+    return chosen or sorted(names)
+
+
 def summary_markdown(summary: dict[str, Any]) -> str:
     """A Markdown table: one row per setting, convergence, one column per loss (slope [CI])."""
     settings = summary["settings"]
-    loss_names = sorted({k for s in settings.values() for k in s["losses"]})
+    loss_names = table_columns({k for s in settings.values() for k in s["losses"]})
     level = summary.get("level", 0.95)
     lines = [
         "# Convergence-rate study",
         "",
         f"Slope of log(loss) against log(n): {summary['method']}; {level:.0%} interval, "
         f"{summary['n_boot']} resamples. Converged: fraction of fits the optimiser reported "
-        "converged (count per stopping reason when the records carry one).",
+        "converged (count per stopping reason when the records carry one). Columns: "
+        + ", ".join(TABLE_COLUMNS) + " where present; every loss is in summary.json.",
         "",
         "| setting | n range | reps | converged | " + " | ".join(loss_names) + " |",
         "|---|---|---|---|" + "---|" * len(loss_names),
@@ -80,7 +92,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         lines += ["", "Records left out of a slope (missing, NaN or non-positive loss): " + "; ".join(dropped) + "."]
     sweep = summary.get("sweep", {}).get("settings", {})
     if sweep:
-        names = sorted({k for s in sweep.values() for k in s["losses"]})
+        names = table_columns({k for s in sweep.values() for k in s["losses"]})
         lines += [
             "",
             "## Noise sweep: slope of log(loss) against log(n / sigma^2)",
