@@ -31,21 +31,22 @@ from scipy.special import ndtr
 SQRT_2PI = np.sqrt(2.0 * np.pi)
 
 
-def _act(name: str, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """sigma(z) and sigma'(z)."""
+def _act(name: str, z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """sigma(z), sigma'(z) and sigma''(z)."""
     if name == "linear":
-        return z, np.ones_like(z)
+        return z, np.ones_like(z), np.zeros_like(z)
     if name == "sigmoid":
         s = 0.5 * (1.0 + np.tanh(0.5 * z))  # overflow-free logistic
-        return s, s * (1.0 - s)
+        ds = s * (1.0 - s)
+        return s, ds, ds * (1.0 - 2.0 * s)
     if name == "tanh":
         t = np.tanh(z)
-        return t, 1.0 - t * t
+        return t, 1.0 - t * t, -2.0 * t * (1.0 - t * t)
     if name == "gelu":
-        cdf = ndtr(z)
-        return z * cdf, cdf + z * np.exp(-0.5 * z * z) / SQRT_2PI
+        cdf, pdf = ndtr(z), np.exp(-0.5 * z * z) / SQRT_2PI
+        return z * cdf, cdf + z * pdf, (2.0 - z * z) * pdf
     if name == "relu":
-        return np.maximum(z, 0.0), (z > 0).astype(z.dtype)
+        return np.maximum(z, 0.0), (z > 0).astype(z.dtype), np.zeros_like(z)
     raise ValueError(f"unknown expert {name!r}")
 
 
@@ -91,7 +92,8 @@ class NumpyMoE:
             start += m
         return out
 
-    def __call__(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
+    def _forward(self, theta: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Weights w, expert outputs h, sigma', sigma'' ``(n, k)`` and f ``(n,)`` at theta."""
         p = self.unpack(theta)
         x, n = self.x, self.n
         # gating logits of experts 1..k-1 (expert 0's are 0), (n, k)
@@ -107,8 +109,12 @@ class NumpyMoE:
         w = np.exp(u)
         w /= w.sum(axis=1, keepdims=True)
         z = x @ p["a"].T + p["alpha"]
-        h, dh = _act(self.expert, z)
-        f = (w * h).sum(axis=1)
+        h, dh, d2h = _act(self.expert, z)
+        return w, h, dh, d2h, (w * h).sum(axis=1)
+
+    def __call__(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
+        w, h, dh, _, f = self._forward(theta)
+        x, n = self.x, self.n
         r = f - self.y
         loss = float(r @ r) / n
         e = 2.0 * r / n  # (n,)
@@ -124,6 +130,85 @@ class NumpyMoE:
         grads["a"] = gz.T @ x
         grads["alpha"] = gz.sum(axis=0)
         return loss, np.concatenate([grads[k].ravel() for k in self.shapes])
+
+    # --- residuals, Jacobian and Hessian (for least_squares "trf" and minimize "trust-exact") ---
+    #
+    # Every free parameter multiplies one fixed feature inside one latent variable: the gate
+    # logit u_i (i = 1..k-1) with features G(x) = [x_p x_q (1 + [p<q]) for p <= q (A), x (b),
+    # 1 (c)], or the expert pre-activation z_i (i = 0..k-1) with features E(x) = [x, 1].
+    # In that "natural" order (u_1 features, ..., u_{k-1} features, z_0 features, ...):
+    #
+    #   df/du_i = s_i = w_i (h_i - f),   df/dz_i = w_i sigma'_i
+    #   d2f/du_i du_l = [i=l] s_i - w_i s_l - w_l s_i
+    #   d2f/du_l dz_i = [i=l] w_i sigma'_i - w_l w_i sigma'_i
+    #   d2f/dz_i dz_l = [i=l] w_i sigma''_i
+    #   H = (2/n) sum_j (J_j J_j^T + r_j d2f_j)
+    #
+    # so each second-order block is (feature outer products)^T (per-sample weights): one matmul.
+
+    def _natural(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Gate features G (n, Fg), expert features E (n, d + 1), and the permutation ``perm``
+        with theta[p] = natural[perm[p]]; cached."""
+        if not hasattr(self, "_perm"):
+            n, d, K, k = self.n, self.d, self.k - 1, self.k
+            cols = ([self.quad * (1.0 + self.off)] if self.has_A else []) + ([self.x] if self.has_b else [])
+            G = np.concatenate(cols + [np.ones((n, 1))], axis=1)
+            E = np.concatenate([self.x, np.ones((n, 1))], axis=1)
+            Fg, Fe, t = G.shape[1], d + 1, d * (d + 1) // 2
+            gate = np.arange(K * Fg).reshape(K, Fg)
+            expert = K * Fg + np.arange(k * Fe).reshape(k, Fe)
+            blocks = ([gate[:, :t]] if self.has_A else []) + (
+                [gate[:, Fg - 1 - d : Fg - 1]] if self.has_b else [])
+            blocks += [gate[:, Fg - 1], expert[:, :d], expert[:, d]]
+            self._perm = np.concatenate([b.ravel() for b in blocks])
+            self._G, self._E = G, E
+            outer = lambda a, b: (a[:, :, None] * b[:, None, :]).reshape(n, -1)  # noqa: E731
+            self._GG, self._GE, self._EE = outer(G, G), outer(G, E), outer(E, E)
+        return self._G, self._E, self._perm
+
+    def _jacobian_natural(self, w, h, dh, f) -> np.ndarray:
+        G, E, _ = self._natural()
+        n = self.n
+        ju = (w[:, 1:] * (h[:, 1:] - f[:, None]))[:, :, None] * G[:, None, :]  # (n, k-1, Fg)
+        jz = (w * dh)[:, :, None] * E[:, None, :]  # (n, k, Fe)
+        return np.concatenate([ju.reshape(n, -1), jz.reshape(n, -1)], axis=1)
+
+    def residuals(self, theta: np.ndarray) -> np.ndarray:
+        """r_j = f(x_j) - y_j ``(n,)`` (least_squares minimises (1/2) sum r_j^2 = (n/2) L)."""
+        return self._forward(theta)[4] - self.y
+
+    def jacobian(self, theta: np.ndarray) -> np.ndarray:
+        """df(x_j)/dtheta ``(n, P)``."""
+        w, h, dh, _, f = self._forward(theta)
+        return self._jacobian_natural(w, h, dh, f)[:, self._natural()[2]]
+
+    def hessian(self, theta: np.ndarray) -> np.ndarray:
+        """d^2 L / dtheta^2 ``(P, P)`` of L = (1/n) sum_j r_j^2."""
+        w, h, dh, d2h, f = self._forward(theta)
+        G, E, perm = self._natural()
+        n, k, K, Fg, Fe = self.n, self.k, self.k - 1, G.shape[1], E.shape[1]
+        J = self._jacobian_natural(w, h, dh, f)
+        e = 2.0 / n * (f - self.y)  # (n,)
+        s = w * (h - f[:, None])  # (n, k)
+        wd = w * dh
+        # per-sample second derivatives of f times e_j: uu (n, K, K), uz (n, K, k), zz (n, k)
+        uu = -(w[:, 1:, None] * s[:, None, 1:] + s[:, 1:, None] * w[:, None, 1:])
+        uu[:, np.arange(K), np.arange(K)] += s[:, 1:]
+        uz = -w[:, 1:, None] * wd[:, None, :]
+        uz[:, np.arange(K), np.arange(1, k)] += wd[:, 1:]
+        ee = e[:, None]
+        H = 2.0 / n * (J.T @ J)
+        Pg = K * Fg
+        H_uu = (self._GG.T @ (ee[:, :, None] * uu).reshape(n, -1)).reshape(Fg, Fg, K, K)
+        H[:Pg, :Pg] += H_uu.transpose(2, 0, 3, 1).reshape(Pg, Pg)
+        H_uz = (self._GE.T @ (ee[:, :, None] * uz).reshape(n, -1)).reshape(Fg, Fe, K, k)
+        H_uz = H_uz.transpose(2, 0, 3, 1).reshape(Pg, k * Fe)
+        H[:Pg, Pg:] += H_uz
+        H[Pg:, :Pg] += H_uz.T
+        H_zz = (self._EE.T @ (ee * w * d2h)).reshape(Fe, Fe, k)  # diagonal in the experts
+        for i in range(k):
+            H[Pg + i * Fe : Pg + (i + 1) * Fe, Pg + i * Fe : Pg + (i + 1) * Fe] += H_zz[:, :, i]
+        return H[np.ix_(perm, perm)]
 
 
 def flops_per_eval(gate: str, expert: str, n: int, k: int, d: int) -> int:
