@@ -162,7 +162,7 @@ class NumpyMoE:
             blocks += [gate[:, Fg - 1], expert[:, :d], expert[:, d]]
             self._perm = np.concatenate([b.ravel() for b in blocks])
             self._G, self._E = G, E
-            outer = lambda a, b: (a[:, :, None] * b[:, None, :]).reshape(n, -1)  # noqa: E731
+            outer = lambda a, b: (a[:, :, None] * b[:, None, :]).reshape(n, -1)
             self._GG, self._GE, self._EE = outer(G, G), outer(G, E), outer(E, E)
         return self._G, self._E, self._perm
 

@@ -7,8 +7,8 @@ import torch
 
 from attnmoe.estimation.fit import fit_least_squares, jacobian, least_squares_objective
 from attnmoe.estimation.init import near_truth_init
-from attnmoe.estimation.optim import value_and_grad
 from attnmoe.estimation.objective import LeastSquaresObjective
+from attnmoe.estimation.optim import value_and_grad
 from attnmoe.estimation.truth import get_setting, sample
 from attnmoe.moe import GATES, ParameterLayout
 from attnmoe.moe.experts import EXPERTS

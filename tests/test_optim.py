@@ -67,7 +67,7 @@ def test_subproblem_meets_the_optimality_conditions(case: str) -> None:
     p, dec = _subproblem(lam_t, gh_t, radius)
     p = p[0].numpy()
     assert np.linalg.norm(p) <= 0.5 * (1 + 1e-9)
-    model = lambda q: np.dot(gh, q) + 0.5 * np.dot(np.array(lam) * q, q)  # noqa: E731
+    model = lambda q: np.dot(gh, q) + 0.5 * np.dot(np.array(lam) * q, q)
     np.testing.assert_allclose(-model(p), float(dec[0]), rtol=1e-12)
     # brute force: no feasible point (on a fine sample of the ball) does better
     rng = np.random.default_rng(0)
@@ -95,13 +95,13 @@ def test_trust_region_matches_scipy_trust_exact() -> None:
     for r in range(len(seeds)):
         idx = torch.tensor([r])
 
-        def fun(v: np.ndarray) -> float:
+        def fun(v: np.ndarray, idx: torch.Tensor = idx) -> float:
             return float(obj(torch.from_numpy(v)[None], idx)[0])
 
-        def jac(v: np.ndarray) -> np.ndarray:
+        def jac(v: np.ndarray, idx: torch.Tensor = idx) -> np.ndarray:
             return obj.value_and_grad(torch.from_numpy(v)[None], idx)[1][0].numpy()
 
-        def hess(v: np.ndarray) -> np.ndarray:
+        def hess(v: np.ndarray, idx: torch.Tensor = idx) -> np.ndarray:
             return obj.hessian(torch.from_numpy(v)[None], idx)[2][0].numpy()
 
         ref = minimize(fun, x0[r].numpy(), jac=jac, hess=hess, method="trust-exact",
@@ -152,7 +152,7 @@ def test_fit_and_score_records_do_not_depend_on_the_batch() -> None:
     opts = FitOptions(max_iter=30, n_test=999, bound=10.0, starts=2)
     batch = fit_and_score(s, 1001, [7, 8, 9], opts)
     alone = fit_and_score(s, 1001, [8], opts)
-    strip = lambda r: {k: v for k, v in r.items() if k != "seconds"}  # noqa: E731
+    strip = lambda r: {k: v for k, v in r.items() if k != "seconds"}
     assert strip(batch[1]) == strip(alone[0])
 
 

@@ -17,8 +17,8 @@ import typer
 
 from attnmoe.commands.compare import compare_command
 from attnmoe.commands.rates import rates
-from attnmoe.commands.train import train_command
 from attnmoe.commands.sample import sample
+from attnmoe.commands.train import train_command
 
 app = typer.Typer(
     name="attnmoe",

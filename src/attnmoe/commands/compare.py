@@ -85,7 +85,12 @@ def compare_command(
 ) -> None:
     """Train every variant x seed (skipping finished runs); write summary.md, summary.json, curves.png."""
     from attnmoe.tasks import resolve_spec
-    from attnmoe.train.compare import parse_seeds, parse_variants, run_comparison, summarize_comparison
+    from attnmoe.train.compare import (
+        parse_seeds,
+        parse_variants,
+        run_comparison,
+        summarize_comparison,
+    )
 
     main = True
     try:

@@ -8,7 +8,12 @@ Layout: ``truth`` (settings, sampling), ``objective`` (closed-form loss, gradien
 
 from attnmoe.estimation.estimator import MoERegressor
 from attnmoe.estimation.experiment import fit_and_score
-from attnmoe.estimation.fit import FitResult, fit_least_squares, fit_restarts, least_squares_objective
+from attnmoe.estimation.fit import (
+    FitResult,
+    fit_least_squares,
+    fit_restarts,
+    least_squares_objective,
+)
 from attnmoe.estimation.init import displaced_init, group_init, near_truth_init, random_init
 from attnmoe.estimation.optim import OptimResult, adam, lbfgs, trust_region
 from attnmoe.estimation.options import FitOptions

@@ -24,7 +24,14 @@ import torch
 from torch import Tensor
 
 from attnmoe.estimation.objective import LeastSquaresObjective, rowwise
-from attnmoe.estimation.optim import Objective, OptimResult, adam, lbfgs, trust_region, value_and_grad
+from attnmoe.estimation.optim import (
+    Objective,
+    OptimResult,
+    adam,
+    lbfgs,
+    trust_region,
+    value_and_grad,
+)
 from attnmoe.estimation.options import METHODS
 from attnmoe.moe import GATES, ParameterLayout
 

@@ -508,7 +508,7 @@ def trust_region(
     """
     if x0.ndim != 2:
         raise ValueError(f"x0 must be (R, P), got {tuple(x0.shape)}")
-    R, P = x0.shape
+    R = x0.shape[0]
     x = x0.detach().clone()
     f, g, H = hessian(x, None)
     # elliptical region ||D p|| <= radius, D = sqrt(diag H) (cumulative max, More 1978), i.e. a

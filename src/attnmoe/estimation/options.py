@@ -11,7 +11,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["FitOptions", "METHODS"]
+__all__ = ["METHODS", "FitOptions"]
 
 #: optimisers understood by :func:`attnmoe.estimation.fit.fit_least_squares`
 METHODS: tuple[str, ...] = ("trust-region", "lbfgs", "adam")

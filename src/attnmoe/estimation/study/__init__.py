@@ -57,14 +57,16 @@ from attnmoe.estimation.study.records import (
 )
 from attnmoe.estimation.study.report import plot_rates, summary_markdown, write_outputs
 from attnmoe.estimation.study.run import StudyResult, resummarize, run_study
-from attnmoe.estimation.study.summary import ols_slope, setting_rng, slope_with_ci, summarize_records
+from attnmoe.estimation.study.summary import (
+    ols_slope,
+    setting_rng,
+    slope_with_ci,
+    summarize_records,
+)
 from attnmoe.estimation.study.sweep import split_noise_name, sweep_summary
 
 __all__ = [
     "BACKENDS",
-    "split_noise_name",
-    "sweep_summary",
-    "with_noise_grid",
     "FIGURE_FILE",
     "MAX_EXPERTS",
     "MAX_N",
@@ -99,8 +101,11 @@ __all__ = [
     "setting_rng",
     "setting_spec",
     "slope_with_ci",
+    "split_noise_name",
     "summarize_records",
     "summary_markdown",
+    "sweep_summary",
     "validate_study",
+    "with_noise_grid",
     "write_outputs",
 ]

@@ -32,10 +32,10 @@ __all__ = [
     "default_workers",
     "log_grid",
     "plan_jobs",
-    "with_noise_grid",
     "replicate_seeds",
     "resolve_settings",
     "validate_study",
+    "with_noise_grid",
 ]
 
 #: Largest sample size a study accepts. A fit holds several (R, k, n) float64 tensors: at

@@ -36,8 +36,8 @@ from attnmoe.estimation.study.records import (
     record_key,
 )
 from attnmoe.estimation.study.report import write_outputs
-from attnmoe.estimation.study.sweep import sweep_summary
 from attnmoe.estimation.study.summary import summarize_records
+from attnmoe.estimation.study.sweep import sweep_summary
 from attnmoe.estimation.truth import Setting
 from attnmoe.utils import check_writable
 
