@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from attnmoe.estimation.options import FitOptions
 from attnmoe.estimation.study.backends import BACKENDS, FitFn, fit_block, run_blocks
@@ -57,6 +58,18 @@ class StudyResult:
     seconds: float
     workers: int = 1
     threads: int = 1
+
+
+def _summarize_and_write(
+    out: Path, records: Sequence[Record], settings: Sequence[Setting], n_boot: int
+) -> dict[str, Any]:
+    """Slopes on n, the noise-sweep slopes when the records hold a sweep, and the output files."""
+    summary = summarize_records(records, n_boot=n_boot, settings=settings)
+    sweep = sweep_summary(records, n_boot=n_boot)
+    if sweep["settings"]:
+        summary["sweep"] = sweep
+    write_outputs(out, summary, records)
+    return summary
 
 
 def run_study(
@@ -141,11 +154,7 @@ def run_study(
                 new.extend(block)
                 bar.update(len(block))
     study_records = [r for r in existing + new if record_key(r) in wanted]
-    summary = summarize_records(study_records, n_boot=n_boot, settings=settings)
-    sweep = sweep_summary(study_records, n_boot=n_boot)
-    if sweep["settings"]:
-        summary["sweep"] = sweep
-    write_outputs(out, summary, study_records)
+    summary = _summarize_and_write(out, study_records, settings, n_boot)
     return StudyResult(
         out=out,
         records=study_records,
@@ -196,11 +205,7 @@ def resummarize(
     ]
     if not chosen:
         raise ValueError(f"{records_path} holds no records of the chosen settings / sizes / seeds")
-    summary = summarize_records(chosen, n_boot=n_boot, settings=settings)
-    sweep = sweep_summary(chosen, n_boot=n_boot)
-    if sweep["settings"]:
-        summary["sweep"] = sweep
-    write_outputs(out, summary, chosen)
+    summary = _summarize_and_write(out, chosen, settings, n_boot)
     return StudyResult(
         out=out, records=chosen, fitted=0, reused=len(chosen), bad_lines=bad, summary=summary,
         seconds=time.perf_counter() - t0,
