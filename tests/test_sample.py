@@ -187,7 +187,7 @@ def test_sample_bad_run_folders(lm_run: Path, tmp_path: Path) -> None:
     result = runner.invoke(app, ["sample", "--run", str(broken)])
     assert result.exit_code == 2 and "no weights" in result.stderr
     config = json.loads((broken / "config.json").read_text())
-    (broken / "config.json").write_text(json.dumps({**config, "task": "vision"}))
+    (broken / "config.json").write_text(json.dumps({**config, "spec": {**config["spec"], "task": "vision"}}))
     result = runner.invoke(app, ["sample", "--run", str(broken)])
     assert result.exit_code == 2 and "language model" in result.stderr
     (broken / "config.json").write_text("{")
