@@ -30,7 +30,7 @@ from collections.abc import Sequence
 
 import torch
 
-from attnmoe.estimation.fit import FitResult, fit_least_squares
+from attnmoe.estimation.fit import FitResult, fit_starts
 from attnmoe.estimation.init import make_starts, parse_inits
 from attnmoe.estimation.options import FitOptions
 from attnmoe.estimation.truth import Setting, sample
@@ -84,10 +84,8 @@ def fit_and_score(
                        for sp in specs])  # (S, R, P), kind-major
     if o.bound is not None:
         inits = inits.clamp(-0.99 * o.bound, 0.99 * o.bound)
-    Xs = X.unsqueeze(0).expand(S, *X.shape).reshape(S * R, *X.shape[1:])  # (S*R, n, d)
-    ys = y.unsqueeze(0).expand(S, *y.shape).reshape(S * R, -1)  # (S*R, n)
-    res = fit_least_squares(layout, Xs, ys, inits.reshape(S * R, -1), method=o.method,
-                            max_iter=o.max_iter, tol=o.tol, dtol=o.dtol, bound=o.bound)
+    res = fit_starts(layout, X, y, inits, method=o.method, max_iter=o.max_iter, tol=o.tol,
+                     dtol=o.dtol, bound=o.bound)  # fit s * R + r: start s of replicate r
     scores = score_fits(setting, res.params)  # (S*R,) each
     window = o.near_best * setting.noise_std**2 / n
     records = []

@@ -39,6 +39,7 @@ __all__ = [
     "FitResult",
     "fit_least_squares",
     "fit_restarts",
+    "fit_starts",
     "gauss_newton_matrix",
     "jacobian",
     "least_squares_objective",
@@ -278,6 +279,23 @@ def fit_least_squares(
     )
 
 
+def fit_starts(
+    layout: ParameterLayout,
+    X: Tensor,
+    y: Tensor,
+    inits: Tensor,
+    **kwargs,
+) -> FitResult:
+    """Fit from S starts per replicate, ``inits`` ``(S, R, P)``, as ONE batched program; every
+    fit is returned, fit s * R + r being start s of replicate r."""
+    if inits.ndim != 3:
+        raise ValueError(f"inits must be (S, R, P), got {tuple(inits.shape)}")
+    S, R, P = inits.shape
+    Xs = X.unsqueeze(0).expand(S, *X.shape).reshape(S * R, *X.shape[1:])  # (S*R, n, d)
+    ys = y.unsqueeze(0).expand(S, *y.shape).reshape(S * R, -1)  # (S*R, n)
+    return fit_least_squares(layout, Xs, ys, inits.reshape(S * R, P), **kwargs)
+
+
 def fit_restarts(
     layout: ParameterLayout,
     X: Tensor,
@@ -285,14 +303,8 @@ def fit_restarts(
     inits: Tensor,
     **kwargs,
 ) -> FitResult:
-    """Fit from S initialisations per replicate, ``inits`` ``(S, R, P)``, as ONE batched program
-    of S*R fits; keep, per replicate, the restart with the lowest training loss."""
-    if inits.ndim != 3:
-        raise ValueError(f"inits must be (S, R, P), got {tuple(inits.shape)}")
-    S, R, P = inits.shape
-    Xs = X.unsqueeze(0).expand(S, *X.shape).reshape(S * R, *X.shape[1:])  # (S*R, n, d)
-    ys = y.unsqueeze(0).expand(S, *y.shape).reshape(S * R, -1)  # (S*R, n)
-    res = fit_least_squares(layout, Xs, ys, inits.reshape(S * R, P), **kwargs)
+    """:func:`fit_starts`, keeping per replicate the start with the lowest training loss."""
+    res = fit_starts(layout, X, y, inits, **kwargs)
+    S, R = inits.shape[:2]
     loss = torch.where(torch.isfinite(res.loss), res.loss, torch.inf).reshape(S, R)
-    best = loss.argmin(0)  # (R,)
-    return res.select(best * R + torch.arange(R))
+    return res.select(loss.argmin(0) * R + torch.arange(R))

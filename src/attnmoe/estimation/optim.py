@@ -464,6 +464,18 @@ def _scaling(H: Tensor, previous: Tensor | None, scaled: bool) -> Tensor:
     return d if previous is None else torch.maximum(d, previous)
 
 
+def _scaled_eigh(H: Tensor, D: Tensor) -> tuple[Tensor, Tensor]:
+    """Eigenpairs of D^-1 H D^-1 (ascending) for scalings D ``(m, P)``."""
+    return torch.linalg.eigh(H / (D.unsqueeze(-1) * D.unsqueeze(-2)))
+
+
+def _decrement(lam: Tensor, gh: Tensor, curvature_tol: float) -> tuple[Tensor, Tensor]:
+    """Newton decrement 1/2 sum_i gh_i^2 / max(lam_i, c lam_max) ``(m,)`` and the curvature
+    floor c lam_max ``(m,)`` (c = ``curvature_tol``)."""
+    floor = curvature_tol * lam.abs().amax(-1, keepdim=True).clamp_min(1e-300)
+    return 0.5 * (gh.square() / torch.maximum(lam, floor)).sum(-1), floor.squeeze(-1)
+
+
 def trust_region(
     hessian: HessianFn,
     objective: Objective,
@@ -514,22 +526,22 @@ def trust_region(
     # elliptical region ||D p|| <= radius, D = sqrt(diag H) (cumulative max, More 1978), i.e. a
     # spherical region in the variables D x; Q, lam are the eigenpairs of D^-1 H D^-1
     D = _scaling(H, None, scaled)
-    lam, Q = torch.linalg.eigh(H / (D.unsqueeze(-1) * D.unsqueeze(-2)))
+    lam, Q = _scaled_eigh(H, D)
     n_evals = torch.ones(R, dtype=torch.long)
     n_iter = torch.zeros(R, dtype=torch.long)
     delta = torch.full((R,), float(radius), dtype=x.dtype)
     reason = torch.full((R,), REASONS.index("max_iter"), dtype=torch.long)
     active = torch.ones(R, dtype=torch.bool)
 
+    def scaled_grad(idx: Tensor) -> Tensor:
+        """Q^T D^-1 g ``(m, P)``: the gradient in the eigenbasis of the scaled Hessian."""
+        return (Q[idx] * (g[idx] / D[idx]).unsqueeze(-1)).sum(-2)
+
     def check(idx: Tensor) -> None:
         """Stopping tests at the current iterates of replicates ``idx``."""
         nonlocal active, reason
-        gh = (Q[idx] * (g[idx] / D[idx]).unsqueeze(-1)).sum(-2)  # Q^T D^-1 g  (m, P)
-        lam_i = lam[idx]
-        top = lam_i.abs().amax(-1, keepdim=True).clamp_min(1e-300)
-        floor = curvature_tol * top
-        dec = 0.5 * (gh.square() / torch.maximum(lam_i, floor)).sum(-1)
-        convex = lam_i[:, 0] >= -floor[:, 0]
+        dec, floor = _decrement(lam[idx], scaled_grad(idx), curvature_tol)
+        convex = lam[idx, 0] >= -floor
         by_dec = convex & (dec <= dtol * f[idx].abs())
         by_grad = g[idx].abs().amax(-1) <= gtol
         bad = ~torch.isfinite(f[idx])
@@ -544,7 +556,7 @@ def trust_region(
         if not bool(active.any()):
             break
         idx = active.nonzero().squeeze(-1)
-        gh = (Q[idx] * (g[idx] / D[idx]).unsqueeze(-1)).sum(-2)  # (m, P)
+        gh = scaled_grad(idx)
         p_hat, pred = _subproblem(lam[idx], gh, delta[idx])
         step = (Q[idx] * p_hat.unsqueeze(-2)).sum(-1) / D[idx]  # D^-1 Q p_hat  (m, P)
         trial = x[idx] + step
@@ -567,11 +579,9 @@ def trust_region(
             f_a, g_a, H_a = hessian(x[acc], acc)
             f[acc], g[acc], H[acc] = f_a, g_a, H_a
             D[acc] = _scaling(H_a, D[acc], scaled)
-            lam[acc], Q[acc] = torch.linalg.eigh(H_a / (D[acc].unsqueeze(-1) * D[acc].unsqueeze(-2)))
+            lam[acc], Q[acc] = _scaled_eigh(H_a, D[acc])
             check(acc)
-    gh = (Q * (g / D).unsqueeze(-1)).sum(-2)
-    top = lam.abs().amax(-1, keepdim=True).clamp_min(1e-300)
-    dec = 0.5 * (gh.square() / torch.maximum(lam, curvature_tol * top)).sum(-1)
+    dec, _ = _decrement(lam, scaled_grad(torch.arange(R)), curvature_tol)
     converged = (reason == REASONS.index("gradient")) | (reason == REASONS.index("decrement"))
     return OptimResult(
         x, f, g.abs().amax(-1), converged, n_iter, n_evals,
