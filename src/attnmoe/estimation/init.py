@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -207,21 +208,16 @@ def random_init(
     return flat.reshape(n_init, R, layout.n_params)
 
 
+@dataclass(frozen=True)
 class InitSpec:
     """A parsed ``--init`` value: ``near-truth:SCALE``, ``displaced:DELTA``,
     ``displaced-gate:DELTA``, ``group`` or ``random``."""
 
-    def __init__(self, kind: str, value: float | None = None) -> None:
-        self.kind, self.value = kind, value
+    kind: str
+    value: float | None = None
 
     def __str__(self) -> str:
         return self.kind if self.value is None else f"{self.kind}:{self.value:g}"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, InitSpec) and str(self) == str(other)
-
-    def __hash__(self) -> int:
-        return hash(str(self))
 
 
 def parse_init(text: str, default_scale: float = 0.1) -> InitSpec:
