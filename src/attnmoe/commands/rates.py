@@ -18,6 +18,7 @@ from typing import Annotated
 import typer
 
 from attnmoe.estimation import study
+from attnmoe.estimation.study import families
 
 
 def _split(value: str | None, what: str) -> list[str] | None:
@@ -125,6 +126,9 @@ def rates(
         int | None, typer.Option("--block-size", help="Seeds fitted per batched call.")
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the first replicate.")] = 0,
+    full: Annotated[
+        bool, typer.Option("--full", help="The preset's committed-study size instead of its quick one.")
+    ] = False,
     summary_only: Annotated[
         bool,
         typer.Option(
@@ -136,6 +140,9 @@ def rates(
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ) -> None:
     """Convergence-rate study: fit replicates on a grid of n, report log-log slopes."""
+    if preset in families.family_presets():
+        _run_family(out, preset, full, n_grid, replicates, workers, threads, seed, progress)
+        return
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
         try:
@@ -144,6 +151,7 @@ def rates(
             result = _run(
                 out, preset, settings, gates, experts, k_true, k_fit, n_grid, replicates, backend,
                 workers, threads, fit_overrides, noise, block_size, seed, summary_only, progress,
+                full,
             )
         except (ValueError, ImportError) as err:
             typer.echo(f"error: {err}", err=True)
@@ -169,11 +177,17 @@ def _run(
     k_true: str | None, k_fit: str | None, n_grid: str | None, replicates: int | None,
     backend: str, workers: int | None, threads: int | None, fit_overrides: dict[str, object],
     noise: str | None, block_size: int | None, seed: int, summary_only: bool, progress: bool,
+    full: bool = False,
 ) -> study.StudyResult:
     """Options -> settings, grid and fit options -> run_study / resummarize (errors: ValueError)."""
     if preset not in study.PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(study.PRESETS)}")
+        names = [*study.PRESETS, *families.family_presets()]
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(names)}")
     p = study.PRESETS[preset]
+    if full:
+        if p.full is None:
+            raise ValueError(f"--full: preset {preset!r} has no full size")
+        p = p.full
     grid = _ints(n_grid, "--n-grid")
     chosen = study.resolve_settings(
         _split(settings, "--settings") or (list(p.settings) if p.settings else None),
@@ -206,6 +220,27 @@ def _run(
         base_seed=seed,
         progress=progress,
     )
+
+
+def _run_family(
+    out: Path, preset: str, full: bool, n_grid: str | None, replicates: int | None,
+    workers: int | None, threads: int | None, seed: int, progress: bool,
+) -> None:
+    """Run a registered family preset (:mod:`attnmoe.estimation.study.families`)."""
+    grid = _ints(n_grid, "--n-grid")
+    args = families.FamilyArgs(
+        out=out, full=full, replicates=replicates, n_grid=tuple(grid) if grid else None,
+        seed=seed, workers=workers, threads=threads, progress=progress,
+    )
+    try:
+        result = families.FAMILY_PRESETS[preset].run(args)
+    except (ValueError, ImportError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(code=2) from err
+    typer.echo(f"{result.fitted} fits run, {result.reused} reused ({result.seconds:.1f} s)")
+    typer.echo(result.markdown)
+    if result.files:
+        typer.echo(f"wrote {', '.join(str(out / f) for f in result.files)}")
 
 
 def _outputs() -> list[str]:

@@ -59,6 +59,7 @@ class Preset:
     fit: FitOptions = field(default_factory=FitOptions)
     settings: tuple[str, ...] | None = None
     noise: tuple[float, ...] | None = None  # a noise sweep (settings renamed <name>-sd<sigma>)
+    full: Preset | None = None  # the committed study's size (``attnmoe rates --full``)
 
 
 def log_grid(n_min: int, n_max: int, num: int) -> tuple[int, ...]:
