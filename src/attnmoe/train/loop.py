@@ -71,6 +71,7 @@ from attnmoe.train.checkpoint import (
     read_state,
     save_checkpoint,
 )
+from attnmoe.train.probing import evaluate_with_probes
 from attnmoe.utils import atomic_write_json, atomic_write_text
 
 METRICS_FILE = "metrics.json"
@@ -619,8 +620,12 @@ def train_task(
             model.load_state_dict(best_weights)
         result = dict(final_val) if final_val is not None and not restore else \
             _evaluate(task, model, "val")
-        if _has_split(task, "test"):
-            result.update(_evaluate(task, model, "test"))
+        # the last split evaluated also carries the attention-sink probes (train/probing.py)
+        last = "test" if _has_split(task, "test") else "val"
+        metrics, probed = evaluate_with_probes(lambda m, split: _evaluate(task, m, split), model, last)
+        if last == "test":
+            result.update(metrics)
+        result.update(probed)
         result.update({
             "n_params": n_params, "steps": state["step"], "best_step": state["best_step"],
             "stopped_early": state["stopped_early"], "wall_time_s": elapsed,
