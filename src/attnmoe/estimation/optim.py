@@ -9,7 +9,9 @@ exactly the iterations a run of that replicate alone performs.
   Numerical Optimization, 2nd ed., Alg. 4.1; the subproblem solved exactly in the Hessian's
   eigenbasis, Sec. 4.3 / Moré & Sorensen 1983, hard case included). For the degenerate minima
   of over-specified mixtures: Gauss-Newton drops the residual curvature r_j d2f_j that the
-  noise creates there, the exact Hessian keeps it.
+  noise creates there, the exact Hessian keeps it. Along long nearly flat valleys, where the
+  quadratic model holds only over short steps, a valley extrapolation (the recent straight
+  path continued, then Newton steps back to the floor in the stiff directions) saves steps.
 * :func:`lbfgs` -- batched L-BFGS (N&W Alg. 7.4 two-loop recursion, Alg. 3.5/3.6 strong-Wolfe
   line search with cubic interpolation), optionally preconditioned.
 * :func:`adam` -- batched Adam (Kingma & Ba, arXiv 1412.6980).
@@ -526,15 +528,18 @@ def trust_region(
         gtol, dtol, curvature_tol: the tolerances above.
         radius, max_radius: initial and largest trust radius (Euclidean, in x's units).
         eta: acceptance threshold on rho.
-        extrapolate: window W of the valley extrapolation (0: off). When a replicate's last W
-            accepted steps form a nearly straight path (chord >= ``straightness`` x path
-            length), the next iteration instead tries the point y = x + (x - x_{-W}) (the
-            path continued by its own length), takes one trust-region step z from y with y's
-            own Hessian, and moves to z if L(z) < L(x); a failed try waits W accepted steps
-            before the next. Successive successes double the jump (the window then holds the
-            jump). See ``docs/estimation.md`` ("Why over-specified fits took thousands of
-            iterations").
+        extrapolate: window W of the valley extrapolation (0: off, the plain iteration).
+            When a replicate's last W accepted steps form a nearly straight path (chord >=
+            ``straightness`` x path length), the iteration instead tries y = x + t (x - x_{-W})
+            (the path continued; t = 1, halved after each failure down to 1/8, then W more
+            accepted steps before the next try), brings y back to the valley floor with one
+            Newton step of y's own Hessian restricted to its stiff eigen-directions, z, and
+            moves to z only if L(z) < L(x). Successive successes double the jump (the window
+            then holds it). ``OptimResult.extra`` counts tries ("extrapolations") and
+            successes ("jumps") per replicate. See ``docs/estimation.md`` ("Why over-specified
+            fits took hundreds to thousands of Newton iterations").
         straightness: the chord / path-length threshold above.
+        stiff_tol: stiff directions: scaled-Hessian eigenvalues > stiff_tol * lam_max.
     """
     if x0.ndim != 2:
         raise ValueError(f"x0 must be (R, P), got {tuple(x0.shape)}")
@@ -589,12 +594,12 @@ def trust_region(
         lengths[rw, slot] = (after - before).norm(dim=-1)
         count[rw] += 1
 
-    def accept(rw: Tensor, new: Tensor, fgH: tuple[Tensor, Tensor, Tensor] | None = None) -> None:
+    def accept(rw: Tensor, new: Tensor) -> None:
         """Move replicates ``rw`` to ``new`` and refresh their derivatives and scaling."""
         if W:
             remember(rw, x[rw], new)
         x[rw] = new
-        f_a, g_a, H_a = hessian(new, rw) if fgH is None else fgH
+        f_a, g_a, H_a = hessian(new, rw)
         f[rw], g[rw], H[rw] = f_a, g_a, H_a
         D[rw] = _scaling(H_a, D[rw], scaled)
         lam[rw], Q[rw] = _scaled_eigh(H_a, D[rw])
@@ -610,7 +615,7 @@ def trust_region(
             if bool(jump.any()):
                 J = jump.nonzero().squeeze(-1)
                 y = x[J] + factor[J].unsqueeze(-1) * (x[J] - oldest[J])  # the path continued
-                f_y, g_y, H_y = hessian(y, J)
+                _, g_y, H_y = hessian(y, J)
                 D_y = _scaling(H_y, D[J], scaled)
                 lam_y, Q_y = _scaled_eigh(H_y, D_y)
                 gh_y = (Q_y * (g_y / D_y).unsqueeze(-1)).sum(-2)
