@@ -65,7 +65,7 @@ def fit_and_score(
 
     Returns:
         ``[{"setting", "n", "seed", "losses": {...}, "converged", "reason", "iterations",
-        "grad_max", "min_eig", "decrement", "train_loss", "starts", "converged_starts",
+        "grad_max", "min_eig", "decrement", "at_bound", "train_loss", "starts", "converged_starts",
         "near_best", "seconds" (batch wall time / R)}, ...]`` (module docstring).
     """
     o = options if options is not None else FitOptions()
@@ -121,6 +121,7 @@ def fit_and_score(
             "grad_max": _num(res.grad_max[best]),
             "min_eig": None if res.min_eig is None else _num(res.min_eig[best]),
             "decrement": None if res.decrement is None else _num(res.decrement[best]),
+            "at_bound": None if res.at_bound is None else int(res.at_bound[best]),
             "train_loss": _num(res.loss[best]),
             "starts": S,
             "converged_starts": int(res.converged[rows].sum()),

@@ -91,6 +91,10 @@ def gauss_newton_matrix(J: Tensor, damping: float = 1e-3) -> Tensor:
     return G + damping * scale.view(R, 1, 1) * torch.eye(P, dtype=J.dtype)
 
 
+#: a parameter counts as on the box's wall when |theta| >= (1 - AT_BOUND) * bound
+AT_BOUND = 1e-3
+
+
 class _Box:
     """theta = bound * tanh(phi / bound): unconstrained phi, theta inside (-bound, bound).
 
@@ -157,11 +161,16 @@ class FitResult:
     reason: list[str] | None = None  # per replicate, why the solver stopped (optim.REASONS)
     min_eig: Tensor | None = None  # (R,) smallest Hessian eigenvalue at the fit (trust-region)
     decrement: Tensor | None = None  # (R,) Newton decrement left at the fit (trust-region)
+    # (R,) int64: free parameters within AT_BOUND * bound of the box's wall (None: no box). A
+    # converged fit with at_bound > 0 is a minimum of the box-constrained problem ON the wall:
+    # the unconstrained loss still decreases outwards (its infimum is at infinity, typically a
+    # ghost expert or a linear-expert copy running off), the tanh map's slope hides that gradient.
+    at_bound: Tensor | None = None
 
     def select(self, pick: Tensor) -> FitResult:
         """The fits ``pick`` ``(m,)`` (indices into the R replicates)."""
         opt = {k: None if v is None else v[pick] for k, v in
-               (("min_eig", self.min_eig), ("decrement", self.decrement))}
+               (("min_eig", self.min_eig), ("decrement", self.decrement), ("at_bound", self.at_bound))}
         return FitResult(
             params={k: v[pick] for k, v in self.params.items()}, flat=self.flat[pick],
             loss=self.loss[pick], grad_max=self.grad_max[pick], converged=self.converged[pick],
@@ -276,6 +285,7 @@ def fit_least_squares(
         reason=res.reasons(),
         min_eig=res.min_eig,
         decrement=res.decrement,
+        at_bound=None if box is None else (theta.abs() >= (1 - AT_BOUND) * box.bound).sum(-1),
     )
 
 

@@ -222,6 +222,10 @@ def convergence(recs: Sequence[Record]) -> dict[str, Any]:
     reasons = Counter(str(r["reason"]) for r in recs if "reason" in r)
     if reasons:
         info["reasons"] = dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
+    walled = [bool(r["converged"]) and r["at_bound"] > 0 for r in recs
+              if isinstance(r.get("at_bound"), int)]
+    if walled:  # converged on the box's wall: the unconstrained infimum is at infinity
+        info["converged_at_bound_fraction"] = float(np.mean(walled))
     return info
 
 

@@ -1,0 +1,47 @@
+"""CPU seconds per trust-region iteration per fit, by setting and n (one thread, R fits batched).
+
+Runs ``max_iter`` iterations of the default solver (paper options: box 10, near-truth:0.1) on R
+replicates and divides the process CPU time by (R x mean iterations performed). Used to project
+the `paper` preset's run time from measured iteration counts (docs/rates.md).
+
+    python benchmarks/cost_per_iteration.py --sizes 1000,10000,100000 --replicates 8 --iters 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from attnmoe.estimation.fit import fit_least_squares
+from attnmoe.estimation.init import near_truth_init
+from attnmoe.estimation.truth import get_setting, sample
+
+OVER = ("monomial-linear-over", "monomial-sigmoid-over", "polynomial-linear-over", "polynomial-sigmoid-over")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--settings", default=",".join(OVER))
+    ap.add_argument("--sizes", default="1000,10000,100000")
+    ap.add_argument("--replicates", type=int, default=8)
+    ap.add_argument("--iters", type=int, default=10)
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    seeds = list(range(a.replicates))
+    for name in a.settings.split(","):
+        st = get_setting(name)
+        for n in (int(v) for v in a.sizes.split(",")):
+            X, y = sample(st, n, seeds)
+            x0 = near_truth_init(st.fit_layout, st.true_params(), seeds, 0.1).clamp(-9.9, 9.9)
+            t = time.process_time()
+            res = fit_least_squares(st.fit_layout, X, y, x0, max_iter=a.iters, bound=10.0)
+            cpu = time.process_time() - t
+            its = float(res.n_iter.double().mean())
+            print(f"{name} n={n} R={a.replicates} iterations/fit={its:.1f} "
+                  f"cpu s per iteration per fit={cpu / (a.replicates * its):.4g}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
