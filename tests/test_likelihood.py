@@ -13,7 +13,13 @@ from scipy import stats
 from typer.testing import CliRunner
 
 from attnmoe.cli import app
-from attnmoe.estimation.likelihood import ContaminatedMoE, GaussianMoE, LikelihoodObjective, fit_likelihood
+from attnmoe.estimation.likelihood import (
+    ContaminatedMoE,
+    GaussianMoE,
+    LikelihoodObjective,
+    MultinomialLogisticMoE,
+    fit_likelihood,
+)
 from attnmoe.estimation.likelihood.settings import (
     SETTINGS,
     TOPK_TRUTH,
@@ -226,3 +232,50 @@ def test_study_resumes_exactly_and_refuses_other_options(tmp_path) -> None:
     other = LikPreset("other", "test", ("contaminated-a",), (100, 200), 2, (100, 200), 2)
     with pytest.raises(ValueError, match="resume with the same preset"):
         run_lik_study(other, args)
+
+
+# ------------------------------------------------------------------ estimators (sklearn)
+import warnings  # noqa: E402
+
+from sklearn.exceptions import ConvergenceWarning  # noqa: E402
+from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
+
+from attnmoe.estimation.likelihood.estimators import GaussianMoERegressor, MoEClassifier  # noqa: E402
+
+
+# every scikit-learn check, short optimiser budget; ~3 min on 2 cores in all, hence slow
+@pytest.mark.slow
+@parametrize_with_checks([GaussianMoERegressor(n_init=2, max_iter=30), MoEClassifier(n_init=2, max_iter=30)])
+def test_sklearn_compatible(estimator, check) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        check(estimator)
+
+
+def test_regressor_density_integrates_to_one_and_mean_is_its_first_moment() -> None:
+    rng = np.random.default_rng(0)
+    X = rng.uniform(0, 1, (400, 1))
+    y = np.where(X[:, 0] < 0.5, 3 * X[:, 0], -2 + X[:, 0]) + 0.1 * rng.standard_normal(400)
+    reg = GaussianMoERegressor(n_experts=2, n_init=4, random_state=0).fit(X, y)
+    x0 = np.array([[0.2], [0.8]])
+    grid = np.linspace(-10, 10, 20001)
+    dens = np.stack([reg.predict_density(np.repeat(x0[i : i + 1], len(grid), 0), grid) for i in range(2)])
+    assert np.trapezoid(dens, grid, axis=1) == pytest.approx([1, 1], abs=1e-6)
+    assert np.trapezoid(dens * grid, grid, axis=1) == pytest.approx(reg.predict(x0), abs=1e-6)
+    assert reg.score(X, y) > 0.9  # a two-regime line is within the model
+
+
+def test_classifier_probabilities_and_label_checks() -> None:
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((300, 2))
+    y = np.array(["a", "b", "c"])[(X[:, 0] > 0).astype(int) + (X[:, 1] > 1).astype(int)]
+    clf = MoEClassifier(n_experts=2, input_map="tanh", random_state=0).fit(X, y)
+    p = clf.predict_proba(X)
+    assert p.shape == (300, 3) and np.allclose(p.sum(1), 1)
+    assert (clf.predict(X) == y).mean() > 0.85
+    with pytest.raises(ValueError, match="labels must be integers"):
+        LikelihoodObjective(MultinomialLogisticMoE(2, 1, 3), torch.zeros(1, 4, 1), torch.tensor([[0.0, 1, 2, 3]]))
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        MoEClassifier().fit(X, np.zeros(300))
+    with pytest.raises(ValueError, match="K <= k"):
+        GaussianMoERegressor(n_experts=2, top_k=3).fit(X, X[:, 0])

@@ -9,8 +9,13 @@
 * :mod:`.study` -- the presets behind ``attnmoe rates --preset NAME``.
 """
 
-from attnmoe.estimation.likelihood.families import ContaminatedMoE, GaussianMoE, LikelihoodModel
+from attnmoe.estimation.likelihood.families import (
+    ContaminatedMoE,
+    GaussianMoE,
+    LikelihoodModel,
+    MultinomialLogisticMoE,
+)
 from attnmoe.estimation.likelihood.objective import LikelihoodFit, LikelihoodObjective, fit_likelihood
 
 __all__ = ["ContaminatedMoE", "GaussianMoE", "LikelihoodFit", "LikelihoodModel", "LikelihoodObjective",
-           "fit_likelihood"]
+           "MultinomialLogisticMoE", "fit_likelihood"]

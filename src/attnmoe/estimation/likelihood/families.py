@@ -289,3 +289,91 @@ class ContaminatedMoE(LikelihoodModel):
         e0 = math.sqrt(self.nu0) * _inverse_cdf_noise(self.f0, U[..., 1])
         e1 = natural["nu"].sqrt().unsqueeze(-1) * _inverse_cdf_noise("gaussian", U[..., 1])
         return torch.where(prompt, m1 + e1, m0 + e0)
+
+
+#: fixed, bounded, injective input maps M of the modified softmax gate (arXiv 2310.14188)
+INPUT_MAPS = {"identity": lambda x: x, "tanh": torch.tanh}
+
+
+@dataclass(frozen=True)
+class MultinomialLogisticMoE(LikelihoodModel):
+    """Softmax-gated multinomial logistic MoE (arXiv 2310.14188), labels y in {0, ..., S-1}:
+
+        P(Y = s | x) = sum_i softmax_i(beta1_i^T M(x) + beta0_i) softmax_s(a_is^T x + b_is),
+
+    class 0 of every expert pinned at a_i0 = 0, b_i0 = 0 and the last expert's gate at 0.
+    ``input_map = "identity"`` is the standard gate, ``"tanh"`` the modified gate (M bounded and
+    injective; our choice of M, docs/likelihood.md).
+
+    Args:
+        k: experts. dim: d. n_classes: S >= 2. input_map: ``"identity"`` or ``"tanh"``.
+    """
+
+    k: int
+    dim: int
+    n_classes: int
+    input_map: str = "identity"
+
+    def __post_init__(self) -> None:
+        if self.k < 1 or self.dim < 1:
+            raise ValueError(f"k and dim must be >= 1, got k={self.k}, dim={self.dim}")
+        if self.n_classes < 2:
+            raise ValueError(f"a multinomial logistic MoE needs at least 2 classes, got {self.n_classes}")
+        if self.input_map not in INPUT_MAPS:
+            raise ValueError(f"unknown input map {self.input_map!r}; valid: {list(INPUT_MAPS)}")
+
+    @property
+    def blocks(self) -> tuple[tuple[str, tuple[int, ...]], ...]:
+        k, d, S = self.k, self.dim, self.n_classes
+        return (("beta1", (k - 1, d)), ("beta0", (k - 1,)), ("a", (k, S - 1, d)), ("b", (k, S - 1)))
+
+    def check_y(self, y: Tensor) -> None:
+        """Refuse labels that are not integers in [0, S)."""
+        bad = (y != y.round()) | (y < 0) | (y >= self.n_classes)
+        if bool(bad.any()):
+            raise ValueError(f"labels must be integers in [0, {self.n_classes}); got e.g. {float(y[bad][0])}")
+
+    def _logits(self, free: dict[str, Tensor], xT: Tensor) -> tuple[Tensor, Tensor]:
+        """Gate logits ``(k, n)`` and expert class logits ``(k, S, n)`` (class 0 pinned)."""
+        beta1 = torch.cat([free["beta1"], free["beta1"].new_zeros(1, self.dim)], 0)
+        beta0 = torch.cat([free["beta0"], free["beta0"].new_zeros(1)], 0)
+        u = _linear(beta1, INPUT_MAPS[self.input_map](xT)) + beta0.unsqueeze(-1)  # (k, n)
+        z = (free["a"].unsqueeze(-1) * xT.view(1, 1, *xT.shape)).sum(2) + free["b"].unsqueeze(-1)  # (k, S-1, n)
+        z = torch.cat([z.new_zeros(self.k, 1, z.shape[-1]), z], 1)  # (k, S, n)
+        return u, z
+
+    def log_density(self, free: dict[str, Tensor], xT: Tensor, y: Tensor) -> Tensor:
+        u, z = self._logits(free, xT)
+        logw = u - torch.logsumexp(u, 0, keepdim=True)
+        logf = z - torch.logsumexp(z, 1, keepdim=True)  # (k, S, n)
+        onehot = y.unsqueeze(0) == torch.arange(self.n_classes, dtype=y.dtype).unsqueeze(-1)  # (S, n)
+        logf_y = torch.where(onehot.unsqueeze(0), logf, 0.0).sum(1)  # (k, n)
+        return torch.logsumexp(logw + logf_y, 0)
+
+    def proba(self, flat: Tensor, X: Tensor) -> Tensor:
+        """P(Y = s | x) ``(R, n, S)`` for free parameters ``(R, P)`` and inputs ``(R, n, d)``."""
+        free = self.unpack(flat)
+        u, z = vmap_logits(self, free, X.transpose(1, 2))
+        w = torch.softmax(u, 1)  # (R, k, n)
+        return (w.unsqueeze(2) * torch.softmax(z, 2)).sum(1).transpose(1, 2)
+
+    def natural(self, flat: Tensor) -> dict[str, Tensor]:
+        f = self.unpack(flat)
+        lead = flat.shape[:-1]
+        return {"beta1": torch.cat([f["beta1"], flat.new_zeros(*lead, 1, self.dim)], -2),
+                "beta0": torch.cat([f["beta0"], flat.new_zeros(*lead, 1)], -1), "a": f["a"], "b": f["b"]}
+
+    def free(self, natural: dict[str, Tensor]) -> Tensor:
+        t = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in natural.items()}
+        beta1 = t["beta1"] - t["beta1"][..., -1:, :]
+        beta0 = t["beta0"] - t["beta0"][..., -1:]
+        return self.pack({"beta1": beta1[..., :-1, :], "beta0": beta0[..., :-1], "a": t["a"], "b": t["b"]})
+
+    def sample(self, natural: dict[str, Tensor], X: Tensor, U: Tensor) -> Tensor:
+        p = self.proba(self.free(natural), X)  # (R, n, S)
+        return (p.cumsum(-1) < U[..., :1]).sum(-1).clamp(max=self.n_classes - 1).to(X.dtype)
+
+
+def vmap_logits(model: MultinomialLogisticMoE, free: dict[str, Tensor], xT: Tensor) -> tuple[Tensor, Tensor]:
+    """:meth:`MultinomialLogisticMoE._logits` over a leading replicate dim."""
+    return torch.func.vmap(model._logits)(free, xT)

@@ -59,6 +59,9 @@ class LikelihoodObjective:
             raise ValueError(f"X must be (R, n, d) and y (R, n); got {tuple(X.shape)} and {tuple(y.shape)}")
         if not bool(torch.isfinite(X).all()) or not bool(torch.isfinite(y).all()):
             raise ValueError("X and y must not contain NaN or inf")
+        check_y = getattr(model, "check_y", None)
+        if check_y is not None:
+            check_y(y)
         R, n, d = X.shape
         self.model, self.n, self.shift = model, n, float(shift)
         n_pad = padded(n)
