@@ -46,7 +46,12 @@ def _reference_gaussian_moe(model: GaussianMoE, nat: dict, X: np.ndarray, y: np.
     a, b, nu = nat["a"].numpy(), nat["b"].numpy(), nat["nu"].numpy()
     total = 0.0
     for x, yy in zip(X, y):
-        u = beta1 @ x + beta0
+        lin = beta1 @ x
+        if model.gate == "temperature":
+            lin = lin / float(nat["tau"])
+        elif model.gate == "activation":
+            lin = np.tanh(lin) / float(nat["tau"])
+        u = lin + beta0
         K = model.top_k or model.k
         keep = np.argsort(-u)[:K]
         w = np.zeros(model.k)
@@ -59,10 +64,12 @@ def _reference_gaussian_moe(model: GaussianMoE, nat: dict, X: np.ndarray, y: np.
     return total / len(y)
 
 
-@pytest.mark.parametrize("top_k,expert", [(None, "gaussian"), (2, "gaussian"), (1, "gaussian"), (2, "laplace")])
-def test_nll_matches_scipy_loop(top_k, expert) -> None:
+@pytest.mark.parametrize("top_k,expert,gate", [(None, "gaussian", "softmax"), (2, "gaussian", "softmax"),
+                                               (1, "gaussian", "softmax"), (2, "laplace", "softmax"),
+                                               (None, "gaussian", "temperature"), (2, "gaussian", "activation")])
+def test_nll_matches_scipy_loop(top_k, expert, gate) -> None:
     gen = torch.Generator().manual_seed(0)
-    model = GaussianMoE(3, 2, top_k=top_k, expert=expert)
+    model = GaussianMoE(3, 2, top_k=top_k, expert=expert, gate=gate)
     flat = torch.randn(2, model.n_params, generator=gen)
     X = torch.randn(2, 37, 2, generator=gen)
     y = torch.randn(2, 37, generator=gen) * 2
@@ -93,7 +100,7 @@ def test_contaminated_nll_matches_scipy_loop(f0) -> None:
     assert LikelihoodObjective(model, X, y)(flat)[0].item() == pytest.approx(ref / 29, rel=1e-10)
 
 
-@pytest.mark.parametrize("model", [GaussianMoE(3, 2), GaussianMoE(3, 2, top_k=2),
+@pytest.mark.parametrize("model", [GaussianMoE(3, 2), GaussianMoE(3, 2, top_k=2), GaussianMoE(2, 2, gate="activation"),
                                    ContaminatedMoE(2, "laplace", (1.0, 0.0), 0.1, gate_bound=5.0)])
 def test_gradient_and_hessian_match_finite_differences(model) -> None:
     gen = torch.Generator().manual_seed(2)

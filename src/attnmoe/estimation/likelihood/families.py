@@ -11,7 +11,10 @@ Every family is a :class:`LikelihoodModel`: a list of free-parameter blocks, a f
   (nu is the variance in both families -- our choice, docs/likelihood.md).
 * gates (:func:`gate_log_weights`): u_i = beta1_i^T x + beta0_i (last expert pinned at 0: the
   softmax is translation invariant); softmax w = softmax(u); top-K sparse softmax (2309.13850)
-      TopK_i(u) = exp(u_i) 1[i in top_K(u)] / sum_{l in top_K(u)} exp(u_l).
+      TopK_i(u) = exp(u_i) 1[i in top_K(u)] / sum_{l in top_K(u)} exp(u_l);
+  temperature gate (2401.13875) u_i = beta1_i^T x / tau + beta0_i and activation gate
+  u_i = tanh(beta1_i^T x) / tau + beta0_i, tau = exp(logtau) (our placement of tau and of the
+  activation; the paper's exact placement is unknown to us, docs/likelihood.md).
 * Contaminated MoE (arXiv 2505.18455): a frozen expert f0 and a trainable Gaussian prompt
       p(y | x) = (1 - w(x)) f0(y | tanh(eta0^T x), nu0) + w(x) N(y | tanh(eta^T x), nu),
       w(x) = sigmoid(beta^T x + tau)   (softmax over the logits (0, beta^T x + tau)).
@@ -68,6 +71,14 @@ def gate_log_weights(u: Tensor, top_k: int | None) -> tuple[Tensor, Tensor | Non
     mask = torch.zeros_like(u, dtype=torch.bool).scatter(0, idx, True)  # (k, n)
     lse = torch.logsumexp(torch.where(mask, u, -torch.inf), 0, keepdim=True)  # (1, n)
     return u - lse, mask
+
+
+#: gate scores from the linear part beta1^T x ``(..)`` and the temperature tau (module docstring)
+GATE_SCORES = {
+    "softmax": lambda lin, tau: lin,
+    "temperature": lambda lin, tau: lin / tau,
+    "activation": lambda lin, tau: torch.tanh(lin) / tau,
+}
 
 
 @dataclass(frozen=True)
@@ -142,12 +153,14 @@ class GaussianMoE(LikelihoodModel):
         dim: input dimension d.
         top_k: K of the top-K sparse softmax (None or K = k: dense softmax).
         expert: ``"gaussian"`` or ``"laplace"``.
+        gate: ``"softmax"`` (linear scores), ``"temperature"`` or ``"activation"`` (module doc).
     """
 
     k: int
     dim: int
     top_k: int | None = None
     expert: str = "gaussian"
+    gate: str = "softmax"
 
     def __post_init__(self) -> None:
         if self.k < 1 or self.dim < 1:
@@ -156,16 +169,20 @@ class GaussianMoE(LikelihoodModel):
             raise ValueError(f"top-K needs 1 <= K <= k, got K={self.top_k} with k={self.k} experts")
         if self.expert not in EXPERT_DENSITIES:
             raise ValueError(f"unknown expert density {self.expert!r}; valid: {list(EXPERT_DENSITIES)}")
+        if self.gate not in GATE_SCORES:
+            raise ValueError(f"unknown gate {self.gate!r}; valid: {list(GATE_SCORES)}")
 
     @property
     def blocks(self) -> tuple[tuple[str, tuple[int, ...]], ...]:
         k, d = self.k, self.dim
-        return (("beta1", (k - 1, d)), ("beta0", (k - 1,)), ("a", (k, d)), ("b", (k,)), ("lognu", (k,)))
+        temp = (("logtau", (1,)),) if self.gate != "softmax" else ()
+        return (("beta1", (k - 1, d)), ("beta0", (k - 1,)), *temp, ("a", (k, d)), ("b", (k,)), ("lognu", (k,)))
 
     def _gate(self, free: dict[str, Tensor], xT: Tensor) -> Tensor:
         beta1 = torch.cat([free["beta1"], free["beta1"].new_zeros(1, self.dim)], 0)  # (k, d)
         beta0 = torch.cat([free["beta0"], free["beta0"].new_zeros(1)], 0)  # (k,)
-        return _linear(beta1, xT) + beta0.unsqueeze(-1)  # (k, n)
+        tau = torch.exp(free["logtau"]) if self.gate != "softmax" else None
+        return GATE_SCORES[self.gate](_linear(beta1, xT), tau) + beta0.unsqueeze(-1)  # (k, n)
 
     def log_density(self, free: dict[str, Tensor], xT: Tensor, y: Tensor) -> Tensor:
         logw, mask = gate_log_weights(self._gate(free, xT), self.top_k)  # (k, n)
@@ -177,7 +194,9 @@ class GaussianMoE(LikelihoodModel):
 
     def weights(self, natural: dict[str, Tensor], X: Tensor) -> Tensor:
         """Gate weights ``(R, n, k)`` of natural parameters with leading R at ``X`` ``(R, n, d)``."""
-        u = torch.einsum("rkd,rnd->rnk", natural["beta1"], X) + natural["beta0"].unsqueeze(1)
+        lin = torch.einsum("rkd,rnd->rnk", natural["beta1"], X)
+        tau = natural["tau"].view(-1, 1, 1) if self.gate != "softmax" else None
+        u = GATE_SCORES[self.gate](lin, tau) + natural["beta0"].unsqueeze(1)
         if self.top_k is None or self.top_k >= self.k:
             return torch.softmax(u, -1)
         idx = torch.topk(u, self.top_k, dim=-1).indices
@@ -191,11 +210,14 @@ class GaussianMoE(LikelihoodModel):
     def natural(self, flat: Tensor) -> dict[str, Tensor]:
         f = self.unpack(flat)
         lead = flat.shape[:-1]
-        return {
+        out = {
             "beta1": torch.cat([f["beta1"], flat.new_zeros(*lead, 1, self.dim)], -2),
             "beta0": torch.cat([f["beta0"], flat.new_zeros(*lead, 1)], -1),
             "a": f["a"], "b": f["b"], "nu": torch.exp(f["lognu"]),
         }
+        if self.gate != "softmax":
+            out["tau"] = torch.exp(f["logtau"][..., 0])
+        return out
 
     def free(self, natural: dict[str, Tensor]) -> Tensor:
         t = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in natural.items()}
@@ -203,8 +225,15 @@ class GaussianMoE(LikelihoodModel):
             raise ValueError("variances nu must be > 0")
         beta1 = t["beta1"] - t["beta1"][..., -1:, :]  # pin the last expert (translation)
         beta0 = t["beta0"] - t["beta0"][..., -1:]
-        return self.pack({"beta1": beta1[..., :-1, :], "beta0": beta0[..., :-1], "a": t["a"], "b": t["b"],
-                          "lognu": torch.log(t["nu"])})
+        if self.gate == "activation" and bool((t["beta1"][..., -1, :] != 0).any()):
+            raise ValueError("the activation gate's last expert must have beta1 = 0 (it is pinned)")
+        free = {"beta1": beta1[..., :-1, :], "beta0": beta0[..., :-1], "a": t["a"], "b": t["b"],
+                "lognu": torch.log(t["nu"])}
+        if self.gate != "softmax":
+            if bool((t["tau"] <= 0).any()):
+                raise ValueError("the temperature tau must be > 0")
+            free["logtau"] = torch.log(t["tau"]).unsqueeze(-1)
+        return self.pack(free)
 
     def sample(self, natural: dict[str, Tensor], X: Tensor, U: Tensor) -> Tensor:
         w = self.weights(natural, X)  # (R, n, k)

@@ -35,7 +35,7 @@ class LikSetting:
         name: unique name (records key).
         truth_model / fit_model: the data-generating and the fitted family.
         truth: n -> true natural parameters (unbatched).
-        inputs: ``"uniform01"`` (X ~ U[0, 1]^d) or ``"normal"`` (X ~ N(0, I)).
+        inputs: ``"uniform01"`` (X ~ U[0, 1]^d), ``"uniform11"`` (U[-1, 1]^d) or ``"normal"`` (N(0, I)).
         start: (truth batched (R, ...), noise (R, P)) -> free starts (R, P).
         losses: (fitted natural (R, ...), truth batched (R, ...)) -> dict of (R,) losses.
         theory: loss name -> slope of log(loss) on log(n) the theory predicts (None: no rate).
@@ -65,7 +65,12 @@ def sample_data(setting: LikSetting, n: int, seeds: Sequence[int]) -> tuple[Tens
     """Inputs ``(R, n, d)`` and responses ``(R, n)`` of replicate ``seeds`` at size ``n``."""
     d = setting.truth_model.dim
     U = _uniforms(seeds, 7, (n, d + 2))  # (R, n, d + 2), rows nested in n
-    X = U[..., :d] if setting.inputs == "uniform01" else torch.from_numpy(ndtri(U[..., :d].numpy()))
+    if setting.inputs == "uniform01":
+        X = U[..., :d]
+    elif setting.inputs == "uniform11":
+        X = 2.0 * U[..., :d] - 1.0
+    else:
+        X = torch.from_numpy(ndtri(U[..., :d].numpy()))
     y = setting.truth_model.sample(setting.batched_truth(n, len(seeds)), X, U[..., d:])
     return X, y
 
@@ -130,6 +135,49 @@ def topk_setting(name: str, k: int, top_k: int | None, truth: Params = TOPK_TRUT
                       theory or {}, claim)
 
 
+# ---------------------------------------------------------------------------------- temperature
+#: truth of the temperature / activation gate study (ours: 2401.13875's simulation values are not
+#: available to us): d = 1, k* = 2, X ~ U[-1, 1] (inputs "uniform11"), tau* = 0.5
+TEMP_TRUTH: Params = {
+    "beta1": torch.tensor([[2.0], [0.0]]), "beta0": torch.tensor([0.0, 0.0]), "tau": torch.tensor(0.5),
+    "a": torch.tensor([[-2.0], [2.0]]), "b": torch.tensor([1.0, -1.0]), "nu": torch.tensor([0.3, 0.4]),
+}
+TEMP_X_GRID = torch.linspace(-1.0, 1.0, 129, dtype=torch.float64).unsqueeze(-1)
+TEMP_Y_GRID = torch.linspace(-10.0, 10.0, 4097, dtype=torch.float64)
+
+
+def temperature_setting(gate: str) -> LikSetting:
+    """Exact-specified (k = k* = 2) Gaussian MoE with a ``"temperature"`` or ``"activation"`` gate.
+
+    Losses: |tau - tau*|, ||beta1 - beta1*|| (max over experts; the last is pinned at 0 in both),
+    ||beta1 / tau - beta1* / tau*|| (the temperature gate's identifiable slope), ||a - a*|| + |b - b*|
+    + |nu - nu*| summed over experts ("expert"), Hellinger. Starts: truth + 0.1 N(0, 1).
+    """
+    _check_gaussian_truth(TEMP_TRUTH, 2)
+    model = GaussianMoE(2, 1, gate=gate)
+
+    def start(tr: Params, noise: Tensor) -> Tensor:
+        return model.free(tr) + 0.1 * noise
+
+    def losses(fit: Params, tr: Params) -> dict[str, Tensor]:
+        d_beta = (fit["beta1"] - tr["beta1"]).norm(dim=-1).amax(-1)
+        ratio = (fit["beta1"] / fit["tau"].view(-1, 1, 1) - tr["beta1"] / tr["tau"].view(-1, 1, 1)).norm(dim=-1).amax(-1)
+        expert = ((fit["a"] - tr["a"]).norm(dim=-1) + (fit["b"] - tr["b"]).abs() + (fit["nu"] - tr["nu"]).abs()).sum(-1)
+        h = hellinger(model, fit, model, {k: v[:1] for k, v in tr.items()}, TEMP_X_GRID, TEMP_Y_GRID)
+        return {"tau": (fit["tau"] - tr["tau"]).abs(), "beta1": d_beta, "beta1_over_tau": ratio,
+                "expert": expert, "hellinger": h}
+
+    if gate == "temperature":
+        theory = {"tau": None, "beta1": None, "beta1_over_tau": -0.5, "expert": -0.5, "hellinger": -0.5}
+        claim = ("temperature gate: tau interacts with beta (rescaling both leaves the density unchanged "
+                 "in this parametrisation): tau, beta1 not consistently estimable; slower than polynomial (paper)")
+    else:
+        theory = {"tau": -0.5, "beta1": -0.5, "beta1_over_tau": -0.5, "expert": -0.5, "hellinger": -0.5}
+        claim = "activation gate tanh(beta1 x)/tau + beta0: gating parameters O~(n^-1/2)"
+    return LikSetting(f"temp-{gate}", model, model, lambda n: dict(TEMP_TRUTH), "uniform11", start, losses,
+                      theory, claim)
+
+
 # ---------------------------------------------------------------------------------- contaminated
 D_CONT = 8
 #: compact gate space of the contaminated fits, |beta_p|, |tau| < GATE_BOUND (docs/likelihood.md)
@@ -185,6 +233,7 @@ def _settings() -> dict[str, LikSetting]:
         topk_setting("topk-over-K2", 3, 2, theory={"voronoi": None, "hellinger": None},
                      claim="over-specified k = 3, K = 2 < total cell size 3: no consistency guarantee"),
         *(contaminated_setting(c) for c in ("a", "b-i", "b-ii")),
+        temperature_setting("temperature"), temperature_setting("activation"),
     ]
     return {s.name: s for s in out}
 

@@ -63,6 +63,9 @@ LIK_PRESETS: dict[str, LikPreset] = {
         LikPreset("contaminated", "softmax-contaminated MoE, arXiv 2505.18455 (d=8), cases a, b-i, b-ii",
                   ("contaminated-a", "contaminated-b-i", "contaminated-b-ii"),
                   (1000, 2000, 4000, 8000, 16000), 8, _log_grid(1e3, 1e5, 20), 40),
+        LikPreset("temperature-gate", "temperature vs activation dense-to-sparse gate, arXiv 2401.13875 (d=1, k*=2)",
+                  ("temp-temperature", "temp-activation"),
+                  (500, 1000, 2000, 4000, 8000, 16000), 8, _log_grid(1e3, 1e5, 10), 40),
     )
 }
 
@@ -150,11 +153,14 @@ def run_lik_study(preset: LikPreset, args: FamilyArgs) -> FamilyResult:
 
 
 def verdict(theory: float | None, lo: float | None, hi: float | None) -> str:
-    """'agrees' when the theory's slope lies in [lo, hi]; 'faster' / 'slower' otherwise."""
-    if theory is None or lo is None or hi is None:
-        return "no rate claimed"
+    """'agrees' when the theory's slope lies in the CI [lo, hi] and 0 does not (with 0 inside too:
+    'inconclusive'); 'faster' / 'slower than theory' when the CI lies beside it."""
+    if lo is None or hi is None:
+        return "no slope"
+    if theory is None:
+        return "no rate claimed" + (" (CI contains 0)" if lo <= 0 <= hi else "")
     if lo <= theory <= hi:
-        return "agrees"
+        return "inconclusive (CI contains 0)" if lo <= 0 <= hi else "agrees"
     return "faster than theory" if hi < theory else "slower than theory"
 
 
