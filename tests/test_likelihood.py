@@ -286,3 +286,25 @@ def test_classifier_probabilities_and_label_checks() -> None:
         MoEClassifier().fit(X, np.zeros(300))
     with pytest.raises(ValueError, match="K <= k"):
         GaussianMoERegressor(n_experts=2, top_k=3).fit(X, X[:, 0])
+
+
+@pytest.mark.parametrize("input_map", ["identity", "tanh"])
+def test_multinomial_nll_matches_a_loop_and_its_gradient_finite_differences(input_map) -> None:
+    gen = torch.Generator().manual_seed(4)
+    model = MultinomialLogisticMoE(3, 2, 3, input_map)
+    flat = torch.randn(1, model.n_params, generator=gen)
+    X = torch.randn(1, 23, 2, generator=gen)
+    y = torch.randint(0, 3, (1, 23), generator=gen).double()
+    nat = {k: v[0].numpy() for k, v in model.natural(flat).items()}
+    ref = 0.0
+    for x, s in zip(X[0].numpy(), y[0].numpy().astype(int)):
+        mx = np.tanh(x) if input_map == "tanh" else x
+        w = _softmax(nat["beta1"] @ mx + nat["beta0"])
+        probs = [_softmax(np.concatenate([[0.0], nat["a"][i] @ x + nat["b"][i]]))[s] for i in range(3)]
+        ref -= math.log(float(w @ np.array(probs)))
+    obj = LikelihoodObjective(model, X, y)
+    assert obj(flat)[0].item() == pytest.approx(ref / 23, rel=1e-10)
+    _, g = obj.value_and_grad(flat)
+    h, eye = 1e-6, torch.eye(model.n_params)
+    fd = torch.stack([(obj(flat + h * eye[p]) - obj(flat - h * eye[p])) / (2 * h) for p in range(model.n_params)], -1)
+    assert torch.allclose(g, fd, rtol=1e-6, atol=1e-8)

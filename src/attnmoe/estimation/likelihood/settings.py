@@ -18,7 +18,12 @@ import torch
 from scipy.special import ndtri
 from torch import Tensor
 
-from attnmoe.estimation.likelihood.families import ContaminatedMoE, GaussianMoE, LikelihoodModel
+from attnmoe.estimation.likelihood.families import (
+    ContaminatedMoE,
+    GaussianMoE,
+    LikelihoodModel,
+    MultinomialLogisticMoE,
+)
 from attnmoe.estimation.likelihood.voronoi import contaminated_errors, hellinger, topk_voronoi_loss
 
 __all__ = ["LikSetting", "SETTINGS", "contaminated_setting", "sample_data", "start_points", "topk_setting",
@@ -178,6 +183,50 @@ def temperature_setting(gate: str) -> LikSetting:
                       theory, claim)
 
 
+# ---------------------------------------------------------------------------------- multinomial logistic
+MLOGIT_X_GRID = torch.linspace(-1.0, 1.0, 257, dtype=torch.float64).unsqueeze(-1)
+
+
+def mlogit_setting(input_map: str, vanish: bool) -> LikSetting:
+    """Multinomial logistic MoE (arXiv 2310.14188), d = 1, S = 2 classes, X ~ U[-1, 1], k* = 2,
+    fitted over-specified with k = 3 (our truth and protocol; docs/likelihood.md).
+
+    Truth: gate beta1* = (2, 0), beta0* = (0, 0) on M(x) (M = identity or tanh); experts
+    (a*, b*) = (0 if ``vanish`` else -3, 1) and (3, -1). Start: expert 1 split in two copies of
+    half its mass, + 0.1 N(0, 1). Losses: the Voronoi loss with exponent 1 everywhere on
+    (beta1, a, b) ("voronoi1", the mass-weighted distance of the fitted atoms to their cells) and
+    the total-variation distance of P(Y | x), averaged over a grid of x ("tv").
+    """
+    truth = {"beta1": torch.tensor([[2.0], [0.0]]), "beta0": torch.tensor([0.0, 0.0]),
+             "a": torch.tensor([[[0.0 if vanish else -3.0]], [[3.0]]]), "b": torch.tensor([[1.0], [-1.0]])}
+    truth_model = MultinomialLogisticMoE(2, 1, 2, input_map)
+    model = MultinomialLogisticMoE(3, 1, 2, input_map)
+
+    def start(tr: Params, noise: Tensor) -> Tensor:
+        p = {key: v[:, [1, 0, 0]] for key, v in tr.items()}  # copies of expert 1 last (pinned one)
+        p["beta0"] = p["beta0"] - torch.tensor([0.0, math.log(2.0), math.log(2.0)], dtype=torch.float64)
+        p["beta1"] = p["beta1"] - p["beta1"][:, -1:]  # translate so the pinned copy has beta1 = 0
+        return model.free(p) + 0.1 * noise
+
+    def losses(fit: Params, tr: Params) -> dict[str, Tensor]:
+        R = fit["b"].shape[0]
+        flat = lambda p, k: {"beta1": p["beta1"], "beta0": p["beta0"], "a": p["a"].reshape(R, k, -1),  # noqa: E731
+                             "b": p["b"][..., 0], "nu": torch.ones(R, k, dtype=torch.float64)}
+        vor = topk_voronoi_loss(flat(fit, 3), flat(tr, 2), r_bar=(0.0, 1.0, 1.0, 1.0))["voronoi"]
+        Xg = MLOGIT_X_GRID.unsqueeze(0).expand(R, -1, -1)
+        p_fit = model.proba(model.free(fit), Xg)
+        p_true = truth_model.proba(truth_model.free(tr), Xg)
+        return {"voronoi1": vor, "tv": 0.5 * (p_fit - p_true).abs().sum(-1).mean(-1)}
+
+    name = f"mlogit-{'modified' if input_map == 'tanh' else 'softmax'}-{'vanish' if vanish else 'full'}"
+    theory: dict[str, float | None] = {"voronoi1": None, "tv": -0.5}
+    claim = ("standard gate, an expert's slope a* = 0: parameter rates slower than polynomial" if input_map ==
+             "identity" and vanish else "modified gate M = tanh: polynomial parameter rates" if vanish else
+             "standard gate, no vanishing expert parameter (control)")
+    return LikSetting(name, truth_model, model, lambda n: {k: v.double() for k, v in truth.items()}, "uniform11",
+                      start, losses, theory, claim)
+
+
 # ---------------------------------------------------------------------------------- contaminated
 D_CONT = 8
 #: compact gate space of the contaminated fits, |beta_p|, |tau| < GATE_BOUND (docs/likelihood.md)
@@ -234,6 +283,7 @@ def _settings() -> dict[str, LikSetting]:
                      claim="over-specified k = 3, K = 2 < total cell size 3: no consistency guarantee"),
         *(contaminated_setting(c) for c in ("a", "b-i", "b-ii")),
         temperature_setting("temperature"), temperature_setting("activation"),
+        mlogit_setting("identity", True), mlogit_setting("tanh", True), mlogit_setting("identity", False),
     ]
     return {s.name: s for s in out}
 
