@@ -124,7 +124,7 @@ def test_gradient_and_hessian_match_finite_differences(model) -> None:
     assert torch.isfinite(H).all()
 
 
-def test_a_replicate_is_bitwise_the_same_alone_or_in_a_batch() -> None:
+def test_a_replicate_is_bitwise_the_same_alone_or_in_a_batch(monkeypatch) -> None:
     torch.set_num_threads(1)
     gen = torch.Generator().manual_seed(3)
     model = GaussianMoE(3, 1, top_k=2)
@@ -137,6 +137,12 @@ def test_a_replicate_is_bitwise_the_same_alone_or_in_a_batch() -> None:
         alone = LikelihoodObjective(model, X[r : r + 1], y[r : r + 1]).hessian(flat[r : r + 1])
         for a, b in zip(alone, batch):
             assert torch.equal(a[0], b[r])
+    from attnmoe.estimation.likelihood import objective as lik_objective
+
+    monkeypatch.setattr(lik_objective, "CHUNK_ENTRIES", 1)  # one replicate per Hessian chunk
+    chunked = LikelihoodObjective(model, X, y).hessian(flat)
+    for a, b in zip(chunked, batch):
+        assert torch.equal(a, b)
 
 
 def test_sample_has_the_model_conditional_mean_and_variance() -> None:
@@ -209,6 +215,10 @@ def test_bad_input_is_refused_with_one_line() -> None:
         ContaminatedMoE(1, "gaussian", (1.0,), -1.0)
     with pytest.raises(ValueError, match="case"):
         contaminated_setting("c")
+    with pytest.raises(ValueError, match="tau must be > 0"):
+        GaussianMoE(2, 1, gate="temperature").free({**TOPK_TRUTH, "tau": torch.tensor(0.0)})
+    with pytest.raises(ValueError, match="unknown gate"):
+        GaussianMoE(2, 1, gate="cosine")
 
 
 def test_cli_bad_replicates_writes_nothing(tmp_path) -> None:
