@@ -32,7 +32,15 @@ from attnmoe.estimation.likelihood.study import LikPreset, run_lik_study
 from attnmoe.estimation.likelihood.voronoi import hellinger, topk_voronoi_loss
 from attnmoe.estimation.study.families import FamilyArgs
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def _float64():
+    """float64 default dtype inside this module's tests only (restored after each)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
 
 
 def _softmax(u: np.ndarray) -> np.ndarray:

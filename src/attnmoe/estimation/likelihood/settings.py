@@ -90,8 +90,9 @@ def start_points(setting: LikSetting, n: int, seeds: Sequence[int]) -> Tensor:
 # ---------------------------------------------------------------------------------- top-K
 #: the group's public simulation truth of 2309.13850 (d = 1, k* = 2); nu are variances
 TOPK_TRUTH: Params = {
-    "beta1": torch.tensor([[25.0], [0.0]]), "beta0": torch.tensor([-8.0, 0.0]),
-    "a": torch.tensor([[-20.0], [20.0]]), "b": torch.tensor([15.0, -5.0]), "nu": torch.tensor([0.3, 0.4]),
+    k: torch.tensor(v, dtype=torch.float64) for k, v in {
+        "beta1": [[25.0], [0.0]], "beta0": [-8.0, 0.0], "a": [[-20.0], [20.0]], "b": [15.0, -5.0], "nu": [0.3, 0.4],
+    }.items()
 }
 #: start noise scale per free block of the Gaussian MoE
 TOPK_START_SCALE = {"beta1": 1.0, "beta0": 0.3, "a": 0.3, "b": 0.1, "lognu": 0.1}
@@ -144,8 +145,10 @@ def topk_setting(name: str, k: int, top_k: int | None, truth: Params = TOPK_TRUT
 #: truth of the temperature / activation gate study (ours: 2401.13875's simulation values are not
 #: available to us): d = 1, k* = 2, X ~ U[-1, 1] (inputs "uniform11"), tau* = 0.5
 TEMP_TRUTH: Params = {
-    "beta1": torch.tensor([[2.0], [0.0]]), "beta0": torch.tensor([0.0, 0.0]), "tau": torch.tensor(0.5),
-    "a": torch.tensor([[-2.0], [2.0]]), "b": torch.tensor([1.0, -1.0]), "nu": torch.tensor([0.3, 0.4]),
+    k: torch.tensor(v, dtype=torch.float64) for k, v in {
+        "beta1": [[2.0], [0.0]], "beta0": [0.0, 0.0], "tau": 0.5, "a": [[-2.0], [2.0]], "b": [1.0, -1.0],
+        "nu": [0.3, 0.4],
+    }.items()
 }
 TEMP_X_GRID = torch.linspace(-1.0, 1.0, 129, dtype=torch.float64).unsqueeze(-1)
 TEMP_Y_GRID = torch.linspace(-10.0, 10.0, 4097, dtype=torch.float64)
@@ -197,8 +200,9 @@ def mlogit_setting(input_map: str, vanish: bool) -> LikSetting:
     (beta1, a, b) ("voronoi1", the mass-weighted distance of the fitted atoms to their cells) and
     the total-variation distance of P(Y | x), averaged over a grid of x ("tv").
     """
-    truth = {"beta1": torch.tensor([[2.0], [0.0]]), "beta0": torch.tensor([0.0, 0.0]),
-             "a": torch.tensor([[[0.0 if vanish else -3.0]], [[3.0]]]), "b": torch.tensor([[1.0], [-1.0]])}
+    truth = {k: torch.tensor(v, dtype=torch.float64) for k, v in {
+        "beta1": [[2.0], [0.0]], "beta0": [0.0, 0.0], "a": [[[0.0 if vanish else -3.0]], [[3.0]]], "b": [[1.0], [-1.0]],
+    }.items()}
     truth_model = MultinomialLogisticMoE(2, 1, 2, input_map)
     model = MultinomialLogisticMoE(3, 1, 2, input_map)
 
