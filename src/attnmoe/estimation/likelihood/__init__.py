@@ -6,7 +6,8 @@
 * :mod:`.voronoi` -- top-K Voronoi loss with an exponent table, Hellinger density error,
   parameter errors of the contaminated model;
 * :mod:`.settings` -- named truths, nested data, starts;
-* :mod:`.study` -- the presets behind ``attnmoe rates --preset NAME``.
+* :mod:`.study` -- the presets behind ``attnmoe rates --preset NAME``;
+* :mod:`.estimators` -- ``GaussianMoERegressor`` and ``MoEClassifier`` (scikit-learn).
 """
 
 from attnmoe.estimation.likelihood.families import (
@@ -15,7 +16,8 @@ from attnmoe.estimation.likelihood.families import (
     LikelihoodModel,
     MultinomialLogisticMoE,
 )
+from attnmoe.estimation.likelihood.estimators import GaussianMoERegressor, MoEClassifier
 from attnmoe.estimation.likelihood.objective import LikelihoodFit, LikelihoodObjective, fit_likelihood
 
-__all__ = ["ContaminatedMoE", "GaussianMoE", "LikelihoodFit", "LikelihoodModel", "LikelihoodObjective",
+__all__ = ["ContaminatedMoE", "GaussianMoE", "GaussianMoERegressor", "MoEClassifier", "LikelihoodFit", "LikelihoodModel", "LikelihoodObjective",
            "MultinomialLogisticMoE", "fit_likelihood"]
