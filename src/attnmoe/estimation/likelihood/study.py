@@ -1,0 +1,199 @@
+"""Likelihood-MoE rate studies, registered as family presets (``attnmoe rates --preset NAME``).
+
+A preset is a list of :class:`~.settings.LikSetting` names and a quick and a full size (n grid,
+replicates). For each setting and n, the missing replicate seeds are fitted as ONE batched
+trust-region program from near-truth starts (:func:`~.objective.fit_likelihood`), their losses
+computed and appended to ``records.jsonl`` (one record per (setting, n, seed): the key alone fixes
+the data, the start and hence the record). ``study.json`` holds the preset and fit options; a
+resume with other options is refused. Slopes of log(loss) on log(n) with seed-bootstrap CIs come
+from :func:`attnmoe.estimation.study.summary.summarize_records`; ``summary.md`` sets each beside
+the theory's slope with a verdict (theory inside the 95 % CI: "agrees").
+
+Runs in this process (``workers`` is ignored: the batch over replicates is the parallelism).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from attnmoe.estimation.likelihood.objective import fit_likelihood
+from attnmoe.estimation.likelihood.settings import SETTINGS, sample_data, start_points
+from attnmoe.estimation.study.families import FamilyArgs, FamilyPreset, FamilyResult, register_family_preset
+from attnmoe.estimation.study.records import RecordWriter, jsonable, read_records, record_key
+from attnmoe.estimation.study.summary import summarize_records
+from attnmoe.utils import atomic_write_json, atomic_write_text, check_writable
+
+__all__ = ["LIK_PRESETS", "LikPreset", "run_lik_study"]
+
+#: fit options of every likelihood study (one definition; recorded in study.json)
+FIT_OPTIONS: dict[str, Any] = {"method": "trust-region", "max_iter": 200, "dtol": 1e-3, "start": "near-truth"}
+
+
+@dataclass(frozen=True)
+class LikPreset:
+    """A likelihood study: settings, quick and full sizes."""
+
+    name: str
+    description: str
+    settings: tuple[str, ...]
+    quick_grid: tuple[int, ...]
+    quick_replicates: int
+    full_grid: tuple[int, ...]
+    full_replicates: int
+
+
+def _log_grid(lo: float, hi: float, m: int) -> tuple[int, ...]:
+    import numpy as np
+
+    return tuple(int(round(v)) for v in np.geomspace(lo, hi, m))
+
+
+LIK_PRESETS: dict[str, LikPreset] = {
+    p.name: p
+    for p in (
+        LikPreset("topk-gaussian", "top-K sparse softmax Gaussian MoE, arXiv 2309.13850 (d=1, k*=2)",
+                  ("topk-exact", "topk-over-K3", "topk-over-K2"),
+                  (500, 1000, 2000, 4000, 8000), 8, _log_grid(1e3, 1e5, 10), 40),
+        LikPreset("contaminated", "softmax-contaminated MoE, arXiv 2505.18455 (d=8), cases a, b-i, b-ii",
+                  ("contaminated-a", "contaminated-b-i", "contaminated-b-ii"),
+                  (1000, 2000, 4000, 8000, 16000), 8, _log_grid(1e3, 1e5, 20), 40),
+        LikPreset("temperature-gate", "temperature vs activation dense-to-sparse gate, arXiv 2401.13875 (d=1, k*=2)",
+                  ("temp-temperature", "temp-activation"),
+                  (500, 1000, 2000, 4000, 8000, 16000), 8, _log_grid(1e3, 1e5, 10), 40),
+        LikPreset("multinomial-logistic", "softmax vs modified-softmax gated multinomial logistic MoE, "
+                  "arXiv 2310.14188 (d=1, S=2, k*=2 fitted with k=3)",
+                  ("mlogit-softmax-vanish", "mlogit-modified-vanish", "mlogit-softmax-full"),
+                  (500, 1000, 2000, 4000, 8000), 6, _log_grid(1e3, 1e5, 10), 40),
+    )
+}
+
+STUDY_FILE, RECORDS_FILE, SUMMARY_JSON, SUMMARY_MD = "study.json", "records.jsonl", "summary.json", "summary.md"
+
+
+def _config(preset: LikPreset) -> dict[str, Any]:
+    return {"preset": preset.name, "settings": list(preset.settings), "fit": FIT_OPTIONS, "version": 1}
+
+
+def _check_args(preset: LikPreset, args: FamilyArgs) -> tuple[tuple[int, ...], int]:
+    grid = args.n_grid or (preset.full_grid if args.full else preset.quick_grid)
+    reps = args.replicates if args.replicates is not None else (
+        preset.full_replicates if args.full else preset.quick_replicates)
+    if any(isinstance(n, bool) or not isinstance(n, int) or n < 50 for n in grid) or len(set(grid)) < 2:
+        raise ValueError(f"--n-grid needs at least two distinct sample sizes >= 50, got {list(grid)}")
+    if isinstance(reps, bool) or not isinstance(reps, int) or reps < 2:
+        raise ValueError(f"--replicates must be an integer >= 2, got {reps!r}")
+    return tuple(sorted(set(grid))), reps
+
+
+def run_lik_study(preset: LikPreset, args: FamilyArgs) -> FamilyResult:
+    """Run (or resume) ``preset`` into ``args.out`` (module docstring)."""
+    grid, reps = _check_args(preset, args)  # bad input: one-line error before anything is written
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"cannot write to output directory {out}: it exists and is not a directory")
+    study_path = out / STUDY_FILE
+    if study_path.exists():
+        try:
+            previous = json.loads(study_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{study_path} is unreadable ({err}); move it away or use another --out") from None
+        if previous != _config(preset):
+            raise ValueError(f"{out} holds a study with options {previous}, this run asks for "
+                             f"{_config(preset)}; resume with the same preset or use another --out")
+    check_writable(out)
+    if args.threads:
+        torch.set_num_threads(int(args.threads))
+    atomic_write_json(study_path, _config(preset))
+    records, _ = read_records(out / RECORDS_FILE)
+    done = {record_key(r) for r in records}
+    writer = RecordWriter(out / RECORDS_FILE)
+    seeds_all = list(range(args.seed, args.seed + reps))
+    start, fitted = time.perf_counter(), 0
+    jobs = [(name, n) for name in preset.settings for n in grid]
+    bar = None
+    if args.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(jobs), desc=preset.name)
+    for name, n in jobs:
+        setting = SETTINGS[name]
+        seeds = [s for s in seeds_all if (name, n, s) not in done]
+        if seeds:
+            X, y = sample_data(setting, n, seeds)
+            fit = fit_likelihood(setting.fit_model, X, y, start_points(setting, n, seeds),
+                                 max_iter=FIT_OPTIONS["max_iter"], dtol=FIT_OPTIONS["dtol"])
+            losses = setting.losses(fit.params, setting.batched_truth(n, len(seeds)))
+            new = [
+                jsonable({
+                    "setting": name, "n": n, "seed": s,
+                    "losses": {k: float(v[i]) for k, v in losses.items()},
+                    "converged": bool(fit.converged[i]), "iterations": int(fit.n_iter[i]),
+                    "reason": fit.reason[i], "nll": float(fit.nll[i]), "min_eig": float(fit.min_eig[i]),
+                })
+                for i, s in enumerate(seeds)
+            ]
+            writer.append(new)
+            records.extend(new)
+            fitted += len(seeds)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    wanted = [r for r in records if r["setting"] in preset.settings and int(r["n"]) in grid
+              and int(r["seed"]) in seeds_all]
+    summary = summarize_records(wanted)
+    summary["theory"] = {name: dict(SETTINGS[name].theory) for name in preset.settings}
+    atomic_write_json(out / SUMMARY_JSON, jsonable(summary))
+    markdown = summary_markdown(preset, summary)
+    atomic_write_text(out / SUMMARY_MD, markdown)
+    return FamilyResult(fitted=fitted, reused=len(wanted) - fitted, seconds=time.perf_counter() - start,
+                        markdown=markdown, files=(STUDY_FILE, RECORDS_FILE, SUMMARY_JSON, SUMMARY_MD))
+
+
+def verdict(theory: float | None, lo: float | None, hi: float | None) -> str:
+    """'agrees' when the theory's slope lies in the CI [lo, hi] and 0 does not (with 0 inside too:
+    'inconclusive'); 'faster' / 'slower than theory' when the CI lies beside it."""
+    if lo is None or hi is None:
+        return "no slope"
+    if theory is None:
+        return "no rate claimed" + (" (CI contains 0)" if lo <= 0 <= hi else "")
+    if lo <= theory <= hi:
+        return "inconclusive (CI contains 0)" if lo <= 0 <= hi else "agrees"
+    return "faster than theory" if hi < theory else "slower than theory"
+
+
+def summary_markdown(preset: LikPreset, summary: dict[str, Any]) -> str:
+    """The table of slopes beside the theory (setting, loss, theory, slope, CI, verdict, fits)."""
+    lines = [f"## {preset.name}: {preset.description}", "",
+             "| setting | loss | theory slope | slope | 95% CI (seed bootstrap) | verdict | n range | replicates | converged |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name in preset.settings:
+        info = summary["settings"].get(name)
+        if info is None:
+            continue
+        theory = SETTINGS[name].theory
+        conv = info.get("converged_fraction")
+        for loss, e in info["losses"].items():
+            th = theory.get(loss)
+            s, lo, hi = e.get("slope"), e.get("ci_low"), e.get("ci_high")
+            fmt = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
+            lines.append(
+                f"| {name} | {loss} | {fmt(th)} | {fmt(s)} | [{fmt(lo)}, {fmt(hi)}] | {verdict(th, lo, hi)} | "
+                f"{e.get('n_min')}–{e.get('n_max')} | {e.get('replicates')} | "
+                f"{'—' if conv is None else f'{conv:.2f}'} |")
+    lines.append("")
+    for name in preset.settings:
+        info = summary["settings"].get(name)
+        if info is not None:
+            lines.append(f"- {name}: {SETTINGS[name].claim}; stop reasons {info.get('reasons', {})}")
+    return "\n".join(lines) + "\n"
+
+
+for _p in LIK_PRESETS.values():
+    register_family_preset(FamilyPreset(_p.name, _p.description, lambda args, _p=_p: run_lik_study(_p, args)))
