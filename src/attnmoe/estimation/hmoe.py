@@ -98,6 +98,7 @@ __all__ = [
     "sample",
     "start_points",
     "true_params",
+    "write_summary",
 ]
 
 #: gate position -> (structure of the family, name of the gate's level in the losses)
@@ -446,6 +447,18 @@ def summary_markdown(summary: dict[str, Any], settings: Sequence[HMoESetting]) -
     return "\n".join(lines)
 
 
+def write_summary(out: Path, records: Sequence[Record], settings: Sequence[HMoESetting],
+                  cfg: HMoEConfig) -> str:
+    """Summarise ``records`` (seed-bootstrap slopes, convergence) into ``summary.json`` and
+    ``summary.md`` in ``out``; return the markdown."""
+    summary = summarize_records(records)
+    summary["config"] = _config_dict(cfg)
+    markdown = summary_markdown(summary, settings)
+    atomic_write(out / SUMMARY_JSON, json.dumps(jsonable(summary), indent=2, sort_keys=True) + "\n")
+    atomic_write(out / SUMMARY_MD, markdown + "\n")
+    return markdown
+
+
 def run_hmoe(args: FamilyArgs, cfg: HMoEConfig | None = None,
              settings: Sequence[HMoESetting] | None = None) -> FamilyResult:
     """The ``hmoe`` preset: fit (resumably) into ``args.out``, summarise, write files."""
@@ -511,11 +524,7 @@ def run_hmoe(args: FamilyArgs, cfg: HMoEConfig | None = None,
         progress.close()
     keep = [r for r in records if int(r["n"]) in grid and int(r["seed"]) in seeds
             and r["setting"] in {s.name for s in settings}]
-    summary = summarize_records(keep)
-    summary["config"] = _config_dict(cfg)
-    markdown = summary_markdown(summary, settings)
-    atomic_write(out / SUMMARY_JSON, json.dumps(jsonable(summary), indent=2, sort_keys=True) + "\n")
-    atomic_write(out / SUMMARY_MD, markdown + "\n")
+    markdown = write_summary(out, keep, settings, cfg)
     return FamilyResult(fitted=fitted, reused=len(keep) - fitted, seconds=time.perf_counter() - start,
                         markdown=markdown, files=(RECORDS_FILE, STUDY_FILE, SUMMARY_JSON, SUMMARY_MD))
 
