@@ -25,7 +25,8 @@ def _mask() -> torch.Tensor:
 
 
 GATES = [(None, "elementwise"), ("G1", "elementwise"), ("G1", "headwise"),
-         ("G2", "elementwise"), ("G2", "headwise")]
+         ("G2", "elementwise"), ("G2", "headwise"), ("G3", "elementwise"), ("G3", "headwise"),
+         ("G4", "elementwise"), ("G4", "headwise"), ("G5", "elementwise")]
 
 
 @pytest.mark.parametrize("gate,gran", GATES)
@@ -43,6 +44,9 @@ def test_as_moe_reproduces_layer(act: str | None, score: str, gate: str | None, 
                 kpm = _mask() if masked else None
                 moe = as_moe(layer, x, kpm)
                 torch.testing.assert_close(moe(), head_outputs(layer, x, kpm), rtol=0, atol=1e-10)
+                # the outer level over heads: the whole layer's output
+                want = layer(x, key_padding_mask=kpm).detach()
+                torch.testing.assert_close(moe.output(), want, rtol=0, atol=1e-10)
 
 
 def test_gate_logits_are_query_key_products() -> None:
@@ -101,9 +105,17 @@ def test_evaluates_new_inputs() -> None:
 
 def test_as_moe_errors() -> None:
     x = torch.randn(T, DIM)
-    for g in ("G3", "G4", "G5"):
-        with pytest.raises(ValueError, match="no per-head quadratic"):
-            as_moe(Attention(DIM, HEADS, output_gate=g), x)
+    # a gate position or granularity that does not exist is refused by the layer, in one line
+    for kwargs, match in (({"output_gate": "G6"}, "unknown output_gate position"),
+                          ({"output_gate": "G1", "output_gate_granularity": "rowwise"},
+                           "unknown output_gate_granularity"),
+                          ({"output_gate": "G5", "output_gate_granularity": "headwise"},
+                           "G5.*headwise")):
+        with pytest.raises(ValueError, match=match) as err:
+            as_moe(Attention(DIM, HEADS, **kwargs), x)
+        assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="dense rewrite"):  # G3/G4 components count too
+        as_moe(Attention(16, 2, output_gate="G3"), torch.randn(12, 16))
     with pytest.raises(TypeError, match="Attention"):
         as_moe(torch.nn.Linear(DIM, DIM), x)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="dense rewrite"):
@@ -132,6 +144,30 @@ def test_expert_family_chosen_by_name_not_function_identity() -> None:
     )
 
 
+def test_score_gate_components_sum_to_the_quadratic_gate() -> None:
+    """Elementwise G3/G4 keep the D rank-one components of A, b, c: they add up to them."""
+    torch.manual_seed(7)
+    for g in ("G3", "G4"):
+        layer = Attention(DIM, HEADS, output_gate=g, score="sigmoid").double()
+        moe = as_moe(layer, torch.randn(B, T, DIM, dtype=torch.float64))
+        assert moe.A_parts is not None and moe.A_parts.shape[3] == DIM // HEADS
+        torch.testing.assert_close(moe.A_parts.sum(3), moe.A, rtol=0, atol=1e-13)
+        torch.testing.assert_close(moe.b_parts.sum(3), moe.b, rtol=0, atol=1e-13)
+        torch.testing.assert_close(moe.c_parts.sum(3) + moe.score_offset, moe.c, rtol=0, atol=1e-13)
+
+
+def test_gated_logits_are_gated_query_key_products() -> None:
+    """G4: the logits are (g_j * q_j) . k_i / sqrt(D); G3: q_j . (g_i * k_i) / sqrt(D)."""
+    torch.manual_seed(8)
+    for g, gran in (("G3", "elementwise"), ("G4", "elementwise"), ("G3", "headwise"), ("G4", "headwise")):
+        layer = Attention(DIM, HEADS, output_gate=g, output_gate_granularity=gran).double()
+        x = torch.randn(B, T, DIM, dtype=torch.float64)
+        q, k, _, _ = layer.project(x)  # (B, H, T, D), gates applied by the layer
+        want = (q @ k.transpose(-1, -2) / math.sqrt(DIM // HEADS)).detach()
+        moe = as_moe(layer, x)
+        torch.testing.assert_close(moe.gate_logits(moe.x_tilde), want, rtol=0, atol=1e-12)
+
+
 def test_heads_through_out_proj_give_layer_output() -> None:
     """Multi-head reading: out_proj(concat_h y_h) of the MoE outputs is the layer output."""
     torch.manual_seed(5)
@@ -140,3 +176,15 @@ def test_heads_through_out_proj_give_layer_output() -> None:
     y = as_moe(layer, x)()  # (B, H, T, D)
     out = layer.out_proj(y.transpose(1, 2).reshape(B, T, DIM))
     torch.testing.assert_close(out, layer(x), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("gate", [None, "G1", "G2", "G3", "G4", "G5"])
+def test_whole_layer_at_awkward_sizes(gate: str | None) -> None:
+    """dim 9, 3 heads of 3, 5 tokens, 3 sequences, causal + padding: the outer level over heads
+    (out_proj and G5) reproduces the layer's output."""
+    torch.manual_seed(9)
+    layer = Attention(9, 3, output_gate=gate, causal=True, value_activation="tanh").double()
+    x = torch.randn(3, 5, 9, dtype=torch.float64)
+    kpm = torch.tensor([[False] * 5, [False, False, False, False, True], [False, True, False, True, False]])
+    torch.testing.assert_close(as_moe(layer, x, kpm).output(), layer(x, key_padding_mask=kpm),
+                               rtol=0, atol=1e-10)

@@ -1,4 +1,4 @@
-"""The exact rewrite of an ``Attention`` layer's heads as quadratic-gating MoEs.
+"""The exact rewrite of an ``Attention`` layer as a hierarchical MoE: heads -> tokens -> experts.
 
 Following arXiv 2410.11222 (Sec. "self-attention as quadratic gating MoE"), stack one
 input sequence ``X`` ``(T, dim)`` into ``x~ = vec(X)`` ``(N,)`` with ``N = T * dim``
@@ -22,13 +22,24 @@ with weight 0.  Gates (arXiv 2505.06708, hierarchical reading arXiv 2602.01468):
 * G1: ``y_j <- sigmoid(W_theta^T P_j x~ + b_theta) * y_j`` -- an outer sigmoid
   gate over the whole mixture of query j;
 * G2: ``E_i <- sigmoid(W_theta^T P_i x~ + b_theta) * E_i`` -- a sigmoid gate on
-  each expert.
+  each expert;
+* G4 (queries) / G3 (keys): the logit becomes ``sum_c g_c(x_t) l^(c)_ij(x~)`` with
+  ``l^(c)_ij = (q_jc)(k_ic) / sqrt(d_k)`` the rank-one quadratic component of coordinate c
+  (``sum_c l^(c) = l``) and ``g = sigmoid(W_theta^T P_t x~ + b_theta)`` read at the query
+  token t = j (G4) or the key token t = i (G3): a quadratic gate whose D components are
+  re-weighted by sigmoids of a token -- no longer a quadratic form in ``x~`` (headwise: one
+  weight for the whole logit, a query-dependent temperature (G4) or a key-dependent scale (G3));
+* G5: ``o_j <- sigmoid(W_theta^T P_j x~ + b_theta) * o_j`` after ``out_proj``, one gate per
+  output coordinate over the whole sum of heads.
 
 (These are the attention layer's *output gates*, ``Attention(output_gate=...)``; "gate"
 alone means the MoE gating function ``pi_ij`` here, as in :mod:`attnmoe.moe`.)
 
-G3/G4 (gates on keys/queries) make the logits cubic/quartic in ``x~`` and G5 mixes
-heads, so they have no per-head quadratic rewrite; ``as_moe`` rejects them.
+The outer level (arXiv 2602.01468's heads level): output coordinate m of query j is
+``o_jm = sum_h sum_c W_O[m, (h, c)] y^(h)_jc + b_O[m]`` -- a sum over (head, head
+coordinate) with constant weights, made input-dependent by G1 (per (h, c) elementwise, per h
+headwise) and, for all heads at once, by G5. :meth:`AttentionMoE.output` evaluates it and
+reproduces the whole layer.
 
 Gate logits are evaluated by :mod:`attnmoe.moe`'s quadratic monomial/polynomial gate
 (replicates = (head, query)); experts by its scalar experts (replicates = (head,
@@ -88,11 +99,19 @@ class AttentionMoE:
         activation: the value activation sigma (None = identity).
         expert_name: the ``attnmoe.moe`` expert family evaluating ``sigma(a^T x~ + alpha)``;
             None when ``attnmoe.moe`` has none (sigma is then applied to the linear expert).
-        output_gate_position: None, "G1" or "G2" (the attention layer's output gate).
+        output_gate_position: None or "G1".."G5" (the attention layer's output gate).
         output_gate_weight: ``(H, T, N, Dg)`` -- ``W_theta^T P_t`` for the token t the
-            output gate reads (t = j for G1, t = i for G2); None without one.
-        output_gate_bias: ``(H, Dg)``; None without an output gate.
+            output gate reads (t = j for G1/G4/G5, t = i for G2/G3); for G5 ``(1, T, N, C)``
+            (one gate per output coordinate); None without one.
+        output_gate_bias: ``(H, Dg)`` (G5: ``(1, C)``); None without an output gate.
         x_tilde: ``(B, N)`` the vectorised input sequences given to :func:`as_moe`.
+        out_weight: ``(H, D, C)`` the outer level's weights ``W_O[m, (h, c)]``.
+        out_bias: ``(C,)`` ``b_O`` (zeros without biases).
+        score_offset: the constant of ``c`` that no score gate multiplies (the sigmoid-attention
+            bias; 0 for softmax scores).
+        A_parts, b_parts, c_parts: elementwise G3/G4 only: the D rank-one components
+            ``(H, T, T, D, N, N)``, ``(H, T, T, D, N)``, ``(H, T, T, D)`` of A, b and
+            ``c - score_offset`` (they sum to them); None otherwise.
     """
 
     A: Tensor
@@ -108,6 +127,12 @@ class AttentionMoE:
     output_gate_weight: Tensor | None
     output_gate_bias: Tensor | None
     x_tilde: Tensor
+    out_weight: Tensor | None = None
+    out_bias: Tensor | None = None
+    score_offset: float = 0.0
+    A_parts: Tensor | None = None
+    b_parts: Tensor | None = None
+    c_parts: Tensor | None = None
 
     @property
     def gate_name(self) -> str:
@@ -115,22 +140,47 @@ class AttentionMoE:
         return "polynomial" if bool((self.b != 0).any()) else "monomial"
 
     def gate_logits(self, x_tilde: Tensor) -> Tensor:
-        """``l_ij(x~) = x~^T A_ij x~ + b_ij^T x~ + c_ij`` -> ``(B, H, T, T)`` for ``x~`` ``(B, N)``.
+        """The gate logits ``(B, H, T, T)`` ``[b, h, j, i]`` for ``x~`` ``(B, N)``.
 
-        Evaluated by :mod:`attnmoe.moe`'s quadratic gate with replicates ``R = (h, j)``
-        (one gate per head and query position), ``n = B`` samples and ``k = T`` experts.
+        Without a score gate: ``l_ij(x~) = x~^T A_ij x~ + b_ij^T x~ + c_ij``, evaluated by
+        :mod:`attnmoe.moe`'s quadratic gate with replicates ``R = (h, j)`` (one gate per head
+        and query position), ``n = B`` samples and ``k = T`` experts. With G4/G3 the quadratic
+        part is multiplied by the sigmoid gate of the query/key token (headwise), or each of
+        its D rank-one components by its own coordinate's gate (elementwise).
         """
-        H, T, _, N = self.b.shape
+        pos = self.output_gate_position
+        if pos in ("G3", "G4") and self.A_parts is not None:
+            H, T, _, D, N = self.b_parts.shape
+            parts = self._quadratic(  # (B, H*D, T, T) [b, (h, c), j, i]
+                self.A_parts.permute(0, 3, 1, 2, 4, 5).reshape(H * D, T, T, N, N),
+                self.b_parts.permute(0, 3, 1, 2, 4).reshape(H * D, T, T, N),
+                self.c_parts.permute(0, 3, 1, 2).reshape(H * D, T, T), x_tilde)
+            parts = parts.view(-1, H, D, T, T).permute(0, 1, 3, 4, 2)  # (B, H, T, T, D)
+            g = self._output_gate(x_tilde)  # (B, H, T, D) of token t
+            g = g[:, :, :, None, :] if pos == "G4" else g[:, :, None, :, :]
+            return (g * parts).sum(-1) + self.score_offset
+        logits = self._quadratic(self.A, self.b, self.c, x_tilde)
+        if pos in ("G3", "G4"):  # headwise: one weight on the whole quadratic logit
+            g = self._output_gate(x_tilde)  # (B, H, T, 1)
+            g = g if pos == "G4" else g.transpose(-1, -2)  # [.., j, 1] or [.., 1, i]
+            logits = g * (logits - self.score_offset) + self.score_offset
+        return logits
+
+    @staticmethod
+    def _quadratic(A: Tensor, b: Tensor, c: Tensor, x_tilde: Tensor) -> Tensor:
+        """``x~^T A x~ + b^T x~ + c`` ``(B, G, T, T)`` for ``A`` ``(G, T, T, N, N)`` by
+        :mod:`attnmoe.moe`'s quadratic gate (replicates ``(g, j)``, experts ``i``)."""
+        G, T, _, N = b.shape
         Bn = x_tilde.shape[0]
-        gate = make_gate(self.gate_name, N)
+        gate = make_gate("polynomial" if bool((b != 0).any()) else "monomial", N)
         params = {
-            "A": self.A.reshape(H * T, T, N, N),  # (R, k, N, N)
-            "b": self.b.reshape(H * T, T, N),  # (R, k, N)
-            "c": self.c.reshape(H * T, T),  # (R, k)
+            "A": A.reshape(G * T, T, N, N),  # (R, k, N, N)
+            "b": b.reshape(G * T, T, N),  # (R, k, N)
+            "c": c.reshape(G * T, T),  # (R, k)
         }
-        xr = x_tilde.unsqueeze(0).expand(H * T, Bn, N)  # (R, n, N)
-        logits = gate.logits(params, xr)  # (R, n, k) = (H*T, B, T)
-        return logits.view(H, T, Bn, T).permute(2, 0, 1, 3)  # (B, H, T, T)
+        xr = x_tilde.unsqueeze(0).expand(G * T, Bn, N)  # (R, n, N)
+        logits = gate.logits(params, xr)  # (R, n, k) = (G*T, B, T)
+        return logits.view(G, T, Bn, T).permute(2, 0, 1, 3)  # (B, G, T, T)
 
     def gate_weights(self, x_tilde: Tensor) -> Tensor:
         """Mixture weights ``pi_ij`` ``(B, H, T, T)``; disallowed experts get exactly 0."""
@@ -168,15 +218,29 @@ class AttentionMoE:
     def _output_gate(self, x_tilde: Tensor) -> Tensor:
         z = torch.einsum("bn,htng->bhtg", x_tilde, self.output_gate_weight)
         z = z + self.output_gate_bias[:, None]
-        return torch.sigmoid(z)  # (B, H, T, Dg)
+        return torch.sigmoid(z)  # (B, H, T, Dg); G5: (B, 1, T, C)
 
     def __call__(self, x_tilde: Tensor | None = None) -> Tensor:
-        """Per-head outputs ``y_j`` ``(B, H, T, D)``; default input: the stored ``x_tilde``."""
+        """Per-head outputs ``y_j`` ``(B, H, T, D)`` (the input of ``out_proj``, after G1);
+        default input: the stored ``x_tilde``."""
         x_tilde = self.x_tilde if x_tilde is None else x_tilde
         y = torch.einsum("bhji,bhid->bhjd", self.gate_weights(x_tilde), self.experts(x_tilde))
         if self.output_gate_position == "G1":
             y = y * self._output_gate(x_tilde)  # outer gate of query j's mixture
         return y  # (B, H, T, D)
+
+    def output(self, x_tilde: Tensor | None = None) -> Tensor:
+        """The layer's output ``(B, T, C)``: the outer level over heads (module docstring).
+
+        ``o_jm = [sigmoid G5 gate_jm *] (sum_h sum_c W_O[m, (h, c)] y^(h)_jc + b_O[m])``.
+        """
+        if self.out_weight is None or self.out_bias is None:
+            raise ValueError("this AttentionMoE has no outer level (built without out_proj)")
+        x_tilde = self.x_tilde if x_tilde is None else x_tilde
+        o = torch.einsum("bhtd,hdm->btm", self(x_tilde), self.out_weight) + self.out_bias
+        if self.output_gate_position == "G5":
+            o = o * self._output_gate(x_tilde)[:, 0]  # (B, T, C)
+        return o
 
 
 def _selection_blocks(weight_cols: Tensor, T: int) -> Tensor:
@@ -199,22 +263,18 @@ def as_moe(layer: Attention, x: Tensor, key_padding_mask: Tensor | None = None) 
 
     Returns:
         An :class:`AttentionMoE`; calling it returns the heads' outputs ``(B, H, T, D)``,
-        equal to the layer's per-head outputs (before ``out_proj``) up to rounding.
+        equal to the layer's per-head outputs (the input of ``out_proj``) up to rounding;
+        its :meth:`~AttentionMoE.output` returns the layer's output ``(B, T, dim)``.
 
     Raises:
         TypeError: ``layer`` is not an ``Attention``.
-        ValueError: output gate G3/G4/G5, a cross-attention layer (``context_dim``), bad
-            input shape, or a rewrite too large to hold densely.
+        ValueError: a cross-attention layer (``context_dim``), bad input shape, or a rewrite
+            too large to hold densely.
     """
     if not isinstance(layer, Attention):
         raise TypeError(f"as_moe needs an attnmoe.attention.Attention, got {type(layer).__name__}")
     if layer.context_dim is not None:
         raise ValueError("as_moe rewrites self-attention; this layer has a context_dim")
-    if layer.output_gate in ("G3", "G4", "G5"):
-        raise ValueError(
-            f"output gate {layer.output_gate} has no per-head quadratic-gating rewrite "
-            "(G3/G4 make the gate logits higher than quadratic; G5 mixes heads); use G1 or G2"
-        )
     if x.dim() == 2:
         x = x.unsqueeze(0)
         if key_padding_mask is not None and key_padding_mask.dim() == 1:
@@ -230,10 +290,12 @@ def as_moe(layer: Attention, x: Tensor, key_padding_mask: Tensor | None = None) 
     Bn, T, C = x.shape
     H, D = layer.heads, layer.head_dim
     N = T * C
-    if H * T * T * N * N > MAX_DENSE_ELEMENTS:
+    parts = layer.output_gate in ("G3", "G4") and layer.output_gate_granularity == "elementwise"
+    size = H * T * T * N * N * (D + 1 if parts else 1)  # + the D rank-one components
+    if size > MAX_DENSE_ELEMENTS:
         raise ValueError(
-            f"dense rewrite needs H*T^2*N^2 = {H * T * T * N * N:.3g} entries "
-            f"(> {MAX_DENSE_ELEMENTS:.0e}); use a shorter sequence or a smaller layer"
+            f"dense rewrite needs {size:.3g} entries (H*T^2*N^2{' * (D+1)' if parts else ''}; "
+            f"> {MAX_DENSE_ELEMENTS:.0e}); use a shorter sequence or a smaller layer"
         )
     dt, dev = x.dtype, x.device
     scale = 1.0 / math.sqrt(D)
@@ -260,8 +322,21 @@ def as_moe(layer: Attention, x: Tensor, key_padding_mask: Tensor | None = None) 
     A = torch.stack(A_list)  # (H, T, T, N, N)
     b = torch.stack(b_list)  # (H, T, T, N)
     c = ((bq * bk).sum(-1) * scale)[:, None, None].expand(H, T, T).clone()  # (H, T, T)
-    if layer.score == "sigmoid":
-        c = c + layer._sigmoid_bias_value(T)
+    offset = layer._sigmoid_bias_value(T) if layer.score == "sigmoid" else 0.0
+    c = c + offset
+
+    A_parts = b_parts = c_parts = None
+    if parts:  # elementwise G3/G4: keep the D rank-one components of A, b, c apart
+        ap, bp = [], []
+        for h in range(H):
+            PWq = _selection_blocks(Wq[:, h], T)  # (T, N, D): column c = P_j^T W_Q[:, c]
+            PWk = _selection_blocks(Wk[:, h], T)
+            ap.append(torch.einsum("jnd,imd->jidnm", PWq, PWk) * scale)  # (T, T, D, N, N)
+            b_i = PWk * bq[h]  # (T, N, D): P_i^T W_K[:, c] bq_c
+            b_j = PWq * bk[h]  # (T, N, D): P_j^T W_Q[:, c] bk_c
+            bp.append((b_i[None] + b_j[:, None]).transpose(-1, -2) * scale)  # (T, T, D, N)
+        A_parts, b_parts = torch.stack(ap), torch.stack(bp)  # (H, T, T, D, N, N), (H, T, T, D, N)
+        c_parts = (bq * bk * scale)[:, None, None, :].expand(H, T, T, D).clone()  # (H, T, T, D)
 
     allowed = torch.ones(1, T, T, dtype=torch.bool, device=dev)
     if layer.causal:
@@ -270,11 +345,20 @@ def as_moe(layer: Attention, x: Tensor, key_padding_mask: Tensor | None = None) 
         allowed = allowed & ~key_padding_mask[:, None, :]  # (B, T, T)
 
     gate_weight = gate_bias = None
-    if layer.output_gate_proj is not None:
+    if layer.output_gate == "G5":  # one gate per output coordinate, over all heads
+        wg = layer.output_gate_proj.weight.detach().to(dt).T  # (C, C)
+        bg = layer.output_gate_proj.bias
+        gate_weight = _selection_blocks(wg, T).unsqueeze(0)  # (1, T, N, C)
+        gate_bias = (bg.detach().to(dt) if bg is not None else wg.new_zeros(C)).unsqueeze(0)
+    elif layer.output_gate_proj is not None:
         Wg, bg = cols(layer.output_gate_proj)  # (C, H, Dg), (H, Dg)
         gate_weight = torch.stack([_selection_blocks(Wg[:, h], T) for h in range(H)])
         # gate_weight: (H, T, N, Dg)
         gate_bias = bg
+    wo = layer.out_proj.weight.detach().to(dt)  # (C_out, C_in), o = y wo^T + b_O
+    out_weight = wo.T.reshape(H, D, C)  # (H, D, C): [h, c, m] = W_O[m, (h, c)]
+    out_bias = (layer.out_proj.bias.detach().to(dt) if layer.out_proj.bias is not None
+                else wo.new_zeros(C))
 
     return AttentionMoE(
         A=A,
@@ -290,6 +374,12 @@ def as_moe(layer: Attention, x: Tensor, key_padding_mask: Tensor | None = None) 
         output_gate_weight=gate_weight,
         output_gate_bias=gate_bias,
         x_tilde=x.detach().reshape(Bn, N),
+        out_weight=out_weight,
+        out_bias=out_bias,
+        score_offset=float(offset),
+        A_parts=A_parts,
+        b_parts=b_parts,
+        c_parts=c_parts,
     )
 
 

@@ -2,11 +2,14 @@
 
 from attnmoe.moe.experts import EXPERTS, Expert, make_expert
 from attnmoe.moe.gates import GATES, Gate, LinearGate, MonomialGate, PolynomialGate, make_gate
+from attnmoe.moe.hierarchical import HierarchicalLayout, HierarchicalSpec, hierarchical_forward
 from attnmoe.moe.mixture import NORMALIZATIONS, MixtureOfExperts, ParameterLayout, mixture_forward
 
 __all__ = [
     "EXPERTS",
     "GATES",
+    "HierarchicalLayout",
+    "HierarchicalSpec",
     "NORMALIZATIONS",
     "Expert",
     "Gate",
@@ -16,6 +19,7 @@ __all__ = [
     "ParameterLayout",
     "PolynomialGate",
     "make_expert",
+    "hierarchical_forward",
     "make_gate",
     "mixture_forward",
 ]

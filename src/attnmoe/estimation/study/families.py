@@ -70,7 +70,10 @@ class FamilyPreset:
 FAMILY_PRESETS: dict[str, FamilyPreset] = {}
 
 #: modules that register family presets when imported (one line per family)
-_PLUGINS: tuple[str, ...] = ("attnmoe.estimation.likelihood.study",)
+_PLUGINS: tuple[str, ...] = (
+    "attnmoe.estimation.likelihood.study",
+    "attnmoe.estimation.hmoe",
+)
 
 
 def register_family_preset(preset: FamilyPreset) -> FamilyPreset:
