@@ -19,6 +19,7 @@ import numpy as np
 
 from attnmoe.estimation.options import FitOptions
 from attnmoe.estimation.truth import CORE_SETTINGS, Setting, get_setting, make_setting, with_noise
+from attnmoe.moe import NORMALIZATIONS
 
 __all__ = [
     "MAX_EXPERTS",
@@ -32,6 +33,7 @@ __all__ = [
     "default_workers",
     "log_grid",
     "plan_jobs",
+    "renormalized",
     "replicate_seeds",
     "resolve_settings",
     "validate_study",
@@ -133,8 +135,14 @@ def resolve_settings(
     experts: Sequence[str] | None = None,
     k_true: Sequence[int] | None = None,
     k_fit: Sequence[int] | None = None,
+    normalizers: Sequence[str] | None = None,
 ) -> list[Setting]:
     """Turn command-line choices into ``Setting`` objects (validated before any is built).
+
+    ``normalizers`` (``--normalizer``; default: as chosen, softmax for the core settings)
+    gives every chosen setting once per normaliser: ``"sigmoid"`` rebuilds it with the same
+    true parameters under sigmoid gating (name marked ``-sig``, see
+    :func:`~attnmoe.estimation.truth.make_setting`).
 
     Either ``names`` (core-setting names) or the product ``gates x experts x k_true x k_fit``
     (missing axes default to the core values: gates polynomial,monomial; experts
@@ -144,6 +152,12 @@ def resolve_settings(
         ValueError: unknown name, gate or expert; k < 1 or k > :data:`MAX_EXPERTS`;
             k_fit < k_true; both styles mixed.
     """
+    if normalizers is not None:
+        bad = [v for v in normalizers if v not in NORMALIZATIONS]
+        if bad or not normalizers:
+            raise ValueError(f"--normalizer: unknown normaliser {bad[0] if bad else ''!r}; valid: {', '.join(NORMALIZATIONS)}")
+        chosen = resolve_settings(names, gates=gates, experts=experts, k_true=k_true, k_fit=k_fit)
+        return _dedupe([s if s.normalization == nz else renormalized(s, nz) for s in chosen for nz in normalizers])
     product_given = any(v is not None for v in (gates, experts, k_true, k_fit))
     if names is not None and product_given:
         raise ValueError("use either --settings NAMES or --gates/--experts/--k-true/--k-fit, not both")
@@ -173,6 +187,15 @@ def resolve_settings(
     experts = list(experts) if experts is not None else ["linear", "sigmoid"]
     out = [make_setting(g, e, kt, kf) for g in gates for e in experts for kt, kf in pairs]
     return _dedupe(out)
+
+
+def renormalized(setting: Setting, normalization: str) -> Setting:
+    """``setting``'s true parameters under another gating normaliser (a new truth, renamed)."""
+    return make_setting(
+        setting.gate, setting.expert, setting.k_true, setting.k_fit, setting.dim,
+        params=setting.params, input_distribution=setting.input_distribution,
+        input_scale=setting.input_scale, noise_std=setting.noise_std, normalization=normalization,
+    )
 
 
 def _check_k(k: int, option: str, symbol: str) -> None:
