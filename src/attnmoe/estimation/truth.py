@@ -40,6 +40,7 @@ __all__ = [
     "derive_seed",
     "get_setting",
     "make_setting",
+    "named_settings",
     "sample",
     "sample_inputs",
     "with_noise",
@@ -290,11 +291,20 @@ def with_noise(setting: Setting, noise_std: float) -> Setting:
     return replace(setting, noise_std=float(noise_std), name=f"{base}-sd{float(noise_std):g}")
 
 
+def named_settings() -> Mapping[str, Setting]:
+    """Every named setting: the core ones and the gating family's
+    (:mod:`attnmoe.estimation.gating_truths`)."""
+    from attnmoe.estimation.gating_truths import GATING_SETTINGS
+
+    return {**CORE_SETTINGS, **GATING_SETTINGS}
+
+
 def get_setting(name: str) -> Setting:
-    """A core setting by name, e.g. ``"monomial-sigmoid-exact"``."""
-    if name not in CORE_SETTINGS:
-        raise ValueError(f"unknown setting {name!r}; valid settings: {sorted(CORE_SETTINGS)}")
-    return CORE_SETTINGS[name]
+    """A named setting, e.g. ``"monomial-sigmoid-exact"`` or ``"sgate-r1-gelu-sig"``."""
+    known = named_settings()
+    if name not in known:
+        raise ValueError(f"unknown setting {name!r}; valid settings: {sorted(known)}")
+    return known[name]
 
 
 def _check_seeds(seeds: Sequence[int]) -> list[int]:

@@ -21,6 +21,12 @@ cell vanishes at the one exact over-specified reparametrisation of sigmoid gatin
 true atom whose gating slopes are zero and whose sigmoid(c) add up to sigmoid(c*) (a sum of
 sigmoids with nonzero slopes is no sigmoid). exp(c_i), the softmax paper's mass, would not.
 
+Cosine routers (arXiv 2405.14131; our choice, docs/gating.md). The logit b_i^T x /
+((||b_i|| + tau1)(||x|| + tau2)) is invariant only to a common shift of c (softmax), not of
+b, so b is never translated. With tau1 = 0 (``"cosine"``) it ignores ||b_i||: the atom's
+gating coordinate is the direction b_i / ||b_i|| (0 for b_i = 0). With tau1 > 0
+(``"perturbed-cosine"``) b -> b / (||b|| + tau1) is one-to-one and b is compared raw.
+
 Voronoi cells: V_j = {i : j = argmin_l ||theta_i - theta*_l||} (Euclidean norm of the
 concatenated atom; Frobenius for A; ties to the lowest j). For exponents (r1, r2):
     D(G, G*) = sum_j | sum_{i in V_j} pi_i - pi*_j |
@@ -43,6 +49,7 @@ from attnmoe.moe.mixture import _check_normalization
 
 __all__ = [
     "ATOM_KEYS",
+    "DIRECTION_GATES",
     "GATE_KEYS",
     "l2_error",
     "normalized_measure",
@@ -69,13 +76,22 @@ def _batched(params: Mapping[str, Tensor], R: int | None = None) -> dict[str, Te
     return out
 
 
-def normalized_measure(params: Mapping[str, Tensor], normalization: str = "softmax") -> tuple[Tensor, Tensor]:
+#: gates whose logit ignores ||b_i|| (atoms compare directions) / is not translation invariant in b
+DIRECTION_GATES = ("cosine",)
+UNTRANSLATED_GATES = ("cosine", "perturbed-cosine")
+
+
+def normalized_measure(
+    params: Mapping[str, Tensor], normalization: str = "softmax", gate: str | None = None
+) -> tuple[Tensor, Tensor]:
     """Masses ``(R, k)`` and (for softmax) translation-normalised atoms ``(R, k, D)``.
 
     Args:
         params: natural params with leading ``(R, k)``; must contain ``"c"``.
         normalization: ``"softmax"`` (masses softmax(c), translated gating) or ``"sigmoid"``
             (masses sigmoid(c), raw gating; module docstring).
+        gate: the gate's name: cosine routers keep b untranslated, the plain cosine router
+            compares directions b / ||b|| (module docstring); None = a polynomial-family gate.
     """
     if "c" not in params:
         raise ValueError("params must contain the gating biases 'c' (the masses)")
@@ -91,7 +107,10 @@ def normalized_measure(params: Mapping[str, Tensor], normalization: str = "softm
         if key == "A":
             p = 0.5 * (p + p.transpose(-1, -2))
         p = p.reshape(R, k, -1)  # (R, k, D_key)
-        if key in GATE_KEYS and softmax:
+        if key == "b" and gate in DIRECTION_GATES:
+            norm = p.norm(dim=-1, keepdim=True)
+            p = p / torch.where(norm > 0, norm, torch.ones_like(norm))
+        elif key in GATE_KEYS and softmax and gate not in UNTRANSLATED_GATES:
             p = p - (pi.unsqueeze(-1) * p).sum(1, keepdim=True)
         parts.append(p)
     return pi, torch.cat(parts, dim=-1)  # (R, k), (R, k, D)
@@ -123,6 +142,7 @@ def voronoi_losses(
     d1_exponents: tuple[float, float] = (1.0, 2.0),
     d2_exponents: tuple[float, float] = (1.0, 4.0),
     normalization: str | None = None,
+    gate: str | None = None,
 ) -> dict[str, Tensor]:
     """Voronoi losses D1 and D2 between fitted and true mixing measures (per replicate).
 
@@ -134,6 +154,7 @@ def voronoi_losses(
         d2_exponents: the same for D2.
         normalization: ``"softmax"`` or ``"sigmoid"`` (the mass, module docstring); default:
             the setting's when ``truth`` is a Setting, else softmax.
+        gate: the gate's name (cosine atoms, module docstring); default: the setting's.
 
     Returns:
         dict of ``(R,)`` tensors: ``"D1"``, ``"D2"``, ``"mass"`` (sum of cell mass errors),
@@ -141,6 +162,7 @@ def voronoi_losses(
         inf for an empty cell).
     """
     normalization = _normalization_of(truth, normalization)
+    gate = gate if gate is not None else getattr(truth, "gate", None)
     if hasattr(truth, "true_params"):  # a Setting
         truth = truth.true_params()
     if set(fitted) != set(truth):
@@ -148,8 +170,8 @@ def voronoi_losses(
     fitted = _batched(fitted)
     R = fitted["c"].shape[0]
     truth = _batched(truth, R)
-    pi, atoms = normalized_measure(fitted, normalization)  # (R, k), (R, k, D)
-    pi_t, atoms_t = normalized_measure(truth, normalization)  # (R, k*), (R, k*, D)
+    pi, atoms = normalized_measure(fitted, normalization, gate)  # (R, k), (R, k, D)
+    pi_t, atoms_t = normalized_measure(truth, normalization, gate)  # (R, k*), (R, k*, D)
     k_true = pi_t.shape[1]
     dist = torch.cdist(atoms, atoms_t)  # (R, k, k*)
     cell = dist.argmin(-1)  # (R, k)
@@ -168,7 +190,8 @@ def voronoi_losses(
 
 
 def split_cell_stats(
-    fitted: Mapping[str, Tensor], truth: Mapping[str, Tensor], normalization: str | None = None
+    fitted: Mapping[str, Tensor], truth: Mapping[str, Tensor], normalization: str | None = None,
+    gate: str | None = None,
 ) -> dict[str, Tensor]:
     """Identifiability statistics of a fit, per replicate ``(R,)`` each.
 
@@ -184,13 +207,14 @@ def split_cell_stats(
       (a, alpha) of theta_i - theta*_j(i), separately.
     """
     normalization = _normalization_of(truth, normalization)
+    gate = gate if gate is not None else getattr(truth, "gate", None)
     if hasattr(truth, "true_params"):
         truth = truth.true_params()
     fitted = _batched(fitted)
     R = fitted["c"].shape[0]
     truth = _batched(truth, R)
-    pi, atoms = normalized_measure(fitted, normalization)
-    pi_t, atoms_t = normalized_measure(truth, normalization)
+    pi, atoms = normalized_measure(fitted, normalization, gate)
+    pi_t, atoms_t = normalized_measure(truth, normalization, gate)
     k_true = pi_t.shape[1]
     dist = torch.cdist(atoms, atoms_t)  # (R, k, k*)
     cell = dist.argmin(-1)  # (R, k)

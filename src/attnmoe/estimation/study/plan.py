@@ -17,8 +17,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from attnmoe.estimation.gating_truths import SIGMOID_GATING_SETTINGS
 from attnmoe.estimation.options import FitOptions
-from attnmoe.estimation.truth import CORE_SETTINGS, Setting, get_setting, make_setting, with_noise
+from attnmoe.estimation.truth import (
+    CORE_SETTINGS,
+    Setting,
+    get_setting,
+    make_setting,
+    named_settings,
+    with_noise,
+)
 from attnmoe.moe import NORMALIZATIONS
 
 __all__ = [
@@ -97,6 +105,21 @@ PRESETS: dict[str, Preset] = {
                   "polynomial-sigmoid-over"),
         noise=(1e-2, 1e-3, 1e-4, 1e-5),
     ),
+    # Sigmoid vs softmax gating (arXiv 2405.13997) on the same f* and data, regimes r1 (slope
+    # != 0) and r2 (slope = 0), linear and GELU experts (estimation/gating_truths.py,
+    # docs/gating.md). Quick: wall time measured in docs/gating.md.
+    "sigmoid-gating": Preset(
+        n_grid=(1000, 4000, 16000),
+        replicates=4,
+        fit=FitOptions(max_iter=1000, n_test=4000, bound=10.0, init="near-truth:0.1"),
+        settings=tuple(SIGMOID_GATING_SETTINGS),
+        full=Preset(
+            n_grid=log_grid(1000, 100_000, 7),
+            replicates=40,
+            fit=FitOptions(max_iter=5000, n_test=20_000, bound=10.0, init="near-truth:0.1"),
+            settings=tuple(SIGMOID_GATING_SETTINGS),
+        ),
+    ),
 }
 
 
@@ -170,7 +193,7 @@ def resolve_settings(
             try:
                 out.append(get_setting(name))
             except (KeyError, ValueError) as err:
-                raise ValueError(f"unknown setting {name!r}; known settings: {', '.join(CORE_SETTINGS)}") from err
+                raise ValueError(f"unknown setting {name!r}; known settings: {', '.join(named_settings())}") from err
         return _dedupe(out)
     k_true = list(k_true) if k_true is not None else sorted({s.k_true for s in core})
     for kt in k_true:
