@@ -135,3 +135,30 @@ def test_cli_bad_normalizer_writes_nothing(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "--normalizer" in res.output
     assert len(res.output.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_gating_presets_name_resolvable_settings_and_full_sizes() -> None:
+    from attnmoe.estimation.study import PRESETS
+
+    for name in ("sigmoid-gating", "cosine-router", "sigmoid-attention"):
+        p = PRESETS[name]
+        assert p.full is not None and max(p.full.n_grid) > max(p.n_grid)
+        settings = resolve_settings(list(p.settings))
+        assert [s.name for s in settings] == list(p.settings)
+        for s in settings:
+            assert setting_from_spec(setting_spec(s)) == s
+
+
+def test_sigmoid_gating_pair_has_the_same_regression_function_and_data() -> None:
+    from attnmoe.estimation.gating_truths import sigmoid_gating_pair
+
+    for regime in ("r1", "r2"):
+        sig, soft = sigmoid_gating_pair(regime, "gelu")
+        assert (sig.normalization, soft.normalization) == ("sigmoid", "softmax")
+        assert (sig.k_fit - sig.k_true, soft.k_fit - soft.k_true) == (1, 1)
+        X1, y1 = sample(sig, 300, [4, 5])
+        X2, y2 = sample(soft, 300, [4, 5])
+        torch.testing.assert_close(X1, X2, rtol=0, atol=0)
+        torch.testing.assert_close(y1, y2, rtol=0, atol=1e-14)
+    with pytest.raises(ValueError, match="no softmax twin"):
+        sigmoid_gating_pair("r1", "sigmoid")

@@ -12,6 +12,15 @@ both gates are also fitted to the SAME regression function and (up to rounding) 
 the softmax fit k = 3 atoms for k* = 2: both over-specified by one atom, which splits the one
 gated expert. The two regimes of the paper: ``r1``, the over-fitted atom's gating slope b* != 0;
 ``r2``, b* = 0 (a constant gate). Names: ``sgate-<regime>-<expert>-<sig|soft>``.
+
+Cosine vs perturbed cosine router (arXiv 2405.14131), softmax: one truth's parameters
+(k* = 2, d = 2, expert 0 the reference, fitted with k = 3) read through each router (each on
+its own truth, since the two routers give different f for the same parameters), GELU
+(strongly identifiable) and linear experts. Names: ``crouter-<gate>-<expert>``.
+
+Sigmoid self-attention (arXiv 2502.00281): the quadratic polynomial gate of the core settings
+(``polynomial-<expert>-over``, softmax) against the same true parameters under sigmoid weights
+(``polynomial-sig-<expert>-over``), sigmoid (strongly identifiable) and linear experts.
 """
 
 from __future__ import annotations
@@ -23,7 +32,13 @@ import numpy as np
 
 from attnmoe.estimation.truth import Setting, make_setting
 
-__all__ = ["GATING_SETTINGS", "SIGMOID_GATING_SETTINGS", "sigmoid_gating_pair"]
+__all__ = [
+    "COSINE_ROUTER_SETTINGS",
+    "GATING_SETTINGS",
+    "SIGMOID_ATTENTION_SETTINGS",
+    "SIGMOID_GATING_SETTINGS",
+    "sigmoid_gating_pair",
+]
 
 #: the gated expert of the sigmoid-gating truths (d = 2); regime 2 zeroes the slope b
 _GATED = {"b": np.array([1.0, -0.8]), "c": 0.3, "a": np.array([0.7, -0.5]), "alpha": 0.5}
@@ -59,5 +74,32 @@ SIGMOID_GATING_SETTINGS: Mapping[str, Setting] = MappingProxyType(
      for s in sigmoid_gating_pair(regime, expert)}
 )
 
+#: the cosine-router truth's parameters (k* = 2, d = 2; expert 0 the softmax reference)
+_COSINE = {"b": np.array([[0.0, 0.0], [1.0, -0.5]]), "c": np.array([0.0, 0.2]),
+           "a": np.array([[0.6, -0.3], [-0.5, 0.8]]), "alpha": np.array([0.4, -0.6])}
+
+COSINE_ROUTER_SETTINGS: Mapping[str, Setting] = MappingProxyType(
+    {f"crouter-{gate}-{expert}": make_setting(gate, expert, 2, 3, 2, params=_COSINE,
+                                              name=f"crouter-{gate}-{expert}")
+     for expert in ("gelu", "linear") for gate in ("cosine", "perturbed-cosine")}
+)
+
+
+def _sigmoid_attention() -> dict[str, Setting]:
+    from attnmoe.estimation.truth import CORE_SETTINGS
+
+    out = {}
+    for expert in ("sigmoid", "linear"):
+        soft = CORE_SETTINGS[f"polynomial-{expert}-over"]
+        sig = make_setting("polynomial", expert, soft.k_true, soft.k_fit, soft.dim, params=soft.params,
+                           normalization="sigmoid")
+        out.update({soft.name: soft, sig.name: sig})
+    return out
+
+
+SIGMOID_ATTENTION_SETTINGS: Mapping[str, Setting] = MappingProxyType(_sigmoid_attention())
+
 #: every named truth of the gating family
-GATING_SETTINGS: Mapping[str, Setting] = MappingProxyType({**SIGMOID_GATING_SETTINGS})
+GATING_SETTINGS: Mapping[str, Setting] = MappingProxyType(
+    {**SIGMOID_GATING_SETTINGS, **COSINE_ROUTER_SETTINGS, **SIGMOID_ATTENTION_SETTINGS}
+)

@@ -17,7 +17,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from attnmoe.estimation.gating_truths import SIGMOID_GATING_SETTINGS
+from attnmoe.estimation.gating_truths import (
+    COSINE_ROUTER_SETTINGS,
+    SIGMOID_ATTENTION_SETTINGS,
+    SIGMOID_GATING_SETTINGS,
+)
 from attnmoe.estimation.options import FitOptions
 from attnmoe.estimation.truth import (
     CORE_SETTINGS,
@@ -118,6 +122,32 @@ PRESETS: dict[str, Preset] = {
             replicates=40,
             fit=FitOptions(max_iter=5000, n_test=20_000, bound=10.0, init="near-truth:0.1"),
             settings=tuple(SIGMOID_GATING_SETTINGS),
+        ),
+    ),
+    # Cosine vs perturbed-cosine router, softmax (arXiv 2405.14131; the autograd objective).
+    "cosine-router": Preset(
+        n_grid=(1000, 4000, 16000),
+        replicates=4,
+        fit=FitOptions(max_iter=500, n_test=4000, bound=10.0, init="near-truth:0.1"),
+        settings=tuple(COSINE_ROUTER_SETTINGS),
+        full=Preset(
+            n_grid=log_grid(1000, 100_000, 7),
+            replicates=40,
+            fit=FitOptions(max_iter=5000, n_test=20_000, bound=10.0, init="near-truth:0.1"),
+            settings=tuple(COSINE_ROUTER_SETTINGS),
+        ),
+    ),
+    # Sigmoid vs softmax weights on the quadratic polynomial gate (arXiv 2502.00281).
+    "sigmoid-attention": Preset(
+        n_grid=(1000, 4000, 16000),
+        replicates=4,
+        fit=FitOptions(max_iter=500, n_test=4000, bound=10.0, init="near-truth:0.1"),
+        settings=tuple(SIGMOID_ATTENTION_SETTINGS),
+        full=Preset(
+            n_grid=log_grid(1000, 100_000, 7),
+            replicates=40,
+            fit=FitOptions(max_iter=5000, n_test=20_000, bound=10.0, init="near-truth:0.1"),
+            settings=tuple(SIGMOID_ATTENTION_SETTINGS),
         ),
     ),
 }
