@@ -87,6 +87,12 @@ def test_autograd_objective_equals_closed_form_on_linear_gate(normalization: str
     torch.testing.assert_close(closed(theta[idx], idx), auto(theta[idx], idx), rtol=1e-12, atol=1e-14)
 
 
+def test_closed_form_objective_refuses_a_cosine_gate() -> None:
+    X, y, _ = _data()
+    with pytest.raises(ValueError, match="no closed-form"):
+        LeastSquaresObjective(ParameterLayout("cosine", "linear", 3, 2), X, y)
+
+
 def test_autograd_objective_does_not_depend_on_batch_position() -> None:
     X, y, gen = _data(R=4, n=53)
     layout = ParameterLayout("perturbed-cosine", "sigmoid", 3, 2)
