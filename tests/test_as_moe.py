@@ -188,3 +188,28 @@ def test_whole_layer_at_awkward_sizes(gate: str | None) -> None:
     kpm = torch.tensor([[False] * 5, [False, False, False, False, True], [False, True, False, True, False]])
     torch.testing.assert_close(as_moe(layer, x, kpm).output(), layer(x, key_padding_mask=kpm),
                                rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("act", [None, "sigmoid", "gelu"])
+def test_sigmoid_head_is_the_sigmoid_attention_study_model(act: str | None) -> None:
+    """Each (head, query, output coordinate) of a sigmoid-attention layer, read by as_moe, is
+    the model the sigmoid-attention study fits: mixture_forward(polynomial gate, expert,
+    normalization="sigmoid"), compared with the layer's own head outputs (issue 11)."""
+    from attnmoe.moe import make_expert, make_gate, mixture_forward
+
+    torch.manual_seed(3)
+    layer = Attention(DIM, HEADS, value_activation=act, score="sigmoid", bias=True).double()
+    x = torch.randn(B, T, DIM, dtype=torch.float64)
+    moe = as_moe(layer, x)
+    want = head_outputs(layer, x).detach()  # (B, H, T, D)
+    H, _, N, D = moe.expert_weight.shape
+    gate, expert = make_gate("polynomial", N), make_expert("linear" if act is None else act)
+    xr = moe.x_tilde.unsqueeze(0)  # (1, B, N): one replicate, B samples
+    for h in range(H):
+        for j in range(T):
+            for m in range(D):
+                params = {"A": moe.A[h, j][None], "b": moe.b[h, j][None], "c": moe.c[h, j][None],
+                          "a": moe.expert_weight[h, :, :, m][None],
+                          "alpha": moe.expert_bias[h, m].expand(1, T)}
+                got = mixture_forward(gate, expert, params, xr, "sigmoid")[0]  # (B,)
+                torch.testing.assert_close(got, want[:, h, j, m], rtol=0, atol=1e-10)

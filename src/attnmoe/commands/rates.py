@@ -69,6 +69,11 @@ def rates(
         str | None,
         typer.Option("--experts", help="Comma-separated: linear,sigmoid,tanh,gelu,relu."),
     ] = None,
+    normalizer: Annotated[
+        str | None,
+        typer.Option("--normalizer", help="Comma-separated gating normalisers: softmax,sigmoid "
+                     "(each setting once per normaliser; sigmoid settings are named -sig)."),
+    ] = None,
     k_true: Annotated[
         str | None, typer.Option("--k-true", help="Comma-separated true numbers of experts k*.")
     ] = None,
@@ -151,7 +156,7 @@ def rates(
             result = _run(
                 out, preset, settings, gates, experts, k_true, k_fit, n_grid, replicates, backend,
                 workers, threads, fit_overrides, noise, block_size, seed, summary_only, progress,
-                full,
+                full, normalizer,
             )
         except (ValueError, ImportError) as err:
             typer.echo(f"error: {err}", err=True)
@@ -177,7 +182,7 @@ def _run(
     k_true: str | None, k_fit: str | None, n_grid: str | None, replicates: int | None,
     backend: str, workers: int | None, threads: int | None, fit_overrides: dict[str, object],
     noise: str | None, block_size: int | None, seed: int, summary_only: bool, progress: bool,
-    full: bool = False,
+    full: bool = False, normalizer: str | None = None,
 ) -> study.StudyResult:
     """Options -> settings, grid and fit options -> run_study / resummarize (errors: ValueError)."""
     if preset not in study.PRESETS:
@@ -195,6 +200,7 @@ def _run(
         experts=_split(experts, "--experts"),
         k_true=_ints(k_true, "--k-true"),
         k_fit=_ints(k_fit, "--k-fit"),
+        normalizers=_split(normalizer, "--normalizer"),
     )
     chosen = study.with_noise_grid(chosen, _floats(noise, "--noise") if noise is not None else p.noise)
     if summary_only:

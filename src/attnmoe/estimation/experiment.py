@@ -51,7 +51,9 @@ def score_fits(setting: Setting, params: dict[str, torch.Tensor]) -> dict[str, t
     rows = []
     for r in range(next(iter(params.values())).shape[0]):
         one = {k: v[r : r + 1] for k, v in params.items()}
-        rows.append({**voronoi_losses(one, truth), **split_cell_stats(one, truth)})
+        nz = setting.normalization
+        rows.append({**voronoi_losses(one, truth, normalization=nz, gate=setting.gate),
+                     **split_cell_stats(one, truth, normalization=nz, gate=setting.gate)})
     return {key: torch.cat([row[key] for row in rows]) for key in rows[0]}
 
 

@@ -53,10 +53,15 @@ def least_squares_objective(
 
     With ``closed_form`` (default) and one of the built-in gates, the returned objective is a
     :class:`~attnmoe.estimation.objective.LeastSquaresObjective`, whose gradient and Jacobian are
-    computed in closed form; otherwise (or for a user-defined :class:`~attnmoe.moe.Gate`) a
+    computed in closed form (by vmapped torch.func for a built-in gate without a closed form,
+    :class:`~attnmoe.estimation.autograd_objective.AutogradLeastSquaresObjective`); otherwise (or for a user-defined :class:`~attnmoe.moe.Gate`) a
     plain function whose gradient comes from autograd through ``layout.forward``.
     """
     if closed_form and type(layout.gate) is GATES.get(layout.gate.name):
+        if not layout.gate.closed_form:  # built-in, logits not linear in the parameters
+            from attnmoe.estimation.autograd_objective import AutogradLeastSquaresObjective
+
+            return AutogradLeastSquaresObjective(layout, X, y)
         return LeastSquaresObjective(layout, X, y)
 
     def objective(flat: Tensor, idx: Tensor | None = None) -> Tensor:

@@ -75,7 +75,16 @@ def split_atoms(true_params: dict[str, Tensor], k_fit: int, gate_keys: Sequence[
 
 
 def _split_truth(layout: ParameterLayout, true_params: dict[str, Tensor], R: int) -> dict[str, Tensor]:
+    """The truth split into the layout's k atoms. Sigmoid gating: a true atom split into m copies
+    gives each copy c with sigmoid(c) = sigmoid(c*) / m (exact when its gating slopes are zero)."""
     params = {k: v[:1].expand(R, *v.shape[1:]) for k, v in true_params.items()}
+    if layout.normalization == "sigmoid" and "c" in params:
+        k_true = params["c"].shape[1]
+        src = torch.tensor(split_source(k_true, layout.n_experts))
+        counts = torch.bincount(src, minlength=k_true).to(params["c"])[src]  # (k,)
+        out = {key: v[:, src].clone() for key, v in params.items()}
+        out["c"] = torch.logit(torch.sigmoid(out["c"]) / counts)
+        return out
     return split_atoms(params, layout.n_experts, layout.gate.param_names)
 
 

@@ -125,6 +125,11 @@ class LeastSquaresObjective:
             raise ValueError(
                 f"X must be (R, n, {layout.dim}) and y (R, n); got {tuple(X.shape)} and {tuple(y.shape)}"
             )
+        if not layout.gate.closed_form:
+            raise ValueError(
+                f"gate {layout.gate.name!r} has no closed-form objective; use "
+                "attnmoe.estimation.fit.least_squares_objective (its autograd path)"
+            )
         self.layout = layout
         R, n, d = X.shape
         self.n = n

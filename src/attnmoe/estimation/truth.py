@@ -6,6 +6,12 @@ with X ~ Uniform[-s, s]^d (``input_distribution="uniform"``, s = ``input_scale``
 X ~ N(0, s^2 I_d) (``"normal"``). Expert 0 is the reference expert: its gating parameters are
 zero in the truth and in every fit (softmax gating is invariant to a common translation).
 
+Sigmoid gating (``normalization="sigmoid"``, arXiv 2405.13997):
+    f_G*(x) = sum_{i=1..k*} sigmoid(g(x; A*_i, b*_i, c*_i)) h(x; a*_i, alpha*_i),
+no normalisation across experts and so no translation invariance: every expert, expert 0
+included, has free gating parameters in the truth and in every fit, and a setting's name carries
+the marker ``-sig`` after the gate (``linear-sig-gelu-over``). Softmax names are unchanged.
+
 ``CORE_SETTINGS`` are the 4 gate/expert pairs {polynomial, monomial} x {linear, sigmoid} with
 d = 2, k* = 3, X ~ U[-2, 2]^2, noise_std = 0.01, each exact-specified (k = k*, ``-exact``) and over-specified (k = k* + 1,
 ``-over``). Their true parameters (``DEFAULT_TRUE_PARAMS``) are listed in docs/estimation.md.
@@ -23,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from attnmoe.moe import GATES, ParameterLayout, make_expert, make_gate
+from attnmoe.moe import GATES, NORMALIZATIONS, ParameterLayout, make_expert, make_gate
 from attnmoe.moe.experts import EXPERTS
 
 __all__ = [
@@ -34,12 +40,15 @@ __all__ = [
     "derive_seed",
     "get_setting",
     "make_setting",
+    "named_settings",
     "sample",
     "sample_inputs",
     "with_noise",
 ]
 
 INPUT_DISTRIBUTIONS = ("uniform", "normal")
+#: name marker of a sigmoid-gated setting, placed after the gate name
+SIGMOID_MARKER = "-sig"
 
 #: True parameters of the core settings (d = 2, k* = 3); expert 0 is the reference expert.
 #: Gates take the keys they use (monomial: A, c; polynomial: A, b, c; linear: b, c).
@@ -84,6 +93,8 @@ class Setting:
         input_distribution: ``"uniform"`` (U[-s, s]^d) or ``"normal"`` (N(0, s^2 I)).
         input_scale: s.
         noise_std: standard deviation of the Gaussian noise.
+        normalization: gating weights, ``"softmax"`` (default; expert 0 is the reference) or
+            ``"sigmoid"`` (independent sigmoid weights, no reference expert).
     """
 
     name: str
@@ -96,16 +107,17 @@ class Setting:
     input_distribution: str = "uniform"
     input_scale: float = DEFAULT_INPUT_SCALE
     noise_std: float = DEFAULT_NOISE_STD
+    normalization: str = "softmax"
 
     @property
     def fit_layout(self) -> ParameterLayout:
         """Free-parameter layout of the fitted model (k_fit experts)."""
-        return ParameterLayout(self.gate, self.expert, self.k_fit, self.dim)
+        return ParameterLayout(self.gate, self.expert, self.k_fit, self.dim, self.normalization)
 
     @property
     def true_layout(self) -> ParameterLayout:
         """Free-parameter layout of the true model (k_true experts)."""
-        return ParameterLayout(self.gate, self.expert, self.k_true, self.dim)
+        return ParameterLayout(self.gate, self.expert, self.k_true, self.dim, self.normalization)
 
     @property
     def n_free_params(self) -> int:
@@ -124,7 +136,8 @@ class Setting:
         from attnmoe.moe import mixture_forward
 
         params = self.true_params(x.shape[0], x.dtype)
-        return mixture_forward(make_gate(self.gate, self.dim), make_expert(self.expert), params, x)
+        gate, expert = make_gate(self.gate, self.dim), make_expert(self.expert)
+        return mixture_forward(gate, expert, params, x, self.normalization)
 
     def to_dict(self) -> dict:
         """JSON-serialisable description (true parameters as nested lists)."""
@@ -139,11 +152,13 @@ class Setting:
             "input_distribution": self.input_distribution,
             "input_scale": self.input_scale,
             "noise_std": self.noise_std,
+            "normalization": self.normalization,
         }
 
 
-def _random_true_params(gate: str, k: int, d: int, seed: int) -> dict[str, np.ndarray]:
-    """Well-separated random true parameters (minimum pairwise atom distance >= 1)."""
+def _random_true_params(gate: str, k: int, d: int, seed: int, reference: bool = True) -> dict[str, np.ndarray]:
+    """Well-separated random true parameters (minimum pairwise atom distance >= 1); with
+    ``reference`` (softmax gating) expert 0's gating parameters are zero."""
     rng = np.random.default_rng(seed)
     for _ in range(1000):
         A = rng.normal(0.0, 1.5, size=(k, d, d))
@@ -152,7 +167,8 @@ def _random_true_params(gate: str, k: int, d: int, seed: int) -> dict[str, np.nd
         c = rng.uniform(-0.5, 0.5, size=k)
         a = rng.normal(0.0, 1.5, size=(k, d))
         alpha = rng.uniform(-1.0, 1.0, size=k)
-        A[0], b[0], c[0] = 0.0, 0.0, 0.0
+        if reference:
+            A[0], b[0], c[0] = 0.0, 0.0, 0.0
         atoms = np.concatenate([A.reshape(k, -1), b, a, alpha[:, None]], axis=1)
         dist = min(
             (np.linalg.norm(atoms[i] - atoms[j]) for i, j in itertools.combinations(range(k), 2)),
@@ -177,6 +193,7 @@ def make_setting(
     noise_std: float = DEFAULT_NOISE_STD,
     name: str | None = None,
     seed: int = 0,
+    normalization: str = "softmax",
 ) -> Setting:
     """Build and validate a :class:`Setting`.
 
@@ -205,12 +222,15 @@ def make_setting(
         raise ValueError(f"input_scale must be positive and finite, got {input_scale!r}")
     if not (noise_std >= 0 and np.isfinite(noise_std)):
         raise ValueError(f"noise_std must be >= 0 and finite, got {noise_std!r}")
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalization {normalization!r}; valid: {list(NORMALIZATIONS)}")
+    softmax = normalization == "softmax"
     keys = (*GATES[gate].param_names, "a", "alpha")
     if params is None:
         if (k_true, dim) == (3, 2):
             params = {key: DEFAULT_TRUE_PARAMS[key] for key in keys}
         else:
-            params = _random_true_params(gate, k_true, dim, seed)
+            params = _random_true_params(gate, k_true, dim, seed, reference=softmax)
     shapes = {"A": (k_true, dim, dim), "b": (k_true, dim), "c": (k_true,), "a": (k_true, dim), "alpha": (k_true,)}
     clean: dict[str, np.ndarray] = {}
     for key in keys:
@@ -221,7 +241,7 @@ def make_setting(
             raise ValueError(f"params[{key!r}] must have shape {shapes[key]}, got {value.shape}")
         if not np.all(np.isfinite(value)):
             raise ValueError(f"params[{key!r}] contains NaN or inf")
-        if key in GATES[gate].param_names:
+        if key in GATES[gate].param_names and softmax:
             value = value - value[:1]
         if key == "A":
             value = 0.5 * (value + value.transpose(0, 2, 1))
@@ -229,7 +249,7 @@ def make_setting(
         clean[key] = value
     if name is None:
         spec = "exact" if k_fit == k_true else ("over" if k_fit == k_true + 1 else f"over{k_fit - k_true}")
-        name = f"{gate}-{expert}-{spec}"
+        name = f"{gate}{'' if softmax else SIGMOID_MARKER}-{expert}-{spec}"
         if (k_true, dim) != (3, 2):
             name += f"-k{k_true}-d{dim}"
     return Setting(
@@ -243,6 +263,7 @@ def make_setting(
         input_distribution=input_distribution,
         input_scale=float(input_scale),
         noise_std=float(noise_std),
+        normalization=normalization,
     )
 
 
@@ -270,11 +291,20 @@ def with_noise(setting: Setting, noise_std: float) -> Setting:
     return replace(setting, noise_std=float(noise_std), name=f"{base}-sd{float(noise_std):g}")
 
 
+def named_settings() -> Mapping[str, Setting]:
+    """Every named setting: the core ones and the gating family's
+    (:mod:`attnmoe.estimation.gating_truths`)."""
+    from attnmoe.estimation.gating_truths import GATING_SETTINGS
+
+    return {**CORE_SETTINGS, **GATING_SETTINGS}
+
+
 def get_setting(name: str) -> Setting:
-    """A core setting by name, e.g. ``"monomial-sigmoid-exact"``."""
-    if name not in CORE_SETTINGS:
-        raise ValueError(f"unknown setting {name!r}; valid settings: {sorted(CORE_SETTINGS)}")
-    return CORE_SETTINGS[name]
+    """A named setting, e.g. ``"monomial-sigmoid-exact"`` or ``"sgate-r1-gelu-sig"``."""
+    known = named_settings()
+    if name not in known:
+        raise ValueError(f"unknown setting {name!r}; valid settings: {sorted(known)}")
+    return known[name]
 
 
 def _check_seeds(seeds: Sequence[int]) -> list[int]:

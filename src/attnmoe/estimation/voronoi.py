@@ -12,6 +12,21 @@ Both are computed for the fit and for the truth; A is symmetrised first. When a 
 split into several fitted atoms with the same (A, b) this normalisation gives them exactly the
 true total mass, so the losses vanish at every exact reparametrisation.
 
+Sigmoid gating (arXiv 2405.13997; our choice, see docs/gating.md). Sigmoid weights are not
+normalised across experts, so there is no translation invariance: atoms are compared raw (A
+symmetrised) and the mass of atom i is
+    pi_i = sigmoid(c_i)
+(the weight the atom carries where its slope terms vanish, x = 0). With it the mass error of a
+cell vanishes at the one exact over-specified reparametrisation of sigmoid gating: copies of a
+true atom whose gating slopes are zero and whose sigmoid(c) add up to sigmoid(c*) (a sum of
+sigmoids with nonzero slopes is no sigmoid). exp(c_i), the softmax paper's mass, would not.
+
+Cosine routers (arXiv 2405.14131; our choice, docs/gating.md). The logit b_i^T x /
+((||b_i|| + tau1)(||x|| + tau2)) is invariant only to a common shift of c (softmax), not of
+b, so b is never translated. With tau1 = 0 (``"cosine"``) it ignores ||b_i||: the atom's
+gating coordinate is the direction b_i / ||b_i|| (0 for b_i = 0). With tau1 > 0
+(``"perturbed-cosine"``) b -> b / (||b|| + tau1) is one-to-one and b is compared raw.
+
 Voronoi cells: V_j = {i : j = argmin_l ||theta_i - theta*_l||} (Euclidean norm of the
 concatenated atom; Frobenius for A; ties to the lowest j). For exponents (r1, r2):
     D(G, G*) = sum_j | sum_{i in V_j} pi_i - pi*_j |
@@ -30,9 +45,11 @@ import torch
 from torch import Tensor
 
 from attnmoe.moe import make_expert, make_gate, mixture_forward
+from attnmoe.moe.mixture import _check_normalization
 
 __all__ = [
     "ATOM_KEYS",
+    "DIRECTION_GATES",
     "GATE_KEYS",
     "l2_error",
     "normalized_measure",
@@ -59,15 +76,28 @@ def _batched(params: Mapping[str, Tensor], R: int | None = None) -> dict[str, Te
     return out
 
 
-def normalized_measure(params: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
-    """Masses ``(R, k)`` and translation-normalised atoms ``(R, k, D)`` of a mixing measure.
+#: gates whose logit ignores ||b_i|| (atoms compare directions) / is not translation invariant in b
+DIRECTION_GATES = ("cosine",)
+UNTRANSLATED_GATES = ("cosine", "perturbed-cosine")
+
+
+def normalized_measure(
+    params: Mapping[str, Tensor], normalization: str = "softmax", gate: str | None = None
+) -> tuple[Tensor, Tensor]:
+    """Masses ``(R, k)`` and (for softmax) translation-normalised atoms ``(R, k, D)``.
 
     Args:
         params: natural params with leading ``(R, k)``; must contain ``"c"``.
+        normalization: ``"softmax"`` (masses softmax(c), translated gating) or ``"sigmoid"``
+            (masses sigmoid(c), raw gating; module docstring).
+        gate: the gate's name: cosine routers keep b untranslated, the plain cosine router
+            compares directions b / ||b|| (module docstring); None = a polynomial-family gate.
     """
     if "c" not in params:
         raise ValueError("params must contain the gating biases 'c' (the masses)")
-    pi = torch.softmax(params["c"], dim=-1)  # (R, k)
+    _check_normalization(normalization)
+    softmax = normalization == "softmax"
+    pi = torch.softmax(params["c"], dim=-1) if softmax else torch.sigmoid(params["c"])  # (R, k)
     R, k = pi.shape
     parts = []
     for key in ATOM_KEYS:
@@ -77,10 +107,20 @@ def normalized_measure(params: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
         if key == "A":
             p = 0.5 * (p + p.transpose(-1, -2))
         p = p.reshape(R, k, -1)  # (R, k, D_key)
-        if key in GATE_KEYS:
+        if key == "b" and gate in DIRECTION_GATES:
+            norm = p.norm(dim=-1, keepdim=True)
+            p = p / torch.where(norm > 0, norm, torch.ones_like(norm))
+        elif key in GATE_KEYS and softmax and gate not in UNTRANSLATED_GATES:
             p = p - (pi.unsqueeze(-1) * p).sum(1, keepdim=True)
         parts.append(p)
     return pi, torch.cat(parts, dim=-1)  # (R, k), (R, k, D)
+
+
+def _normalization_of(truth: object, normalization: str | None) -> str:
+    """The explicit ``normalization``, else the setting's, else softmax."""
+    if normalization is not None:
+        return normalization
+    return getattr(truth, "normalization", "softmax")
 
 
 def voronoi_cells(fitted_atoms: Tensor, true_atoms: Tensor) -> Tensor:
@@ -101,6 +141,8 @@ def voronoi_losses(
     *,
     d1_exponents: tuple[float, float] = (1.0, 2.0),
     d2_exponents: tuple[float, float] = (1.0, 4.0),
+    normalization: str | None = None,
+    gate: str | None = None,
 ) -> dict[str, Tensor]:
     """Voronoi losses D1 and D2 between fitted and true mixing measures (per replicate).
 
@@ -110,12 +152,17 @@ def voronoi_losses(
             :class:`~attnmoe.estimation.truth.Setting`.
         d1_exponents: (r for single-atom cells, r for multi-atom cells) of D1.
         d2_exponents: the same for D2.
+        normalization: ``"softmax"`` or ``"sigmoid"`` (the mass, module docstring); default:
+            the setting's when ``truth`` is a Setting, else softmax.
+        gate: the gate's name (cosine atoms, module docstring); default: the setting's.
 
     Returns:
         dict of ``(R,)`` tensors: ``"D1"``, ``"D2"``, ``"mass"`` (sum of cell mass errors),
         ``"atom"`` (max over true atoms of the distance to the nearest fitted atom of its cell;
         inf for an empty cell).
     """
+    normalization = _normalization_of(truth, normalization)
+    gate = gate if gate is not None else getattr(truth, "gate", None)
     if hasattr(truth, "true_params"):  # a Setting
         truth = truth.true_params()
     if set(fitted) != set(truth):
@@ -123,8 +170,8 @@ def voronoi_losses(
     fitted = _batched(fitted)
     R = fitted["c"].shape[0]
     truth = _batched(truth, R)
-    pi, atoms = normalized_measure(fitted)  # (R, k), (R, k, D)
-    pi_t, atoms_t = normalized_measure(truth)  # (R, k*), (R, k*, D)
+    pi, atoms = normalized_measure(fitted, normalization, gate)  # (R, k), (R, k, D)
+    pi_t, atoms_t = normalized_measure(truth, normalization, gate)  # (R, k*), (R, k*, D)
     k_true = pi_t.shape[1]
     dist = torch.cdist(atoms, atoms_t)  # (R, k, k*)
     cell = dist.argmin(-1)  # (R, k)
@@ -142,7 +189,10 @@ def voronoi_losses(
     return out
 
 
-def split_cell_stats(fitted: Mapping[str, Tensor], truth: Mapping[str, Tensor]) -> dict[str, Tensor]:
+def split_cell_stats(
+    fitted: Mapping[str, Tensor], truth: Mapping[str, Tensor], normalization: str | None = None,
+    gate: str | None = None,
+) -> dict[str, Tensor]:
     """Identifiability statistics of a fit, per replicate ``(R,)`` each.
 
     With the normalised measure and Voronoi cells of :func:`voronoi_losses`:
@@ -156,13 +206,15 @@ def split_cell_stats(fitted: Mapping[str, Tensor], truth: Mapping[str, Tensor]) 
     * ``gate`` / ``expert``: sum_i pi_i ||.|| of the gating part (A, b) and of the expert part
       (a, alpha) of theta_i - theta*_j(i), separately.
     """
+    normalization = _normalization_of(truth, normalization)
+    gate = gate if gate is not None else getattr(truth, "gate", None)
     if hasattr(truth, "true_params"):
         truth = truth.true_params()
     fitted = _batched(fitted)
     R = fitted["c"].shape[0]
     truth = _batched(truth, R)
-    pi, atoms = normalized_measure(fitted)
-    pi_t, atoms_t = normalized_measure(truth)
+    pi, atoms = normalized_measure(fitted, normalization, gate)
+    pi_t, atoms_t = normalized_measure(truth, normalization, gate)
     k_true = pi_t.shape[1]
     dist = torch.cdist(atoms, atoms_t)  # (R, k, k*)
     cell = dist.argmin(-1)  # (R, k)
@@ -210,5 +262,5 @@ def l2_error(
         raise ValueError(f"need one seed per replicate ({R}), got {len(seeds)}")
     X = sample_inputs(truth, n_test, seeds, stream=2)  # (R, n_test, d)
     gate, expert = make_gate(truth.gate, truth.dim), make_expert(truth.expert)
-    diff = mixture_forward(gate, expert, fitted, X) - truth.regression_function(X)  # (R, n_test)
+    diff = mixture_forward(gate, expert, fitted, X, truth.normalization) - truth.regression_function(X)  # (R, n_test)
     return diff.square().mean(-1).sqrt()

@@ -11,6 +11,19 @@ Gates (arXiv 2410.11222, Akbarian, Nguyen, Han, Ho, "Quadratic Gating Mixture of
 * ``"polynomial"``  g_i(x) = x^T A_i x + b_i^T x + c_i        (quadratic polynomial gate)
 * ``"monomial"``    g_i(x) = x^T A_i x + c_i                  (quadratic monomial gate)
 
+Cosine routers (arXiv 2405.14131), then softmax or sigmoid like any gate:
+
+* ``"cosine"``            g_i(x) = b_i^T x / (||b_i|| ||x||) + c_i              (tau = 0; X-MoE)
+* ``"perturbed-cosine"``  g_i(x) = b_i^T x / ((||b_i|| + tau1)(||x|| + tau2)) + c_i
+
+with tau1 = tau2 = :data:`PERTURBED_COSINE_TAU` = 0.1 by default (LibMoE's x / (||x|| + 0.1);
+a coauthor's tutel fork uses 1e-4, which at our input scale ||x|| ~ 1 and fitted ||b_i|| ~ 1
+differs from the plain cosine by ~1e-4 and so would not separate the two regimes at n <= 1e5:
+docs/gating.md). A zero vector has cosine 0 (b_i = 0 or x = 0 gives the logit c_i: the
+reference expert's fixed zero gating and the objective's zero padding points). The cosine
+logits are not linear in the gating parameters, so these gates have no closed-form objective
+(``closed_form = False``; :mod:`attnmoe.estimation.autograd_objective`).
+
 ``A_i`` is accepted as any ``(d, d)`` matrix; only its symmetric part enters ``x^T A_i x``
 (the estimation layer parametrises it as symmetric, see :mod:`attnmoe.moe.mixture`).
 """
@@ -23,7 +36,20 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-__all__ = ["GATES", "Gate", "LinearGate", "MonomialGate", "PolynomialGate", "make_gate"]
+__all__ = [
+    "GATES",
+    "PERTURBED_COSINE_TAU",
+    "CosineGate",
+    "Gate",
+    "LinearGate",
+    "MonomialGate",
+    "PerturbedCosineGate",
+    "PolynomialGate",
+    "make_gate",
+]
+
+#: tau1 = tau2 of the perturbed cosine router (module docstring)
+PERTURBED_COSINE_TAU = 0.1
 
 
 def _check_x(x: Tensor, dim: int) -> None:
@@ -56,6 +82,8 @@ class Gate(ABC):
     name: ClassVar[str]
     #: names of the gating parameters; the estimation layer fixes them to zero for the reference expert
     param_names: ClassVar[tuple[str, ...]]
+    #: logits linear in the parameters over fixed features: the closed-form objective applies
+    closed_form: ClassVar[bool] = True
 
     def __init__(self, dim: int) -> None:
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
@@ -116,11 +144,63 @@ class MonomialGate(Gate):
         return quadratic_form(params["A"], x) + params["c"].unsqueeze(1)  # (R, n, k)
 
 
-GATES: dict[str, type[Gate]] = {g.name: g for g in (LinearGate, PolynomialGate, MonomialGate)}
+def _unit(v: Tensor, tau: float) -> Tensor:
+    """v / (||v|| + tau) over the last dim, 0 where v = 0 (no 0/0, no NaN gradient)."""
+    norm = torch.linalg.vector_norm(v, dim=-1, keepdim=True)
+    denom = norm + tau
+    return v / torch.where(denom > 0, denom, torch.ones_like(denom))
+
+
+class CosineGate(Gate):
+    """Cosine router g_i(x) = b_i^T x / ((||b_i|| + tau1)(||x|| + tau2)) + c_i (arXiv 2405.14131).
+
+    Params ``b`` (R, k, d), ``c`` (R, k). The plain cosine router has tau1 = tau2 = 0.
+
+    Args:
+        dim: input dimension ``d``.
+        tau1: perturbation of the parameter norm (>= 0).
+        tau2: perturbation of the input norm (>= 0).
+    """
+
+    name = "cosine"
+    param_names = ("b", "c")
+    closed_form = False
+    default_tau: ClassVar[float] = 0.0
+
+    def __init__(self, dim: int, tau1: float | None = None, tau2: float | None = None) -> None:
+        super().__init__(dim)
+        tau1 = self.default_tau if tau1 is None else tau1
+        tau2 = self.default_tau if tau2 is None else tau2
+        for label, tau in (("tau1", tau1), ("tau2", tau2)):
+            if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not (tau >= 0 and tau < float("inf")):
+                raise ValueError(f"{label} must be a finite number >= 0, got {tau!r}")
+        self.tau1, self.tau2 = float(tau1), float(tau2)
+
+    def logits(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
+        _check_x(x, self.dim)
+        xn = _unit(x, self.tau2)  # (R, n, d)
+        bn = _unit(params["b"], self.tau1)  # (R, k, d)
+        return torch.bmm(xn, bn.transpose(1, 2)) + params["c"].unsqueeze(1)  # (R, n, k)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(dim={self.dim}, tau1={self.tau1}, tau2={self.tau2})"
+
+
+class PerturbedCosineGate(CosineGate):
+    """The perturbed cosine router: :class:`CosineGate` with tau1 = tau2 = :data:`PERTURBED_COSINE_TAU`."""
+
+    name = "perturbed-cosine"
+    default_tau = PERTURBED_COSINE_TAU
+
+
+GATES: dict[str, type[Gate]] = {
+    g.name: g for g in (LinearGate, PolynomialGate, MonomialGate, CosineGate, PerturbedCosineGate)
+}
 
 
 def make_gate(name: str, dim: int) -> Gate:
-    """Build a gate by name: one of ``"linear"``, ``"polynomial"``, ``"monomial"``."""
+    """Build a gate by name: one of ``"linear"``, ``"polynomial"``, ``"monomial"``,
+    ``"cosine"``, ``"perturbed-cosine"``."""
     if name not in GATES:
         raise ValueError(f"unknown gate {name!r}; valid gates: {sorted(GATES)}")
     return GATES[name](dim)

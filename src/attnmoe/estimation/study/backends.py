@@ -77,6 +77,7 @@ def setting_from_spec(spec: Setting | dict[str, Any]) -> Setting:
         input_scale=spec["input_scale"],
         noise_std=spec["noise_std"],
         name=spec["name"],
+        normalization=spec.get("normalization", "softmax"),
     )
 
 

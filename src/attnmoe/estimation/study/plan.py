@@ -17,8 +17,21 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from attnmoe.estimation.gating_truths import (
+    COSINE_ROUTER_SETTINGS,
+    SIGMOID_ATTENTION_SETTINGS,
+    SIGMOID_GATING_SETTINGS,
+)
 from attnmoe.estimation.options import FitOptions
-from attnmoe.estimation.truth import CORE_SETTINGS, Setting, get_setting, make_setting, with_noise
+from attnmoe.estimation.truth import (
+    CORE_SETTINGS,
+    Setting,
+    get_setting,
+    make_setting,
+    named_settings,
+    with_noise,
+)
+from attnmoe.moe import NORMALIZATIONS
 
 __all__ = [
     "MAX_EXPERTS",
@@ -32,6 +45,7 @@ __all__ = [
     "default_workers",
     "log_grid",
     "plan_jobs",
+    "renormalized",
     "replicate_seeds",
     "resolve_settings",
     "validate_study",
@@ -95,6 +109,47 @@ PRESETS: dict[str, Preset] = {
                   "polynomial-sigmoid-over"),
         noise=(1e-2, 1e-3, 1e-4, 1e-5),
     ),
+    # Sigmoid vs softmax gating (arXiv 2405.13997) on the same f* and data, regimes r1 (slope
+    # != 0) and r2 (slope = 0), linear and GELU experts (estimation/gating_truths.py,
+    # docs/gating.md). Quick: wall time measured in docs/gating.md.
+    "sigmoid-gating": Preset(
+        n_grid=(1000, 4000, 16000),
+        replicates=4,
+        fit=FitOptions(max_iter=1000, n_test=4000, bound=10.0, init="near-truth:0.1"),
+        settings=tuple(SIGMOID_GATING_SETTINGS),
+        full=Preset(
+            n_grid=log_grid(1000, 100_000, 7),
+            replicates=40,
+            fit=FitOptions(max_iter=5000, n_test=20_000, bound=10.0, init="near-truth:0.1"),
+            settings=tuple(SIGMOID_GATING_SETTINGS),
+        ),
+    ),
+    # Cosine vs perturbed-cosine router, softmax (arXiv 2405.14131; the autograd objective).
+    "cosine-router": Preset(
+        n_grid=(1000, 4000, 16000),
+        replicates=4,
+        fit=FitOptions(max_iter=500, n_test=4000, bound=10.0, init="near-truth:0.1"),
+        settings=tuple(COSINE_ROUTER_SETTINGS),
+        full=Preset(
+            n_grid=log_grid(1000, 100_000, 7),
+            replicates=40,
+            fit=FitOptions(max_iter=5000, n_test=20_000, bound=10.0, init="near-truth:0.1"),
+            settings=tuple(COSINE_ROUTER_SETTINGS),
+        ),
+    ),
+    # Sigmoid vs softmax weights on the quadratic polynomial gate (arXiv 2502.00281).
+    "sigmoid-attention": Preset(
+        n_grid=(1000, 4000, 16000),
+        replicates=4,
+        fit=FitOptions(max_iter=500, n_test=4000, bound=10.0, init="near-truth:0.1"),
+        settings=tuple(SIGMOID_ATTENTION_SETTINGS),
+        full=Preset(
+            n_grid=log_grid(1000, 100_000, 7),
+            replicates=40,
+            fit=FitOptions(max_iter=5000, n_test=20_000, bound=10.0, init="near-truth:0.1"),
+            settings=tuple(SIGMOID_ATTENTION_SETTINGS),
+        ),
+    ),
 }
 
 
@@ -133,8 +188,14 @@ def resolve_settings(
     experts: Sequence[str] | None = None,
     k_true: Sequence[int] | None = None,
     k_fit: Sequence[int] | None = None,
+    normalizers: Sequence[str] | None = None,
 ) -> list[Setting]:
     """Turn command-line choices into ``Setting`` objects (validated before any is built).
+
+    ``normalizers`` (``--normalizer``; default: as chosen, softmax for the core settings)
+    gives every chosen setting once per normaliser: ``"sigmoid"`` rebuilds it with the same
+    true parameters under sigmoid gating (name marked ``-sig``, see
+    :func:`~attnmoe.estimation.truth.make_setting`).
 
     Either ``names`` (core-setting names) or the product ``gates x experts x k_true x k_fit``
     (missing axes default to the core values: gates polynomial,monomial; experts
@@ -144,6 +205,12 @@ def resolve_settings(
         ValueError: unknown name, gate or expert; k < 1 or k > :data:`MAX_EXPERTS`;
             k_fit < k_true; both styles mixed.
     """
+    if normalizers is not None:
+        bad = [v for v in normalizers if v not in NORMALIZATIONS]
+        if bad or not normalizers:
+            raise ValueError(f"--normalizer: unknown normaliser {bad[0] if bad else ''!r}; valid: {', '.join(NORMALIZATIONS)}")
+        chosen = resolve_settings(names, gates=gates, experts=experts, k_true=k_true, k_fit=k_fit)
+        return _dedupe([s if s.normalization == nz else renormalized(s, nz) for s in chosen for nz in normalizers])
     product_given = any(v is not None for v in (gates, experts, k_true, k_fit))
     if names is not None and product_given:
         raise ValueError("use either --settings NAMES or --gates/--experts/--k-true/--k-fit, not both")
@@ -156,7 +223,7 @@ def resolve_settings(
             try:
                 out.append(get_setting(name))
             except (KeyError, ValueError) as err:
-                raise ValueError(f"unknown setting {name!r}; known settings: {', '.join(CORE_SETTINGS)}") from err
+                raise ValueError(f"unknown setting {name!r}; known settings: {', '.join(named_settings())}") from err
         return _dedupe(out)
     k_true = list(k_true) if k_true is not None else sorted({s.k_true for s in core})
     for kt in k_true:
@@ -173,6 +240,15 @@ def resolve_settings(
     experts = list(experts) if experts is not None else ["linear", "sigmoid"]
     out = [make_setting(g, e, kt, kf) for g in gates for e in experts for kt, kf in pairs]
     return _dedupe(out)
+
+
+def renormalized(setting: Setting, normalization: str) -> Setting:
+    """``setting``'s true parameters under another gating normaliser (a new truth, renamed)."""
+    return make_setting(
+        setting.gate, setting.expert, setting.k_true, setting.k_fit, setting.dim,
+        params=setting.params, input_distribution=setting.input_distribution,
+        input_scale=setting.input_scale, noise_std=setting.noise_std, normalization=normalization,
+    )
 
 
 def _check_k(k: int, option: str, symbol: str) -> None:
