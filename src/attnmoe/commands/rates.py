@@ -57,13 +57,22 @@ def _floats(value: str, what: str) -> list[float]:
 def rates(
     out: Annotated[Path, typer.Option("--out", help="Output directory (created; resumable).")],
     preset: Annotated[
-        str, typer.Option("--preset", help="quick (all core settings), paper or identifiability.")
+        str, typer.Option(
+            "--preset",
+            help="quick (all core settings), paper, identifiability, the gating presets "
+            "(sigmoid-gating, cosine-router, sigmoid-attention) or a family preset (hmoe, "
+            "topk-gaussian, contaminated, temperature-gate, multinomial-logistic); an unknown "
+            "name lists them all.",
+        )
     ] = "quick",
     settings: Annotated[
         str | None, typer.Option("--settings", help="Comma-separated core setting names.")
     ] = None,
     gates: Annotated[
-        str | None, typer.Option("--gates", help="Comma-separated: polynomial,monomial,linear.")
+        str | None, typer.Option(
+            "--gates",
+            help="Comma-separated: polynomial,monomial,linear,cosine,perturbed-cosine.",
+        )
     ] = None,
     experts: Annotated[
         str | None,
