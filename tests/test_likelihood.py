@@ -326,3 +326,21 @@ def test_multinomial_nll_matches_a_loop_and_its_gradient_finite_differences(inpu
     h, eye = 1e-6, torch.eye(model.n_params)
     fd = torch.stack([(obj(flat + h * eye[p]) - obj(flat - h * eye[p])) / (2 * h) for p in range(model.n_params)], -1)
     assert torch.allclose(g, fd, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("name", ["topk-over-K3", "temp-temperature", "mlogit-softmax-vanish"])
+def test_fits_are_bitwise_the_same_at_every_batch_position(name: str) -> None:
+    """Whole fits (odd parameter counts 13 and 9 included): replicate r alone equals replicate r
+    at each place, odd and even, of a batch of 5 (n = 61, 8 trust-region iterations)."""
+    from attnmoe.estimation.likelihood.objective import fit_likelihood
+    from attnmoe.estimation.likelihood.settings import _settings, sample_data, start_points
+
+    torch.set_num_threads(1)
+    s = _settings()[name]
+    seeds = [3, 4, 5, 6, 7]
+    X, y = sample_data(s, 61, seeds)
+    x0 = start_points(s, 61, seeds)
+    batch = fit_likelihood(s.fit_model, X, y, x0, max_iter=8)
+    for r in range(5):
+        alone = fit_likelihood(s.fit_model, X[r : r + 1], y[r : r + 1], x0[r : r + 1], max_iter=8)
+        assert torch.equal(batch.flat[r : r + 1], alone.flat), f"replicate {r}"

@@ -105,8 +105,16 @@ def _activation(name: str, z: Tensor, second: bool = False) -> tuple[Tensor, ...
 
 
 def _block_outer(coef: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    """sum_j coef[m, i, j] a[m, j, :]^T b[m, j, :] ``(m, k, Fa, Fb)`` for coef ``(m, k, n)``."""
-    return torch.matmul((coef.unsqueeze(-1) * a.unsqueeze(1)).transpose(-1, -2), b.unsqueeze(1))
+    """sum_j coef[m, i, j] a[m, j, :]^T b[m, j, :] ``(m, k, Fa, Fb)`` for coef ``(m, k, n)``.
+
+    With Fa Fb odd, every other output block would start off a 16-byte boundary and be rounded
+    differently by the batched matmul; a zero column of b keeps every block aligned (sliced off),
+    so a replicate's value does not depend on its place in the batch."""
+    Fb = b.shape[-1]
+    if a.shape[-1] * Fb % 2:
+        b = torch.cat([b, b.new_zeros(*b.shape[:-1], 1)], -1)
+    out = torch.matmul((coef.unsqueeze(-1) * a.unsqueeze(1)).transpose(-1, -2), b.unsqueeze(1))
+    return out[..., :Fb]
 
 
 class LeastSquaresObjective:
@@ -227,10 +235,16 @@ class LeastSquaresObjective:
         e = (2.0 / self.n) * r  # (m, n_pad)
         jg, je = self._jacobian_parts(w, h, dh, f, phi, psi)
         J = torch.cat([jg, je], -1)  # (m, n_pad, P) in [G, E] order
+        if J.shape[-1] % 2:
+            # with P odd, every other replicate's rows of grad and H would start off a 16-byte
+            # boundary and MKL's bmm rounds those differently: a zero column makes P even, so a
+            # replicate's result does not depend on its place in the batch (dropped by inv below)
+            J = torch.cat([J, J.new_zeros(*J.shape[:-1], 1)], -1)
         grad = torch.bmm(e.unsqueeze(1), J).squeeze(1)
         H = (2.0 / self.n) * torch.bmm(J.transpose(1, 2), J)  # Gauss-Newton part
         # second-order part sum_j e_j d2f_j (module docstring); gate rows are the free ones
         nr, Fg, Fe = self.n_ref, phi.shape[2], psi.shape[2]
+        P = jg.shape[-1] + je.shape[-1]  # without the padding column
         kg = k - nr
         Pg = kg * Fg
         ew = e.unsqueeze(1) * w  # (m, k, n_pad)
@@ -242,7 +256,7 @@ class LeastSquaresObjective:
             wphi = (ew[:, nr:].transpose(1, 2).unsqueeze(-1) * phi.unsqueeze(2)).reshape(m, -1, Pg)
             cross = torch.bmm(wphi.transpose(1, 2), jg)  # (m, Pg, Pg)
             H[:, :Pg, :Pg] -= cross + cross.transpose(1, 2)
-            H[:, :Pg, Pg:] -= torch.bmm(wphi.transpose(1, 2), je)
+            H[:, :Pg, Pg:P] -= torch.bmm(wphi.transpose(1, 2), je)
         else:
             s = h * w * (1.0 - w)
             diag_gg = _block_outer(e.unsqueeze(1) * s * (1.0 - 2.0 * w), phi, phi)
@@ -255,6 +269,6 @@ class LeastSquaresObjective:
         for i in range(k):
             e0 = Pg + i * Fe
             H[:, e0 : e0 + Fe, e0 : e0 + Fe] += diag_ee[:, i]
-        H[:, Pg:, :Pg] = H[:, :Pg, Pg:].transpose(1, 2)  # the gate-expert block, mirrored
+        H[:, Pg:P, :Pg] = H[:, :Pg, Pg:P].transpose(1, 2)  # the gate-expert block, mirrored
         inv = self.inverse
         return r.square().sum(-1) / self.n, grad[:, inv], H[:, inv][:, :, inv]

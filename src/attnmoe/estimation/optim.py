@@ -472,9 +472,37 @@ def _scaling(H: Tensor, previous: Tensor | None, scaled: bool) -> Tensor:
     return d if previous is None else torch.maximum(d, previous)
 
 
-def _scaled_eigh(H: Tensor, D: Tensor) -> tuple[Tensor, Tensor]:
-    """Eigenpairs of D^-1 H D^-1 (ascending) for scalings D ``(m, P)``."""
-    return torch.linalg.eigh(H / (D.unsqueeze(-1) * D.unsqueeze(-2)))
+def _scaled_eigh(H: Tensor, D: Tensor, dummy: bool = False) -> tuple[Tensor, Tensor]:
+    """Eigenpairs of M = D^-1 H D^-1 (ascending) for scalings D ``(m, P)``.
+
+    ``dummy``: the last coordinate is the padding of :func:`trust_region` (decoupled, zero
+    gradient); its entry of M is set to the largest diagonal entry of the rest, which lies in
+    [lam_min, lam_max] of the rest, so the extreme eigenvalues (the curvature tests, the
+    reported ``min_eig``) are those of the real block."""
+    M = H / (D.unsqueeze(-1) * D.unsqueeze(-2))
+    if dummy:
+        M[:, -1, -1] = torch.diagonal(M[:, :-1, :-1], dim1=-2, dim2=-1).amax(-1)
+    return torch.linalg.eigh(M)
+
+
+def _pad_to_even(hessian: HessianFn, objective: Objective, P: int) -> tuple[HessianFn, Objective]:
+    """The problem in P + 1 variables: the objective ignores the last one, whose gradient is 0
+    and whose Hessian row is (0, ..., 0, max_i H_ii) (decoupled; the value keeps the scaling's
+    floor unchanged)."""
+
+    def padded_hessian(x: Tensor, idx: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        f, g, H = hessian(x[:, :P].contiguous(), idx)
+        m = g.shape[0]
+        g_p = torch.cat([g, g.new_zeros(m, 1)], -1)
+        H_p = H.new_zeros(m, P + 1, P + 1)
+        H_p[:, :P, :P] = H
+        H_p[:, P, P] = torch.diagonal(H, dim1=-2, dim2=-1).amax(-1)
+        return f, g_p, H_p
+
+    def padded_objective(x: Tensor, idx: Tensor | None) -> Tensor:
+        return objective(x[:, :P].contiguous(), idx)
+
+    return padded_hessian, padded_objective
 
 
 def _decrement(lam: Tensor, gh: Tensor, curvature_tol: float) -> tuple[Tensor, Tensor]:
@@ -544,12 +572,21 @@ def trust_region(
     if x0.ndim != 2:
         raise ValueError(f"x0 must be (R, P), got {tuple(x0.shape)}")
     R, P = x0.shape
+    pad = P % 2 == 1
+    if pad:
+        # LAPACK's eigh and the SIMD reductions over P take another code path for a row that is
+        # not 16-byte aligned: with P odd, every other replicate of a batch. Solving in P + 1
+        # variables (a decoupled dummy that stays at 0) makes a replicate's fit bitwise the same
+        # at every place in the batch (tests/test_optim.py); results are returned in P.
+        hessian, objective = _pad_to_even(hessian, objective, P)
+        x0 = torch.cat([x0, x0.new_zeros(R, 1)], -1)
+        P += 1
     x = x0.detach().clone()
     f, g, H = hessian(x, None)
     # elliptical region ||D p|| <= radius, D = sqrt(diag H) (cumulative max, More 1978), i.e. a
     # spherical region in the variables D x; Q, lam are the eigenpairs of D^-1 H D^-1
     D = _scaling(H, None, scaled)
-    lam, Q = _scaled_eigh(H, D)
+    lam, Q = _scaled_eigh(H, D, pad)
     n_evals = torch.ones(R, dtype=torch.long)
     n_iter = torch.zeros(R, dtype=torch.long)
     delta = torch.full((R,), float(radius), dtype=x.dtype)
@@ -602,7 +639,7 @@ def trust_region(
         f_a, g_a, H_a = hessian(new, rw)
         f[rw], g[rw], H[rw] = f_a, g_a, H_a
         D[rw] = _scaling(H_a, D[rw], scaled)
-        lam[rw], Q[rw] = _scaled_eigh(H_a, D[rw])
+        lam[rw], Q[rw] = _scaled_eigh(H_a, D[rw], pad)
         check(rw)
 
     for _ in range(max_iter):
@@ -617,7 +654,7 @@ def trust_region(
                 y = x[J] + factor[J].unsqueeze(-1) * (x[J] - oldest[J])  # the path continued
                 _, g_y, H_y = hessian(y, J)
                 D_y = _scaling(H_y, D[J], scaled)
-                lam_y, Q_y = _scaled_eigh(H_y, D_y)
+                lam_y, Q_y = _scaled_eigh(H_y, D_y, pad)
                 gh_y = (Q_y * (g_y / D_y).unsqueeze(-1)).sum(-2)
                 # back to the valley floor: a Newton step in the stiff directions only
                 stiff = lam_y > stiff_tol * lam_y.abs().amax(-1, keepdim=True)
@@ -665,7 +702,7 @@ def trust_region(
     dec, _ = _decrement(lam, scaled_grad(torch.arange(R)), curvature_tol)
     converged = (reason == REASONS.index("gradient")) | (reason == REASONS.index("decrement"))
     return OptimResult(
-        x, f, g.abs().amax(-1), converged, n_iter, n_evals,
+        x[:, : P - 1].clone() if pad else x, f, g.abs().amax(-1), converged, n_iter, n_evals,
         reason=reason, min_eig=lam[:, 0].clone(), decrement=dec,
         extra={"extrapolations": tries, "jumps": jumps},
     )

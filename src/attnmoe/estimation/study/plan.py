@@ -83,6 +83,24 @@ def log_grid(n_min: int, n_max: int, num: int) -> tuple[int, ...]:
     return tuple(round(v) for v in np.logspace(math.log10(n_min), math.log10(n_max), num))
 
 
+def _gating_preset(settings: Sequence[str], max_iter: int) -> Preset:
+    """A gating-family preset (docs/gating.md): quick n = 10^3..1.6 10^4, 4 replicates; full
+    (``--full``) 7 sizes to 10^5, 40 replicates, a 5,000-iteration cap."""
+    start = "near-truth:0.1"
+    return Preset(
+        n_grid=(1000, 4000, 16000),
+        replicates=4,
+        fit=FitOptions(max_iter=max_iter, n_test=4000, bound=10.0, init=start),
+        settings=tuple(settings),
+        full=Preset(
+            n_grid=log_grid(1000, 100_000, 7),
+            replicates=40,
+            fit=FitOptions(max_iter=5000, n_test=20_000, bound=10.0, init=start),
+            settings=tuple(settings),
+        ),
+    )
+
+
 PRESETS: dict[str, Preset] = {
     # All 8 core settings in under 5 minutes on 2 shared CPU cores (timed: docs/rates.md).
     # (the cap keeps it short: over-specified fits are reported unconverged, not hidden)
@@ -112,44 +130,11 @@ PRESETS: dict[str, Preset] = {
     # Sigmoid vs softmax gating (arXiv 2405.13997) on the same f* and data, regimes r1 (slope
     # != 0) and r2 (slope = 0), linear and GELU experts (estimation/gating_truths.py,
     # docs/gating.md). Quick: wall time measured in docs/gating.md.
-    "sigmoid-gating": Preset(
-        n_grid=(1000, 4000, 16000),
-        replicates=4,
-        fit=FitOptions(max_iter=1000, n_test=4000, bound=10.0, init="near-truth:0.1"),
-        settings=tuple(SIGMOID_GATING_SETTINGS),
-        full=Preset(
-            n_grid=log_grid(1000, 100_000, 7),
-            replicates=40,
-            fit=FitOptions(max_iter=5000, n_test=20_000, bound=10.0, init="near-truth:0.1"),
-            settings=tuple(SIGMOID_GATING_SETTINGS),
-        ),
-    ),
+    "sigmoid-gating": _gating_preset(SIGMOID_GATING_SETTINGS, max_iter=1000),
     # Cosine vs perturbed-cosine router, softmax (arXiv 2405.14131; the autograd objective).
-    "cosine-router": Preset(
-        n_grid=(1000, 4000, 16000),
-        replicates=4,
-        fit=FitOptions(max_iter=500, n_test=4000, bound=10.0, init="near-truth:0.1"),
-        settings=tuple(COSINE_ROUTER_SETTINGS),
-        full=Preset(
-            n_grid=log_grid(1000, 100_000, 7),
-            replicates=40,
-            fit=FitOptions(max_iter=5000, n_test=20_000, bound=10.0, init="near-truth:0.1"),
-            settings=tuple(COSINE_ROUTER_SETTINGS),
-        ),
-    ),
+    "cosine-router": _gating_preset(COSINE_ROUTER_SETTINGS, max_iter=500),
     # Sigmoid vs softmax weights on the quadratic polynomial gate (arXiv 2502.00281).
-    "sigmoid-attention": Preset(
-        n_grid=(1000, 4000, 16000),
-        replicates=4,
-        fit=FitOptions(max_iter=500, n_test=4000, bound=10.0, init="near-truth:0.1"),
-        settings=tuple(SIGMOID_ATTENTION_SETTINGS),
-        full=Preset(
-            n_grid=log_grid(1000, 100_000, 7),
-            replicates=40,
-            fit=FitOptions(max_iter=5000, n_test=20_000, bound=10.0, init="near-truth:0.1"),
-            settings=tuple(SIGMOID_ATTENTION_SETTINGS),
-        ),
-    ),
+    "sigmoid-attention": _gating_preset(SIGMOID_ATTENTION_SETTINGS, max_iter=500),
 }
 
 
