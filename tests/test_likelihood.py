@@ -259,6 +259,21 @@ def test_study_resumes_exactly_and_refuses_other_options(tmp_path) -> None:
         run_lik_study(other, args)
 
 
+def test_study_with_two_workers_writes_the_records_of_one(tmp_path) -> None:
+    """--workers 2 (spawned processes, jobs finishing in any order) gives the same record for
+    every (setting, n, seed) as one process."""
+    one = tmp_path / "one"
+    two = tmp_path / "two"
+    run_lik_study(TINY, FamilyArgs(out=one, progress=False, workers=1, threads=1))
+    result = run_lik_study(TINY, FamilyArgs(out=two, progress=False, workers=2, threads=1))
+    assert result.fitted == 4
+
+    def records(path):
+        return {(r["n"], r["seed"]): r for r in map(json.loads, (path / "records.jsonl").read_text().splitlines())}
+
+    assert records(one) == records(two)
+
+
 # ------------------------------------------------------------------ estimators (sklearn)
 import warnings  # noqa: E402
 

@@ -41,10 +41,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +58,7 @@ from attnmoe.estimation.study.families import (
     FamilyPreset,
     FamilyResult,
     register_family_preset,
+    run_jobs,
 )
 from attnmoe.estimation.study.records import (
     RECORDS_FILE,
@@ -386,11 +385,6 @@ def fit_block(setting: HMoESetting, n: int, seeds: Sequence[int], cfg: HMoEConfi
     return records
 
 
-def _fit_job(setting: HMoESetting, n: int, seeds: list[int], cfg: HMoEConfig, threads: int) -> list[Record]:
-    torch.set_num_threads(threads)
-    return fit_block(setting, n, seeds, cfg)
-
-
 @dataclass(frozen=True)
 class _Size:
     n_grid: tuple[int, ...]
@@ -487,41 +481,15 @@ def run_hmoe(args: FamilyArgs, cfg: HMoEConfig | None = None,
             todo = [sd for sd in seeds if (s.name, n, sd) not in done]
             for i in range(0, len(todo), cfg.block):
                 jobs.append((s, n, todo[i : i + cfg.block]))
-    threads = args.threads or int(os.environ.get("OMP_NUM_THREADS", "1") or 1)
-    workers = max(1, min(args.workers or 1, len(jobs) or 1))
     writer = RecordWriter(path)
     start = time.perf_counter()
-    fitted = 0
-    progress = None
-    if args.progress:
-        from tqdm import tqdm
 
-        progress = tqdm(total=len(jobs), desc="hmoe blocks")
-    if workers == 1:
-        torch.set_num_threads(threads)
-        for s, n, sd in jobs:
-            recs = fit_block(s, n, sd, cfg)
-            writer.append(recs)
-            records += recs
-            fitted += len(recs)
-            if progress:
-                progress.update(1)
-    else:
-        import multiprocessing as mp
+    def append(recs: list[Record]) -> None:
+        writer.append(recs)
+        records.extend(recs)
 
-        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-            pending = {pool.submit(_fit_job, s, n, sd, cfg, threads) for s, n, sd in jobs}
-            while pending:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    recs = fut.result()
-                    writer.append(recs)
-                    records += recs
-                    fitted += len(recs)
-                    if progress:
-                        progress.update(1)
-    if progress:
-        progress.close()
+    fitted = run_jobs([(s, n, sd, cfg) for s, n, sd in jobs], fit_block, append, workers=args.workers,
+                      threads=args.threads, desc="hmoe blocks", progress=args.progress)
     keep = [r for r in records if int(r["n"]) in grid and int(r["seed"]) in seeds
             and r["setting"] in {s.name for s in settings}]
     markdown = write_summary(out, keep, settings, cfg)

@@ -9,7 +9,8 @@ resume with other options is refused. Slopes of log(loss) on log(n) with seed-bo
 from :func:`attnmoe.estimation.study.summary.summarize_records`; ``summary.md`` sets each beside
 the theory's slope with a verdict (theory inside the 95 % CI: "agrees").
 
-Runs in this process (``workers`` is ignored: the batch over replicates is the parallelism).
+Each (setting, n) is one job; ``--workers W`` runs the jobs in W processes
+(:func:`~attnmoe.estimation.study.families.run_jobs`), with the same records as one process.
 """
 
 from __future__ import annotations
@@ -20,11 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from attnmoe.estimation.likelihood.objective import fit_likelihood
 from attnmoe.estimation.likelihood.settings import SETTINGS, sample_data, start_points
-from attnmoe.estimation.study.families import FamilyArgs, FamilyPreset, FamilyResult, register_family_preset
+from attnmoe.estimation.study.families import (
+    FamilyArgs,
+    FamilyPreset,
+    FamilyResult,
+    register_family_preset,
+    run_jobs,
+)
 from attnmoe.estimation.study.records import RecordWriter, jsonable, read_records, record_key
 from attnmoe.estimation.study.summary import summarize_records
 from attnmoe.utils import atomic_write_json, atomic_write_text, check_writable
@@ -91,6 +97,25 @@ def _check_args(preset: LikPreset, args: FamilyArgs) -> tuple[tuple[int, ...], i
     return tuple(sorted(set(grid))), reps
 
 
+def fit_block(name: str, n: int, seeds: list[int]) -> list[dict[str, Any]]:
+    """Fit the replicates ``seeds`` of setting ``name`` at size ``n`` as one batched program and
+    return their records (one per seed; each depends only on (name, n, seed))."""
+    setting = SETTINGS[name]
+    X, y = sample_data(setting, n, seeds)
+    fit = fit_likelihood(setting.fit_model, X, y, start_points(setting, n, seeds),
+                         max_iter=FIT_OPTIONS["max_iter"], dtol=FIT_OPTIONS["dtol"])
+    losses = setting.losses(fit.params, setting.batched_truth(n, len(seeds)))
+    return [
+        jsonable({
+            "setting": name, "n": n, "seed": s,
+            "losses": {k: float(v[i]) for k, v in losses.items()},
+            "converged": bool(fit.converged[i]), "iterations": int(fit.n_iter[i]),
+            "reason": fit.reason[i], "nll": float(fit.nll[i]), "min_eig": float(fit.min_eig[i]),
+        })
+        for i, s in enumerate(seeds)
+    ]
+
+
 def run_lik_study(preset: LikPreset, args: FamilyArgs) -> FamilyResult:
     """Run (or resume) ``preset`` into ``args.out`` (module docstring)."""
     grid, reps = _check_args(preset, args)  # bad input: one-line error before anything is written
@@ -107,44 +132,25 @@ def run_lik_study(preset: LikPreset, args: FamilyArgs) -> FamilyResult:
             raise ValueError(f"{out} holds a study with options {previous}, this run asks for "
                              f"{_config(preset)}; resume with the same preset or use another --out")
     check_writable(out)
-    if args.threads:
-        torch.set_num_threads(int(args.threads))
     atomic_write_json(study_path, _config(preset))
     records, _ = read_records(out / RECORDS_FILE)
     done = {record_key(r) for r in records}
     writer = RecordWriter(out / RECORDS_FILE)
     seeds_all = list(range(args.seed, args.seed + reps))
-    start, fitted = time.perf_counter(), 0
-    jobs = [(name, n) for name in preset.settings for n in grid]
-    bar = None
-    if args.progress:
-        from tqdm import tqdm
+    start = time.perf_counter()
+    jobs = []
+    for name in preset.settings:
+        for n in grid:
+            seeds = [s for s in seeds_all if (name, n, s) not in done]
+            if seeds:
+                jobs.append((name, n, seeds))
 
-        bar = tqdm(total=len(jobs), desc=preset.name)
-    for name, n in jobs:
-        setting = SETTINGS[name]
-        seeds = [s for s in seeds_all if (name, n, s) not in done]
-        if seeds:
-            X, y = sample_data(setting, n, seeds)
-            fit = fit_likelihood(setting.fit_model, X, y, start_points(setting, n, seeds),
-                                 max_iter=FIT_OPTIONS["max_iter"], dtol=FIT_OPTIONS["dtol"])
-            losses = setting.losses(fit.params, setting.batched_truth(n, len(seeds)))
-            new = [
-                jsonable({
-                    "setting": name, "n": n, "seed": s,
-                    "losses": {k: float(v[i]) for k, v in losses.items()},
-                    "converged": bool(fit.converged[i]), "iterations": int(fit.n_iter[i]),
-                    "reason": fit.reason[i], "nll": float(fit.nll[i]), "min_eig": float(fit.min_eig[i]),
-                })
-                for i, s in enumerate(seeds)
-            ]
-            writer.append(new)
-            records.extend(new)
-            fitted += len(seeds)
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+    def append(new: list[dict[str, Any]]) -> None:
+        writer.append(new)
+        records.extend(new)
+
+    fitted = run_jobs(jobs, fit_block, append, workers=args.workers, threads=args.threads,
+                      desc=preset.name, progress=args.progress)
     wanted = [r for r in records if r["setting"] in preset.settings and int(r["n"]) in grid
               and int(r["seed"]) in seeds_all]
     summary = summarize_records(wanted)

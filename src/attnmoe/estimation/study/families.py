@@ -14,12 +14,18 @@ reused, a mismatched resume is refused), write every file atomically, and return
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+import multiprocessing as mp
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import torch
 
 __all__ = ["FAMILY_PRESETS", "FamilyArgs", "FamilyPreset", "FamilyResult", "family_presets",
-           "register_family_preset"]
+           "register_family_preset", "run_jobs"]
 
 
 @dataclass(frozen=True)
@@ -89,3 +95,57 @@ def family_presets() -> dict[str, FamilyPreset]:
     for module in _PLUGINS:
         importlib.import_module(module)
     return FAMILY_PRESETS
+
+
+def _threaded(fit: Callable[..., list[dict[str, Any]]], threads: int, job: tuple) -> list[dict[str, Any]]:
+    torch.set_num_threads(threads)
+    return fit(*job)
+
+
+def run_jobs(
+    jobs: Sequence[tuple],
+    fit: Callable[..., list[dict[str, Any]]],
+    append: Callable[[list[dict[str, Any]]], None],
+    *,
+    workers: int | None,
+    threads: int | None,
+    desc: str,
+    progress: bool,
+) -> int:
+    """Run ``fit(*job)`` for every job (each returns its records), in this process or in
+    ``workers`` spawned processes of ``threads`` torch threads (default ``OMP_NUM_THREADS`` or
+    1), handing each job's records to ``append`` as soon as it finishes; returns the number of
+    records. ``fit`` must be a module-level function (it is pickled to the workers). A record
+    depends only on its job, not on the worker that fitted it or the order of completion."""
+    n_threads = int(threads or os.environ.get("OMP_NUM_THREADS", "1") or 1)
+    n_workers = max(1, min(workers or 1, len(jobs) or 1))
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(jobs), desc=desc)
+    count = 0
+    try:
+        if n_workers == 1:
+            torch.set_num_threads(n_threads)
+            for job in jobs:
+                records = fit(*job)
+                append(records)
+                count += len(records)
+                if bar is not None:
+                    bar.update(1)
+        else:
+            with ProcessPoolExecutor(max_workers=n_workers, mp_context=mp.get_context("spawn")) as pool:
+                pending = {pool.submit(_threaded, fit, n_threads, job) for job in jobs}
+                while pending:
+                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        records = future.result()
+                        append(records)
+                        count += len(records)
+                        if bar is not None:
+                            bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return count
