@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from attnmoe.estimation.objective import LeastSquaresObjective, padded
+from attnmoe.estimation.objective import LeastSquaresObjective
 from attnmoe.moe import ParameterLayout
 
 __all__ = ["AutogradLeastSquaresObjective"]
@@ -35,17 +35,7 @@ class AutogradLeastSquaresObjective(LeastSquaresObjective):
     """
 
     def __init__(self, layout: ParameterLayout, X: Tensor, y: Tensor) -> None:
-        if X.ndim != 3 or y.shape != X.shape[:2] or X.shape[2] != layout.dim:
-            raise ValueError(
-                f"X must be (R, n, {layout.dim}) and y (R, n); got {tuple(X.shape)} and {tuple(y.shape)}"
-            )
-        self.layout = layout
-        R, n, d = X.shape
-        self.n = n
-        pad = padded(n) - n  # zero-weight points
-        self.mask = torch.cat([X.new_ones(n), X.new_zeros(pad)])  # (n_pad,)
-        self.y = torch.cat([y.to(X.dtype), X.new_zeros(R, pad)], 1)  # (R, n_pad)
-        self.X = torch.cat([X, X.new_zeros(R, pad, d)], 1)  # (R, n_pad, d)
+        self._set_data(layout, X, y)  # checks, and pads the sample axis as the closed form does
         self.n_ref = layout.n_ref
         vmap = torch.func.vmap
         self._value = vmap(self._loss_one)

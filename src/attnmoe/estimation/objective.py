@@ -128,23 +128,31 @@ class LeastSquaresObjective:
         y: responses ``(R, n)``.
     """
 
-    def __init__(self, layout: ParameterLayout, X: Tensor, y: Tensor) -> None:
+    def _set_data(self, layout: ParameterLayout, X: Tensor, y: Tensor) -> None:
+        """Check shapes; keep the layout, n, and X, y and a mask padded to a multiple of
+        :data:`PAD` with zero-weight points (module docstring)."""
         if X.ndim != 3 or y.shape != X.shape[:2] or X.shape[2] != layout.dim:
             raise ValueError(
                 f"X must be (R, n, {layout.dim}) and y (R, n); got {tuple(X.shape)} and {tuple(y.shape)}"
             )
+        self.layout = layout
+        R, n, d = X.shape
+        self.n = n
+        pad = padded(n) - n  # zero-weight points
+        self.mask = torch.cat([X.new_ones(n), X.new_zeros(pad)])  # (n_pad,)
+        self.y = torch.cat([y.to(X.dtype), X.new_zeros(R, pad)], 1)  # (R, n_pad)
+        self.X = torch.cat([X, X.new_zeros(R, pad, d)], 1)  # (R, n_pad, d)
+
+    def __init__(self, layout: ParameterLayout, X: Tensor, y: Tensor) -> None:
+        self._set_data(layout, X, y)
         if not layout.gate.closed_form:
             raise ValueError(
                 f"gate {layout.gate.name!r} has no closed-form objective; use "
                 "attnmoe.estimation.fit.least_squares_objective (its autograd path)"
             )
-        self.layout = layout
         R, n, d = X.shape
-        self.n = n
-        pad = padded(n) - n  # zero-weight points (module docstring)
-        self.mask = torch.cat([X.new_ones(n), X.new_zeros(pad)])  # (n_pad,)
-        self.y = torch.cat([y.to(X.dtype), X.new_zeros(R, pad)], 1)  # (R, n_pad)
-        X = torch.cat([X, X.new_zeros(R, pad, d)], 1)  # (R, n_pad, d)
+        pad = padded(n) - n
+        X = self.X
         iu = torch.triu_indices(d, d)
         features = {
             "A": X[..., iu[0]] * X[..., iu[1]] * torch.where(iu[0] == iu[1], 1.0, 2.0).to(X),
