@@ -140,7 +140,7 @@ def test_cli_bad_normalizer_writes_nothing(tmp_path: Path) -> None:
 def test_gating_presets_name_resolvable_settings_and_full_sizes() -> None:
     from attnmoe.estimation.study import PRESETS
 
-    for name in ("sigmoid-gating", "cosine-router", "sigmoid-attention"):
+    for name in ("sigmoid-gating", "sigmoid-gating-natural", "cosine-router", "sigmoid-attention"):
         p = PRESETS[name]
         assert p.full is not None and max(p.full.n_grid) > max(p.n_grid)
         settings = resolve_settings(list(p.settings))
@@ -162,3 +162,32 @@ def test_sigmoid_gating_pair_has_the_same_regression_function_and_data() -> None
         torch.testing.assert_close(y1, y2, rtol=0, atol=1e-14)
     with pytest.raises(ValueError, match="no softmax twin"):
         sigmoid_gating_pair("r1", "sigmoid")
+
+
+def test_natural_truths_are_each_gates_own_mixture() -> None:
+    """f* of the natural truths written out by hand: sigmoid weights on both atoms' own gating;
+    softmax over (0, b_1^T x + c_1); same experts; the extra fitted atom copies atom 1."""
+    from attnmoe.estimation.gating_truths import sigmoid_gating_natural
+    from attnmoe.estimation.init import split_source
+
+    for regime, slope in (("r1", 1.0), ("r2", 0.0)):
+        sig, soft = sigmoid_gating_natural(regime, "gelu")
+        assert (sig.name, soft.name) == (f"sgate-nat-{regime}-gelu-sig", f"sgate-nat-{regime}-gelu-soft")
+        assert (sig.k_true, sig.k_fit, soft.k_true, soft.k_fit) == (2, 3, 2, 3)
+        assert split_source(2, 3) == [0, 1, 1]
+        X, _ = sample(sig, 200, [7])
+        x = X[0].double()
+        b1 = torch.tensor([1.0, -0.8], dtype=torch.float64) * slope
+        b0 = torch.tensor([-0.6, 0.5], dtype=torch.float64)
+        h = torch.nn.functional.gelu(
+            x @ torch.tensor([[-0.4, 0.9], [0.7, -0.5]], dtype=torch.float64).T
+            + torch.tensor([-0.3, 0.5], dtype=torch.float64))
+        g1 = x @ b1 + 0.3
+        f_sig = torch.sigmoid(x @ b0 + 0.1) * h[:, 0] + torch.sigmoid(g1) * h[:, 1]
+        w1 = torch.sigmoid(g1)  # softmax over (0, g1)
+        f_soft = (1 - w1) * h[:, 0] + w1 * h[:, 1]
+        torch.testing.assert_close(sig.regression_function(X)[0].double(), f_sig, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(soft.regression_function(X)[0].double(), f_soft, rtol=1e-12, atol=1e-12)
+        assert get_setting(sig.name) == sig and get_setting(soft.name) == soft
+    with pytest.raises(ValueError, match="unknown regime"):
+        sigmoid_gating_natural("r3", "gelu")

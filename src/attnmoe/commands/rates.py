@@ -60,7 +60,7 @@ def rates(
         str, typer.Option(
             "--preset",
             help="quick (all core settings), paper, identifiability, the gating presets "
-            "(sigmoid-gating, cosine-router, sigmoid-attention) or a family preset (hmoe, "
+            "(sigmoid-gating, sigmoid-gating-natural, cosine-router, sigmoid-attention) or a family preset (hmoe, "
             "topk-gaussian, contaminated, temperature-gate, multinomial-logistic); an unknown "
             "name lists them all.",
         )

@@ -13,6 +13,17 @@ the softmax fit k = 3 atoms for k* = 2: both over-specified by one atom, which s
 gated expert. The two regimes of the paper: ``r1``, the over-fitted atom's gating slope b* != 0;
 ``r2``, b* = 0 (a constant gate). Names: ``sgate-<regime>-<expert>-<sig|soft>``.
 
+Each gate on its own natural truth (:func:`sigmoid_gating_natural`): k* = 2 experts that are
+both non-zero, fitted with k = 3 (the extra atom copies true atom 1, the over-fitted one):
+
+    sigmoid:  f*(x) = sum_{i=0,1} sigmoid(b_i*^T x + c_i*) h(x; a_i*, alpha_i*)
+    softmax:  f*(x) = sum_{i=0,1} softmax_i(0, b_1*^T x + c_1*) h(x; a_i*, alpha_i*)
+
+with the same experts and the same gating (b_1*, c_1*) of the over-fitted atom; atom 0 has its
+own gating (b_0*, c_0*) under sigmoid and the reference gating 0 under softmax. The two f* differ,
+so the data differ too (same X and noise draws): this is the paper's comparison, the one the
+reviewer's caveat is about. Names: ``sgate-nat-<regime>-<expert>-<sig|soft>``.
+
 Cosine vs perturbed cosine router (arXiv 2405.14131), softmax: one truth's parameters
 (k* = 2, d = 2, expert 0 the reference, fitted with k = 3) read through each router (each on
 its own truth, since the two routers give different f for the same parameters), GELU
@@ -36,7 +47,9 @@ __all__ = [
     "COSINE_ROUTER_SETTINGS",
     "GATING_SETTINGS",
     "SIGMOID_ATTENTION_SETTINGS",
+    "SIGMOID_GATING_NATURAL_SETTINGS",
     "SIGMOID_GATING_SETTINGS",
+    "sigmoid_gating_natural",
     "sigmoid_gating_pair",
 ]
 
@@ -74,6 +87,38 @@ SIGMOID_GATING_SETTINGS: Mapping[str, Setting] = MappingProxyType(
      for s in sigmoid_gating_pair(regime, expert)}
 )
 
+#: atom 0 of the natural truths: its own gating under sigmoid (reference 0 under softmax), its expert
+_NATURAL0 = {"b": np.array([-0.6, 0.5]), "c": 0.1, "a": np.array([-0.4, 0.9]), "alpha": -0.3}
+
+
+def sigmoid_gating_natural(regime: str, expert: str) -> tuple[Setting, Setting]:
+    """Sigmoid and softmax gating, each on its own natural k* = 2 truth (module docstring).
+
+    Args:
+        regime: ``"r1"`` (the over-fitted atom's slope b_1* != 0) or ``"r2"`` (b_1* = 0).
+        expert: any expert of the registry (both experts are non-zero here).
+    """
+    if regime not in ("r1", "r2"):
+        raise ValueError(f"unknown regime {regime!r}; valid: r1, r2")
+    b1 = _GATED["b"] * (1.0 if regime == "r1" else 0.0)
+    experts = {"a": np.stack([_NATURAL0["a"], _GATED["a"]]),
+               "alpha": np.array([_NATURAL0["alpha"], _GATED["alpha"]])}
+    sig = make_setting(
+        "linear", expert, 2, 3, 2, normalization="sigmoid", name=f"sgate-nat-{regime}-{expert}-sig",
+        params={"b": np.stack([_NATURAL0["b"], b1]), "c": np.array([_NATURAL0["c"], _GATED["c"]]), **experts},
+    )
+    soft = make_setting(
+        "linear", expert, 2, 3, 2, name=f"sgate-nat-{regime}-{expert}-soft",
+        params={"b": np.stack([np.zeros(2), b1]), "c": np.array([0.0, _GATED["c"]]), **experts},
+    )
+    return sig, soft
+
+
+SIGMOID_GATING_NATURAL_SETTINGS: Mapping[str, Setting] = MappingProxyType(
+    {s.name: s for regime in ("r1", "r2") for expert in ("linear", "gelu")
+     for s in sigmoid_gating_natural(regime, expert)}
+)
+
 #: the cosine-router truth's parameters (k* = 2, d = 2; expert 0 the softmax reference)
 _COSINE = {"b": np.array([[0.0, 0.0], [1.0, -0.5]]), "c": np.array([0.0, 0.2]),
            "a": np.array([[0.6, -0.3], [-0.5, 0.8]]), "alpha": np.array([0.4, -0.6])}
@@ -101,5 +146,6 @@ SIGMOID_ATTENTION_SETTINGS: Mapping[str, Setting] = MappingProxyType(_sigmoid_at
 
 #: every named truth of the gating family
 GATING_SETTINGS: Mapping[str, Setting] = MappingProxyType(
-    {**SIGMOID_GATING_SETTINGS, **COSINE_ROUTER_SETTINGS, **SIGMOID_ATTENTION_SETTINGS}
+    {**SIGMOID_GATING_SETTINGS, **SIGMOID_GATING_NATURAL_SETTINGS, **COSINE_ROUTER_SETTINGS,
+     **SIGMOID_ATTENTION_SETTINGS}
 )

@@ -20,6 +20,7 @@ import numpy as np
 from attnmoe.estimation.gating_truths import (
     COSINE_ROUTER_SETTINGS,
     SIGMOID_ATTENTION_SETTINGS,
+    SIGMOID_GATING_NATURAL_SETTINGS,
     SIGMOID_GATING_SETTINGS,
 )
 from attnmoe.estimation.options import FitOptions
@@ -131,6 +132,8 @@ PRESETS: dict[str, Preset] = {
     # != 0) and r2 (slope = 0), linear and GELU experts (estimation/gating_truths.py,
     # docs/gating.md). Quick: wall time measured in docs/gating.md.
     "sigmoid-gating": _gating_preset(SIGMOID_GATING_SETTINGS, max_iter=1000),
+    # The same contrast with each gate on its own natural k* = 2 truth (the paper's comparison).
+    "sigmoid-gating-natural": _gating_preset(SIGMOID_GATING_NATURAL_SETTINGS, max_iter=1000),
     # Cosine vs perturbed-cosine router, softmax (arXiv 2405.14131; the autograd objective).
     "cosine-router": _gating_preset(COSINE_ROUTER_SETTINGS, max_iter=500),
     # Sigmoid vs softmax weights on the quadratic polynomial gate (arXiv 2502.00281).
