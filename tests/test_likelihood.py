@@ -359,3 +359,64 @@ def test_fits_are_bitwise_the_same_at_every_batch_position(name: str) -> None:
     for r in range(5):
         alone = fit_likelihood(s.fit_model, X[r : r + 1], y[r : r + 1], x0[r : r + 1], max_iter=8)
         assert torch.equal(batch.flat[r : r + 1], alone.flat), f"replicate {r}"
+
+
+@pytest.mark.parametrize("gate,top_k", [("softmax", None), ("softmax", 2), ("softmax", 1),
+                                        ("temperature", None), ("temperature", 2),
+                                        ("activation", 2)])
+def test_likelihood_gates_are_the_shared_registry_bitwise(gate, top_k) -> None:
+    """GaussianMoE's gate (log-density path, layout (k, n), and ``weights``, layout (R, n, k)) is
+    exactly the registry's score transform followed by the shared top-K sparse softmax."""
+    from attnmoe.estimation.likelihood.families import _linear
+    from attnmoe.moe import make_linear_score, topk_log_weights, topk_softmax
+
+    gen = torch.Generator().manual_seed(6)
+    model = GaussianMoE(3, 2, top_k=top_k, gate=gate)
+    R, n = 2, 31
+    flat = torch.randn(R, model.n_params, generator=gen)
+    X = torch.randn(R, n, 2, generator=gen)
+    nat = model.natural(flat)
+    score = make_linear_score(gate)
+    tau = nat.get("tau")
+    # weights(): (R, n, k), expert axis -1
+    lin = torch.einsum("rkd,rnd->rnk", nat["beta1"], X)
+    u = score(lin, None if tau is None else tau.view(-1, 1, 1)) + nat["beta0"].unsqueeze(1)
+    assert torch.equal(model.weights(nat, X), topk_softmax(u, top_k, dim=-1))
+    # log-density path: (k, n) per replicate, expert axis 0
+    free = model.unpack(flat)
+    for r in range(R):
+        fr = {k: v[r] for k, v in free.items()}
+        xT = X[r].T
+        beta1 = torch.cat([fr["beta1"], fr["beta1"].new_zeros(1, 2)], 0)
+        beta0 = torch.cat([fr["beta0"], fr["beta0"].new_zeros(1)], 0)
+        tau_r = torch.exp(fr["logtau"]) if gate != "softmax" else None
+        u_r = score(_linear(beta1, xT), tau_r) + beta0.unsqueeze(-1)
+        assert torch.equal(model._gate(fr, xT), u_r)
+        logw, mask = topk_log_weights(u_r, top_k, dim=0)
+        # the two layouts agree on the weights (different reductions: to rounding)
+        w = torch.exp(logw) if mask is None else torch.where(mask, torch.exp(logw), 0.0)
+        assert torch.allclose(w.T, model.weights(nat, X)[r], rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("input_map", ["identity", "tanh"])
+def test_multinomial_gate_is_the_shared_input_map_bitwise(input_map) -> None:
+    from attnmoe.estimation.likelihood.families import _linear
+    from attnmoe.moe import make_input_map
+
+    gen = torch.Generator().manual_seed(7)
+    model = MultinomialLogisticMoE(3, 2, 3, input_map)
+    free = model.unpack(torch.randn(model.n_params, generator=gen))
+    xT = torch.randn(2, 13, generator=gen)
+    beta1 = torch.cat([free["beta1"], free["beta1"].new_zeros(1, 2)], 0)
+    beta0 = torch.cat([free["beta0"], free["beta0"].new_zeros(1)], 0)
+    u, _ = model._logits(free, xT)
+    assert torch.equal(u, _linear(beta1, make_input_map(input_map)(xT)) + beta0.unsqueeze(-1))
+
+
+def test_unknown_likelihood_gate_names_are_refused_with_one_line() -> None:
+    with pytest.raises(ValueError, match="unknown gate score 'cosine'") as err:
+        GaussianMoE(2, 1, gate="cosine")
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="unknown input map 'relu'") as err:
+        MultinomialLogisticMoE(2, 1, 2, "relu")
+    assert "\n" not in str(err.value)

@@ -1,13 +1,27 @@
-"""attnmoe.moe: gates, experts and the mixture against naive per-sample reference loops."""
+"""attnmoe.moe: gates, experts and the mixture against naive per-sample reference loops; the
+shared top-K sparse softmax, score transforms and input maps."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from attnmoe.moe import MixtureOfExperts, ParameterLayout, make_expert, make_gate, mixture_forward
+from attnmoe.moe import (
+    INPUT_MAPS,
+    LINEAR_SCORES,
+    MixtureOfExperts,
+    ParameterLayout,
+    make_expert,
+    make_gate,
+    make_input_map,
+    make_linear_score,
+    mixture_forward,
+    topk_log_weights,
+    topk_softmax,
+)
 
 R, N, K, D = 2, 5, 3, 2
 
@@ -106,3 +120,69 @@ def test_layout_roundtrip_and_invariance(gate: str) -> None:
         assert unpacked[key][:, 0].abs().max() == 0
     if "A" in unpacked:
         torch.testing.assert_close(unpacked["A"], unpacked["A"].transpose(-1, -2))
+
+
+def _topk_by_hand(u: np.ndarray, K: int) -> np.ndarray:
+    """TopK(u) of one logit vector by sorting: exp(u_i) 1[i in top_K] / sum_{top_K} exp(u_l)."""
+    keep = np.argsort(-u)[:K]
+    w = np.zeros_like(u)
+    e = np.exp(u[keep] - u[keep].max())
+    w[keep] = e / e.sum()
+    return w
+
+
+@pytest.mark.parametrize("layout", ["likelihood (k, n), dim 0", "mixture (R, n, k), dim -1"])
+@pytest.mark.parametrize("top_k", [1, 2, 3, 4, None])
+def test_topk_sparse_softmax_matches_a_numpy_loop(layout: str, top_k: int | None) -> None:
+    gen = torch.Generator().manual_seed(11)
+    k = 4
+    if layout.startswith("likelihood"):
+        u, dim = 3 * torch.randn(k, 17, generator=gen, dtype=torch.float64), 0
+        columns = [(slice(None), j) for j in range(17)]
+    else:
+        u, dim = 3 * torch.randn(2, 9, k, generator=gen, dtype=torch.float64), -1
+        columns = [(r, j, slice(None)) for r in range(2) for j in range(9)]
+    logw, mask = topk_log_weights(u, top_k, dim=dim)
+    w = topk_softmax(u, top_k, dim=dim)
+    assert logw.shape == u.shape and w.shape == u.shape and torch.isfinite(logw).all()
+    assert (mask is None) == (top_k in (None, k))
+    K = k if top_k is None else top_k
+    un = u.numpy()
+    for col in columns:
+        v = un[col]
+        assert len(np.unique(v)) == k  # no ties
+        ref = _topk_by_hand(v, K)
+        kept = np.zeros(k, dtype=bool) if mask is not None else np.ones(k, dtype=bool)
+        if mask is not None:
+            kept[np.argsort(-v)[:K]] = True
+            assert np.array_equal(mask[col].numpy(), kept)
+        assert np.allclose(np.where(kept, np.exp(logw[col].numpy()), 0.0), ref, rtol=1e-12, atol=0)
+        assert np.allclose(w[col].numpy(), ref, rtol=1e-12, atol=0)
+
+
+def test_topk_and_gate_registries_refuse_bad_input_with_one_line() -> None:
+    u = torch.zeros(3, 5, dtype=torch.float64)
+    for K in (0, 4, -1, True, 1.5):
+        for fn in (topk_log_weights, topk_softmax):
+            with pytest.raises(ValueError, match=r"1 <= K <= k") as err:
+                fn(u, K, dim=0)
+            assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match=r"unknown gate score 'cosine'.*'temperature'") as err:
+        make_linear_score("cosine")
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match=r"unknown input map 'relu'.*'tanh'") as err:
+        make_input_map("relu")
+    assert "\n" not in str(err.value)
+
+
+def test_linear_scores_and_input_maps_are_their_formulas() -> None:
+    gen = torch.Generator().manual_seed(12)
+    lin = torch.randn(3, 7, generator=gen, dtype=torch.float64)
+    tau = torch.tensor(0.7, dtype=torch.float64)
+    assert sorted(LINEAR_SCORES) == ["activation", "softmax", "temperature"]
+    assert sorted(INPUT_MAPS) == ["identity", "tanh"]
+    assert torch.equal(make_linear_score("softmax")(lin, None), lin)
+    assert torch.equal(make_linear_score("temperature")(lin, tau), lin / tau)
+    assert torch.equal(make_linear_score("activation")(lin, tau), torch.tanh(lin) / tau)
+    assert torch.equal(make_input_map("identity")(lin), lin)
+    assert torch.equal(make_input_map("tanh")(lin), torch.tanh(lin))

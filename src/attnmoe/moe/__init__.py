@@ -3,6 +3,8 @@
 from attnmoe.moe.experts import EXPERTS, Expert, make_expert
 from attnmoe.moe.gates import (
     GATES,
+    INPUT_MAPS,
+    LINEAR_SCORES,
     CosineGate,
     Gate,
     LinearGate,
@@ -10,13 +12,24 @@ from attnmoe.moe.gates import (
     PerturbedCosineGate,
     PolynomialGate,
     make_gate,
+    make_input_map,
+    make_linear_score,
 )
 from attnmoe.moe.hierarchical import HierarchicalLayout, HierarchicalSpec, hierarchical_forward
-from attnmoe.moe.mixture import NORMALIZATIONS, MixtureOfExperts, ParameterLayout, mixture_forward
+from attnmoe.moe.mixture import (
+    NORMALIZATIONS,
+    MixtureOfExperts,
+    ParameterLayout,
+    mixture_forward,
+    topk_log_weights,
+    topk_softmax,
+)
 
 __all__ = [
     "EXPERTS",
     "GATES",
+    "INPUT_MAPS",
+    "LINEAR_SCORES",
     "CosineGate",
     "HierarchicalLayout",
     "HierarchicalSpec",
@@ -32,5 +45,9 @@ __all__ = [
     "make_expert",
     "hierarchical_forward",
     "make_gate",
+    "make_input_map",
+    "make_linear_score",
     "mixture_forward",
+    "topk_log_weights",
+    "topk_softmax",
 ]

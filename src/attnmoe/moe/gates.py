@@ -26,11 +26,26 @@ logits are not linear in the gating parameters, so these gates have no closed-fo
 
 ``A_i`` is accepted as any ``(d, d)`` matrix; only its symmetric part enters ``x^T A_i x``
 (the estimation layer parametrises it as symmetric, see :mod:`attnmoe.moe.mixture`).
+
+Score transforms and input maps of the likelihood mixtures (:mod:`attnmoe.estimation.likelihood`;
+not :class:`Gate` classes: they act on the linear part lin_i = beta1_i^T x of one expert, and the
+caller adds beta0_i), registered in :data:`LINEAR_SCORES` / :func:`make_linear_score`:
+
+* ``"softmax"``      u_i = lin_i + beta0_i                       (standard softmax gate)
+* ``"temperature"``  u_i = lin_i / tau + beta0_i                 (arXiv 2401.13875)
+* ``"activation"``   u_i = tanh(lin_i) / tau + beta0_i           (arXiv 2401.13875)
+
+(the placement of tau and of the activation is our choice, docs/likelihood.md), and in
+:data:`INPUT_MAPS` / :func:`make_input_map` the fixed input map M of the modified softmax gate
+softmax(beta1^T M(x) + beta0) (arXiv 2310.14188): ``"identity"`` (the standard gate) and
+``"tanh"`` (bounded and injective; our choice of M). The top-K sparse softmax that normalises
+these scores is :func:`attnmoe.moe.mixture.topk_log_weights`.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import ClassVar
 
 import torch
@@ -38,6 +53,8 @@ from torch import Tensor
 
 __all__ = [
     "GATES",
+    "INPUT_MAPS",
+    "LINEAR_SCORES",
     "PERTURBED_COSINE_TAU",
     "CosineGate",
     "Gate",
@@ -46,6 +63,8 @@ __all__ = [
     "PerturbedCosineGate",
     "PolynomialGate",
     "make_gate",
+    "make_input_map",
+    "make_linear_score",
 ]
 
 #: tau1 = tau2 of the perturbed cosine router (module docstring)
@@ -204,3 +223,55 @@ def make_gate(name: str, dim: int) -> Gate:
     if name not in GATES:
         raise ValueError(f"unknown gate {name!r}; valid gates: {sorted(GATES)}")
     return GATES[name](dim)
+
+
+#: a score transform ``(lin, tau) -> score`` of the linear part (tau None where unused)
+LinearScore = Callable[[Tensor, Tensor | None], Tensor]
+#: an input map ``x -> M(x)`` (element-wise)
+InputMap = Callable[[Tensor], Tensor]
+
+
+def softmax_score(lin: Tensor, tau: Tensor | None = None) -> Tensor:
+    """Standard softmax gate score: lin (tau unused)."""
+    return lin
+
+
+def temperature_score(lin: Tensor, tau: Tensor | None) -> Tensor:
+    """Temperature gate score lin / tau (arXiv 2401.13875; tau > 0, broadcast against lin)."""
+    return lin / tau
+
+
+def activation_score(lin: Tensor, tau: Tensor | None) -> Tensor:
+    """Activation gate score tanh(lin) / tau (arXiv 2401.13875; our placement of tanh and tau)."""
+    return torch.tanh(lin) / tau
+
+
+#: score transforms of the linear part lin = beta1^T x, by gate name (module docstring)
+LINEAR_SCORES: dict[str, LinearScore] = {
+    "softmax": softmax_score,
+    "temperature": temperature_score,
+    "activation": activation_score,
+}
+
+
+def make_linear_score(name: str) -> LinearScore:
+    """The score transform of gate ``name``: "softmax", "temperature" or "activation"."""
+    if name not in LINEAR_SCORES:
+        raise ValueError(f"unknown gate score {name!r}; valid gate scores: {list(LINEAR_SCORES)}")
+    return LINEAR_SCORES[name]
+
+
+def identity_map(x: Tensor) -> Tensor:
+    """M(x) = x: the standard softmax gate."""
+    return x
+
+
+#: input maps M of the modified softmax gate softmax(beta1^T M(x) + beta0) (arXiv 2310.14188)
+INPUT_MAPS: dict[str, InputMap] = {"identity": identity_map, "tanh": torch.tanh}
+
+
+def make_input_map(name: str) -> InputMap:
+    """The input map ``name``: ``"identity"`` (standard gate) or ``"tanh"`` (modified gate)."""
+    if name not in INPUT_MAPS:
+        raise ValueError(f"unknown input map {name!r}; valid input maps: {list(INPUT_MAPS)}")
+    return INPUT_MAPS[name]

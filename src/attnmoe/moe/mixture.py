@@ -18,6 +18,14 @@ Two views of the parameters:
   triangle (only the symmetric part of ``A_i`` enters ``x^T A_i x``). Packing a natural dict
   applies exactly that translation and symmetrisation, so it never changes the function
   (for softmax weights).
+
+The top-K sparse softmax (arXiv 2309.13850)
+
+    TopK_i(u) = exp(u_i) 1[i in top_K(u)] / sum_{l in top_K(u)} exp(u_l)
+
+is :func:`topk_log_weights` (log weights and the top-K mask, along a given expert axis) and
+:func:`topk_softmax` (the weights); the likelihood mixtures (:mod:`attnmoe.estimation.likelihood`)
+use them. :func:`mixture_forward` does not offer it as a normalisation (yet).
 """
 
 from __future__ import annotations
@@ -28,7 +36,14 @@ from torch import Tensor, nn
 from attnmoe.moe.experts import Expert, make_expert
 from attnmoe.moe.gates import Gate, make_gate
 
-__all__ = ["NORMALIZATIONS", "MixtureOfExperts", "ParameterLayout", "mixture_forward"]
+__all__ = [
+    "NORMALIZATIONS",
+    "MixtureOfExperts",
+    "ParameterLayout",
+    "mixture_forward",
+    "topk_log_weights",
+    "topk_softmax",
+]
 
 NORMALIZATIONS = ("softmax", "sigmoid")
 
@@ -36,6 +51,57 @@ NORMALIZATIONS = ("softmax", "sigmoid")
 def _check_normalization(normalization: str) -> None:
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"unknown normalization {normalization!r}; valid: {list(NORMALIZATIONS)}")
+
+
+def _topk_mask(u: Tensor, top_k: int | None, dim: int) -> Tensor | None:
+    """Boolean top-K mask of ``u`` along ``dim``, or None when the gate is dense (None or K = k).
+
+    Raises:
+        ValueError: ``top_k`` not an int with 1 <= K <= k (k = ``u.shape[dim]``).
+    """
+    k = u.shape[dim]
+    if top_k is None:
+        return None
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= k:
+        raise ValueError(f"top-K needs an int 1 <= K <= k, got K={top_k!r} with k={k} experts")
+    if top_k == k:
+        return None
+    idx = torch.topk(u, top_k, dim=dim).indices
+    return torch.zeros_like(u, dtype=torch.bool).scatter(dim, idx, True)
+
+
+def topk_log_weights(u: Tensor, top_k: int | None, dim: int = -1) -> tuple[Tensor, Tensor | None]:
+    """Log top-K sparse softmax weights of logits ``u`` along the expert axis ``dim``, and the mask.
+
+    log TopK_i(u) = u_i - log sum_{l in top_K(u)} exp(u_l) for i in top_K(u) (module docstring).
+    Outside the top-K set the returned log weight is finite (the same formula) and the mask
+    (True on the top-K set) removes the expert. With ``top_k`` None or K = k the gate is the dense
+    softmax and the mask is None. The mask is a function of the logits' order only: derivatives
+    are those of the current piece of a piecewise-smooth function (docs/likelihood.md).
+
+    Args:
+        u: logits, e.g. ``(k, n)`` with ``dim=0`` (likelihood) or ``(R, n, k)`` with ``dim=-1``.
+        top_k: K, an int with 1 <= K <= k, or None (dense).
+        dim: the expert axis.
+
+    Returns:
+        ``(log_weights, mask)``, both of ``u``'s shape (mask boolean, or None when dense).
+
+    Raises:
+        ValueError: K out of range.
+    """
+    mask = _topk_mask(u, top_k, dim)
+    if mask is None:
+        return u - torch.logsumexp(u, dim, keepdim=True), None
+    lse = torch.logsumexp(torch.where(mask, u, -torch.inf), dim, keepdim=True)
+    return u - lse, mask
+
+
+def topk_softmax(u: Tensor, top_k: int | None, dim: int = -1) -> Tensor:
+    """Top-K sparse softmax weights TopK(u) along ``dim`` (zero outside the top-K set; dense
+    softmax for ``top_k`` None or K = k); arguments as :func:`topk_log_weights`."""
+    mask = _topk_mask(u, top_k, dim)
+    return torch.softmax(u if mask is None else torch.where(mask, u, -torch.inf), dim)
 
 
 def mixture_forward(

@@ -1,6 +1,8 @@
 """Likelihood mixtures of experts (issue 12): families, batched NLL + MLE fit, losses, studies.
 
-* :mod:`.families` -- Gaussian / Laplace MoE over softmax and top-K softmax gates, contaminated MoE;
+* :mod:`.families` -- Gaussian / Laplace MoE over softmax and top-K softmax gates, contaminated MoE
+  (gate functions shared with the least-squares side: :mod:`attnmoe.moe.gates`,
+  :func:`attnmoe.moe.mixture.topk_log_weights`);
 * :mod:`.objective` -- mean NLL with autograd gradient / Hessian vmapped over replicates, MLE fit
   by the trust-region solver;
 * :mod:`.voronoi` -- top-K Voronoi loss with an exponent table, Hellinger density error,

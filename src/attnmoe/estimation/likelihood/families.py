@@ -9,8 +9,8 @@ Every family is a :class:`LikelihoodModel`: a list of free-parameter blocks, a f
       p(y | x) = sum_i w_i(x) N(y | a_i^T x + b_i, nu_i),   nu_i = exp(lognu_i) (variance)
   with Laplace experts ``expert="laplace"``: density exp(-|y - m| / s) / (2 s), s = sqrt(nu / 2)
   (nu is the variance in both families -- our choice, docs/likelihood.md).
-* gates (:func:`gate_log_weights`): u_i = beta1_i^T x + beta0_i (last expert pinned at 0: the
-  softmax is translation invariant); softmax w = softmax(u); top-K sparse softmax (2309.13850)
+* gates: u_i = beta1_i^T x + beta0_i (last expert pinned at 0: the softmax is translation
+  invariant); softmax w = softmax(u); top-K sparse softmax (2309.13850)
       TopK_i(u) = exp(u_i) 1[i in top_K(u)] / sum_{l in top_K(u)} exp(u_l);
   temperature gate (2401.13875) u_i = beta1_i^T x / tau + beta0_i and activation gate
   u_i = tanh(beta1_i^T x) / tau + beta0_i, tau = exp(logtau) (our placement of tau and of the
@@ -19,8 +19,10 @@ Every family is a :class:`LikelihoodModel`: a list of free-parameter blocks, a f
       p(y | x) = (1 - w(x)) f0(y | tanh(eta0^T x), nu0) + w(x) N(y | tanh(eta^T x), nu),
       w(x) = sigmoid(beta^T x + tau)   (softmax over the logits (0, beta^T x + tau)).
 
-The gates live here until the gate registry of :mod:`attnmoe.moe.gates` grows top-K (they are
-plain functions of ``(params, xT)`` so moving them is a cut-and-paste; docs/likelihood.md).
+The gates are defined once, in the shared MoE modules: the score transforms (softmax, temperature,
+activation) and the input maps of the modified gate are :data:`attnmoe.moe.gates.LINEAR_SCORES` /
+:data:`attnmoe.moe.gates.INPUT_MAPS`, the top-K sparse softmax is
+:func:`attnmoe.moe.mixture.topk_log_weights` / :func:`attnmoe.moe.mixture.topk_softmax`.
 """
 
 from __future__ import annotations
@@ -31,12 +33,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from attnmoe.moe.gates import make_input_map, make_linear_score
+from attnmoe.moe.mixture import topk_log_weights, topk_softmax
+
 __all__ = [
     "EXPERT_DENSITIES",
     "ContaminatedMoE",
     "GaussianMoE",
     "LikelihoodModel",
-    "gate_log_weights",
     "log_gaussian",
     "log_laplace",
 ]
@@ -56,29 +60,6 @@ def log_laplace(y: Tensor, mean: Tensor, lognu: Tensor) -> Tensor:
 
 
 EXPERT_DENSITIES = {"gaussian": log_gaussian, "laplace": log_laplace}
-
-
-def gate_log_weights(u: Tensor, top_k: int | None) -> tuple[Tensor, Tensor | None]:
-    """Log gate weights ``(k, n)`` of logits ``u`` ``(k, n)`` and the top-K mask (None: dense).
-
-    Outside the top-K set the log weight is finite (the softmax over the kept logits) but the
-    mask removes the expert; the mask is a function of the logits' order only, so derivatives
-    are those of the current piece of a piecewise-smooth function (docs/likelihood.md).
-    """
-    if top_k is None or top_k >= u.shape[0]:
-        return u - torch.logsumexp(u, 0, keepdim=True), None
-    idx = torch.topk(u, top_k, dim=0).indices  # (K, n)
-    mask = torch.zeros_like(u, dtype=torch.bool).scatter(0, idx, True)  # (k, n)
-    lse = torch.logsumexp(torch.where(mask, u, -torch.inf), 0, keepdim=True)  # (1, n)
-    return u - lse, mask
-
-
-#: gate scores from the linear part beta1^T x ``(..)`` and the temperature tau (module docstring)
-GATE_SCORES = {
-    "softmax": lambda lin, tau: lin,
-    "temperature": lambda lin, tau: lin / tau,
-    "activation": lambda lin, tau: torch.tanh(lin) / tau,
-}
 
 
 @dataclass(frozen=True)
@@ -169,8 +150,7 @@ class GaussianMoE(LikelihoodModel):
             raise ValueError(f"top-K needs 1 <= K <= k, got K={self.top_k} with k={self.k} experts")
         if self.expert not in EXPERT_DENSITIES:
             raise ValueError(f"unknown expert density {self.expert!r}; valid: {list(EXPERT_DENSITIES)}")
-        if self.gate not in GATE_SCORES:
-            raise ValueError(f"unknown gate {self.gate!r}; valid: {list(GATE_SCORES)}")
+        make_linear_score(self.gate)  # refuses an unknown gate with one line
 
     @property
     def blocks(self) -> tuple[tuple[str, tuple[int, ...]], ...]:
@@ -182,10 +162,10 @@ class GaussianMoE(LikelihoodModel):
         beta1 = torch.cat([free["beta1"], free["beta1"].new_zeros(1, self.dim)], 0)  # (k, d)
         beta0 = torch.cat([free["beta0"], free["beta0"].new_zeros(1)], 0)  # (k,)
         tau = torch.exp(free["logtau"]) if self.gate != "softmax" else None
-        return GATE_SCORES[self.gate](_linear(beta1, xT), tau) + beta0.unsqueeze(-1)  # (k, n)
+        return make_linear_score(self.gate)(_linear(beta1, xT), tau) + beta0.unsqueeze(-1)  # (k, n)
 
     def log_density(self, free: dict[str, Tensor], xT: Tensor, y: Tensor) -> Tensor:
-        logw, mask = gate_log_weights(self._gate(free, xT), self.top_k)  # (k, n)
+        logw, mask = topk_log_weights(self._gate(free, xT), self.top_k, dim=0)  # (k, n)
         mean = _linear(free["a"], xT) + free["b"].unsqueeze(-1)  # (k, n)
         joint = logw + EXPERT_DENSITIES[self.expert](y.unsqueeze(0), mean, free["lognu"].unsqueeze(-1))
         if mask is not None:
@@ -196,12 +176,8 @@ class GaussianMoE(LikelihoodModel):
         """Gate weights ``(R, n, k)`` of natural parameters with leading R at ``X`` ``(R, n, d)``."""
         lin = torch.einsum("rkd,rnd->rnk", natural["beta1"], X)
         tau = natural["tau"].view(-1, 1, 1) if self.gate != "softmax" else None
-        u = GATE_SCORES[self.gate](lin, tau) + natural["beta0"].unsqueeze(1)
-        if self.top_k is None or self.top_k >= self.k:
-            return torch.softmax(u, -1)
-        idx = torch.topk(u, self.top_k, dim=-1).indices
-        mask = torch.zeros_like(u, dtype=torch.bool).scatter(-1, idx, True)
-        return torch.softmax(torch.where(mask, u, -torch.inf), -1)
+        u = make_linear_score(self.gate)(lin, tau) + natural["beta0"].unsqueeze(1)  # (R, n, k)
+        return topk_softmax(u, self.top_k, dim=-1)
 
     def means(self, natural: dict[str, Tensor], X: Tensor) -> Tensor:
         """Expert means ``(R, n, k)``."""
@@ -320,10 +296,6 @@ class ContaminatedMoE(LikelihoodModel):
         return torch.where(prompt, m1 + e1, m0 + e0)
 
 
-#: fixed, bounded, injective input maps M of the modified softmax gate (arXiv 2310.14188)
-INPUT_MAPS = {"identity": lambda x: x, "tanh": torch.tanh}
-
-
 @dataclass(frozen=True)
 class MultinomialLogisticMoE(LikelihoodModel):
     """Softmax-gated multinomial logistic MoE (arXiv 2310.14188), labels y in {0, ..., S-1}:
@@ -348,8 +320,7 @@ class MultinomialLogisticMoE(LikelihoodModel):
             raise ValueError(f"k and dim must be >= 1, got k={self.k}, dim={self.dim}")
         if self.n_classes < 2:
             raise ValueError(f"a multinomial logistic MoE needs at least 2 classes, got {self.n_classes}")
-        if self.input_map not in INPUT_MAPS:
-            raise ValueError(f"unknown input map {self.input_map!r}; valid: {list(INPUT_MAPS)}")
+        make_input_map(self.input_map)  # refuses an unknown map with one line
 
     @property
     def blocks(self) -> tuple[tuple[str, tuple[int, ...]], ...]:
@@ -366,14 +337,14 @@ class MultinomialLogisticMoE(LikelihoodModel):
         """Gate logits ``(k, n)`` and expert class logits ``(k, S, n)`` (class 0 pinned)."""
         beta1 = torch.cat([free["beta1"], free["beta1"].new_zeros(1, self.dim)], 0)
         beta0 = torch.cat([free["beta0"], free["beta0"].new_zeros(1)], 0)
-        u = _linear(beta1, INPUT_MAPS[self.input_map](xT)) + beta0.unsqueeze(-1)  # (k, n)
+        u = _linear(beta1, make_input_map(self.input_map)(xT)) + beta0.unsqueeze(-1)  # (k, n)
         z = (free["a"].unsqueeze(-1) * xT.view(1, 1, *xT.shape)).sum(2) + free["b"].unsqueeze(-1)  # (k, S-1, n)
         z = torch.cat([z.new_zeros(self.k, 1, z.shape[-1]), z], 1)  # (k, S, n)
         return u, z
 
     def log_density(self, free: dict[str, Tensor], xT: Tensor, y: Tensor) -> Tensor:
         u, z = self._logits(free, xT)
-        logw = u - torch.logsumexp(u, 0, keepdim=True)
+        logw, _ = topk_log_weights(u, None, dim=0)  # dense softmax gate (k, n)
         logf = z - torch.logsumexp(z, 1, keepdim=True)  # (k, S, n)
         onehot = y.unsqueeze(0) == torch.arange(self.n_classes, dtype=y.dtype).unsqueeze(-1)  # (S, n)
         logf_y = torch.where(onehot.unsqueeze(0), logf, 0.0).sum(1)  # (k, n)
@@ -383,7 +354,7 @@ class MultinomialLogisticMoE(LikelihoodModel):
         """P(Y = s | x) ``(R, n, S)`` for free parameters ``(R, P)`` and inputs ``(R, n, d)``."""
         free = self.unpack(flat)
         u, z = vmap_logits(self, free, X.transpose(1, 2))
-        w = torch.softmax(u, 1)  # (R, k, n)
+        w = topk_softmax(u, None, dim=1)  # dense softmax gate (R, k, n)
         return (w.unsqueeze(2) * torch.softmax(z, 2)).sum(1).transpose(1, 2)
 
     def natural(self, flat: Tensor) -> dict[str, Tensor]:
