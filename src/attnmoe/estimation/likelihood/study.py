@@ -83,7 +83,7 @@ STUDY_FILE, RECORDS_FILE, SUMMARY_JSON, SUMMARY_MD = "study.json", "records.json
 
 
 def _config(preset: LikPreset) -> dict[str, Any]:
-    return {"preset": preset.name, "settings": list(preset.settings), "fit": FIT_OPTIONS, "version": 1}
+    return {"preset": preset.name, "settings": list(preset.settings), "fit": FIT_OPTIONS, "version": 2}
 
 
 def _check_args(preset: LikPreset, args: FamilyArgs) -> tuple[tuple[int, ...], int]:
