@@ -196,6 +196,17 @@ def test_resume_with_other_fit_options_refused(tmp_path: Path) -> None:
         _run(tmp_path / "o", CountingFit(), options=FitOptions(max_iter=6))
 
 
+def test_resume_of_another_code_version_refused(tmp_path: Path) -> None:
+    _run(tmp_path / "o", CountingFit(), options=FitOptions(max_iter=5))
+    config = json.loads((tmp_path / "o" / "study.json").read_text())
+    del config["version"]  # as written before versions were compared: version 1
+    (tmp_path / "o" / "study.json").write_text(json.dumps(config))
+    fit = CountingFit()
+    with pytest.raises(ValueError, match="fitting-code version 1, this is version 2"):
+        _run(tmp_path / "o", fit, options=FitOptions(max_iter=5))
+    assert fit.fits == 0
+
+
 def _power_law_records(slope: float, sigma: float, reps: int, seed: int) -> list[dict]:
     rng = np.random.default_rng(seed)
     recs = []

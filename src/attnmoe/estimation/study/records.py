@@ -191,8 +191,14 @@ def atomic_write(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+#: version of the fitting code behind a record; 2: autograd-gate (cosine router) Hessians by
+#: :func:`~attnmoe.estimation.derivatives.batched_hessian` (version 1: vmapped torch.func, equal
+#: to 2e-15, so those records differ from version 1's at rounding level; closed-form gates unchanged)
+STUDY_VERSION = 2
+
+
 def _study_config(options: FitOptions) -> dict[str, Any]:
-    return {"fit": options.to_dict(), "version": 1}
+    return {"fit": options.to_dict(), "version": STUDY_VERSION}
 
 
 def read_config(out: Path) -> dict[str, Any] | None:
@@ -231,6 +237,11 @@ def check_or_write_config(out: Path, options: FitOptions, *, write: bool = True)
             raise ValueError(
                 f"{out} holds a study fitted with options {previous['fit']}, this run asks for "
                 f"{config['fit']}; resume with the same options or use another --out"
+            )
+        if previous.get("version", 1) != config["version"]:
+            raise ValueError(
+                f"{out} holds a study written by fitting-code version {previous.get('version', 1)}, this "
+                f"is version {config['version']}; resume with the version that wrote it or use another --out"
             )
         return
     if write:
