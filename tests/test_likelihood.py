@@ -432,3 +432,28 @@ def test_unknown_likelihood_gate_names_are_refused_with_one_line() -> None:
     with pytest.raises(ValueError, match="unknown input map 'relu'") as err:
         MultinomialLogisticMoE(2, 1, 2, "relu")
     assert "\n" not in str(err.value)
+
+
+def test_near_best_width_of_an_identified_fit_is_its_local_error() -> None:
+    """Exact-specified top-K: both starts reach the same MLE, so the near-best set has both fits
+    and its widest loss equals the near-truth fit's loss."""
+    from attnmoe.estimation.likelihood.study import fit_block
+
+    (rec,) = fit_block("topk-exact", 2000, [0])
+    assert rec["converged"] and all(v["converged"] for v in rec["starts"].values())
+    assert rec["near_best"] == 2
+    assert abs(rec["starts"]["near-truth"]["nll"] - rec["starts"]["displaced"]["nll"]) < 1e-6
+    for loss in ("voronoi", "hellinger"):
+        assert rec["losses"][f"width_{loss}"] == pytest.approx(rec["losses"][loss], rel=1e-3)
+
+
+def test_displaced_starts_are_farther_and_kinds_are_checked() -> None:
+    from attnmoe.estimation.likelihood.settings import SETTINGS
+
+    s = SETTINGS["topk-over-K3"]
+    base = s.start(s.batched_truth(500, 1), torch.zeros(1, s.fit_model.n_params))
+    near = (start_points(s, 500, list(range(20))) - base).norm(dim=-1)
+    far = (start_points(s, 500, list(range(20)), "displaced") - base).norm(dim=-1)
+    assert far.mean() > 2 * near.mean()
+    with pytest.raises(ValueError, match="unknown start kind"):
+        start_points(s, 500, [0], "random")

@@ -26,7 +26,7 @@ from attnmoe.estimation.likelihood.families import (
 )
 from attnmoe.estimation.likelihood.voronoi import contaminated_errors, hellinger, topk_voronoi_loss
 
-__all__ = ["LikSetting", "SETTINGS", "contaminated_setting", "sample_data", "start_points", "topk_setting",
+__all__ = ["LikSetting", "SETTINGS", "contaminated_setting", "START_KINDS", "sample_data", "start_points", "topk_setting",
            "TOPK_TRUTH"]
 
 Params = dict[str, Tensor]
@@ -80,13 +80,23 @@ def sample_data(setting: LikSetting, n: int, seeds: Sequence[int]) -> tuple[Tens
     return X, y
 
 
-def start_points(setting: LikSetting, n: int, seeds: Sequence[int]) -> Tensor:
-    """Near-truth starts ``(R, P)`` of ``seeds`` (standard-normal noise, stream 11, per seed)."""
+#: start kind -> (numpy stream of its standard-normal noise, factor on the setting's noise scale)
+START_KINDS: dict[str, tuple[int, float]] = {"near-truth": (11, 1.0), "displaced": (13, 3.0)}
+
+
+def start_points(setting: LikSetting, n: int, seeds: Sequence[int], kind: str = "near-truth") -> Tensor:
+    """Starts ``(R, P)`` of ``seeds``: the setting's start recipe (truth, split for an
+    over-specified fit) plus its per-block noise scale times standard-normal noise of stream 11
+    (``near-truth``) or 3x the noise of stream 13 (``displaced``, which probes the width of the
+    set of near-optimal fits; docs/likelihood.md)."""
+    if kind not in START_KINDS:
+        raise ValueError(f"unknown start kind {kind!r}; choose among {list(START_KINDS)}")
+    stream, factor = START_KINDS[kind]
     # one seed at a time: element-wise maths on R rows may take a vectorised path whose last bit
     # depends on R (seen: contaminated starts 5.6e-17 apart alone and in a block of 2)
     return torch.cat([
-        setting.start(setting.batched_truth(n, 1),
-                      torch.from_numpy(np.random.default_rng([int(s), 11]).standard_normal((1, setting.fit_model.n_params))))
+        setting.start(setting.batched_truth(n, 1), factor * torch.from_numpy(
+            np.random.default_rng([int(s), stream]).standard_normal((1, setting.fit_model.n_params))))
         for s in seeds])
 
 
