@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from attnmoe.estimation import optim as O
+from attnmoe.estimation import newton as O
 from attnmoe.estimation.fit import _Box, least_squares_objective
 from attnmoe.estimation.init import near_truth_init
 from attnmoe.estimation.truth import get_setting, sample, with_noise

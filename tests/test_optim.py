@@ -12,7 +12,8 @@ from attnmoe.estimation import FitOptions, fit_and_score, get_setting, sample
 from attnmoe.estimation.fit import _Box, fit_least_squares
 from attnmoe.estimation.init import displaced_init, near_truth_init, parse_init
 from attnmoe.estimation.objective import LeastSquaresObjective
-from attnmoe.estimation.optim import _subproblem, trust_region
+from attnmoe.estimation.newton import _subproblem, trust_region
+from attnmoe.estimation.optim import REASONS
 from attnmoe.estimation.truth import named_settings
 from attnmoe.estimation.voronoi import split_cell_stats
 from attnmoe.moe import GATES, ParameterLayout
@@ -341,3 +342,53 @@ def test_fit_on_the_box_wall_is_flagged() -> None:
     on_wall = wall.flat.abs() >= 2.0 * (1 - 1e-3)
     # descent direction -grad points out of the box at every parameter on the wall
     assert bool((-grad[on_wall] * wall.flat[on_wall].sign() > 0).all())
+
+
+def test_a_non_finite_hessian_stops_only_its_replicate() -> None:
+    """Replicate 1's Hessian is NaN once x_0 > 0.5 on its way to c_1 = (1, 1): it stops as
+    "nonfinite" (not converged); replicate 0 converges to c_0 exactly as when fitted alone."""
+    c = torch.tensor([[-1.0, 0.5], [1.0, 1.0]], dtype=torch.float64)
+
+    def objective(x: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
+        cc = c if idx is None else c[idx]
+        return ((x - cc) ** 2).sum(-1) + 1.0
+
+    def hessian(x: torch.Tensor, idx: torch.Tensor | None = None):
+        cc = c if idx is None else c[idx]
+        H = 2.0 * torch.eye(2, dtype=x.dtype).expand(x.shape[0], 2, 2).clone()
+        H[x[:, 0] > 0.5] = torch.nan
+        return objective(x, idx), 2.0 * (x - cc), H
+
+    x0 = torch.zeros(2, 2, dtype=torch.float64)
+    both = trust_region(hessian, objective, x0, max_iter=50, radius=0.3)
+    assert REASONS[int(both.reason[1])] == "nonfinite" and not bool(both.converged[1])
+    assert bool(both.converged[0])
+    torch.testing.assert_close(both.x[0], c[0], rtol=0, atol=1e-6)
+    alone = trust_region(lambda x, i: hessian(x, torch.tensor([0])), lambda x, i=None: objective(x, torch.tensor([0])),
+                         x0[:1], max_iter=50, radius=0.3)
+    assert torch.equal(alone.x[0], both.x[0])
+
+
+def test_scaled_eigh_survives_a_lapack_failure(monkeypatch) -> None:
+    """When LAPACK refuses one matrix of the batch, the other rows are decomposed alone (the
+    same numbers) and the refused row gets NaN eigenvalues."""
+    from attnmoe.estimation import newton
+
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(3, 4, 4, generator=g, dtype=torch.float64)
+    H = A @ A.transpose(1, 2) + torch.eye(4, dtype=torch.float64)
+    D = torch.ones(3, 4, dtype=torch.float64)
+    want_lam, want_Q = torch.linalg.eigh(H)
+    real = torch.linalg.eigh
+    H[1, 0, 0] = 123.0  # the marker of the matrix "LAPACK" refuses
+
+    def flaky(M: torch.Tensor):
+        if bool((M[:, 0, 0] == 123.0).any()):
+            raise torch.linalg.LinAlgError("linalg.eigh: failed to converge")
+        return real(M)
+
+    monkeypatch.setattr(torch.linalg, "eigh", flaky)
+    lam, Q = newton._scaled_eigh(H, D)
+    assert torch.isnan(lam[1]).all()
+    for r in (0, 2):
+        assert torch.equal(lam[r], want_lam[r]) and torch.equal(Q[r], want_Q[r])

@@ -31,7 +31,8 @@ Every task (vision, lm, forecast) goes through :func:`train_task`, driven by one
 * **Checkpoints** every ``checkpoint_interval`` steps (``attnmoe.train.checkpoint``), holding
   the spec; ``resume=True`` continues from the last one and reaches the same weights, metrics
   and log as an uninterrupted run (the running training-loss sum is checkpointed too). A
-  resume whose spec differs from the stored one is refused, naming the fields.
+  resume whose spec differs from the stored one is refused, naming the fields (the resume
+  checks and the readers of the run's files live in ``attnmoe.train.rundir``).
 * **Divergence**: a non-finite training loss writes ``diverged.json`` (step, loss) and raises
   :class:`TrainingDiverged`.
 
@@ -48,7 +49,6 @@ import contextlib
 import json
 import math
 import random
-import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -63,23 +63,26 @@ from tqdm.auto import tqdm
 
 from attnmoe.tasks.spec import RunSpec
 from attnmoe.train import distributed
-from attnmoe.train.checkpoint import (
-    CHECKPOINT_DIRS,
-    CheckpointDamaged,
-    checkpoint_candidates,
-    load_checkpoint,
-    read_state,
-    save_checkpoint,
-)
+from attnmoe.train.checkpoint import load_checkpoint, save_checkpoint
 from attnmoe.train.probing import evaluate_with_probes
+from attnmoe.train.rundir import (
+    CONFIG_FILE,
+    DIVERGED_FILE,
+    LOG_FILE,
+    METRICS_FILE,
+    RUN_FILES,
+    _truncate_log,
+    _usable_checkpoint,
+    check_same_spec,
+    is_diverged,
+    is_finished,
+    read_log,
+    read_metrics,
+    saved_spec,
+)
+from attnmoe.train.rundir import read_json as read_json
 from attnmoe.utils import atomic_write_json, atomic_write_text
 
-METRICS_FILE = "metrics.json"
-LOG_FILE = "log.jsonl"
-CONFIG_FILE = "config.json"
-DIVERGED_FILE = "diverged.json"
-RUN_FILES = (CONFIG_FILE, METRICS_FILE, LOG_FILE, DIVERGED_FILE, *CHECKPOINT_DIRS)
-"""Files whose presence means a directory holds a run (new runs never write over them)."""
 AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -297,27 +300,6 @@ def _tensorboard(out_dir: Path, step: int) -> Any:
     return SummaryWriter(str(Path(out_dir) / "tensorboard"), purge_step=step + 1 if step else None)
 
 
-def _log_records(path: Path) -> list[dict[str, Any]]:
-    """The records of a ``log.jsonl``; a line that does not parse (the partial last line an
-    interruption leaves) is dropped."""
-    records = []
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
-
-
-def _truncate_log(path: Path, last_step: int) -> None:
-    """Keep the log records up to ``last_step`` (those after the checkpoint an interrupted run
-    left, and any partial line, are dropped)."""
-    kept = [r for r in _log_records(path) if r.get("step", 0) <= last_step]
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
-
-
 def _evaluate(task: TaskLike, model: nn.Module, split: str) -> dict[str, float]:
     was_training = model.training
     model.eval()
@@ -330,85 +312,6 @@ def _evaluate(task: TaskLike, model: nn.Module, split: str) -> dict[str, float]:
 def _has_split(task: TaskLike, split: str) -> bool:
     attr = getattr(task, f"{split}_data", None)
     return attr is not None or (split == "val" and hasattr(task, "get_batch"))
-
-
-def _warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr)
-
-
-def read_json(path: Path) -> Any:
-    """A JSON file's content; ``ValueError`` naming the file when it does not parse."""
-    try:
-        return json.loads(Path(path).read_text())
-    except ValueError as err:
-        raise ValueError(f"{path} is damaged ({err}); remove it or use another --out") from None
-
-
-def read_metrics(out_dir: Path) -> dict[str, Any] | None:
-    """``metrics.json`` of a finished run; ``None`` when absent or unreadable (a damaged file
-    does not count as finished: the run is resumed from its checkpoint instead)."""
-    try:
-        metrics = json.loads((Path(out_dir) / METRICS_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return metrics if isinstance(metrics, dict) else None
-
-
-def saved_spec(out_dir: Path) -> RunSpec | None:
-    """The spec ``out_dir/config.json`` records (``None`` without a config.json).
-
-    Raises:
-        ValueError: a damaged config.json, or one without a spec (written before specs were
-            stored: it cannot be checked, so it is not resumed).
-    """
-    path = Path(out_dir) / CONFIG_FILE
-    if not path.is_file():
-        return None
-    config = read_json(path)
-    if not isinstance(config, dict) or "spec" not in config:
-        raise ValueError(f"{path} records no run spec (an older attnmoe wrote it), so a resume "
-                         "cannot be checked; use another --out")
-    return RunSpec.from_dict(config["spec"])
-
-
-def check_same_spec(saved: RunSpec, spec: RunSpec, out_dir: Path) -> None:
-    """Refuse to continue a run in ``out_dir`` with a spec other than the one it started with.
-
-    Raises:
-        ValueError: naming every differing field (``lr: 0.001 -> 0.5``).
-    """
-    diffs = saved.differences(spec)
-    if diffs:
-        raise ValueError(f"cannot resume {out_dir}: the run was started with another spec "
-                         f"({'; '.join(diffs)}); use the run's options or another --out")
-
-
-def _usable_checkpoint(out_dir: Path, spec: RunSpec) -> tuple[Path, dict[str, Any]] | None:
-    """The newest checkpoint whose files verify, with its state; damaged ones are named on
-    stderr and skipped. ``None`` when there is no checkpoint.
-
-    Raises:
-        ValueError: checkpoints exist but none is usable, or the usable one holds another spec.
-    """
-    found = checkpoint_candidates(out_dir)
-    problems = []
-    for path in found:
-        try:
-            state = read_state(path)
-        except CheckpointDamaged as err:
-            problems.append(str(err))
-            _warn(f"{err}; trying the previous checkpoint")
-            continue
-        stored = state.get("extra", {}).get("spec")
-        if stored is None:
-            raise ValueError(f"{path} records no run spec (an older attnmoe wrote it); "
-                             "use another --out")
-        check_same_spec(RunSpec.from_dict(stored), spec, out_dir)
-        return path, state
-    if found:
-        raise ValueError(f"no usable checkpoint in {out_dir}: {'; '.join(problems)}; remove "
-                         f"{', '.join(p.name for p in found)} to start the run again")
-    return None
 
 
 def _interval(value: int, per_epoch: int | None, option: str) -> int:
@@ -634,25 +537,6 @@ def train_task(
         atomic_write_json(metrics_path, result)
     result = distributed.broadcast_object(result)
     return result
-
-
-def is_finished(out_dir: Path) -> bool:
-    """True when ``out_dir`` holds a completed run (a readable ``metrics.json``)."""
-    return read_metrics(out_dir) is not None
-
-
-def is_diverged(out_dir: Path) -> dict[str, Any] | None:
-    """The ``diverged.json`` record of a run whose training loss became non-finite, else ``None``."""
-    path = Path(out_dir) / DIVERGED_FILE
-    try:
-        return json.loads(path.read_text()) if path.is_file() else None
-    except ValueError:
-        return {"step": None, "loss": "unknown"}
-
-
-def read_log(out_dir: Path) -> list[dict[str, Any]]:
-    """The records of ``out_dir/log.jsonl`` (a partial last line is skipped)."""
-    return _log_records(Path(out_dir) / LOG_FILE)
 
 
 __all__ = [
