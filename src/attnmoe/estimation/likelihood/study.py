@@ -195,11 +195,21 @@ def verdict(theory: float | None, lo: float | None, hi: float | None) -> str:
     return "faster than theory" if hi < theory else "slower than theory"
 
 
+def _cell(e: dict[str, Any] | None, theory: float | None) -> tuple[str, str]:
+    """(slope [CI], verdict) of one loss entry of the summary."""
+    if not e or e.get("slope") is None:
+        return "—", "no slope"
+    lo, hi = e.get("ci_low"), e.get("ci_high")
+    return f"{e['slope']:.3f} [{lo:.3f}, {hi:.3f}]", verdict(theory, lo, hi)
+
+
 def summary_markdown(preset: LikPreset, summary: dict[str, Any]) -> str:
-    """The table of slopes beside the theory (setting, loss, theory, slope, CI, verdict, fits)."""
+    """One row per (setting, loss): theory, the near-truth fits' slope (local error) and the
+    near-best width's slope, each with its CI and verdict, n range, seeds, converged fraction."""
     lines = [f"## {preset.name}: {preset.description}", "",
-             "| setting | loss | theory slope | slope | 95% CI (seed bootstrap) | verdict | n range | replicates | converged |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| setting | loss | theory slope | local slope [95% CI] | verdict | width slope [95% CI] | verdict (width) "
+             "| n range | replicates | converged |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name in preset.settings:
         info = summary["settings"].get(name)
         if info is None:
@@ -207,14 +217,18 @@ def summary_markdown(preset: LikPreset, summary: dict[str, Any]) -> str:
         theory = SETTINGS[name].theory
         conv = info.get("converged_fraction")
         for loss, e in info["losses"].items():
-            th = theory.get(loss.removeprefix("width_"))
-            s, lo, hi = e.get("slope"), e.get("ci_low"), e.get("ci_high")
-            fmt = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
+            if loss.startswith("width_"):
+                continue
+            th = theory.get(loss)
+            local, v_local = _cell(e, th)
+            width, v_width = _cell(info["losses"].get(f"width_{loss}"), th)
             lines.append(
-                f"| {name} | {loss} | {fmt(th)} | {fmt(s)} | [{fmt(lo)}, {fmt(hi)}] | {verdict(th, lo, hi)} | "
+                f"| {name} | {loss} | {'—' if th is None else f'{th:.3f}'} | {local} | {v_local} | {width} | {v_width} | "
                 f"{e.get('n_min')}–{e.get('n_max')} | {e.get('replicates')} | "
                 f"{'—' if conv is None else f'{conv:.2f}'} |")
-    lines.append("")
+    lines += ["", "Local: the near-truth start's fit. Width: the largest loss over the near-best set (converged fits "
+              f"of the {len(START_KINDS)} starts within {FIT_OPTIONS['near_best']:g}/n of the best mean NLL); "
+              "converged: the near-truth fits.", ""]
     for name in preset.settings:
         info = summary["settings"].get(name)
         if info is not None:
