@@ -86,8 +86,11 @@ def log_grid(n_min: int, n_max: int, num: int) -> tuple[int, ...]:
 
 def _gating_preset(settings: Sequence[str], max_iter: int) -> Preset:
     """A gating-family preset (docs/gating.md): quick n = 10^3..1.6 10^4, 4 replicates; full
-    (``--full``) 7 sizes to 10^5, 40 replicates, a 5,000-iteration cap."""
-    start = "near-truth:0.1"
+    (``--full``) 7 sizes to 10^5, 40 replicates, a 5,000-iteration cap. Each replicate is fitted
+    from a near-truth and a displaced start (the split copies moved +-0.3 apart along their flat
+    direction): the near-truth fit's local error and the near-best width (session 7; before,
+    near-truth only)."""
+    start = "near-truth:0.1+displaced:0.3"
     return Preset(
         n_grid=(1000, 4000, 16000),
         replicates=4,
