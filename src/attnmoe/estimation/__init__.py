@@ -1,9 +1,13 @@
 """attnmoe.estimation: ground truths, batched least-squares fitting, Voronoi losses, estimator.
 
 Layout: ``truth`` (settings, sampling), ``objective`` (closed-form loss, gradient, Hessian),
-``optim`` (generic batched solvers), ``init`` (starts), ``fit`` (least-squares fits),
-``voronoi`` (losses), ``options`` (the fit-option table), ``experiment`` (one study cell),
-``study`` (the rates study).
+``optim`` (generic batched solvers: L-BFGS, Adam; re-exports ``newton.trust_region``),
+``newton`` (trust-region Newton), ``optim_base`` (the solvers' shared types),
+``derivatives`` (batched autograd Hessians), ``autograd_objective`` (least squares for gates
+without a closed form), ``init`` (starts), ``fit`` (least-squares fits), ``voronoi`` (losses),
+``options`` (the fit-option table), ``experiment`` (one study cell), ``study`` (the rates
+study), ``gating_truths`` (the gating family's truths), ``likelihood`` (maximum-likelihood
+MoE), ``hmoe`` (the gate-position study).
 """
 
 from attnmoe.estimation.estimator import MoERegressor
