@@ -2,6 +2,7 @@
 
     run.py          run_one(spec, out_dir): build the task of a RunSpec and train it (locked)
     loop.py         train_task(task, spec, out_dir, resume=...): the training loop
+    batches.py      BatchPlan: each step's global batch from (seed, step); rank slices
     rundir.py       a run directory's files: metrics, log, config, resume checks
     probing.py      attention probes of a trained model (first-token share, maxima)
     checkpoint.py   safetensors + JSON checkpoints with checksums (no pickle)

@@ -22,7 +22,7 @@ Every task (vision, lm, forecast) goes through :func:`train_task`, driven by one
   batches (``drop_last`` for training only); a task that exposes ``get_batch`` (random
   language-model blocks) is called with a generator seeded from ``(seed, step)``. This is
   what makes ``--resume`` and data parallelism exact: nothing about the data order lives
-  in a DataLoader.
+  in a DataLoader (``attnmoe.train.batches``).
 * **Evaluation** every ``eval_interval`` steps on the validation split (rank 0 only), logged
   to ``log.jsonl``; with ``patience`` set (forecasting), training stops after ``patience``
   evaluations without improvement of the monitored validation metric and the best weights
@@ -50,7 +50,6 @@ import json
 import math
 import random
 import time
-from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -58,11 +57,14 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import Dataset, TensorDataset, default_collate
 from tqdm.auto import tqdm
 
 from attnmoe.tasks.spec import RunSpec
 from attnmoe.train import distributed
+from attnmoe.train.batches import BatchPlan as BatchPlan
+from attnmoe.train.batches import _fetch as _fetch
+from attnmoe.train.batches import _move, _rank_slice
+from attnmoe.train.batches import _units as _units
 from attnmoe.train.checkpoint import load_checkpoint, save_checkpoint
 from attnmoe.train.probing import evaluate_with_probes
 from attnmoe.train.rundir import (
@@ -158,105 +160,6 @@ def seed_everything(seed: int) -> None:
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters (tied weights counted once)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def _move(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, Mapping):
-        return {k: _move(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_move(v, device) for v in batch)
-    return batch
-
-
-def _fetch(data: Dataset, index: torch.Tensor) -> Any:
-    """Collate the items at ``index``: vectorised for a ``TensorDataset`` or a data set with a
-    ``batch(index_tensor)`` method (``attnmoe.tasks`` window / block data sets), else item by item."""
-    if isinstance(data, TensorDataset):
-        return tuple(t[index] for t in data.tensors)
-    batch = getattr(data, "batch", None)
-    if callable(batch):
-        return batch(index)
-    getitems = getattr(data, "__getitems__", None)
-    items = getitems(index.tolist()) if getitems is not None else [data[i] for i in index.tolist()]
-    return default_collate(items)
-
-
-class BatchPlan:
-    """The global batch of every step, as a pure function of ``(seed, step)``.
-
-    Args:
-        task: the task (``train_data`` Dataset, or ``get_batch(split, batch_size, generator)``).
-        batch_size: the global batch size.
-        seed: the run's seed.
-    """
-
-    def __init__(self, task: TaskLike, batch_size: int, seed: int) -> None:
-        self.task = task
-        self.batch_size = batch_size
-        self.seed = seed
-        self.get_batch: Callable[..., Any] | None = getattr(task, "get_batch", None)
-        data = getattr(task, "train_data", None)
-        if self.get_batch is None and data is None:
-            raise ValueError(f"task {task.name!r} has neither train_data nor get_batch")
-        self.data = data if self.get_batch is None else None
-        self.steps_per_epoch: int | None = None
-        if self.data is not None:
-            n = len(self.data)
-            if n < batch_size:
-                raise ValueError(
-                    f"batch_size {batch_size} is larger than the training set ({n} examples)"
-                )
-            self.steps_per_epoch = n // batch_size
-        self._epoch = -1
-        self._perm = torch.empty(0, dtype=torch.long)
-
-    def steps_for(self, epochs: float) -> int:
-        """Steps that make ``epochs`` passes over the training data."""
-        if self.steps_per_epoch is None:
-            raise ValueError(f"task {self.task.name!r} samples random blocks: give steps, not epochs")
-        return max(1, math.ceil(epochs * self.steps_per_epoch))
-
-    def global_batch(self, step: int) -> Any:
-        """The whole batch of ``step`` (every rank computes the same one)."""
-        if self.get_batch is not None:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-            return self.get_batch("train", self.batch_size, generator)
-        assert self.steps_per_epoch is not None and self.data is not None
-        epoch, within = divmod(step, self.steps_per_epoch)
-        if epoch != self._epoch:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._perm = torch.randperm(len(self.data), generator=generator)
-            self._epoch = epoch
-        index = self._perm[within * self.batch_size : (within + 1) * self.batch_size]
-        return _fetch(self.data, index)
-
-
-def _rank_slice(batch: Any, rank: int, world_size: int) -> Any:
-    """This rank's contiguous share of a global batch (leading dimension)."""
-    if world_size == 1:
-        return batch
-    if isinstance(batch, torch.Tensor):
-        share = batch.shape[0] // world_size
-        return batch[rank * share : (rank + 1) * share]
-    if isinstance(batch, Mapping):
-        return {k: _rank_slice(v, rank, world_size) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_rank_slice(v, rank, world_size) for v in batch)
-    return batch
-
-
-def _units(batch: Any, unit: str) -> int:
-    """Examples (images / windows) or tokens in a batch, for throughput."""
-    first = batch
-    while isinstance(first, (list, tuple)):
-        first = first[0]
-    if isinstance(first, Mapping):
-        first = next(iter(first.values()))
-    if not isinstance(first, torch.Tensor):
-        return 0
-    return int(first.numel()) if unit == "tokens" else int(first.shape[0])
 
 
 def _monitor(task: TaskLike) -> tuple[str, bool]:
