@@ -176,11 +176,23 @@ def run_lik_study(preset: LikPreset, args: FamilyArgs) -> FamilyResult:
               and int(r["seed"]) in seeds_all]
     summary = summarize_records(wanted)
     summary["theory"] = {name: dict(SETTINGS[name].theory) for name in preset.settings}  # width_<loss>: <loss>'s
+    summary["starts_converged"] = starts_converged(wanted)
     atomic_write_json(out / SUMMARY_JSON, jsonable(summary))
     markdown = summary_markdown(preset, summary)
     atomic_write_text(out / SUMMARY_MD, markdown)
     return FamilyResult(fitted=fitted, reused=len(wanted) - fitted, seconds=time.perf_counter() - start,
                         markdown=markdown, files=(STUDY_FILE, RECORDS_FILE, SUMMARY_JSON, SUMMARY_MD))
+
+
+def starts_converged(records: list[dict[str, Any]]) -> dict[str, dict[str, list[int]]]:
+    """Per setting and start kind: [converged fits, fits] (records without ``starts``: none)."""
+    out: dict[str, dict[str, list[int]]] = {}
+    for r in records:
+        for kind, info in (r.get("starts") or {}).items():
+            cell = out.setdefault(r["setting"], {}).setdefault(kind, [0, 0])
+            cell[0] += bool(info.get("converged"))
+            cell[1] += 1
+    return out
 
 
 def verdict(theory: float | None, lo: float | None, hi: float | None) -> str:
@@ -232,7 +244,10 @@ def summary_markdown(preset: LikPreset, summary: dict[str, Any]) -> str:
     for name in preset.settings:
         info = summary["settings"].get(name)
         if info is not None:
-            lines.append(f"- {name}: {SETTINGS[name].claim}; stop reasons {info.get('reasons', {})}")
+            starts = summary.get("starts_converged", {}).get(name, {})
+            conv = ", ".join(f"{k} {c}/{t}" for k, (c, t) in starts.items())
+            lines.append(f"- {name}: {SETTINGS[name].claim}; stop reasons {info.get('reasons', {})}"
+                         + (f"; converged by start: {conv}" if conv else ""))
     return "\n".join(lines) + "\n"
 
 
