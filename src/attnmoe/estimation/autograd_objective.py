@@ -9,9 +9,9 @@ routers of arXiv 2405.14131, ``Gate.closed_form = False``). The loss of ONE repl
 function of its ``(P,)`` parameters, its padded inputs and responses; ``torch.func.grad`` and
 ``jacfwd`` of it are vmapped over replicates, so a batch of R fits is still one tensor program
 (no Python loop over replicates); the Hessian is reverse-over-reverse autograd through that
-batched loss (:func:`~attnmoe.estimation.derivatives.batched_hessian`; 3-19x faster than the
-former vmapped ``torch.func.hessian`` on the cosine routers at n = 4000, equal to 2e-15; study
-version 2). The sample axis is padded to a multiple of
+batched loss (:func:`~attnmoe.estimation.derivatives.batched_hessian`; 1.0-1.8x faster per
+call than the former vmapped ``torch.func.hessian`` on the cosine routers, 1.5x per fit, equal
+to 2e-15; study version 2). The sample axis is padded to a multiple of
 :data:`~attnmoe.estimation.objective.PAD` with zero-weight points exactly as the closed form
 does, so a replicate's rows have the same layout wherever it sits in the batch (tested: its
 loss, gradient and Hessian alone and in a batch agree).

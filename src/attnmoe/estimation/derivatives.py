@@ -7,9 +7,10 @@ depending on ``x[r]`` only. Then, with ``S(x) = sum_r L_r(x_r)``,
     d(sum_r [grad L_r]_j)/dx_r = [Hess L_r(x_r)]_{j,:}  (one more backward pass per j)
 
 so the m Hessians cost P double-backward passes through the batched graph, whatever m is.
-Measured on the ``hmoe`` objective (m = 16, n = 4000, P = 28, one thread): 0.58 s against
-5.7 s for ``torch.func`` forward-over-reverse Hessians vmapped over replicates and chunked
-rows, equal to 1e-16 (docs/hmoe.md "Solver cost"). A row's numbers do not depend on the other
+Against the ``torch.func`` Hessians vmapped over replicates that it replaced (equal to 1e-13),
+per call: 3.4-7.5x less time on the ``hmoe`` objective, 1.0-1.8x on the cosine-router least
+squares and the likelihoods; per whole fit 2.9x, 1.5x and 1.6-2.1x
+(``benchmarks/bench_hessian.py``, ``benchmarks/e2e_fit_blocks.py``; docs/estimation.md). A row's numbers do not depend on the other
 rows of the batch (each backward pass reduces over that row's own samples only; tested).
 """
 
