@@ -75,6 +75,7 @@ from attnmoe.estimation.study.records import (
     read_records,
     record_key,
 )
+from attnmoe.estimation.study.report import plot_rates
 from attnmoe.estimation.study.summary import summarize_records
 from attnmoe.estimation.truth import derive_seed
 from attnmoe.moe.hierarchical import (
@@ -400,6 +401,9 @@ def _fmt(entry: dict[str, Any] | None) -> str:
 
 
 COLUMNS = ("expert", "inner", "gate", "L2", "expert_spread", "width_expert_spread")
+#: the losses drawn in ``rates.png`` (log loss against log n, one colour per setting)
+PLOTTED = ("expert", "inner", "L2", "width_expert_spread")
+RATES_PNG = "rates.png"
 
 
 def summary_markdown(summary: dict[str, Any], settings: Sequence[HMoESetting]) -> str:
@@ -424,13 +428,16 @@ def summary_markdown(summary: dict[str, Any], settings: Sequence[HMoESetting]) -
 
 def write_summary(out: Path, records: Sequence[Record], settings: Sequence[HMoESetting],
                   cfg: HMoEConfig) -> str:
-    """Summarise ``records`` (seed-bootstrap slopes, convergence) into ``summary.json`` and
-    ``summary.md`` in ``out``; return the markdown."""
+    """Summarise ``records`` (seed-bootstrap slopes, convergence) into ``summary.json``,
+    ``summary.md`` and ``rates.png`` (:data:`PLOTTED` losses) in ``out``; return the markdown."""
     summary = summarize_records(records)
     summary["config"] = _config_dict(cfg)
     markdown = summary_markdown(summary, settings)
     atomic_write(out / SUMMARY_JSON, json.dumps(jsonable(summary), indent=2, sort_keys=True) + "\n")
     atomic_write(out / SUMMARY_MD, markdown + "\n")
+    panels = {name: {**info, "losses": {k: v for k, v in info["losses"].items() if k in PLOTTED}}
+              for name, info in summary["settings"].items()}
+    plot_rates(records, {"settings": panels}, out / RATES_PNG)
     return markdown
 
 
@@ -475,7 +482,7 @@ def run_hmoe(args: FamilyArgs, cfg: HMoEConfig | None = None,
             and r["setting"] in {s.name for s in settings}]
     markdown = write_summary(out, keep, settings, cfg)
     return FamilyResult(fitted=fitted, reused=len(keep) - fitted, seconds=time.perf_counter() - start,
-                        markdown=markdown, files=(RECORDS_FILE, STUDY_FILE, SUMMARY_JSON, SUMMARY_MD))
+                        markdown=markdown, files=(RECORDS_FILE, STUDY_FILE, SUMMARY_JSON, SUMMARY_MD, RATES_PNG))
 
 
 HMOE_PRESET = register_family_preset(FamilyPreset(
