@@ -34,6 +34,7 @@ from attnmoe.estimation.study.families import (
     run_jobs,
 )
 from attnmoe.estimation.study.records import RecordWriter, jsonable, read_records, record_key
+from attnmoe.estimation.study.report import plot_rates
 from attnmoe.estimation.study.summary import summarize_records
 from attnmoe.utils import atomic_write_json, atomic_write_text, check_writable
 
@@ -83,6 +84,7 @@ LIK_PRESETS: dict[str, LikPreset] = {
 }
 
 STUDY_FILE, RECORDS_FILE, SUMMARY_JSON, SUMMARY_MD = "study.json", "records.jsonl", "summary.json", "summary.md"
+RATES_PNG = "rates.png"
 
 
 def _config(preset: LikPreset) -> dict[str, Any]:
@@ -180,8 +182,11 @@ def run_lik_study(preset: LikPreset, args: FamilyArgs) -> FamilyResult:
     atomic_write_json(out / SUMMARY_JSON, jsonable(summary))
     markdown = summary_markdown(preset, summary)
     atomic_write_text(out / SUMMARY_MD, markdown)
+    local = {name: {**info, "losses": {k: v for k, v in info["losses"].items() if not k.startswith("width_")}}
+             for name, info in summary["settings"].items()}  # the near-truth fits' losses, one panel each
+    plot_rates(wanted, {"settings": local}, out / RATES_PNG)
     return FamilyResult(fitted=fitted, reused=len(wanted) - fitted, seconds=time.perf_counter() - start,
-                        markdown=markdown, files=(STUDY_FILE, RECORDS_FILE, SUMMARY_JSON, SUMMARY_MD))
+                        markdown=markdown, files=(STUDY_FILE, RECORDS_FILE, SUMMARY_JSON, SUMMARY_MD, RATES_PNG))
 
 
 def starts_converged(records: list[dict[str, Any]]) -> dict[str, dict[str, list[int]]]:
