@@ -41,7 +41,6 @@ matmuls, so a replicate's fit does not depend on the other replicates in its blo
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -59,6 +58,7 @@ from attnmoe.estimation.study.families import (
     FamilyArgs,
     FamilyPreset,
     FamilyResult,
+    near_best_set,
     register_family_preset,
     run_jobs,
 )
@@ -346,9 +346,7 @@ def fit_block(setting: HMoESetting, n: int, seeds: Sequence[int], cfg: HMoEConfi
         idx = [s * R + r for s in range(S)]
         conv = [bool(res.converged[i]) for i in idx]
         train = [float(res.loss[i]) for i in idx]
-        ok = [i for i, c in zip(idx, conv) if c]
-        best = min((float(res.loss[i]) for i in ok), default=math.nan)
-        near = [i for i in ok if float(res.loss[i]) <= best + cfg.near_best * cfg.sigma**2 / n]
+        near = near_best_set(idx, res.loss, res.converged, cfg.near_best * cfg.sigma**2 / n)
         i0 = idx[0]  # near-truth start: the local error
         rec_losses = {k: float(v[i0]) for k, v in losses.items() if k != "empty_cells"}
         rec_losses["L2"] = float(l2[i0])
@@ -435,9 +433,7 @@ def write_summary(out: Path, records: Sequence[Record], settings: Sequence[HMoES
     markdown = summary_markdown(summary, settings)
     atomic_write(out / SUMMARY_JSON, json.dumps(jsonable(summary), indent=2, sort_keys=True) + "\n")
     atomic_write(out / SUMMARY_MD, markdown + "\n")
-    panels = {name: {**info, "losses": {k: v for k, v in info["losses"].items() if k in PLOTTED}}
-              for name, info in summary["settings"].items()}
-    plot_rates(records, {"settings": panels}, out / RATES_PNG)
+    plot_rates(records, summary, out / RATES_PNG, keep=lambda loss: loss in PLOTTED)
     return markdown
 
 

@@ -16,7 +16,6 @@ Each (setting, n) is one job; ``--workers W`` runs the jobs in W processes
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from attnmoe.estimation.study.families import (
     FamilyArgs,
     FamilyPreset,
     FamilyResult,
+    near_best_set,
     register_family_preset,
     run_jobs,
 )
@@ -121,9 +121,7 @@ def fit_block(name: str, n: int, seeds: list[int]) -> list[dict[str, Any]]:
     records = []
     for r, s in enumerate(seeds):
         idx = [k * R + r for k in range(S)]
-        ok = [i for i in idx if bool(fit.converged[i])]
-        best = min((float(fit.nll[i]) for i in ok), default=math.nan)
-        near = [i for i in ok if float(fit.nll[i]) <= best + FIT_OPTIONS["near_best"] / n]
+        near = near_best_set(idx, fit.nll, fit.converged, FIT_OPTIONS["near_best"] / n)
         rec_losses = {k: float(v[r]) for k, v in losses.items()}
         for k, v in losses.items():
             if near:
@@ -182,9 +180,8 @@ def run_lik_study(preset: LikPreset, args: FamilyArgs) -> FamilyResult:
     atomic_write_json(out / SUMMARY_JSON, jsonable(summary))
     markdown = summary_markdown(preset, summary)
     atomic_write_text(out / SUMMARY_MD, markdown)
-    local = {name: {**info, "losses": {k: v for k, v in info["losses"].items() if not k.startswith("width_")}}
-             for name, info in summary["settings"].items()}  # the near-truth fits' losses, one panel each
-    plot_rates(wanted, {"settings": local}, out / RATES_PNG)
+    # the near-truth fits' losses, one panel each (the width columns are in summary.md)
+    plot_rates(wanted, summary, out / RATES_PNG, keep=lambda loss: not loss.startswith("width_"))
     return FamilyResult(fitted=fitted, reused=len(wanted) - fitted, seconds=time.perf_counter() - start,
                         markdown=markdown, files=(STUDY_FILE, RECORDS_FILE, SUMMARY_JSON, SUMMARY_MD, RATES_PNG))
 

@@ -14,6 +14,7 @@ reused, a mismatched resume is refused), write every file atomically, and return
 from __future__ import annotations
 
 import importlib
+import math
 import multiprocessing as mp
 import os
 from collections.abc import Callable, Sequence
@@ -23,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
-__all__ = ["FAMILY_PRESETS", "FamilyArgs", "FamilyPreset", "FamilyResult", "family_presets",
+__all__ = ["FAMILY_PRESETS", "FamilyArgs", "FamilyPreset", "FamilyResult", "family_presets", "near_best_set",
            "register_family_preset", "run_jobs"]
 
 
@@ -80,6 +82,15 @@ _PLUGINS: tuple[str, ...] = (
     "attnmoe.estimation.likelihood.study",
     "attnmoe.estimation.hmoe",
 )
+
+
+def near_best_set(fits: Sequence[int], loss: Tensor, converged: Tensor, window: float) -> list[int]:
+    """The near-best set of one replicate's fits ``fits`` (indices into ``loss`` / ``converged``):
+    the converged ones whose training loss is within ``window`` of the best converged one
+    (empty when none converged). The width of a study is the largest loss over this set."""
+    ok = [i for i in fits if bool(converged[i])]
+    best = min((float(loss[i]) for i in ok), default=math.nan)
+    return [i for i in ok if float(loss[i]) <= best + window]
 
 
 def register_family_preset(preset: FamilyPreset) -> FamilyPreset:

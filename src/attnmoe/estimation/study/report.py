@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -109,15 +109,17 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_rates(records: Sequence[Record], summary: dict[str, Any], path: Path) -> None:
-    """Log-log loss against n, one panel per loss, one colour per setting, fitted lines."""
+def plot_rates(records: Sequence[Record], summary: dict[str, Any], path: Path,
+               keep: Callable[[str], bool] | None = None) -> None:
+    """Log-log loss against n, one panel per loss (those ``keep`` accepts; all by default), one
+    colour per setting, fitted lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     settings = summary["settings"]
-    loss_names = sorted({k for s in settings.values() for k in s["losses"]})
+    loss_names = sorted({k for s in settings.values() for k in s["losses"] if keep is None or keep(k)})
     ncol = min(3, max(1, len(loss_names)))
     nrow = max(1, math.ceil(len(loss_names) / ncol))
     fig, axes = plt.subplots(nrow, ncol, figsize=(5.2 * ncol, 4.2 * nrow), squeeze=False)
