@@ -226,7 +226,7 @@ def test_bad_input_is_refused_with_one_line() -> None:
     with pytest.raises(ValueError, match="tau must be > 0"):
         GaussianMoE(2, 1, gate="temperature").free({**TOPK_TRUTH, "tau": torch.tensor(0.0)})
     with pytest.raises(ValueError, match="unknown gate"):
-        GaussianMoE(2, 1, gate="cosine")
+        GaussianMoE(2, 1, gate="relu")
 
 
 def test_cli_bad_replicates_writes_nothing(tmp_path) -> None:
@@ -285,7 +285,9 @@ from attnmoe.estimation.likelihood.estimators import GaussianMoERegressor, MoECl
 
 # every scikit-learn check, short optimiser budget; ~3 min on 2 cores in all, hence slow
 @pytest.mark.slow
-@parametrize_with_checks([GaussianMoERegressor(n_init=2, max_iter=30), MoEClassifier(n_init=2, max_iter=30)])
+@parametrize_with_checks([GaussianMoERegressor(n_init=2, max_iter=30),
+                          GaussianMoERegressor(gate="polynomial", n_init=2, max_iter=30),
+                          MoEClassifier(n_init=2, max_iter=30)])
 def test_sklearn_compatible(estimator, check) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -426,8 +428,8 @@ def test_multinomial_gate_is_the_shared_input_map_bitwise(input_map) -> None:
 
 
 def test_unknown_likelihood_gate_names_are_refused_with_one_line() -> None:
-    with pytest.raises(ValueError, match="unknown gate score 'cosine'") as err:
-        GaussianMoE(2, 1, gate="cosine")
+    with pytest.raises(ValueError, match="unknown gate 'relu'.*'temperature'.*'polynomial'") as err:
+        GaussianMoE(2, 1, gate="relu")
     assert "\n" not in str(err.value)
     with pytest.raises(ValueError, match="unknown input map 'relu'") as err:
         MultinomialLogisticMoE(2, 1, 2, "relu")

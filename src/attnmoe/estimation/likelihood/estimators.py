@@ -1,7 +1,9 @@
 """scikit-learn estimators fitted by maximum likelihood (issue 12).
 
 * :class:`GaussianMoERegressor` -- softmax (or top-K softmax) gated mixture of Gaussian linear
-  experts, p(y | x) = sum_i w_i(x) N(y | a_i^T x + b_i, nu_i) (arXiv 2309.13850's model);
+  experts, p(y | x) = sum_i w_i(x) N(y | a_i^T x + b_i, nu_i) (arXiv 2309.13850's model), with
+  any gate of :class:`~attnmoe.estimation.likelihood.families.GaussianMoE` (linear, temperature,
+  activation, quadratic polynomial / monomial, cosine, perturbed cosine);
   ``predict`` is the conditional mean sum_i w_i(x) (a_i^T x + b_i), ``predict_density`` p(y | x).
 * :class:`MoEClassifier` -- softmax-gated multinomial logistic MoE (arXiv 2310.14188), standard
   or modified (``input_map="tanh"``) gate; ``predict_proba`` P(Y = s | x).
@@ -29,6 +31,13 @@ from attnmoe.estimation.likelihood.families import GaussianMoE, MultinomialLogis
 from attnmoe.estimation.likelihood.objective import fit_likelihood
 
 __all__ = ["GaussianMoERegressor", "MoEClassifier"]
+
+#: standard deviation of the random starts of each free block of a GaussianMoE (d -> scale)
+START_SCALE = {
+    "beta1": lambda d: 1.0, "beta0": lambda d: 0.5, "logtau": lambda d: 0.1,
+    "gate_A": lambda d: 0.5 / d, "gate_b": lambda d: 1.0, "gate_c": lambda d: 0.5,
+    "a": lambda d: 1.0 / math.sqrt(d), "b": lambda d: 1.0, "lognu": lambda d: 0.1,
+}
 
 
 def _check_int(name: str, value: object, low: int) -> None:
@@ -67,21 +76,27 @@ class GaussianMoERegressor(RegressorMixin, BaseEstimator):
     Args:
         n_experts: k >= 1.
         top_k: K of a top-K sparse softmax gate (None: dense softmax); 1 <= K <= k.
+        gate: the gate's name (:class:`~attnmoe.estimation.likelihood.families.GaussianMoE`):
+            ``"softmax"`` (linear scores), ``"temperature"``, ``"activation"``, ``"polynomial"``,
+            ``"monomial"``, ``"cosine"``, ``"perturbed-cosine"`` (``"linear"`` = ``"softmax"``
+            through the registry's gate).
         n_init: random starts, fitted as one batched program.
         max_iter: trust-region iterations per start.
         random_state: seed / ``np.random.RandomState`` of the starts.
 
     Attributes:
-        params_: natural parameters on the standardised scale (beta1, beta0, a, b, nu).
+        params_: natural parameters on the standardised scale (beta1, beta0, a, b, nu; tau for the
+            temperature and activation gates; gate_A, gate_b, gate_c for registry gates).
         x_mean_, x_scale_, y_mean_, y_scale_: the standardisation.
         nll_: mean negative log-likelihood of the selected start, in units of y.
         n_iter_, converged_, n_features_in_.
     """
 
-    def __init__(self, n_experts: int = 2, top_k: int | None = None, n_init: int = 4, max_iter: int = 200,
-                 random_state=None) -> None:
+    def __init__(self, n_experts: int = 2, top_k: int | None = None, gate: str = "softmax", n_init: int = 4,
+                 max_iter: int = 200, random_state=None) -> None:
         self.n_experts = n_experts
         self.top_k = top_k
+        self.gate = gate
         self.n_init = n_init
         self.max_iter = max_iter
         self.random_state = random_state
@@ -94,7 +109,8 @@ class GaussianMoERegressor(RegressorMixin, BaseEstimator):
             _check_int("top_k", self.top_k, 1)
             if self.top_k > self.n_experts:
                 raise ValueError(f"top-K needs K <= k, got top_k={self.top_k} > n_experts={self.n_experts}")
-        return GaussianMoE(int(self.n_experts), d, top_k=None if self.top_k is None else int(self.top_k))
+        return GaussianMoE(int(self.n_experts), d, top_k=None if self.top_k is None else int(self.top_k),
+                           gate=self.gate)
 
     def fit(self, X, y) -> GaussianMoERegressor:
         """Maximum-likelihood fit from ``n_init`` batched random starts; returns self."""
@@ -104,11 +120,10 @@ class GaussianMoERegressor(RegressorMixin, BaseEstimator):
         (self.y_mean_,), (self.y_scale_,) = _standardise(y.reshape(-1, 1))
         Xs, ys = (X - self.x_mean_) / self.x_scale_, (y - self.y_mean_) / self.y_scale_
         rng = check_random_state(self.random_state)
-        S, k, d = int(self.n_init), model.k, X.shape[1]
+        S, d = int(self.n_init), X.shape[1]
         gen = torch.Generator().manual_seed(int(rng.randint(0, 2**31 - 1)))
-        rnd = lambda *shape: torch.randn(S, *shape, generator=gen, dtype=torch.float64)  # noqa: E731
-        inits = model.pack({"beta1": rnd(k - 1, d), "beta0": 0.5 * rnd(k - 1), "a": rnd(k, d) / math.sqrt(d),
-                            "b": rnd(k), "lognu": 0.1 * rnd(k)})
+        inits = model.pack({name: START_SCALE[name](d) * torch.randn(S, *shape, generator=gen, dtype=torch.float64)
+                            for name, shape in model.blocks})  # drawn in block order
         best, fit = _fit_starts(model, Xs, ys, inits, int(self.max_iter))
         self.params_ = {key: v[best].numpy() for key, v in fit.params.items()}
         self.nll_ = float(fit.nll[best]) + math.log(self.y_scale_)

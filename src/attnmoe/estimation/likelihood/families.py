@@ -15,6 +15,11 @@ Every family is a :class:`LikelihoodModel`: a list of free-parameter blocks, a f
   temperature gate (2401.13875) u_i = beta1_i^T x / tau + beta0_i and activation gate
   u_i = tanh(beta1_i^T x) / tau + beta0_i, tau = exp(logtau) (our placement of tau and of the
   activation; the paper's exact placement is unknown to us, docs/likelihood.md).
+  Any gate of the least-squares registry :data:`attnmoe.moe.gates.GATES` (``"linear"``,
+  ``"polynomial"``, ``"monomial"``, ``"cosine"``, ``"perturbed-cosine"``) also serves:
+  u_i = g_i(x; theta_i) with the last expert's gating parameters pinned at 0 (free blocks
+  ``gate_A`` as the upper triangle of the symmetric A_i, ``gate_b``, ``gate_c``), so a quadratic
+  or cosine gate gets the same likelihoods, top-K and solver as the linear one.
 * Contaminated MoE (arXiv 2505.18455): a frozen expert f0 and a trainable Gaussian prompt
       p(y | x) = (1 - w(x)) f0(y | tanh(eta0^T x), nu0) + w(x) N(y | tanh(eta^T x), nu),
       w(x) = sigmoid(beta^T x + tau)   (softmax over the logits (0, beta^T x + tau)).
@@ -33,7 +38,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from attnmoe.moe.gates import make_input_map, make_linear_score
+from attnmoe.moe.gates import GATES, LINEAR_SCORES, Gate, make_gate, make_input_map, make_linear_score
 from attnmoe.moe.mixture import topk_log_weights, topk_softmax
 
 __all__ = [
@@ -125,6 +130,16 @@ def _inverse_cdf_noise(kind: str, u: Tensor) -> Tensor:
     return -torch.sign(u - 0.5) * torch.log1p(-2.0 * (u - 0.5).abs()) / math.sqrt(2.0)
 
 
+def _triangle_index(d: int) -> Tensor:
+    """``(d, d)`` positions in the row-major upper triangle (``triu_indices`` order) of the
+    entry (i, j) of a symmetric matrix: ``tri[..., idx]`` is the full matrix, by indexing only."""
+    iu = torch.triu_indices(d, d)
+    idx = torch.empty(d, d, dtype=torch.long)
+    idx[iu[0], iu[1]] = torch.arange(iu.shape[1])
+    idx[iu[1], iu[0]] = torch.arange(iu.shape[1])
+    return idx
+
+
 @dataclass(frozen=True)
 class GaussianMoE(LikelihoodModel):
     """Softmax / top-K softmax gated mixture of Gaussian (or Laplace) linear experts.
@@ -134,7 +149,9 @@ class GaussianMoE(LikelihoodModel):
         dim: input dimension d.
         top_k: K of the top-K sparse softmax (None or K = k: dense softmax).
         expert: ``"gaussian"`` or ``"laplace"``.
-        gate: ``"softmax"`` (linear scores), ``"temperature"`` or ``"activation"`` (module doc).
+        gate: a score transform of the linear gate, ``"softmax"``, ``"temperature"`` or
+            ``"activation"``, or a gate of the shared registry, ``"linear"``, ``"polynomial"``,
+            ``"monomial"``, ``"cosine"``, ``"perturbed-cosine"`` (module doc).
     """
 
     k: int
@@ -150,18 +167,51 @@ class GaussianMoE(LikelihoodModel):
             raise ValueError(f"top-K needs 1 <= K <= k, got K={self.top_k} with k={self.k} experts")
         if self.expert not in EXPERT_DENSITIES:
             raise ValueError(f"unknown expert density {self.expert!r}; valid: {list(EXPERT_DENSITIES)}")
-        make_linear_score(self.gate)  # refuses an unknown gate with one line
+        if self.gate not in LINEAR_SCORES and self.gate not in GATES:
+            raise ValueError(f"unknown gate {self.gate!r}; valid gates: {list(LINEAR_SCORES)} (linear-score "
+                             f"transforms) or {list(GATES)} (the shared gate registry)")
+
+    @property
+    def registry_gate(self) -> Gate | None:
+        """The :class:`~attnmoe.moe.gates.Gate` of a registry gate name, else None."""
+        return make_gate(self.gate, self.dim) if self.gate in GATES else None
+
+    @property
+    def has_tau(self) -> bool:
+        """A temperature tau (the temperature and activation gates)."""
+        return self.gate in LINEAR_SCORES and self.gate != "softmax"
 
     @property
     def blocks(self) -> tuple[tuple[str, tuple[int, ...]], ...]:
         k, d = self.k, self.dim
-        temp = (("logtau", (1,)),) if self.gate != "softmax" else ()
-        return (("beta1", (k - 1, d)), ("beta0", (k - 1,)), *temp, ("a", (k, d)), ("b", (k,)), ("lognu", (k,)))
+        gate = self.registry_gate
+        if gate is not None:
+            widths = {"A": (k - 1, d * (d + 1) // 2), "b": (k - 1, d), "c": (k - 1,)}  # A: upper triangle
+            gating = tuple((f"gate_{p}", widths[p]) for p in gate.param_names)
+        else:
+            temp = (("logtau", (1,)),) if self.has_tau else ()
+            gating = (("beta1", (k - 1, d)), ("beta0", (k - 1,)), *temp)
+        return (*gating, ("a", (k, d)), ("b", (k,)), ("lognu", (k,)))
+
+    def _registry_params(self, free: dict[str, Tensor], gate: Gate) -> dict[str, Tensor]:
+        """Gate parameters with the last expert's zeros appended: ``(..., k, *shape)``."""
+        out = {}
+        for p in gate.param_names:
+            v = free[f"gate_{p}"]
+            if p == "A":
+                v = v[..., _triangle_index(self.dim)]  # (..., k-1, d, d) symmetric
+            lead = v.shape[: v.ndim - len(gate.param_shapes()[p]) - 1]
+            out[p] = torch.cat([v, v.new_zeros(*lead, 1, *v.shape[len(lead) + 1 :])], len(lead))
+        return out
 
     def _gate(self, free: dict[str, Tensor], xT: Tensor) -> Tensor:
+        gate = self.registry_gate
+        if gate is not None:  # the registry's own logits, (1, n, k) -> (k, n)
+            params = {p: v.unsqueeze(0) for p, v in self._registry_params(free, gate).items()}
+            return gate.logits(params, xT.T.unsqueeze(0))[0].T
         beta1 = torch.cat([free["beta1"], free["beta1"].new_zeros(1, self.dim)], 0)  # (k, d)
         beta0 = torch.cat([free["beta0"], free["beta0"].new_zeros(1)], 0)  # (k,)
-        tau = torch.exp(free["logtau"]) if self.gate != "softmax" else None
+        tau = torch.exp(free["logtau"]) if self.has_tau else None
         return make_linear_score(self.gate)(_linear(beta1, xT), tau) + beta0.unsqueeze(-1)  # (k, n)
 
     def log_density(self, free: dict[str, Tensor], xT: Tensor, y: Tensor) -> Tensor:
@@ -174,8 +224,12 @@ class GaussianMoE(LikelihoodModel):
 
     def weights(self, natural: dict[str, Tensor], X: Tensor) -> Tensor:
         """Gate weights ``(R, n, k)`` of natural parameters with leading R at ``X`` ``(R, n, d)``."""
+        gate = self.registry_gate
+        if gate is not None:
+            u = gate.logits({p: natural[f"gate_{p}"] for p in gate.param_names}, X)  # (R, n, k)
+            return topk_softmax(u, self.top_k, dim=-1)
         lin = torch.einsum("rkd,rnd->rnk", natural["beta1"], X)
-        tau = natural["tau"].view(-1, 1, 1) if self.gate != "softmax" else None
+        tau = natural["tau"].view(-1, 1, 1) if self.has_tau else None
         u = make_linear_score(self.gate)(lin, tau) + natural["beta0"].unsqueeze(1)  # (R, n, k)
         return topk_softmax(u, self.top_k, dim=-1)
 
@@ -186,26 +240,55 @@ class GaussianMoE(LikelihoodModel):
     def natural(self, flat: Tensor) -> dict[str, Tensor]:
         f = self.unpack(flat)
         lead = flat.shape[:-1]
+        out = {"a": f["a"], "b": f["b"], "nu": torch.exp(f["lognu"])}
+        gate = self.registry_gate
+        if gate is not None:
+            return {**{f"gate_{p}": v for p, v in self._registry_params(f, gate).items()}, **out}
         out = {
             "beta1": torch.cat([f["beta1"], flat.new_zeros(*lead, 1, self.dim)], -2),
             "beta0": torch.cat([f["beta0"], flat.new_zeros(*lead, 1)], -1),
-            "a": f["a"], "b": f["b"], "nu": torch.exp(f["lognu"]),
+            **out,
         }
-        if self.gate != "softmax":
+        if self.has_tau:
             out["tau"] = torch.exp(f["logtau"][..., 0])
+        return out
+
+    def _free_registry(self, t: dict[str, Tensor], gate: Gate) -> dict[str, Tensor]:
+        """Free gate blocks of natural registry-gate parameters: translated so the last expert's
+        are 0 where the logits are linear in them (the softmax is translation invariant), else
+        (cosine) only the intercept is translated and the last expert's other parameters must be 0."""
+        out = {}
+        for p in gate.param_names:
+            v = t[f"gate_{p}"]
+            if p == "A":
+                v = 0.5 * (v + v.transpose(-1, -2))
+            axis = v.ndim - 1 - len(gate.param_shapes()[p])  # the expert axis
+            last = v.narrow(axis, self.k - 1, 1)
+            if gate.closed_form or p == "c":
+                v = v - last
+            elif bool((last != 0).any()):
+                raise ValueError(f"the {gate.name} gate's last expert must have {p} = 0 (it is pinned)")
+            v = v.narrow(axis, 0, self.k - 1)
+            if p == "A":
+                iu = torch.triu_indices(self.dim, self.dim)
+                v = v[..., iu[0], iu[1]]
+            out[f"gate_{p}"] = v
         return out
 
     def free(self, natural: dict[str, Tensor]) -> Tensor:
         t = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in natural.items()}
         if bool((t["nu"] <= 0).any()):
             raise ValueError("variances nu must be > 0")
+        experts = {"a": t["a"], "b": t["b"], "lognu": torch.log(t["nu"])}
+        gate = self.registry_gate
+        if gate is not None:
+            return self.pack({**self._free_registry(t, gate), **experts})
         beta1 = t["beta1"] - t["beta1"][..., -1:, :]  # pin the last expert (translation)
         beta0 = t["beta0"] - t["beta0"][..., -1:]
         if self.gate == "activation" and bool((t["beta1"][..., -1, :] != 0).any()):
             raise ValueError("the activation gate's last expert must have beta1 = 0 (it is pinned)")
-        free = {"beta1": beta1[..., :-1, :], "beta0": beta0[..., :-1], "a": t["a"], "b": t["b"],
-                "lognu": torch.log(t["nu"])}
-        if self.gate != "softmax":
+        free = {"beta1": beta1[..., :-1, :], "beta0": beta0[..., :-1], **experts}
+        if self.has_tau:
             if bool((t["tau"] <= 0).any()):
                 raise ValueError("the temperature tau must be > 0")
             free["logtau"] = torch.log(t["tau"]).unsqueeze(-1)
