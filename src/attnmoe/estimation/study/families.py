@@ -16,7 +16,6 @@ from __future__ import annotations
 import importlib
 import math
 import multiprocessing as mp
-import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -25,6 +24,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from attnmoe.estimation.study.plan import default_threads, default_workers
 
 __all__ = ["FAMILY_PRESETS", "FamilyArgs", "FamilyPreset", "FamilyResult", "family_presets", "near_best_set",
            "register_family_preset", "run_jobs"]
@@ -40,7 +41,8 @@ class FamilyArgs:
         replicates: replicate seeds per (setting, n); None = the preset's.
         n_grid: sample sizes; None = the preset's.
         seed: seed of the first replicate.
-        workers: parallel worker processes; None = the preset's default.
+        workers: parallel worker processes; None = one per core, at most one per job
+            (:func:`~attnmoe.estimation.study.plan.default_workers`, as the least-squares studies).
         threads: torch threads per worker; None = the project default.
         progress: show progress bars.
     """
@@ -126,10 +128,11 @@ def run_jobs(
     """Run ``fit(*job)`` for every job (each returns its records), in this process or in
     ``workers`` spawned processes of ``threads`` torch threads (default ``OMP_NUM_THREADS`` or
     1), handing each job's records to ``append`` as soon as it finishes; returns the number of
-    records. ``fit`` must be a module-level function (it is pickled to the workers). A record
+    records; ``workers`` None: one per core, at most one per job. ``fit`` must be a
+    module-level function (it is pickled to the workers). A record
     depends only on its job, not on the worker that fitted it or the order of completion."""
-    n_threads = int(threads or os.environ.get("OMP_NUM_THREADS", "1") or 1)
-    n_workers = max(1, min(workers or 1, len(jobs) or 1))
+    n_threads = int(threads or default_threads())
+    n_workers = max(1, min(workers or default_workers(len(jobs), n_threads), len(jobs) or 1))
     bar = None
     if progress:
         from tqdm import tqdm
