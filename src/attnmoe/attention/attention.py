@@ -49,21 +49,36 @@ random mask.
   tensor is no bigger than one chunk (``CHUNK_ELEMENTS``; e.g. decoding one token);
 * the reference path forms the ``(B, H, T, S)`` weight matrix explicitly
   (``reference=True`` in ``forward`` or ``layer.use_reference = True``).
+
+The option names and their checks (:func:`validate_options`, :func:`resolve_activation`,
+:data:`VALUE_ACTIVATIONS`, ...) live in :mod:`attnmoe.attention.options`, :class:`KVCache`
+and the internal mask helpers in :mod:`attnmoe.attention.cache`; this module re-exports
+them, so ``from attnmoe.attention.attention import ...`` keeps working.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attnmoe.moe.experts import EXPERT_ACTIVATIONS
-
 from . import sigmoid_chunked
+from .cache import KVCache, Mask, _and_masks, _as_additive, causal_allowed
+from .options import (
+    _KEY_SIDE_GATES,
+    OUTPUT_GATE_GRANULARITIES,
+    OUTPUT_GATE_POSITIONS,
+    SCORES,
+    VALUE_ACTIVATIONS,
+    ActivationFn,
+    _cross_gate_message,
+    resolve_activation,
+    validate_options,
+)
+from .options import _check_positive_int, _identity  # noqa: F401  (moved; still importable here)
 
 __all__ = [
     "OUTPUT_GATE_GRANULARITIES",
@@ -75,202 +90,6 @@ __all__ = [
     "resolve_activation",
     "validate_options",
 ]
-
-ActivationFn = Callable[[Tensor], Tensor]
-
-
-def _identity(x: Tensor) -> Tensor:
-    return x
-
-
-VALUE_ACTIVATIONS: dict[str, ActivationFn] = {
-    # the expert non-linearities of attnmoe.moe (one definition: the same functions) ...
-    **{name: fn for name, fn in EXPERT_ACTIVATIONS.items() if fn is not None},
-    # ... and value activations that have no MoE expert family
-    "silu": F.silu,
-    "elu": F.elu,
-    "softplus": F.softplus,
-    "identity": _identity,
-}
-"""Value activations by name (active attention, arXiv 2410.11222).  Names shared with
-``attnmoe.moe.experts.EXPERT_ACTIVATIONS`` map to the same functions."""
-
-OUTPUT_GATE_POSITIONS: tuple[str, ...] = ("G1", "G2", "G3", "G4", "G5")
-"""Output-gate positions of Qiu et al. (arXiv 2505.06708)."""
-
-OUTPUT_GATE_GRANULARITIES: tuple[str, ...] = ("elementwise", "headwise")
-SCORES: tuple[str, ...] = ("softmax", "sigmoid")
-
-_KEY_SIDE_GATES = ("G2", "G3")  # gates computed from each key token's own layer input
-
-
-def resolve_activation(value_activation: str | ActivationFn | None) -> ActivationFn | None:
-    """Return the elementwise function named by ``value_activation`` (None stays None).
-
-    Raises:
-        ValueError: unknown name.
-        TypeError: neither a string, a callable nor None.
-    """
-    if value_activation is None:
-        return None
-    if isinstance(value_activation, str):
-        try:
-            return VALUE_ACTIVATIONS[value_activation.lower()]
-        except KeyError:
-            raise ValueError(
-                f"unknown value_activation {value_activation!r}; "
-                f"choose one of {sorted(VALUE_ACTIVATIONS)} or pass a callable"
-            ) from None
-    if callable(value_activation):
-        return value_activation
-    raise TypeError(
-        "value_activation must be a name, a callable or None, "
-        f"got {type(value_activation).__name__}"
-    )
-
-
-def _check_positive_int(name: str, val: object) -> None:
-    if isinstance(val, bool) or not isinstance(val, int):
-        raise TypeError(f"{name} must be an int, got {type(val).__name__}")
-    if val <= 0:
-        raise ValueError(f"{name} must be positive, got {val}")
-
-
-def validate_options(
-    dim: int,
-    heads: int,
-    *,
-    value_activation: str | ActivationFn | None = None,
-    output_gate: str | None = None,
-    output_gate_granularity: str = "elementwise",
-    score: str = "softmax",
-    sigmoid_bias: float | None = None,
-    dropout: float = 0.0,
-    causal: bool = False,
-    context_dim: int | None = None,
-) -> None:
-    """Raise ValueError/TypeError naming the problem if the options do not make a layer."""
-    _check_positive_int("dim", dim)
-    _check_positive_int("heads", heads)
-    if dim % heads != 0:
-        raise ValueError(f"dim={dim} is not divisible by heads={heads}")
-    resolve_activation(value_activation)
-    gate = output_gate
-    if gate is not None and (
-        not isinstance(gate, str) or gate.upper() not in OUTPUT_GATE_POSITIONS
-    ):
-        raise ValueError(
-            f"unknown output_gate position {gate!r}; choose None or one of {OUTPUT_GATE_POSITIONS}"
-        )
-    if output_gate_granularity not in OUTPUT_GATE_GRANULARITIES:
-        raise ValueError(
-            f"unknown output_gate_granularity {output_gate_granularity!r}; "
-            f"choose one of {OUTPUT_GATE_GRANULARITIES}"
-        )
-    if gate is not None and gate.upper() == "G5" and output_gate_granularity == "headwise":
-        raise ValueError(
-            "output_gate='G5' with output_gate_granularity='headwise' is undefined: G5 acts "
-            "after out_proj, where the heads are already mixed; use elementwise G5 or a "
-            "headwise gate at G1..G4"
-        )
-    if score not in SCORES:
-        raise ValueError(f"unknown score {score!r}; choose one of {SCORES}")
-    if sigmoid_bias is not None:
-        if score != "sigmoid":
-            raise ValueError("sigmoid_bias is only used with score='sigmoid'")
-        if not isinstance(sigmoid_bias, (int, float)) or not math.isfinite(sigmoid_bias):
-            raise ValueError(f"sigmoid_bias must be a finite number, got {sigmoid_bias!r}")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-    if context_dim is not None:
-        _check_positive_int("context_dim", context_dim)
-        if causal:
-            raise ValueError(
-                "causal=True with context_dim: a causal mask is for self-attention; "
-                "give a cross-attention layer an attn_mask instead"
-            )
-        if gate is not None and gate.upper() in _KEY_SIDE_GATES:
-            raise ValueError(_cross_gate_message(gate.upper()))
-
-
-def _cross_gate_message(gate: str) -> str:
-    return (
-        f"output_gate={gate!r} gates each key/value token with sigmoid of that token's own "
-        "layer input, which cross-attention keys (context tokens) do not have; use G1, G4 "
-        "or G5 (read from the query input) for cross-attention"
-    )
-
-
-class KVCache:
-    """Keys and values of the tokens a self-attention layer has seen, for incremental decoding.
-
-    One cache per layer.  ``layer(x_new, cache=cache)`` attends from the new tokens to the
-    cached keys plus their own, then appends their keys and values; the outputs equal the
-    last rows of a full recomputation on the whole sequence so far (tests: 1e-6 in float32
-    for every variant).  Keys are stored after a G3 gate and values after the value
-    activation and a G2 gate (each depends on its own token only), ``(B, H, S, D)``.
-
-    Attributes:
-        k, v: ``(B, H, S, D)`` tensors, or None while empty.
-    """
-
-    def __init__(self) -> None:
-        self.k: Tensor | None = None
-        self.v: Tensor | None = None
-
-    def __len__(self) -> int:
-        return 0 if self.k is None else self.k.shape[-2]
-
-    def reset(self) -> None:
-        self.k = self.v = None
-
-    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Append ``(B, H, T, D)`` keys/values; return all keys/values ``(B, H, S, D)``."""
-        if self.k is None or self.v is None:
-            self.k, self.v = k, v
-        else:
-            if self.k.shape[:2] != k.shape[:2] or self.k.shape[-1] != k.shape[-1]:
-                raise ValueError(
-                    f"cache holds (B, H, ., D)={tuple(self.k.shape)}, new keys are "
-                    f"{tuple(k.shape)}: a KVCache belongs to one layer and one batch"
-                )
-            self.k = torch.cat([self.k, k], dim=-2)
-            self.v = torch.cat([self.v, v], dim=-2)
-        return self.k, self.v
-
-    def __repr__(self) -> str:
-        return f"KVCache(len={len(self)})"
-
-
-# A mask in internal form: None, a bool tensor True = may attend (SDPA's convention), or an
-# additive float tensor; either broadcastable to (B, H, T, S).
-Mask = Tensor | None
-
-
-def _and_masks(a: Mask, b: Mask) -> Mask:
-    """Combine two internal masks (bool allowed or additive float)."""
-    if a is None or b is None:
-        return a if b is None else b
-    if a.dtype == torch.bool and b.dtype == torch.bool:
-        return a & b
-    if a.dtype == torch.bool:
-        a, b = b, a
-    # a is float now
-    return a + b if b.dtype != torch.bool else a.masked_fill(~b, float("-inf"))
-
-
-def _as_additive(mask: Mask, dtype: torch.dtype) -> Tensor | None:
-    if mask is None or mask.dtype != torch.bool:
-        return mask
-    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(
-        ~mask, float("-inf")
-    )
-
-
-def causal_allowed(T: int, S: int, offset: int, device: torch.device) -> Tensor:
-    """Bool ``(T, S)``: query t (absolute position ``t + offset``) may see key s iff s <= t + offset."""
-    t = torch.arange(T, device=device)[:, None] + offset
-    return torch.arange(S, device=device)[None, :] <= t
 
 
 class Attention(nn.Module):
