@@ -196,3 +196,74 @@ def test_the_documented_example_runs(tmp_path) -> None:
     summary = out.split("mean test NLL over converged fits")[1]
     for gate in ("softmax", "temperature", "activation", "cosine", "perturbed-cosine", "monomial", "polynomial"):
         assert f"{gate:>17} " in summary
+
+
+def test_every_gate_declares_how_the_regressor_may_standardise_x() -> None:
+    from attnmoe.estimation.likelihood.estimators import X_STANDARDISATION
+    from attnmoe.moe.gates import GATES, LINEAR_SCORES
+
+    assert set(X_STANDARDISATION) == set(LINEAR_SCORES) | set(GATES)
+    assert set(X_STANDARDISATION.values()) <= {"affine", "scale", "none"}
+
+
+@pytest.mark.parametrize("gate,gating", [
+    ("cosine", {"gate_b": [[0.0, 1.0], [0.0, 0.0]], "gate_c": [0.0, 0.0]}),
+    ("monomial", {"gate_A": [[[0.0, 0.0], [0.0, 3.0]], [[0.0, 0.0], [0.0, 0.0]]], "gate_c": [-1.0, 0.0]}),
+])
+def test_regressor_reaches_the_mle_of_a_gate_that_centring_would_change(gate, gating) -> None:
+    """x ~ N((0, 2), I): centring x moves the cosine's origin and adds a linear term the monomial
+    gate cannot hold, so a regressor that centred x for these gates ended 0.035 (cosine) and
+    0.108 (monomial) above the true model's NLL on its own data; an MLE must not be above it."""
+    rng = np.random.default_rng(0)
+    model, n = GaussianMoE(2, 2, gate=gate), 4000
+    nat = {k: torch.tensor(v).unsqueeze(0) for k, v in gating.items()}
+    nat |= {"a": torch.tensor([[[1.0, 0.0], [0.0, -1.0]]]), "b": torch.tensor([[3.0, -3.0]]),
+            "nu": torch.tensor([[0.05, 0.05]])}
+    X = torch.from_numpy(rng.normal(size=(1, n, 2)) + np.array([0.0, 2.0]))
+    y = model.sample(nat, X, torch.from_numpy(rng.random((1, n, 2))))
+    true_nll = LikelihoodObjective(model, X, y)(model.free(nat)).item()
+    reg = GaussianMoERegressor(gate=gate, n_init=4, max_iter=300, random_state=0).fit(X[0].numpy(), y[0].numpy())
+    assert reg.converged_ and reg.nll_ <= true_nll
+
+
+def test_unit_vector_has_finite_second_derivatives_at_zero_and_is_unchanged_elsewhere() -> None:
+    """Reverse-over-reverse through vector_norm at 0 is NaN; _unit must not be, and must equal
+    the plain formula bit for bit (value and gradient) at non-zero vectors."""
+    from attnmoe.moe.gates import _unit
+
+    w = torch.tensor([0.3, -1.2, 0.7])
+    for tau in (0.0, PERTURBED_COSINE_TAU):
+        z = torch.zeros(3, requires_grad=True)
+        (g,) = torch.autograd.grad((_unit(z, tau) * w).sum(), z, create_graph=True)
+        H = torch.stack([torch.autograd.grad(g[i], z, retain_graph=True)[0] for i in range(3)])
+        assert torch.isfinite(H).all()
+        v = torch.tensor([[0.5, -2.0, 1.5], [1e-3, 0.0, 2.0]], requires_grad=True)
+        plain = v / (torch.linalg.vector_norm(v, dim=-1, keepdim=True) + tau)
+        assert torch.equal(_unit(v, tau), plain)
+        assert torch.equal(torch.autograd.grad((_unit(v, tau) * w).sum(), v)[0],
+                           torch.autograd.grad((plain * w).sum(), v)[0])
+
+
+def test_perturbed_cosine_fit_starts_from_a_zero_direction() -> None:
+    """A start with b_i = 0 (a neutral gate) made every Hessian NaN and the fit stop at once."""
+    gen = torch.Generator().manual_seed(6)
+    model = GaussianMoE(2, 2, gate="perturbed-cosine")
+    X = torch.randn(1, 300, 2, generator=gen)
+    y = torch.where(X[..., 0] > 0, 2 * X[..., 1], -X[..., 1]) + 0.2 * torch.randn(1, 300, generator=gen)
+    init = torch.zeros(1, model.n_params)  # gate_b = gate_c = 0, a = 0, b = 0, nu = 1
+    _, _, H = LikelihoodObjective(model, X, y).hessian(init)
+    assert torch.isfinite(H).all()
+    fit = fit_likelihood(model, X, y, init, max_iter=200)
+    assert fit.converged.all() and int(fit.n_iter[0]) > 0
+
+
+def test_hellinger_takes_registry_gate_models() -> None:
+    from attnmoe.estimation.likelihood.voronoi import hellinger
+
+    model = GaussianMoE(2, 1, gate="polynomial")
+    flat = torch.randn(2, model.n_params, generator=torch.Generator().manual_seed(15))
+    nat = model.natural(flat)
+    x, ygrid = torch.linspace(-1, 1, 5).view(-1, 1), torch.linspace(-30, 30, 6001)
+    assert torch.allclose(hellinger(model, nat, model, nat, x, ygrid), torch.zeros(2), atol=1e-6)
+    other = model.natural(flat.flip(0))
+    assert (hellinger(model, nat, model, other, x, ygrid) > 0.01).all()

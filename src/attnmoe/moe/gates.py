@@ -164,8 +164,16 @@ class MonomialGate(Gate):
 
 
 def _unit(v: Tensor, tau: float) -> Tensor:
-    """v / (||v|| + tau) over the last dim, 0 where v = 0 (no 0/0, no NaN gradient)."""
-    norm = torch.linalg.vector_norm(v, dim=-1, keepdim=True)
+    """v / (||v|| + tau) over the last dim, 0 where v = 0 (no 0/0, no NaN derivative).
+
+    The norm of a zero vector is taken as 0 with zero first AND second derivatives (torch's
+    ``vector_norm`` is computed on a placeholder there): its own second derivative at 0 is NaN,
+    which made every Hessian through a cosine expert with b_i = 0 NaN. Elsewhere the values and
+    derivatives are ``vector_norm``'s, bit for bit. At v = 0 the plain cosine (tau = 0) is not
+    differentiable at all (v/||v|| has no limit); the perturbed one is C^1 with derivative I/tau.
+    """
+    zero = (v == 0).all(-1, keepdim=True)
+    norm = torch.where(zero, 0.0, torch.linalg.vector_norm(torch.where(zero, 1.0, v), dim=-1, keepdim=True))
     denom = norm + tau
     return v / torch.where(denom > 0, denom, torch.ones_like(denom))
 

@@ -8,7 +8,9 @@
 * :class:`MoEClassifier` -- softmax-gated multinomial logistic MoE (arXiv 2310.14188), standard
   or modified (``input_map="tanh"``) gate; ``predict_proba`` P(Y = s | x).
 
-Both standardise X (and the regressor y) with the sample mean and standard deviation, fit
+Both standardise X (and the regressor y) with the sample mean and standard deviation (the
+regressor only as far as its gate family allows, :data:`X_STANDARDISATION`: centring x changes a
+monomial, activation or cosine gate's model, so those gates see x scaled or raw), fit
 ``n_init`` random starts as ONE batched trust-region program
 (:func:`~attnmoe.estimation.likelihood.objective.fit_likelihood`; the starts are replicates of
 the same data) and keep the start with the lowest NLL; a ``ConvergenceWarning`` is raised when
@@ -31,6 +33,13 @@ from attnmoe.estimation.likelihood.families import GaussianMoE, MultinomialLogis
 from attnmoe.estimation.likelihood.objective import fit_likelihood
 
 __all__ = ["GaussianMoERegressor", "MoEClassifier"]
+
+#: how GaussianMoERegressor may standardise x for each gate without leaving the gate's family:
+#: "affine" (centre and scale: the gate family is closed under x -> (x - m) / s), "scale" (scale
+#: only: x^T A_i x and tanh(beta1_i^T x) absorb a diagonal scaling but not a shift), "none" (the
+#: cosine routers: both change the angles). The linear experts absorb any of these.
+X_STANDARDISATION = {"softmax": "affine", "temperature": "affine", "linear": "affine", "polynomial": "affine",
+                     "monomial": "scale", "activation": "scale", "cosine": "none", "perturbed-cosine": "none"}
 
 #: standard deviation of the random starts of each free block of a GaussianMoE (d -> scale)
 START_SCALE = {
@@ -87,7 +96,8 @@ class GaussianMoERegressor(RegressorMixin, BaseEstimator):
     Attributes:
         params_: natural parameters on the standardised scale (beta1, beta0, a, b, nu; tau for the
             temperature and activation gates; gate_A, gate_b, gate_c for registry gates).
-        x_mean_, x_scale_, y_mean_, y_scale_: the standardisation.
+        x_mean_, x_scale_, y_mean_, y_scale_: the standardisation (x_mean_ = 0 for the monomial,
+            activation and cosine gates, x_scale_ = 1 for the cosine ones: X_STANDARDISATION).
         nll_: mean negative log-likelihood of the selected start, in units of y.
         n_iter_, converged_, n_features_in_.
     """
@@ -116,7 +126,10 @@ class GaussianMoERegressor(RegressorMixin, BaseEstimator):
         """Maximum-likelihood fit from ``n_init`` batched random starts; returns self."""
         X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True)
         model = self._model(X.shape[1])
-        self.x_mean_, self.x_scale_ = _standardise(X)
+        mean, scale = _standardise(X)
+        mode = X_STANDARDISATION[self.gate]
+        self.x_mean_ = mean if mode == "affine" else np.zeros_like(mean)
+        self.x_scale_ = scale if mode != "none" else np.ones_like(scale)
         (self.y_mean_,), (self.y_scale_,) = _standardise(y.reshape(-1, 1))
         Xs, ys = (X - self.x_mean_) / self.x_scale_, (y - self.y_mean_) / self.y_scale_
         rng = check_random_state(self.random_state)

@@ -87,9 +87,9 @@ def hellinger(
     """RMS over ``x_grid`` ``(m, d)`` of the Hellinger distance in y (trapezoid on ``y_grid``) ``(R,)``.
 
     H^2(p, q) = 1 - int sqrt(p q) dy (clamped at 0); the grid must cover the mass of both.
-    ``fitted`` has leading dim R, ``truth`` leading dim R or 1.
+    ``fitted`` has leading dim R, ``truth`` leading dim R or 1 (any gate of ``GaussianMoE``).
     """
-    R = fitted["beta0"].shape[0]
+    R = fitted["nu"].shape[0]
     dens = {"gaussian": log_gaussian, "laplace": log_laplace}
     tr = {k: torch.as_tensor(v, dtype=torch.float64).expand(R, *v.shape[1:]) for k, v in truth.items()}
     out = torch.zeros(R, dtype=torch.float64)
