@@ -34,13 +34,7 @@ from attnmoe.estimation.study.families import FamilyArgs
 
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    """float64 default dtype inside this module's tests only (restored after each)."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64_default")  # float64 default dtype in this module only
 
 
 def _softmax(u: np.ndarray) -> np.ndarray:

@@ -20,12 +20,7 @@ from attnmoe.moe.gates import PERTURBED_COSINE_TAU
 REGISTRY = ["linear", "polynomial", "monomial", "cosine", "perturbed-cosine"]
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64_default")  # float64 default dtype in this module only
 
 
 def _logits_by_hand(gate: str, nat: dict, x: np.ndarray) -> np.ndarray:
