@@ -32,6 +32,7 @@ activation) and the input maps of the modified gate are :data:`attnmoe.moe.gates
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -130,9 +131,11 @@ def _inverse_cdf_noise(kind: str, u: Tensor) -> Tensor:
     return -torch.sign(u - 0.5) * torch.log1p(-2.0 * (u - 0.5).abs()) / math.sqrt(2.0)
 
 
+@functools.lru_cache(maxsize=None)
 def _triangle_index(d: int) -> Tensor:
     """``(d, d)`` positions in the row-major upper triangle (``triu_indices`` order) of the
-    entry (i, j) of a symmetric matrix: ``tri[..., idx]`` is the full matrix, by indexing only."""
+    entry (i, j) of a symmetric matrix: ``tri[..., idx]`` is the full matrix, by indexing only.
+    Built once per d (every log-density evaluation of a quadratic gate indexes with it)."""
     iu = torch.triu_indices(d, d)
     idx = torch.empty(d, d, dtype=torch.long)
     idx[iu[0], iu[1]] = torch.arange(iu.shape[1])
