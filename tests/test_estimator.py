@@ -113,14 +113,15 @@ def test_integer_weights_equal_repeated_rows_and_zero_weights_removal() -> None:
 def test_underdetermined_fit_warns_instead_of_raising() -> None:
     X, y = _data(10)
     with pytest.warns(UserWarning, match="not unique"):
-        model = MoERegressor(n_experts=3, gate="polynomial", max_iter=20, n_init=1).fit(X, y)
+        model = MoERegressor(n_experts=3, gate="polynomial", max_iter=20, n_init=1, selection="none").fit(X, y)
     assert np.isfinite(model.predict(X)).all()
 
 
 def test_convergence_warning() -> None:
     X, y = _data(100)
     with pytest.warns(ConvergenceWarning, match="max_iter=2"):
-        model = MoERegressor(n_experts=2, expert="linear", n_init=2, max_iter=2, random_state=0).fit(X, y)
+        model = MoERegressor(n_experts=2, expert="linear", n_init=2, max_iter=2, random_state=0,
+                              selection="none").fit(X, y)
     assert model.converged_ is False
 
 

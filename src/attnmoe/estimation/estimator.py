@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -48,6 +50,60 @@ GN_DAMPING = 1e-3
 
 #: Default ridge strength ``l2`` (see :func:`penalty_weights`).
 L2_DEFAULT = 0.03
+
+#: Default held-out fraction of ``selection="holdout"`` (docs/estimation.md).
+VALIDATION_FRACTION_DEFAULT = 0.2
+
+#: Model selections of ``MoERegressor``: "holdout" compares the mixture with its one-linear-expert
+#: special case on held-out rows, "none" fits the mixture as configured.
+SELECTIONS = ("holdout", "none")
+
+_FLOAT_MAX = float(np.finfo(np.float64).max)
+
+
+def check_input_scale(X: np.ndarray, y: np.ndarray | None, x_power: int) -> None:
+    """Refuse inputs whose powers the fit forms overflow (or underflow) float64, naming which.
+
+    The least-squares fit forms the ``x_power``-th power of X's scale (4: x^T A x and the ridge
+    weight s_x^4 of A, :func:`penalty_weights`; 2 for a standardisation) and the squared errors
+    of y, so it needs ``max|X| < (float max)^(1/x_power) / 2`` and ``max|y| < sqrt(float max) / 2``
+    (the /2 leaves room for centring); the same bound from below on a non-zero spread of X.
+
+    Raises:
+        ValueError: one line naming the array, its largest absolute value and the bound.
+    """
+    limit = _FLOAT_MAX ** (1.0 / x_power) / 2
+    big = float(np.max(np.abs(X))) if X.size else 0.0
+    if big >= limit:
+        raise ValueError(f"X holds values up to {big:.3g} in absolute value; the fit raises them to the power "
+                         f"{x_power}, which overflows float64 above {limit:.2g}: rescale X "
+                         "(e.g. sklearn.preprocessing.StandardScaler)")
+    spread = float(np.max(X) - np.min(X)) if X.size else 0.0
+    if 0 < spread < 1 / limit:
+        raise ValueError(f"X's values span only {spread:.3g}; the fit raises their scale to the power "
+                         f"-{x_power}, which overflows float64 below {1 / limit:.2g}: rescale X "
+                         "(e.g. sklearn.preprocessing.StandardScaler)")
+    y_limit = math.sqrt(_FLOAT_MAX) / 2
+    y_big = float(np.max(np.abs(y))) if y is not None and y.size else 0.0
+    if y_big >= y_limit:
+        raise ValueError(f"y holds values up to {y_big:.3g} in absolute value; its squared errors overflow "
+                         f"float64 above {y_limit:.2g}: rescale y (e.g. divide it by its standard deviation)")
+
+
+@contextmanager
+def torch_threads(n_threads: int | None) -> Iterator[None]:
+    """Run the block on ``n_threads`` torch intra-op threads (``None``: leave torch's setting),
+    restoring the previous count after: fits inside ``GridSearchCV(n_jobs=...)`` or beside other
+    processes then do not oversubscribe the cores."""
+    if n_threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(n_threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _weighted_mean_std(v: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
@@ -188,7 +244,16 @@ class MoERegressor(RegressorMixin, BaseEstimator):
             error of the standardised response.
         l2: ridge strength (:func:`penalty_weights`; 0 = plain least squares). The default was
             chosen by 5-fold CV on diabetes training data (``docs/estimation.md``).
-        random_state: seed / ``np.random.RandomState`` for the restarts.
+        selection: ``"holdout"`` (default): fit the mixture and its special case with one linear
+            expert (ridge regression with the same ``l2``) on ``1 - validation_fraction`` of the
+            distinct rows, keep the one with the lower weighted MSE on the rest and refit it on
+            all rows, so that on near-linear data the estimator does not lose to a linear model
+            (``docs/estimation.md``); ``"none"``: fit the mixture as configured.
+        validation_fraction: the held-out fraction of ``selection="holdout"`` (0 < f < 1).
+        n_threads: torch intra-op threads used while fitting and predicting (default 1: one
+            thread per fit, so ``GridSearchCV(n_jobs=...)`` is the parallelism knob and nothing
+            is oversubscribed); ``None`` keeps torch's own setting.
+        random_state: seed / ``np.random.RandomState`` for the restarts and the held-out split.
 
     Attributes:
         A_: ``(k, d, d)`` symmetric quadratic gating matrices (quadratic gates only), A_[0] = 0.
@@ -198,6 +263,10 @@ class MoERegressor(RegressorMixin, BaseEstimator):
         output_scale_, output_offset_: the output layer (1 and 0 for linear experts).
         loss_: weighted training mean squared error (units of y squared) of the selected restart.
         n_iter_: L-BFGS iterations of the selected restart. converged_: its convergence flag.
+        selected_: ``"mixture"`` or ``"linear"`` (the held-out selection's choice);
+            ``gate_``, ``expert_``, ``n_experts_`` describe the fitted model (``"linear"``,
+            ``"linear"``, 1 when the linear model was selected: then A_ is None, b_ = 0).
+        validation_mse_: ``{"mixture": ..., "linear": ...}`` held-out weighted MSEs, or None.
         n_features_in_: d.
     """
 
@@ -210,6 +279,9 @@ class MoERegressor(RegressorMixin, BaseEstimator):
         max_iter: int = 2000,
         tol: float = 1e-6,
         l2: float = L2_DEFAULT,
+        selection: str = "holdout",
+        validation_fraction: float = VALIDATION_FRACTION_DEFAULT,
+        n_threads: int | None = 1,
         random_state=None,
     ) -> None:
         self.n_experts = n_experts
@@ -219,6 +291,9 @@ class MoERegressor(RegressorMixin, BaseEstimator):
         self.max_iter = max_iter
         self.tol = tol
         self.l2 = l2
+        self.selection = selection
+        self.validation_fraction = validation_fraction
+        self.n_threads = n_threads
         self.random_state = random_state
 
     def _check_params(self) -> None:
@@ -233,35 +308,86 @@ class MoERegressor(RegressorMixin, BaseEstimator):
             raise ValueError(f"tol must be a float >= 0, got {self.tol!r}")
         if isinstance(self.l2, bool) or not isinstance(self.l2, (int, float)) or not self.l2 >= 0:
             raise ValueError(f"l2 must be a float >= 0, got {self.l2!r}")
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"unknown selection {self.selection!r}; valid: {list(SELECTIONS)}")
+        f = self.validation_fraction
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f < 1:
+            raise ValueError(f"validation_fraction must be a float in (0, 1), got {f!r}")
+        if self.n_threads is not None:
+            _check_int("n_threads", self.n_threads, 1)
 
     def fit(self, X, y, sample_weight=None) -> MoERegressor:
         """Fit by weighted least squares from ``n_init`` batched random restarts; returns self.
 
         ``sample_weight`` (n,) non-negative, not all zero: an integer weight m gives the fit
-        that m copies of the sample give.
+        that m copies of the sample give. With ``selection="holdout"`` the mixture and its
+        one-linear-expert special case are first fitted on a random ``1 - validation_fraction``
+        of the distinct rows and compared by weighted MSE on the rest; the better one is refitted
+        on all rows (``selected_``; ``docs/estimation.md``).
+
+        Raises:
+            ValueError: bad parameters or input, input too large (or small) in scale for float64,
+                or every restart ending with a non-finite loss.
         """
         self._check_params()
         X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True)  # rejects NaN/inf, shapes
         sw = _check_sample_weight(sample_weight, X, dtype=np.float64, ensure_non_negative=True)  # >= 0, not all 0
+        check_input_scale(X, np.asarray(y, dtype=np.float64), x_power=4)
         X, y, sw = collapse_duplicates(X, np.asarray(y, dtype=np.float64), sw)
+        rng = check_random_state(self.random_state)
+        seed = int(rng.randint(0, 2**31 - 1))  # the restarts' stream (drawn first: selection="none" is unchanged)
+        own = (self.gate, self.expert, int(self.n_experts))
+        linear = ("linear", "linear", 1)
+        nested = own[2] == 1 and own[1] == "linear"  # already the linear model
+        with torch_threads(self.n_threads):
+            chosen, self.validation_mse_ = own, None
+            split = None if self.selection == "none" or nested else _holdout(sw, float(self.validation_fraction), rng)
+            if split is not None:
+                train, val = split
+                scores = {}
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # only the final fit's warnings concern the user
+                    for name, model in (("mixture", own), ("linear", linear)):
+                        fitted = self._fit_one(X[train], y[train], sw[train], *model, seed)
+                        pred = _predict(fitted, *model[:2], X[val])
+                        scores[name] = float(np.sum(sw[val] * (y[val] - pred) ** 2) / sw[val].sum())
+                self.validation_mse_ = scores
+                chosen = linear if scores["linear"] < scores["mixture"] else own
+            fitted = self._fit_one(X, y, sw, *chosen, seed, warn=True)
+        self.selected_ = "linear" if chosen == linear and not nested else "mixture"
+        self.gate_, self.expert_, self.n_experts_ = chosen
+        for key, value in fitted.items():
+            setattr(self, key, value)
+        if not self.converged_:
+            warnings.warn(
+                f"L-BFGS did not converge in max_iter={self.max_iter} iterations (max |grad| = "
+                f"{self._grad_max:.3g} > tol={self.tol}); increase max_iter or tol.",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+        del self._grad_max
+        return self
+
+    def _fit_one(self, X: np.ndarray, y: np.ndarray, sw: np.ndarray, gate: str, expert: str, k: int,
+                 seed: int, warn: bool = False) -> dict:
+        """One batched L-BFGS fit of a ``k``-expert ``gate``/``expert`` MoE; its fitted attributes."""
         n, d = X.shape
-        layout = ParameterLayout(self.gate, self.expert, int(self.n_experts), d)
-        affine = self.expert != "linear"
-        if n < layout.n_params + 2 * affine:
+        layout = ParameterLayout(gate, expert, k, d)
+        affine = expert != "linear"
+        if warn and n < layout.n_params + 2 * affine:
             warnings.warn(
                 f"{n} distinct samples (with positive weight) for {layout.n_params + 2 * affine} free "
-                f"parameters of a {self.n_experts}-expert {self.gate}/{self.expert} MoE on {d} "
+                f"parameters of a {k}-expert {gate}/{expert} MoE on {d} "
                 f"features: the least-squares fit is not unique",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
         Xt, w = torch.from_numpy(X), torch.from_numpy(sw)
         yt = torch.from_numpy(y)
         mu, s = _weighted_mean_std(yt, w)
         s = s if float(s) > 1e-12 * max(1.0, abs(float(mu))) else torch.ones_like(s)
         z = (yt - mu) / s  # (n,)
-        rng = check_random_state(self.random_state)
-        gen = torch.Generator().manual_seed(int(rng.randint(0, 2**31 - 1)))
+        gen = torch.Generator().manual_seed(seed)
         theta0 = weighted_random_init(layout, Xt, z, w, int(self.n_init), gen)  # (S, P)
         s_x = float(_weighted_mean_std(Xt, w.unsqueeze(-1).expand(n, d))[1].clamp_min(1e-12))
         model = _WeightedModel(layout, Xt, z, w, affine, float(self.l2), s_x)
@@ -276,46 +402,61 @@ class MoERegressor(RegressorMixin, BaseEstimator):
                     precondition=model.preconditioner)
         loss = torch.where(torch.isfinite(res.loss), res.loss, torch.inf)
         best = int(loss.argmin())
+        if not torch.isfinite(loss[best]):
+            raise ValueError(f"the fit failed: all {int(self.n_init)} restarts of the {k}-expert {gate}/{expert} "
+                             f"MoE ended with a non-finite loss; rescale X and y or raise l2")
         P = layout.n_params
         params = {key: v[0].numpy() for key, v in layout.unpack(res.x[best : best + 1, :P]).items()}
         scale, offset = (float(res.x[best, P]), float(res.x[best, P + 1])) if affine else (1.0, 0.0)
         s, mu = float(s), float(mu)
+        out: dict = {}
         if affine:  # y = mu + s * (offset + scale * f_G)
-            self.output_scale_, self.output_offset_ = s * scale, mu + s * offset
+            out["output_scale_"], out["output_offset_"] = s * scale, mu + s * offset
         else:  # y = mu + s * f_G: absorbed in the linear experts
             params["a"], params["alpha"] = s * params["a"], mu + s * params["alpha"]
-            self.output_scale_, self.output_offset_ = 1.0, 0.0
-        self.A_ = params.get("A")
-        self.b_ = params.get("b")
-        self.c_ = params["c"]
-        self.a_ = params["a"]
-        self.alpha_ = params["alpha"]
+            out["output_scale_"], out["output_offset_"] = 1.0, 0.0
+        out.update(A_=params.get("A"), b_=params.get("b"), c_=params["c"], a_=params["a"], alpha_=params["alpha"])
         with torch.no_grad():
-            self.loss_ = float(model.mse(res.x[best : best + 1])[0]) * s**2  # without the penalty
-        self.n_iter_ = int(res.n_iter[best])
-        self.converged_ = bool(res.converged[best])
-        if not self.converged_:
-            warnings.warn(
-                f"L-BFGS did not converge in max_iter={self.max_iter} iterations (max |grad| = "
-                f"{float(res.grad_max[best]):.3g} > tol={self.tol}); increase max_iter or tol.",
-                ConvergenceWarning,
-                stacklevel=2,
-            )
-        return self
+            out["loss_"] = float(model.mse(res.x[best : best + 1])[0]) * s**2  # without the penalty
+        if not math.isfinite(out["loss_"]):
+            raise ValueError(f"the fit's mean squared error overflows float64 in the units of y "
+                             f"(standard deviation {s:.3g}): rescale y")
+        out["n_iter_"] = int(res.n_iter[best])
+        out["converged_"] = bool(res.converged[best])
+        out["_grad_max"] = float(res.grad_max[best])
+        return out
 
     def predict(self, X) -> np.ndarray:
         """Predicted regression function values ``(n,)``."""
         check_is_fitted(self, "c_")
         X = validate_data(self, X, dtype=np.float64, reset=False)
-        params = {
-            key: torch.from_numpy(np.asarray(value)).unsqueeze(0)
-            for key, value in (("A", self.A_), ("b", self.b_), ("c", self.c_), ("a", self.a_), ("alpha", self.alpha_))
-            if value is not None
-        }
-        gate = make_gate(self.gate, X.shape[1])
-        with torch.no_grad():
-            out = mixture_forward(gate, make_expert(self.expert), params, torch.from_numpy(X).unsqueeze(0))
-        return self.output_offset_ + self.output_scale_ * out[0].numpy()
+        fitted = {"A_": self.A_, "b_": self.b_, "c_": self.c_, "a_": self.a_, "alpha_": self.alpha_,
+                  "output_offset_": self.output_offset_, "output_scale_": self.output_scale_}
+        with torch_threads(self.n_threads):
+            return _predict(fitted, self.gate_, self.expert_, X)
+
+
+def _predict(fitted: dict, gate: str, expert: str, X: np.ndarray) -> np.ndarray:
+    """``offset + scale * f_G(X)`` ``(n,)`` from fitted attributes (``A_``, ..., ``output_scale_``)."""
+    params = {
+        key: torch.from_numpy(np.asarray(fitted[key + "_"])).unsqueeze(0)
+        for key in ("A", "b", "c", "a", "alpha")
+        if fitted[key + "_"] is not None
+    }
+    with torch.no_grad():
+        out = mixture_forward(make_gate(gate, X.shape[1]), make_expert(expert), params, torch.from_numpy(X).unsqueeze(0))
+    return fitted["output_offset_"] + fitted["output_scale_"] * out[0].numpy()
+
+
+def _holdout(sw: np.ndarray, fraction: float, rng: np.random.RandomState) -> tuple[np.ndarray, np.ndarray] | None:
+    """A random (train, validation) split of the rows, ``fraction`` of them (at least one) held out;
+    ``None`` when either part would have fewer than 2 rows."""
+    n = len(sw)
+    n_val = max(1, int(round(fraction * n)))
+    if n_val < 2 or n - n_val < 2:
+        return None
+    order = rng.permutation(n)
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
 class QuadraticGatingMoERegressor(MoERegressor):
