@@ -182,8 +182,11 @@ def test_sample_bad_run_folders(lm_run: Path, tmp_path: Path) -> None:
     weights = broken / "checkpoint" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])  # truncated weights
     result = runner.invoke(app, ["sample", "--run", str(broken)])
-    assert result.exit_code == 2 and "cannot load" in result.stderr
+    assert result.exit_code == 2 and "does not match its checksum" in result.stderr
     weights.unlink()
+    result = runner.invoke(app, ["sample", "--run", str(broken)])
+    assert result.exit_code == 2 and "model.safetensors is missing" in result.stderr
+    shutil.rmtree(broken / "checkpoint")
     result = runner.invoke(app, ["sample", "--run", str(broken)])
     assert result.exit_code == 2 and "no weights" in result.stderr
     config = json.loads((broken / "config.json").read_text())

@@ -5,8 +5,12 @@
 
 Reads the run folder written by ``attnmoe train --task lm``: ``config.json`` (attention
 variant, model sizes, and the vocabulary ``task_info.chars``) and the weights
-``checkpoint/model.safetensors`` (the last checkpoint); samples with the model's KV caches
-(``attnmoe.tasks.language.generate``) and prints the prompt followed by the new text.
+``checkpoint/model.safetensors`` (the last checkpoint), verified against the SHA-256 that
+``checkpoint/state.json`` holds; a damaged checkpoint falls back to ``checkpoint.old`` (named on
+stderr), and when none verifies, or the weights are not finite, the command refuses in one line.
+Samples with the model's KV caches (``attnmoe.tasks.language.generate_stream``) and streams the
+prompt followed by the new text to stdout as it is generated (memory does not grow with
+``--tokens``); Ctrl-C stops it with one line and exit code 130.
 """
 
 from __future__ import annotations
@@ -20,7 +24,38 @@ import typer
 
 from attnmoe.commands.train import ThreadsOpt, fail, set_threads
 
-WEIGHTS = Path("checkpoint") / "model.safetensors"
+WEIGHTS = "model.safetensors"
+INTERRUPTED = 130
+"""Exit code after Ctrl-C (128 + SIGINT), as a shell reports it."""
+
+
+def verified_weights(run: Path) -> Path:
+    """``<checkpoint>/model.safetensors`` of the newest checkpoint of ``run`` whose files match the
+    SHA-256 in its ``state.json`` (a damaged ``checkpoint/`` is named on stderr and
+    ``checkpoint.old/`` tried).
+
+    Raises:
+        ValueError: no checkpoint, or none that verifies (one line naming each problem).
+    """
+    from attnmoe.train.checkpoint import CheckpointDamaged, checkpoint_candidates, read_state
+
+    found = checkpoint_candidates(run)
+    if not found:
+        raise ValueError(f"--run {run}: no weights (no checkpoint/ folder)")
+    problems = []
+    for path in found:
+        try:
+            state = read_state(path)
+        except CheckpointDamaged as err:
+            problems.append(str(err))
+            continue
+        if WEIGHTS not in state["files"]:
+            problems.append(f"{path}: state.json lists no {WEIGHTS}")
+            continue
+        if problems:
+            typer.echo(f"warning: {'; '.join(problems)}; using {path}", err=True)
+        return path / WEIGHTS
+    raise ValueError(f"--run {run}: no checkpoint verifies ({'; '.join(problems)})")
 
 
 def _read_config(run: Path) -> dict[str, Any]:
@@ -60,8 +95,10 @@ def _vocabulary(config: dict[str, Any], run: Path) -> str:
 
 def sample(
     run: Annotated[Path, typer.Option("--run", help="Run folder of an `attnmoe train --task lm` run.")],
-    prompt: Annotated[str, typer.Option("--prompt", help="Text to continue.")] = "\n",
-    tokens: Annotated[int, typer.Option("--tokens", help="Characters to generate.")] = 500,
+    prompt: Annotated[str, typer.Option(
+        "--prompt", show_default=False, help="Text to continue (default: a newline).")] = "\n",
+    tokens: Annotated[int, typer.Option(
+        "--tokens", help="Characters to generate (streamed as they come; Ctrl-C stops).")] = 500,
     temperature: Annotated[float, typer.Option(
         "--temperature", help="Softmax temperature (> 0; lower = more conservative).")] = 1.0,
     top_k: Annotated[int | None, typer.Option(
@@ -74,7 +111,7 @@ def sample(
     from safetensors import SafetensorError
     from safetensors.torch import load_model
 
-    from attnmoe.tasks.language import GPT, cache_is_exact, generate
+    from attnmoe.tasks.language import GPT, cache_is_exact, generate_stream
 
     try:
         if tokens < 1:
@@ -95,23 +132,35 @@ def sample(
             raise ValueError(f"--prompt has characters outside the run's vocabulary: {unknown!r}")
         sizes = {k: v for k, v in config["model"].items() if k != "eval_blocks"}
         model = GPT(vocab_size=len(chars) + 1, attention=config["attention"], **sizes)
-        weights = run / WEIGHTS
-        if not weights.is_file():
-            raise ValueError(f"--run {run}: no weights at {WEIGHTS}")
+        weights = verified_weights(run)
         try:
             load_model(model, str(weights), strict=True)
         except (SafetensorError, RuntimeError, OSError) as err:  # truncated / other shapes
             raise ValueError(f"{weights}: cannot load into the model of config.json ({err})") from None
+        bad = [name for name, p in model.state_dict().items() if not torch.isfinite(p).all()]
+        if bad:
+            raise ValueError(f"{weights}: {len(bad)} weight tensors hold NaN or infinite values "
+                             f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); the run diverged")
         if not cache_is_exact(model):
             typer.echo("note: stacked sigmoid attention with the default bias -log(n): "
                        "recomputing the context at every step instead of using the KV cache",
                        err=True)
         stoi = {c: i for i, c in enumerate(chars)}
         idx = torch.tensor([[stoi[c] for c in prompt]], dtype=torch.long)
-        out = generate(model, idx, tokens, temperature=temperature, top_k=top_k,
-                       generator=torch.Generator().manual_seed(seed))
+        stream = generate_stream(model, idx, tokens, temperature=temperature, top_k=top_k,
+                                 generator=torch.Generator().manual_seed(seed))
+        unk = "\ufffd"
+        sys.stdout.write(prompt)
+        for nxt in stream:
+            i = int(nxt[0, 0])
+            sys.stdout.write(chars[i] if i < len(chars) else unk)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
     except (ValueError, TypeError) as err:
         raise fail(err) from None
-    unk = "\ufffd"
-    sys.stdout.write("".join(chars[i] if i < len(chars) else unk for i in out[0].tolist()))
-    sys.stdout.write("\n")
+    except KeyboardInterrupt:
+        sys.stdout.write("\n")
+        typer.echo("interrupted (Ctrl-C)", err=True)
+        raise typer.Exit(code=INTERRUPTED) from None
+    except BrokenPipeError:  # e.g. `attnmoe sample ... | head`
+        raise typer.Exit(code=0) from None

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -139,13 +140,37 @@ def generate(
 ) -> Tensor:
     """Append ``n_tokens`` sampled ids to ``idx`` ``(B, T0)``; returns ``(B, T0 + n_tokens)``.
 
+    The ids of :func:`generate_stream` (see there), concatenated after ``idx``.
+    """
+    new = list(generate_stream(model, idx, n_tokens, temperature=temperature, top_k=top_k,
+                               generator=generator, use_cache=use_cache))
+    return torch.cat([idx, *new], dim=1)
+
+
+@torch.no_grad()
+def generate_stream(
+    model: GPT,
+    idx: Tensor,
+    n_tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+) -> Iterator[Tensor]:
+    """Yield ``n_tokens`` sampled ids ``(B, 1)`` one at a time after the prompt ``idx`` ``(B, T0)``.
+
     Each next id is drawn from ``softmax(logits / temperature)`` restricted to the ``top_k``
     largest logits (all when None). The context is the last ``block_size`` ids (nanoGPT's
     crop). With ``use_cache`` the blocks keep a :class:`KVCache`, so each new id costs one
     token's forward until the context is full; from then on the window slides, positions
     shift, and every step recomputes the window (as without the cache).  Both ways give the
     same logits up to rounding (tested); where they would not (:func:`cache_is_exact`) the
-    cache is not used.  The model is put in eval mode.
+    cache is not used.  Only the window is kept, so memory does not grow with ``n_tokens``
+    (``attnmoe sample`` streams its text).  The model is put in eval mode.
+
+    Raises:
+        ValueError: bad arguments, or logits that are not finite (NaN or infinite weights).
     """
     if not temperature > 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
@@ -156,23 +181,26 @@ def generate(
     model.eval()
     window = model.block_size
     caches = [KVCache() for _ in model.blocks] if use_cache and cache_is_exact(model) else None
-    out = idx
-    logits = model(out[:, -window:], caches)[:, -1]  # (B, V)
+    context = idx[:, -window:]  # (B, <= window): the last ids, all the model ever sees
+    logits = model(context, caches)[:, -1]  # (B, V)
     for step in range(n_tokens):
+        if not torch.isfinite(logits).all():
+            raise ValueError(f"the model's logits are not finite at generated token {step} "
+                             "(NaN or infinite weights?)")
         logits = logits / temperature
         if top_k is not None and top_k < logits.shape[-1]:
             kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
             logits = logits.masked_fill(logits < kth, float("-inf"))
         probs = torch.softmax(logits, dim=-1)
         nxt = torch.multinomial(probs, 1, generator=generator)  # (B, 1)
-        out = torch.cat([out, nxt], dim=1)
+        yield nxt
+        context = torch.cat([context, nxt], dim=1)[:, -window:]
         if step == n_tokens - 1:
             break
         if caches is not None and len(caches[0]) < window:
             logits = model(nxt, caches)[:, -1]
         else:
-            logits = model(out[:, -window:])[:, -1]
-    return out
+            logits = model(context)[:, -1]
 
 
 def _init_gpt(module: nn.Module) -> None:
