@@ -2,8 +2,9 @@
 
 Independent computations: torch's own ``nn.MultiheadAttention`` forward, and
 ``fused_reference`` below, which follows the reference gated-attention forward
-(github.com/qiuzh20/gated_attention, ``Qwen3Attention.forward`` without RoPE and q/k norms):
-it splits the *activations* of the fused ``q_proj``, where the loader splits its *weights*.
+(github.com/qiuzh20/gated_attention, ``Qwen3Attention.forward``, with or without RoPE and
+q/k norms): it splits the *activations* of the fused ``q_proj``, where the loader splits its
+*weights*; RoPE there is a complex rotation of the (c, c + D/2) pairs.
 """
 
 from __future__ import annotations
@@ -113,7 +114,17 @@ def _fused_state(H: int, KV: int, D: int, gran: str | None, bias: bool, seed: in
     return sd
 
 
-def fused_reference(sd, x, H, KV, D, gran):
+def _rope_complex(u, base):
+    """``(B, H, T, D)`` as complex numbers ``u_c + i u_{c+D/2}``, times ``e^{i t theta_c}``."""
+    Tn, D = u.shape[-2], u.shape[-1]
+    theta = base ** (-torch.arange(0, D, 2, dtype=F64) / D)
+    z = torch.complex(u[..., : D // 2], u[..., D // 2 :])
+    angle = torch.arange(Tn, dtype=F64)[:, None] * theta
+    z = z * torch.polar(torch.ones(Tn, D // 2, dtype=F64), angle)
+    return torch.cat([z.real, z.imag], dim=-1)
+
+
+def fused_reference(sd, x, H, KV, D, gran, rope=None, eps=1e-6):
     """The reference forward, written from its description (activations split, not weights)."""
     def lin(name, z):
         y = z @ sd[f"layer.{name}.weight"].T
@@ -129,6 +140,11 @@ def fused_reference(sd, x, H, KV, D, gran):
     q = q.reshape(Bn, Tn, H, D).transpose(1, 2)
     k = lin("k_proj", x).view(Bn, Tn, KV, D).transpose(1, 2)
     v = lin("v_proj", x).view(Bn, Tn, KV, D).transpose(1, 2)
+    if "layer.q_norm.weight" in sd:
+        q = q * torch.rsqrt(q.pow(2).mean(-1, keepdim=True) + eps) * sd["layer.q_norm.weight"]
+        k = k * torch.rsqrt(k.pow(2).mean(-1, keepdim=True) + eps) * sd["layer.k_norm.weight"]
+    if rope is not None:
+        q, k = _rope_complex(q, rope), _rope_complex(k, rope)
     k = k.repeat_interleave(grp, dim=1)
     v = v.repeat_interleave(grp, dim=1)
     s = q @ k.transpose(-2, -1) / math.sqrt(D)
@@ -155,9 +171,29 @@ def test_fused_gate_loader_matches_reference_forward(gran, KV, bias) -> None:
         torch.testing.assert_close(layer(x, reference=ref), want, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("KV", [4, 2])
+def test_fused_gate_loader_with_rope_and_qk_norm(KV) -> None:
+    """The reference layer as it really runs: RoPE and q/k RMSNorm, head_dim != hidden/H."""
+    H, D = 4, 4
+    sd = _fused_state(H, KV, D, "elementwise", False)
+    sd = {k: v[:, :12] if k.endswith("_proj.weight") and "o_proj" not in k else v
+          for k, v in sd.items()}  # hidden 12 != H*D = 16
+    sd["layer.o_proj.weight"] = sd["layer.o_proj.weight"][:12]
+    g = torch.Generator().manual_seed(5)
+    sd["layer.q_norm.weight"] = torch.rand(D, generator=g, dtype=F64) + 0.5
+    sd["layer.k_norm.weight"] = torch.rand(D, generator=g, dtype=F64) + 0.5
+    layer = from_fused_gate_state_dict(sd, H, num_key_value_heads=KV, prefix="layer.",
+                                       rope=1000.0, qk_norm_eps=1e-6)
+    assert layer.kv_heads == KV and layer.head_dim == D and layer.qk_norm
+    x = torch.randn(B, T, 12, dtype=F64)
+    want = fused_reference(sd, x, H, KV, D, "elementwise", rope=1000.0)
+    for ref in (False, True):
+        torch.testing.assert_close(layer(x, reference=ref), want, rtol=0, atol=1e-12)
+
+
 def test_fused_gate_loader_errors() -> None:
     sd = _fused_state(4, 4, 3, "headwise", False)
-    with pytest.raises(ValueError, match="q_norm"):
+    with pytest.raises(ValueError, match="q_norm and k_norm"):
         from_fused_gate_state_dict({**sd, "layer.q_norm.weight": torch.ones(3)}, 4,
                                    prefix="layer.")
     with pytest.raises(KeyError, match="layer.o_proj.weight"):

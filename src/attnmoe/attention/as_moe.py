@@ -63,6 +63,7 @@ from torch import Tensor
 from attnmoe.moe import EXPERTS, make_expert, make_gate
 
 from .attention import Attention
+from .rope import rotation_matrices
 
 __all__ = ["AttentionMoE", "as_moe", "head_outputs"]
 
@@ -74,6 +75,31 @@ def _moe_expert_name(layer: Attention) -> str | None:
     if layer._act is None or name == "identity":
         return "linear"
     return name if name in EXPERTS else None
+
+
+@dataclass
+class _NormScale:
+    """Raw (pre-norm) query/key coordinates ``W^T P_t x~ + b`` of every head, for q/k norm.
+
+    ``q_weight``/``k_weight``: ``(H, T, N, D)``; ``q_bias``/``k_bias``: ``(H, D)``.
+    """
+
+    q_weight: Tensor
+    q_bias: Tensor
+    k_weight: Tensor
+    k_bias: Tensor
+    q_eps: float
+    k_eps: float
+
+    def factor(self, x_tilde: Tensor) -> Tensor:
+        """``1 / (rms(q_j) rms(k_i))`` ``(B, H, T, T)`` ``[b, h, j, i]``."""
+        def rms(w: Tensor, b: Tensor, eps: float) -> Tensor:
+            u = torch.einsum("bn,htnd->bhtd", x_tilde, w) + b[:, None]
+            return (u.pow(2).mean(-1) + eps).sqrt()  # (B, H, T)
+
+        rq = rms(self.q_weight, self.q_bias, self.q_eps)
+        rk = rms(self.k_weight, self.k_bias, self.k_eps)
+        return 1.0 / (rq[..., :, None] * rk[..., None, :])
 
 
 MAX_DENSE_ELEMENTS = 50_000_000
@@ -133,6 +159,7 @@ class AttentionMoE:
     A_parts: Tensor | None = None
     b_parts: Tensor | None = None
     c_parts: Tensor | None = None
+    norm: _NormScale | None = None
 
     @property
     def gate_name(self) -> str:
@@ -146,9 +173,12 @@ class AttentionMoE:
         :mod:`attnmoe.moe`'s quadratic gate with replicates ``R = (h, j)`` (one gate per head
         and query position), ``n = B`` samples and ``k = T`` experts. With G4/G3 the quadratic
         part is multiplied by the sigmoid gate of the query/key token (headwise), or each of
-        its D rank-one components by its own coordinate's gate (elementwise).
+        its D rank-one components by its own coordinate's gate (elementwise).  With q/k norm
+        the quadratic part is divided by ``rms(q_j) rms(k_i)`` of the raw projections (a
+        quadratic gate with a temperature read from the query and key tokens).
         """
         pos = self.output_gate_position
+        scale = None if self.norm is None else self.norm.factor(x_tilde)  # (B, H, T, T)
         if pos in ("G3", "G4") and self.A_parts is not None:
             H, T, _, D, N = self.b_parts.shape
             parts = self._quadratic(  # (B, H*D, T, T) [b, (h, c), j, i]
@@ -158,13 +188,17 @@ class AttentionMoE:
             parts = parts.view(-1, H, D, T, T).permute(0, 1, 3, 4, 2)  # (B, H, T, T, D)
             g = self._output_gate(x_tilde)  # (B, H, T, D) of token t
             g = g[:, :, :, None, :] if pos == "G4" else g[:, :, None, :, :]
-            return (g * parts).sum(-1) + self.score_offset
+            quad = (g * parts).sum(-1)
+            return (quad if scale is None else quad * scale) + self.score_offset
         logits = self._quadratic(self.A, self.b, self.c, x_tilde)
+        if pos not in ("G3", "G4") and scale is None:
+            return logits
+        quad = logits - self.score_offset
         if pos in ("G3", "G4"):  # headwise: one weight on the whole quadratic logit
             g = self._output_gate(x_tilde)  # (B, H, T, 1)
             g = g if pos == "G4" else g.transpose(-1, -2)  # [.., j, 1] or [.., 1, i]
-            logits = g * (logits - self.score_offset) + self.score_offset
-        return logits
+            quad = g * quad
+        return (quad if scale is None else quad * scale) + self.score_offset
 
     @staticmethod
     def _quadratic(A: Tensor, b: Tensor, c: Tensor, x_tilde: Tensor) -> Tensor:
@@ -299,44 +333,64 @@ def as_moe(layer: Attention, x: Tensor, key_padding_mask: Tensor | None = None) 
         )
     dt, dev = x.dtype, x.device
     scale = 1.0 / math.sqrt(D)
+    kv_of = torch.arange(H) // (H // layer.kv_heads)  # key/value head read by query head h
 
-    def cols(lin: torch.nn.Linear) -> tuple[Tensor, Tensor]:
-        """Column-convention weight ``(dim, H, D)`` and bias ``(H, D)`` (zeros if absent)."""
-        w = lin.weight.detach().to(dt).T.reshape(C, H, -1)
+    def cols(lin: torch.nn.Linear, heads: int) -> tuple[Tensor, Tensor]:
+        """Column-convention weight ``(dim, heads, Dh)``, bias ``(heads, Dh)`` (zeros if absent)."""
+        w = lin.weight.detach().to(dt).T.reshape(C, heads, -1)
         b = lin.bias.detach().to(dt) if lin.bias is not None else w.new_zeros(lin.out_features)
-        return w, b.reshape(H, -1)
+        return w, b.reshape(heads, -1)
 
-    Wq, bq = cols(layer.q_proj)  # (C, H, D), (H, D)
-    Wk, bk = cols(layer.k_proj)
-    Wv, bv = cols(layer.v_proj)
+    Wq, bq = cols(layer.q_proj, H)  # (C, H, D), (H, D)
+    Wk, bk = (t[:, kv_of] if t.dim() == 3 else t[kv_of] for t in cols(layer.k_proj, layer.kv_heads))
+    Wv, bv = (t[:, kv_of] if t.dim() == 3 else t[kv_of] for t in cols(layer.v_proj, layer.kv_heads))
+    # q/k norm weight and RoPE rotation after the projection: q~_t = R_t diag(w_q) q_t / rms(q_t)
+    eye = torch.eye(D, dtype=dt, device=dev)
+    rot = eye.expand(T, D, D)
+    if layer.rope is not None:
+        cos, sin = layer.rotary(T, 0, None, dtype=dt)  # (1, 1, T, D)
+        rot = rotation_matrices(cos[0, 0], sin[0, 0])  # (T, D, D)
+    wq = layer.q_norm.weight.detach().to(dt) if layer.q_norm is not None else eye.new_ones(D)
+    wk = layer.k_norm.weight.detach().to(dt) if layer.k_norm is not None else eye.new_ones(D)
+    Mq, Mk = rot * wq, rot * wk  # (T, D, D): R_t diag(w)
 
-    A_list, b_list, ew_list = [], [], []
+    def rotated(W: Tensor, bias: Tensor, M: Tensor) -> tuple[Tensor, Tensor]:
+        """``U`` ``(T, N, D)`` (block t = W M_t^T) and ``u`` ``(T, D)`` = M_t bias: the rotated,
+        norm-weighted coordinates of one head are ``U_t^T x~ + u_t`` (before 1/rms)."""
+        blocks = torch.einsum("cd,ted->tce", W, M)  # (T, C, D)
+        U = W.new_zeros(T, T, C, D)
+        idx = torch.arange(T)
+        U[idx, idx] = blocks
+        return U.reshape(T, N, D), M @ bias
+
+    parts = layer.output_gate in ("G3", "G4") and layer.output_gate_granularity == "elementwise"
+    A_list, b_list, c_list, ew_list, ap, bp, cp = [], [], [], [], [], [], []
     for h in range(H):  # builds parameters once; H is small and this is not a hot path
-        PWq = _selection_blocks(Wq[:, h], T)  # (T, N, D): P_j^T W_Q
-        PWk = _selection_blocks(Wk[:, h], T)  # (T, N, D): P_i^T W_K
-        A_list.append(torch.einsum("jnd,imd->jinm", PWq, PWk) * scale)  # (T, T, N, N)
-        b_i = PWk @ bq[h]  # (T, N): P_i^T W_K b_Q
-        b_j = PWq @ bk[h]  # (T, N): P_j^T W_Q b_K
-        b_list.append((b_i[None, :, :] + b_j[:, None, :]) * scale)  # (T, T, N) [j, i]
+        Uq, uq = rotated(Wq[:, h], bq[h], Mq)  # (T, N, D), (T, D) [query position j]
+        Uk, uk = rotated(Wk[:, h], bk[h], Mk)  # [key position i]
+        A_list.append(torch.einsum("jnd,imd->jinm", Uq, Uk) * scale)  # (T, T, N, N)
+        b_jic = Uk[None] * uq[:, None, None, :] + Uq[:, None] * uk[None, :, None, :]  # (T,T,N,D)
+        b_list.append(b_jic.sum(-1) * scale)  # (T, T, N): P_i^T W_K M^T u_q + P_j^T W_Q M u_k
+        c_list.append(uq @ uk.T * scale)  # (T, T) [j, i]
         ew_list.append(_selection_blocks(Wv[:, h], T))  # (T, N, D)
+        if parts:  # elementwise G3/G4: keep the D rank-one components of A, b, c apart
+            ap.append(torch.einsum("jnd,imd->jidnm", Uq, Uk) * scale)  # (T, T, D, N, N)
+            bp.append(b_jic.transpose(-1, -2) * scale)  # (T, T, D, N)
+            cp.append(uq[:, None, :] * uk[None, :, :] * scale)  # (T, T, D)
     A = torch.stack(A_list)  # (H, T, T, N, N)
     b = torch.stack(b_list)  # (H, T, T, N)
-    c = ((bq * bk).sum(-1) * scale)[:, None, None].expand(H, T, T).clone()  # (H, T, T)
     offset = layer._sigmoid_bias_value(T) if layer.score == "sigmoid" else 0.0
-    c = c + offset
-
+    c = torch.stack(c_list) + offset  # (H, T, T)
     A_parts = b_parts = c_parts = None
-    if parts:  # elementwise G3/G4: keep the D rank-one components of A, b, c apart
-        ap, bp = [], []
-        for h in range(H):
-            PWq = _selection_blocks(Wq[:, h], T)  # (T, N, D): column c = P_j^T W_Q[:, c]
-            PWk = _selection_blocks(Wk[:, h], T)
-            ap.append(torch.einsum("jnd,imd->jidnm", PWq, PWk) * scale)  # (T, T, D, N, N)
-            b_i = PWk * bq[h]  # (T, N, D): P_i^T W_K[:, c] bq_c
-            b_j = PWq * bk[h]  # (T, N, D): P_j^T W_Q[:, c] bk_c
-            bp.append((b_i[None] + b_j[:, None]).transpose(-1, -2) * scale)  # (T, T, D, N)
-        A_parts, b_parts = torch.stack(ap), torch.stack(bp)  # (H, T, T, D, N, N), (H, T, T, D, N)
-        c_parts = (bq * bk * scale)[:, None, None, :].expand(H, T, T, D).clone()  # (H, T, T, D)
+    if parts:
+        A_parts, b_parts, c_parts = torch.stack(ap), torch.stack(bp), torch.stack(cp)
+    norm = None
+    if layer.qk_norm:  # raw (pre-norm) q/k of every head and position, for 1/rms
+        norm = _NormScale(
+            torch.stack([_selection_blocks(Wq[:, h], T) for h in range(H)]), bq,
+            torch.stack([_selection_blocks(Wk[:, h], T) for h in range(H)]), bk,
+            float(layer.q_norm.eps), float(layer.k_norm.eps),
+        )
 
     allowed = torch.ones(1, T, T, dtype=torch.bool, device=dev)
     if layer.causal:
@@ -351,7 +405,10 @@ def as_moe(layer: Attention, x: Tensor, key_padding_mask: Tensor | None = None) 
         gate_weight = _selection_blocks(wg, T).unsqueeze(0)  # (1, T, N, C)
         gate_bias = (bg.detach().to(dt) if bg is not None else wg.new_zeros(C)).unsqueeze(0)
     elif layer.output_gate_proj is not None:
-        Wg, bg = cols(layer.output_gate_proj)  # (C, H, Dg), (H, Dg)
+        key_side = layer.output_gate in ("G2", "G3")  # these gate key/value heads
+        Wg, bg = cols(layer.output_gate_proj, layer.kv_heads if key_side else H)
+        if key_side:
+            Wg, bg = Wg[:, kv_of], bg[kv_of]  # (C, H, Dg), (H, Dg) per query head
         gate_weight = torch.stack([_selection_blocks(Wg[:, h], T) for h in range(H)])
         # gate_weight: (H, T, N, Dg)
         gate_bias = bg
@@ -380,6 +437,7 @@ def as_moe(layer: Attention, x: Tensor, key_padding_mask: Tensor | None = None) 
         A_parts=A_parts,
         b_parts=b_parts,
         c_parts=c_parts,
+        norm=norm,
     )
 
 

@@ -50,10 +50,12 @@ random mask.
 * the reference path forms the ``(B, H, T, S)`` weight matrix explicitly
   (``reference=True`` in ``forward`` or ``layer.use_reference = True``).
 
-The option names and their checks (:func:`validate_options`, :func:`resolve_activation`,
-:data:`VALUE_ACTIVATIONS`, ...) live in :mod:`attnmoe.attention.options`, :class:`KVCache`
-and the internal mask helpers in :mod:`attnmoe.attention.cache`; this module re-exports
-them, so ``from attnmoe.attention.attention import ...`` keeps working.
+Modern-decoder options (any variant combines with each): ``kv_heads`` (grouped-query
+attention, arXiv 2305.13245), ``head_dim``, ``rope`` (rotary positions, arXiv 2104.09864,
+:mod:`attnmoe.attention.rope`) and ``qk_norm`` (per-head RMSNorm of q and k).
+
+Option checks live in :mod:`attnmoe.attention.options`, :class:`KVCache` and the mask
+helpers in :mod:`attnmoe.attention.cache` (re-exported here).
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import sigmoid_chunked
-from .cache import KVCache, Mask, _and_masks, _as_additive, causal_allowed
+from .cache import KVCache, Mask, _and_masks, _as_additive, causal_allowed, user_masks
 from .options import (
     _KEY_SIDE_GATES,
     OUTPUT_GATE_GRANULARITIES,
@@ -74,11 +76,13 @@ from .options import (
     SCORES,
     VALUE_ACTIVATIONS,
     ActivationFn,
-    _cross_gate_message,
+    _check_positive_int,  # noqa: F401  (moved; still importable here)
+    _identity,  # noqa: F401
+    check_input,
     resolve_activation,
     validate_options,
 )
-from .options import _check_positive_int, _identity  # noqa: F401  (moved; still importable here)
+from .rope import apply_rotary, rotary_at
 
 __all__ = [
     "OUTPUT_GATE_GRANULARITIES",
@@ -121,6 +125,21 @@ class Attention(nn.Module):
         context_dim: feature size of the cross-attention context, if it differs from
             ``dim`` (``k_proj``/``v_proj`` then map ``context_dim -> dim``); such a layer
             needs a ``context`` in every call.  None: keys/values read ``dim`` features.
+        kv_heads: number of key/value heads ``KV`` (grouped-query attention, arXiv
+            2305.13245; 1 = multi-query); must divide ``heads``.  Query head h reads key/value
+            head ``h // (heads / KV)``.  None: ``heads``.
+        head_dim: per-head size ``D`` (None: ``dim // heads``); q/k/v project to
+            ``heads * D`` / ``KV * D`` features and ``out_proj`` maps ``heads * D -> dim``.
+        rope: rotary position embedding on q and k (arXiv 2104.09864, rotate-half layout,
+            :mod:`attnmoe.attention.rope`) with this base (e.g. 10000.0); None: none.
+            Positions are ``0..T-1`` plus the cache length unless ``forward`` gets ``positions``.
+        qk_norm: RMSNorm (learnable weight, ``qk_norm_eps``) of each head's query and key
+            over its D coordinates, before RoPE (as in Qwen3 and arXiv 2505.06708).
+        qk_norm_eps: epsilon of the q/k RMSNorm.
+        out_bias: bias on ``out_proj``; None: ``bias`` (Qwen2 has q/k/v biases only).
+
+    Order inside the layer: projection -> q/k norm -> RoPE -> G3/G4 gate (so an elementwise
+    gate multiplies the rotated coordinates the score sums over) -> scores.
 
     Attributes:
         use_reference: if True, ``forward`` takes the explicit reference path.
@@ -144,6 +163,12 @@ class Attention(nn.Module):
         bias: bool = True,
         dropout: float = 0.0,
         context_dim: int | None = None,
+        kv_heads: int | None = None,
+        head_dim: int | None = None,
+        rope: float | None = None,
+        qk_norm: bool = False,
+        qk_norm_eps: float = 1e-6,
+        out_bias: bool | None = None,
     ) -> None:
         super().__init__()
         validate_options(
@@ -157,10 +182,18 @@ class Attention(nn.Module):
             dropout=dropout,
             causal=causal,
             context_dim=context_dim,
+            kv_heads=kv_heads,
+            head_dim=head_dim,
+            rope=rope,
+            qk_norm=qk_norm,
+            qk_norm_eps=qk_norm_eps,
         )
         self.dim = dim
         self.heads = heads
-        self.head_dim = dim // heads
+        self.kv_heads = heads if kv_heads is None else kv_heads
+        self.head_dim = dim // heads if head_dim is None else head_dim
+        self.rope = None if rope is None else float(rope)
+        self.qk_norm = qk_norm
         self.value_activation = value_activation
         self.value_activation_name = (
             value_activation.lower() if isinstance(value_activation, str) else None
@@ -177,19 +210,37 @@ class Attention(nn.Module):
         self.use_reference = False
 
         kv_in = dim if context_dim is None else context_dim
-        self.q_proj = nn.Linear(dim, dim, bias=bias)
-        self.k_proj = nn.Linear(kv_in, dim, bias=bias)
-        self.v_proj = nn.Linear(kv_in, dim, bias=bias)
-        self.out_proj = nn.Linear(dim, dim, bias=bias)
+        inner, kv_inner = heads * self.head_dim, self.kv_heads * self.head_dim
+        self.q_proj = nn.Linear(dim, inner, bias=bias)
+        self.k_proj = nn.Linear(kv_in, kv_inner, bias=bias)
+        self.v_proj = nn.Linear(kv_in, kv_inner, bias=bias)
+        self.out_proj = nn.Linear(inner, dim, bias=bias if out_bias is None else out_bias)
+        self.q_norm: nn.RMSNorm | None = None
+        self.k_norm: nn.RMSNorm | None = None
+        if qk_norm:
+            self.q_norm = nn.RMSNorm(self.head_dim, eps=float(qk_norm_eps))
+            self.k_norm = nn.RMSNorm(self.head_dim, eps=float(qk_norm_eps))
         self.output_gate_proj: nn.Linear | None = None
         if self.output_gate is not None:
-            gate_out = heads if output_gate_granularity == "headwise" else dim
+            gate_heads = self.kv_heads if self.output_gate in _KEY_SIDE_GATES else heads
+            gate_out = {"G5": dim}.get(
+                self.output_gate,
+                gate_heads if output_gate_granularity == "headwise" else gate_heads * self.head_dim,
+            )
             self.output_gate_proj = nn.Linear(dim, gate_out, bias=bias)
 
     def extra_repr(self) -> str:
         act = self.value_activation
         act_name = getattr(act, "__name__", act) if not isinstance(act, str) else act
         ctx = "" if self.context_dim is None else f", context_dim={self.context_dim}"
+        if self.kv_heads != self.heads:
+            ctx += f", kv_heads={self.kv_heads}"
+        if self.head_dim * self.heads != self.dim:
+            ctx += f", head_dim={self.head_dim}"
+        if self.rope is not None:
+            ctx += f", rope={self.rope}"
+        if self.qk_norm:
+            ctx += ", qk_norm=True"
         return (
             f"dim={self.dim}, heads={self.heads}, value_activation={act_name}, "
             f"output_gate={self.output_gate}, "
@@ -207,109 +258,29 @@ class Attention(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args)
 
     # ------------------------------------------------------------------ checks
-    def _split(self, y: Tensor) -> Tensor:
+    def _split(self, y: Tensor, heads: int | None = None) -> Tensor:
         B, T, _ = y.shape
-        return y.view(B, T, self.heads, -1).transpose(1, 2)  # (B, H, T, D)
+        return y.view(B, T, heads or self.heads, -1).transpose(1, 2)  # (B, H|KV, T, D)
 
     def _check_input(self, x: Tensor, context: Tensor | None = None) -> None:
-        if not isinstance(x, Tensor):
-            raise TypeError(f"x must be a Tensor, got {type(x).__name__}")
-        if x.dim() != 3:
-            raise ValueError(f"x must have shape (B, T, dim), got rank {x.dim()} {tuple(x.shape)}")
-        if x.shape[-1] != self.dim:
-            raise ValueError(f"x has {x.shape[-1]} features, layer dim is {self.dim}")
-        if context is None:
-            if self.context_dim is not None:
-                raise ValueError(
-                    f"this layer reads keys/values from a context of {self.context_dim} "
-                    "features (context_dim); pass context=..."
-                )
-            return
-        if not isinstance(context, Tensor) or not context.is_floating_point():
-            kind = type(context).__name__ if not isinstance(context, Tensor) else context.dtype
-            raise TypeError(
-                f"context must be a floating-point (B, S, features) tensor, got {kind}; "
-                "masks go by keyword: key_padding_mask=..., attn_mask=..."
-            )
-        want = self.dim if self.context_dim is None else self.context_dim
-        if context.dim() != 3 or context.shape[0] != x.shape[0] or context.shape[-1] != want:
-            raise ValueError(
-                f"context must have shape (B={x.shape[0]}, S, {want}), got {tuple(context.shape)}"
-            )
-        if self.causal:
-            raise ValueError(
-                "causal=True is for self-attention; for cross-attention give an attn_mask"
-            )
-        if self.output_gate in _KEY_SIDE_GATES:
-            raise ValueError(_cross_gate_message(self.output_gate))
-
-    def _user_masks(
-        self,
-        attn_mask: Tensor | None,
-        key_padding_mask: Tensor | None,
-        B: int,
-        T: int,
-        S: int,
-        dtype: torch.dtype,
-    ) -> Mask:
-        """``attn_mask`` and ``key_padding_mask`` (True = blocked, or additive) in internal form."""
-        out: Mask = None
-        if key_padding_mask is not None:
-            self._check_mask_dtype("key_padding_mask", key_padding_mask)
-            if tuple(key_padding_mask.shape) != (B, S):
-                raise ValueError(
-                    f"key_padding_mask must have shape (B, S)=({B}, {S}) (S = keys: the "
-                    f"context, or cached plus new tokens), got {tuple(key_padding_mask.shape)}"
-                )
-            out = self._internal(key_padding_mask[:, None, None, :], dtype)  # (B, 1, 1, S)
-        if attn_mask is not None:
-            self._check_mask_dtype("attn_mask", attn_mask)
-            ok = 2 <= attn_mask.dim() <= 4
-            if ok:
-                try:
-                    ok = torch.broadcast_shapes(attn_mask.shape, (B, self.heads, T, S)) == (
-                        B, self.heads, T, S,
-                    )
-                except RuntimeError:
-                    ok = False
-            if not ok:
-                raise ValueError(
-                    f"attn_mask must broadcast to (B, H, T, S)=({B}, {self.heads}, {T}, {S}) "
-                    f"with 2 to 4 dims, got {tuple(attn_mask.shape)} (nn.MultiheadAttention's "
-                    "(B*H, T, S) layout: reshape it to (B, H, T, S))"
-                )
-            out = _and_masks(out, self._internal(attn_mask, dtype))
-        return out
-
-    @staticmethod
-    def _check_mask_dtype(name: str, mask: Tensor) -> None:
-        if not isinstance(mask, Tensor):
-            raise TypeError(f"{name} must be a Tensor, got {type(mask).__name__}")
-        if mask.dtype != torch.bool and not mask.is_floating_point():
-            raise TypeError(
-                f"{name} must be bool (True = may not attend) or float (added to the "
-                f"logits), got {mask.dtype}"
-            )
-
-    @staticmethod
-    def _internal(mask: Tensor, dtype: torch.dtype) -> Tensor:
-        return ~mask if mask.dtype == torch.bool else mask.to(dtype)
+        check_input(self, x, context)
 
     # ------------------------------------------------------------------ pieces
     def output_gate_scores(self, x: Tensor) -> Tensor | None:
         """Sigmoid gate ``sigmoid(X W_theta + b_theta)`` shaped to broadcast at its position.
 
-        Returns ``(B, H, T, D)`` (elementwise) or ``(B, H, T, 1)`` (headwise) for G1..G4,
-        ``(B, T, dim)`` for G5, None without a gate.
+        Returns ``(B, H, T, D)`` (elementwise) or ``(B, H, T, 1)`` (headwise) for G1 and
+        G4, the same with ``KV`` heads for G2/G3 (they gate key/value heads), ``(B, T, dim)``
+        for G5, None without a gate.
         """
         if self.output_gate_proj is None:
             return None
-        g = torch.sigmoid(self.output_gate_proj(x))  # (B, T, dim) or (B, T, H)
+        g = torch.sigmoid(self.output_gate_proj(x))  # (B, T, H*D | KV*D | H | KV | dim)
         if self.output_gate == "G5":
             return g  # (B, T, dim)
         if self.output_gate_granularity == "headwise":
-            return g.transpose(1, 2).unsqueeze(-1)  # (B, H, T, 1)
-        return self._split(g)  # (B, H, T, D)
+            return g.transpose(1, 2).unsqueeze(-1)  # (B, H|KV, T, 1)
+        return self._split(g, g.shape[-1] // self.head_dim)  # (B, H|KV, T, D)
 
     def _sigmoid_bias_value(self, n_keys: int) -> float:
         return -math.log(n_keys) if self.sigmoid_bias is None else self.sigmoid_bias
@@ -322,6 +293,8 @@ class Attention(nn.Module):
         ``sigmoid(q k^T / sqrt(D) + b + M)`` (hidden keys get weight exactly 0).
         No dropout is applied here.
         """
+        if k.shape[1] != q.shape[1]:
+            k = self._expand_kv(k)  # (B, H, S, D): query head h reads key head h // (H/KV)
         # scale the (B, H, T, D) queries rather than the (B, H, T, S) logits; the in-place
         # edits below are safe for autograd (the product's backward does not need its output)
         logits = (q * (1.0 / math.sqrt(self.head_dim))) @ k.transpose(-2, -1)  # (B, H, T, S)
@@ -336,17 +309,50 @@ class Attention(nn.Module):
             return torch.softmax(logits, dim=-1)
         return torch.sigmoid(logits)  # sigmoid(-inf) = 0 exactly
 
+    def _expand_kv(self, t: Tensor) -> Tensor:
+        """``(B, KV, S, D)`` -> ``(B, H, S, D)`` (each key/value head serves H/KV query heads)."""
+        group = self.heads // self.kv_heads
+        return t if group == 1 else t.repeat_interleave(group, dim=1)
+
+    def rotary(
+        self, T: int, offset: int = 0, positions: Tensor | None = None, *, dtype: torch.dtype
+    ) -> tuple[Tensor, Tensor]:
+        """RoPE ``cos``/``sin`` ``(B|1, 1, T, D)`` at ``positions`` (default offset + 0..T-1)."""
+        if self.rope is None:
+            raise ValueError("this layer has no rope")
+        dev = self.q_proj.weight.device
+        return rotary_at(self.head_dim, self.rope, T, offset, positions, dtype=dtype, device=dev)
+
     def project(
-        self, x: Tensor, context: Tensor | None = None
+        self,
+        x: Tensor,
+        context: Tensor | None = None,
+        *,
+        offset: int = 0,
+        positions: Tensor | None = None,
+        rotary: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        """Queries ``(B, H, T, D)``, keys/values ``(B, H, S, D)`` after activation and G2/G3/G4
-        gates, and the gate scores (from ``x``)."""
+        """Queries ``(B, H, T, D)``, keys/values ``(B, KV, S, D)`` after activation, q/k norm,
+        RoPE and G2/G3/G4 gates, and the gate scores (from ``x``).
+
+        RoPE positions: ``positions``, else ``offset + 0..T-1``; ``rotary`` = precomputed
+        ``(cos, sin)`` broadcastable to ``(B, 1, T, D)`` replaces both (e.g. a host model's).
+        """
         kv_in = x if context is None else context
         q = self._split(self.q_proj(x))  # (B, H, T, D)
-        k = self._split(self.k_proj(kv_in))  # (B, H, S, D)
-        v = self._split(self.v_proj(kv_in))  # (B, H, S, D)
+        k = self._split(self.k_proj(kv_in), self.kv_heads)  # (B, KV, S, D)
+        v = self._split(self.v_proj(kv_in), self.kv_heads)  # (B, KV, S, D)
         if self._act is not None:
             v = self._act(v)  # active attention: sigma(Z W_V + b_V)
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.rope is not None:
+            if rotary is None:
+                rotary = self.rotary(x.shape[1], offset, positions, dtype=q.dtype)
+            cos, sin = (t if t.dim() == 4 else t.unsqueeze(-3) for t in rotary)
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        elif positions is not None or rotary is not None:
+            raise ValueError("positions/rotary given to a layer without rope")
         g = self.output_gate_scores(x)
         if self.output_gate == "G2":
             v = v * g  # gate after the value activation (self-attention: S = T)
@@ -363,12 +369,14 @@ class Attention(nn.Module):
         *,
         attn_mask: Tensor | None = None,
         key_padding_mask: Tensor | None = None,
+        positions: Tensor | None = None,
+        rotary: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
         """Attention weights ``(B, H, T, S)`` the layer uses on input ``x`` (no dropout, no cache)."""
         self._check_input(x, context)
-        q, k, _, _ = self.project(x, context)
+        q, k, _, _ = self.project(x, context, positions=positions, rotary=rotary)
         B, T, S = x.shape[0], q.shape[-2], k.shape[-2]
-        mask = self._user_masks(attn_mask, key_padding_mask, B, T, S, q.dtype)
+        mask = user_masks(attn_mask, key_padding_mask, (B, self.heads, T, S), q.dtype)
         if self.causal:
             mask = _and_masks(mask, causal_allowed(T, S, 0, x.device))
         return self.attention_weights(q, k, mask)
@@ -383,6 +391,8 @@ class Attention(nn.Module):
         key_padding_mask: Tensor | None = None,
         cache: KVCache | None = None,
         reference: bool | None = None,
+        positions: Tensor | None = None,
+        rotary: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
         """Attention from ``x`` ``(B, T, dim)`` to itself or to ``context`` -> ``(B, T, dim)``.
 
@@ -403,6 +413,11 @@ class Attention(nn.Module):
                 and their keys/values are appended to it.
             reference: force the explicit path (True) or the fast path (False); None uses
                 ``self.use_reference``.
+            positions: RoPE positions ``(T,)`` or ``(B, T)`` of the new tokens; default
+                ``len(cache) + 0..T-1``.  Only with ``rope``.
+            rotary: precomputed RoPE ``(cos, sin)``, each ``(B|1, T, D)`` or
+                ``(B|1, 1, T, D)``, used instead of the layer's own (e.g. the host model's
+                rotary embedding, with its scaling).  Only with ``rope``.
         """
         self._check_input(x, context)
         if cache is not None:
@@ -413,19 +428,18 @@ class Attention(nn.Module):
                     "cache is for incremental self-attention decoding; cross-attention keys "
                     "do not grow, call the layer with the same context instead"
                 )
-        B, T, C = x.shape
+        B, T, _ = x.shape
         use_ref = self.use_reference if reference is None else reference
-        q, k, v, g = self.project(x, context)
-        offset = 0
+        offset = 0 if cache is None else len(cache)
+        q, k, v, g = self.project(x, context, offset=offset, positions=positions, rotary=rotary)
         if cache is not None:
-            offset = len(cache)
-            k, v = cache.append(k, v)  # (B, H, S, D), S = offset + T
+            k, v = cache.append(k, v)  # (B, KV, S, D), S = offset + T
         S = k.shape[-2]
-        user = self._user_masks(attn_mask, key_padding_mask, B, T, S, q.dtype)
+        user = user_masks(attn_mask, key_padding_mask, (B, self.heads, T, S), q.dtype)
         y = self._attend(q, k, v, user, offset if self.causal else None, use_ref)  # (B, H, T, D)
         if self.output_gate == "G1":
             y = y * g  # gate each head's output before concatenation
-        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, dim)
+        y = y.transpose(1, 2).reshape(B, T, -1)  # (B, T, H*D)
         y = self.out_proj(y)
         if self.output_gate == "G5":
             y = y * g
@@ -440,7 +454,10 @@ class Attention(nn.Module):
         causal_offset: int | None,
         use_ref: bool,
     ) -> Tensor:
-        """Per-head outputs ``(B, H, T, D)`` on the fastest path the options allow."""
+        """Per-head outputs ``(B, H, T, D)`` on the fastest path the options allow.
+
+        ``k``/``v`` have ``KV`` heads; SDPA reads them grouped (``enable_gqa``) where no mask
+        is given (the fused kernels), other paths repeat them to ``H`` heads."""
         T, S = q.shape[-2], k.shape[-2]
         p_drop = self.dropout if self.training else 0.0
         # a causal mask that hides nothing: one new token after the cache, or no causality
@@ -453,9 +470,13 @@ class Attention(nn.Module):
             else:
                 mask = _and_masks(user, causal_allowed(T, S, causal_offset, q.device))
                 is_causal = False
+            gqa = self.kv_heads != self.heads
+            if gqa and mask is not None:
+                k, v, gqa = self._expand_kv(k), self._expand_kv(v), False
             return F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=p_drop, is_causal=is_causal
+                q, k, v, attn_mask=mask, dropout_p=p_drop, is_causal=is_causal, enable_gqa=gqa
             )
+        k, v = self._expand_kv(k), self._expand_kv(v)  # (B, H, S, D)
         grad_mask = user is not None and user.requires_grad
         # a problem no bigger than one block (e.g. decoding one token) is cheaper explicitly
         small = q.shape[0] * q.shape[1] * T * S <= sigmoid_chunked.CHUNK_ELEMENTS

@@ -1,6 +1,7 @@
 """The key/value cache for incremental decoding, and attention masks in internal form.
 
-* :class:`KVCache` -- the keys and values ``(B, H, S, D)`` a self-attention layer has seen.
+* :class:`KVCache` -- the keys and values ``(B, KV, S, D)`` a self-attention layer has seen.
+* :func:`user_masks` -- a layer's ``attn_mask``/``key_padding_mask`` as one internal mask.
 * ``Mask`` -- None, a bool tensor (True = may attend, SDPA's convention) or an additive
   float tensor; ``_and_masks`` combines two, ``_as_additive`` turns one into a float mask
   and :func:`causal_allowed` builds the causal one (with a cache offset).
@@ -11,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["KVCache", "Mask", "causal_allowed"]
+__all__ = ["KVCache", "Mask", "causal_allowed", "user_masks"]
 
 
 class KVCache:
@@ -21,10 +22,11 @@ class KVCache:
     cached keys plus their own, then appends their keys and values; the outputs equal the
     last rows of a full recomputation on the whole sequence so far (tests: 1e-6 in float32
     for every variant).  Keys are stored after a G3 gate and values after the value
-    activation and a G2 gate (each depends on its own token only), ``(B, H, S, D)``.
+    activation and a G2 gate (each depends on its own token only), ``(B, KV, S, D)`` (``KV``
+    key/value heads; keys after q/k norm and RoPE at their own positions).
 
     Attributes:
-        k, v: ``(B, H, S, D)`` tensors, or None while empty.
+        k, v: ``(B, KV, S, D)`` tensors, or None while empty.
     """
 
     def __init__(self) -> None:
@@ -38,7 +40,7 @@ class KVCache:
         self.k = self.v = None
 
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Append ``(B, H, T, D)`` keys/values; return all keys/values ``(B, H, S, D)``."""
+        """Append ``(B, KV, T, D)`` keys/values; return all keys/values ``(B, KV, S, D)``."""
         if self.k is None or self.v is None:
             self.k, self.v = k, v
         else:
@@ -84,3 +86,54 @@ def causal_allowed(T: int, S: int, offset: int, device: torch.device) -> Tensor:
     """Bool ``(T, S)``: query t (absolute position ``t + offset``) may see key s iff s <= t + offset."""
     t = torch.arange(T, device=device)[:, None] + offset
     return torch.arange(S, device=device)[None, :] <= t
+
+
+def user_masks(
+    attn_mask: Tensor | None,
+    key_padding_mask: Tensor | None,
+    shape: tuple[int, int, int, int],
+    dtype: torch.dtype,
+) -> Mask:
+    """A layer's ``attn_mask`` and ``key_padding_mask`` (nn.MultiheadAttention's convention:
+    bool True = may *not* attend, or additive float) as one internal mask; ``shape`` is
+    ``(B, H, T, S)``.  Raises ValueError/TypeError on a bad shape or dtype."""
+    B, H, T, S = shape
+    out: Mask = None
+    if key_padding_mask is not None:
+        _check_mask_dtype("key_padding_mask", key_padding_mask)
+        if tuple(key_padding_mask.shape) != (B, S):
+            raise ValueError(
+                f"key_padding_mask must have shape (B, S)=({B}, {S}) (S = keys: the "
+                f"context, or cached plus new tokens), got {tuple(key_padding_mask.shape)}"
+            )
+        out = _internal(key_padding_mask[:, None, None, :], dtype)  # (B, 1, 1, S)
+    if attn_mask is not None:
+        _check_mask_dtype("attn_mask", attn_mask)
+        ok = 2 <= attn_mask.dim() <= 4
+        if ok:
+            try:
+                ok = torch.broadcast_shapes(attn_mask.shape, (B, H, T, S)) == (B, H, T, S)
+            except RuntimeError:
+                ok = False
+        if not ok:
+            raise ValueError(
+                f"attn_mask must broadcast to (B, H, T, S)=({B}, {H}, {T}, {S}) "
+                f"with 2 to 4 dims, got {tuple(attn_mask.shape)} (nn.MultiheadAttention's "
+                "(B*H, T, S) layout: reshape it to (B, H, T, S))"
+            )
+        out = _and_masks(out, _internal(attn_mask, dtype))
+    return out
+
+
+def _check_mask_dtype(name: str, mask: Tensor) -> None:
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"{name} must be a Tensor, got {type(mask).__name__}")
+    if mask.dtype != torch.bool and not mask.is_floating_point():
+        raise TypeError(
+            f"{name} must be bool (True = may not attend) or float (added to the "
+            f"logits), got {mask.dtype}"
+        )
+
+
+def _internal(mask: Tensor, dtype: torch.dtype) -> Tensor:
+    return ~mask if mask.dtype == torch.bool else mask.to(dtype)

@@ -18,10 +18,9 @@
       y = o_proj(attention(q, k, v) * sigmoid(gate))      # gate per head (and coordinate)
 
   With KV < H (grouped-query attention) each key/value head is shared by g consecutive
-  query heads; loading repeats its rows g times, which computes the same function.  The
-  reference layer also applies rotary position embeddings (no weights) and, optionally,
-  RMSNorm on q and k (``q_norm``/``k_norm``); ``Attention`` has neither, so the loaded layer
-  equals the reference layer *without* RoPE, and a state dict with q/k norms is refused.
+  query heads; the loaded layer keeps ``kv_heads=KV``.  The reference layer also applies
+  rotary position embeddings (no weights; pass its base as ``rope``) and, optionally,
+  RMSNorm on q and k (``q_norm``/``k_norm``, loaded when present).
 """
 
 from __future__ import annotations
@@ -147,6 +146,8 @@ def from_fused_gate_state_dict(
     num_key_value_heads: int | None = None,
     causal: bool = True,
     prefix: str = "",
+    rope: float | None = None,
+    qk_norm_eps: float = 1e-6,
 ) -> Attention:
     """An ``Attention`` (output gate G1) from one layer of the reference gated-attention code.
 
@@ -158,6 +159,9 @@ def from_fused_gate_state_dict(
         num_key_value_heads: ``KV`` (default ``H``); must divide ``H``.
         causal: the reference layer is a causal language-model layer (default True).
         prefix: key prefix, e.g. ``"model.layers.3.self_attn."``.
+        rope: the reference model's rotary base (``rope_theta``); None: a layer without RoPE.
+        qk_norm_eps: epsilon of the q/k RMSNorm (``rms_norm_eps``), used when
+            ``q_norm.weight``/``k_norm.weight`` are present.
 
     Returns:
         ``Attention(hidden, H, output_gate="G1", output_gate_granularity=...)`` (granularity
@@ -165,17 +169,14 @@ def from_fused_gate_state_dict(
 
     Raises:
         KeyError: a required tensor is missing.
-        ValueError: q/k norms present, shapes that fit no layout, ``H*D != hidden``.
+        ValueError: shapes that fit no layout, only one of the q/k norms.
     """
     def get(name: str) -> Tensor | None:
         return state_dict.get(prefix + name)
 
-    for norm in ("q_norm.weight", "k_norm.weight"):
-        if get(norm) is not None:
-            raise ValueError(
-                f"{prefix}{norm} present: the reference layer normalises q/k (use_qk_norm), "
-                "which attnmoe's Attention does not; refusing to load a different function"
-            )
+    norms = [get(n) for n in ("q_norm.weight", "k_norm.weight")]
+    if (norms[0] is None) != (norms[1] is None):
+        raise ValueError(f"{prefix}: q_norm and k_norm must both be present or both absent")
     missing = [n for n in ("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight")
                if get(n) is None]
     if missing:
@@ -189,8 +190,6 @@ def from_fused_gate_state_dict(
     if kw.shape[0] % kv:
         raise ValueError(f"k_proj has {kw.shape[0]} rows, not a multiple of KV={kv}")
     D = kw.shape[0] // kv
-    if heads * D != hidden:
-        raise ValueError(f"heads*head_dim = {heads}*{D} != hidden size {hidden}")
     gate_rows = qw.shape[0] - heads * D
     granularity = {0: None, heads: "headwise", heads * D: "elementwise"}.get(gate_rows, "bad")
     if granularity == "bad":
@@ -203,6 +202,8 @@ def from_fused_gate_state_dict(
         hidden, heads, causal=causal, bias=has_bias,
         output_gate=None if granularity is None else "G1",
         output_gate_granularity=granularity or "elementwise",
+        kv_heads=kv, head_dim=D, rope=rope, qk_norm=norms[0] is not None,
+        qk_norm_eps=qk_norm_eps, out_bias=get("o_proj.bias") is not None,
     ).to(device=qw.device, dtype=qw.dtype)
 
     def split_q(t: Tensor) -> tuple[Tensor, Tensor]:
@@ -211,19 +212,18 @@ def from_fused_gate_state_dict(
         q, gate = grouped.split([g * D, grouped.shape[1] - g * D], dim=1)
         return q.reshape(heads * D, *t.shape[1:]), gate.reshape(-1, *t.shape[1:])
 
-    def repeat_kv(t: Tensor) -> Tensor:
-        """``(KV*D, ...)`` -> ``(H*D, ...)``: KV head i serves query heads i*g .. i*g+g-1."""
-        t = t.reshape(kv, 1, D, *t.shape[1:])
-        return t.expand(kv, g, *t.shape[2:]).reshape(heads * D, *t.shape[3:])
-
     q_w, gate_w = split_q(qw)
     qb = get("q_proj.bias")
     q_b, gate_b = split_q(qb) if qb is not None else (None, None)
     _copy_linear(layer.q_proj, q_w, q_b)
     for proj, name in ((layer.k_proj, "k_proj"), (layer.v_proj, "v_proj")):
         b = get(f"{name}.bias")
-        _copy_linear(proj, repeat_kv(get(f"{name}.weight")), None if b is None else repeat_kv(b))
+        _copy_linear(proj, get(f"{name}.weight"), b)
     _copy_linear(layer.out_proj, ow, get("o_proj.bias"))
+    if layer.q_norm is not None and layer.k_norm is not None:
+        with torch.no_grad():
+            layer.q_norm.weight.copy_(norms[0])
+            layer.k_norm.weight.copy_(norms[1])
     if layer.output_gate_proj is not None:
         _copy_linear(layer.output_gate_proj, gate_w, gate_b)
     return layer

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor
@@ -21,6 +22,7 @@ __all__ = [
     "SCORES",
     "VALUE_ACTIVATIONS",
     "ActivationFn",
+    "check_input",
     "resolve_activation",
     "validate_options",
 ]
@@ -97,12 +99,36 @@ def validate_options(
     dropout: float = 0.0,
     causal: bool = False,
     context_dim: int | None = None,
+    kv_heads: int | None = None,
+    head_dim: int | None = None,
+    rope: float | None = None,
+    qk_norm: bool = False,
+    qk_norm_eps: float = 1e-6,
 ) -> None:
     """Raise ValueError/TypeError naming the problem if the options do not make a layer."""
     _check_positive_int("dim", dim)
     _check_positive_int("heads", heads)
-    if dim % heads != 0:
-        raise ValueError(f"dim={dim} is not divisible by heads={heads}")
+    if head_dim is None and dim % heads != 0:
+        raise ValueError(f"dim={dim} is not divisible by heads={heads} (or give head_dim)")
+    if head_dim is not None:
+        _check_positive_int("head_dim", head_dim)
+    if kv_heads is not None:
+        _check_positive_int("kv_heads", kv_heads)
+        if heads % kv_heads != 0:
+            raise ValueError(f"kv_heads={kv_heads} must divide heads={heads}")
+    if rope is not None:
+        if isinstance(rope, bool) or not isinstance(rope, (int, float)) or not (
+            math.isfinite(rope) and rope > 1
+        ):
+            raise ValueError(f"rope is the rotary base (e.g. 10000.0), got {rope!r}")
+        if (dim // heads if head_dim is None else head_dim) % 2:
+            raise ValueError("rope rotates coordinate pairs: head_dim must be even")
+        if context_dim is not None:
+            raise ValueError("rope is for self-attention; a cross-attention layer has no positions")
+    if not isinstance(qk_norm, bool):
+        raise TypeError(f"qk_norm must be a bool, got {type(qk_norm).__name__}")
+    if not (isinstance(qk_norm_eps, (int, float)) and qk_norm_eps > 0):
+        raise ValueError(f"qk_norm_eps must be positive, got {qk_norm_eps!r}")
     resolve_activation(value_activation)
     gate = output_gate
     if gate is not None and (
@@ -148,3 +174,37 @@ def _cross_gate_message(gate: str) -> str:
         "layer input, which cross-attention keys (context tokens) do not have; use G1, G4 "
         "or G5 (read from the query input) for cross-attention"
     )
+
+
+def check_input(layer: Any, x: Tensor, context: Tensor | None = None) -> None:
+    """Raise TypeError/ValueError if ``x`` (and ``context``) do not fit ``layer`` (an Attention)."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a Tensor, got {type(x).__name__}")
+    if x.dim() != 3:
+        raise ValueError(f"x must have shape (B, T, dim), got rank {x.dim()} {tuple(x.shape)}")
+    if x.shape[-1] != layer.dim:
+        raise ValueError(f"x has {x.shape[-1]} features, layer dim is {layer.dim}")
+    if context is None:
+        if layer.context_dim is not None:
+            raise ValueError(
+                f"this layer reads keys/values from a context of {layer.context_dim} "
+                "features (context_dim); pass context=..."
+            )
+        return
+    if not isinstance(context, Tensor) or not context.is_floating_point():
+        kind = type(context).__name__ if not isinstance(context, Tensor) else context.dtype
+        raise TypeError(
+            f"context must be a floating-point (B, S, features) tensor, got {kind}; "
+            "masks go by keyword: key_padding_mask=..., attn_mask=..."
+        )
+    want = layer.dim if layer.context_dim is None else layer.context_dim
+    if context.dim() != 3 or context.shape[0] != x.shape[0] or context.shape[-1] != want:
+        raise ValueError(
+            f"context must have shape (B={x.shape[0]}, S, {want}), got {tuple(context.shape)}"
+        )
+    if layer.causal:
+        raise ValueError("causal=True is for self-attention; for cross-attention give an attn_mask")
+    if layer.rope is not None:
+        raise ValueError("rope is for self-attention; a cross-attention call has no positions")
+    if layer.output_gate in _KEY_SIDE_GATES:
+        raise ValueError(_cross_gate_message(layer.output_gate))

@@ -156,6 +156,8 @@ class AttentionProbes:
                             None if context is None else context.detach(),
                             attn_mask=kwargs.get("attn_mask"),
                             key_padding_mask=kwargs.get("key_padding_mask"),
+                            positions=kwargs.get("positions"),
+                            rotary=kwargs.get("rotary"),
                         )
                     finally:
                         self._recomputing = False
