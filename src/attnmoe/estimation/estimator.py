@@ -245,9 +245,10 @@ class MoERegressor(RegressorMixin, BaseEstimator):
         l2: ridge strength (:func:`penalty_weights`; 0 = plain least squares). The default was
             chosen by 5-fold CV on diabetes training data (``docs/estimation.md``).
         selection: ``"holdout"`` (default): fit the mixture and its special case with one linear
-            expert (ridge regression with the same ``l2``) on ``1 - validation_fraction`` of the
-            distinct rows, keep the one with the lower weighted MSE on the rest and refit it on
-            all rows, so that on near-linear data the estimator does not lose to a linear model
+            expert (ordinary least squares, ``l2 = 0``) on ``1 - validation_fraction`` of the
+            distinct rows, keep the mixture only when its weighted MSE on the rest is lower by more
+            than one standard error of the paired differences (else the linear model), and refit
+            the choice on all rows, so that on near-linear data the estimator does not lose to a linear model
             (``docs/estimation.md``); ``"none"``: fit the mixture as configured.
         validation_fraction: the held-out fraction of ``selection="holdout"`` (0 < f < 1).
         n_threads: torch intra-op threads used while fitting and predicting (default 1: one
@@ -322,8 +323,8 @@ class MoERegressor(RegressorMixin, BaseEstimator):
         ``sample_weight`` (n,) non-negative, not all zero: an integer weight m gives the fit
         that m copies of the sample give. With ``selection="holdout"`` the mixture and its
         one-linear-expert special case are first fitted on a random ``1 - validation_fraction``
-        of the distinct rows and compared by weighted MSE on the rest; the better one is refitted
-        on all rows (``selected_``; ``docs/estimation.md``).
+        of the distinct rows and compared on the rest (the mixture must win by one standard
+        error, :func:`_clearly_better`); the choice is refitted on all rows (``selected_``; ``docs/estimation.md``).
 
         Raises:
             ValueError: bad parameters or input, input too large (or small) in scale for float64,
@@ -344,17 +345,18 @@ class MoERegressor(RegressorMixin, BaseEstimator):
             split = None if self.selection == "none" or nested else _holdout(sw, float(self.validation_fraction), rng)
             if split is not None:
                 train, val = split
-                scores = {}
+                sq = {}
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # only the final fit's warnings concern the user
                     for name, model in (("mixture", own), ("linear", linear)):
-                        fitted = self._fit_one(X[train], y[train], sw[train], *model, seed)
-                        pred = _predict(fitted, *model[:2], X[val])
-                        scores[name] = float(np.sum(sw[val] * (y[val] - pred) ** 2) / sw[val].sum())
-                self.validation_mse_ = scores
-                chosen = linear if scores["linear"] < scores["mixture"] else own
-            fitted = self._fit_one(X, y, sw, *chosen, seed, warn=True)
-        self.selected_ = "linear" if chosen == linear and not nested else "mixture"
+                        l2 = float(self.l2) if model == own else 0.0  # the linear candidate is OLS
+                        fitted = self._fit_one(X[train], y[train], sw[train], *model, seed, l2=l2)
+                        sq[name] = (y[val] - _predict(fitted, *model[:2], X[val])) ** 2  # (n_val,)
+                self.validation_mse_ = {k: float(np.average(v, weights=sw[val])) for k, v in sq.items()}
+                chosen = own if _clearly_better(sq["mixture"], sq["linear"], sw[val]) else linear
+            replaced = chosen == linear and not nested  # the selection chose OLS over the mixture
+            fitted = self._fit_one(X, y, sw, *chosen, seed, l2=0.0 if replaced else float(self.l2), warn=True)
+        self.selected_ = "linear" if replaced else "mixture"
         self.gate_, self.expert_, self.n_experts_ = chosen
         for key, value in fitted.items():
             setattr(self, key, value)
@@ -369,7 +371,7 @@ class MoERegressor(RegressorMixin, BaseEstimator):
         return self
 
     def _fit_one(self, X: np.ndarray, y: np.ndarray, sw: np.ndarray, gate: str, expert: str, k: int,
-                 seed: int, warn: bool = False) -> dict:
+                 seed: int, l2: float, warn: bool = False) -> dict:
         """One batched L-BFGS fit of a ``k``-expert ``gate``/``expert`` MoE; its fitted attributes."""
         n, d = X.shape
         layout = ParameterLayout(gate, expert, k, d)
@@ -390,7 +392,7 @@ class MoERegressor(RegressorMixin, BaseEstimator):
         gen = torch.Generator().manual_seed(seed)
         theta0 = weighted_random_init(layout, Xt, z, w, int(self.n_init), gen)  # (S, P)
         s_x = float(_weighted_mean_std(Xt, w.unsqueeze(-1).expand(n, d))[1].clamp_min(1e-12))
-        model = _WeightedModel(layout, Xt, z, w, affine, float(self.l2), s_x)
+        model = _WeightedModel(layout, Xt, z, w, affine, l2, s_x)
         if affine:  # output layer started at the weighted least-squares line of z on f_G(x; theta0)
             with torch.no_grad():
                 f0 = model.layout.forward(theta0, Xt.unsqueeze(0).expand(theta0.shape[0], n, d))  # (S, n)
@@ -448,11 +450,22 @@ def _predict(fitted: dict, gate: str, expert: str, X: np.ndarray) -> np.ndarray:
     return fitted["output_offset_"] + fitted["output_scale_"] * out[0].numpy()
 
 
+def _clearly_better(sq_a: np.ndarray, sq_b: np.ndarray, w: np.ndarray) -> bool:
+    """One-standard-error rule on paired held-out squared errors: True when model a's weighted mean
+    squared error is below model b's by more than the standard error of the weighted mean of the
+    paired differences ``d_j = sq_b_j - sq_a_j`` (Hastie, Tibshirani & Friedman, ESL 7.10)."""
+    d = sq_b - sq_a
+    p = w / w.sum()
+    mean = float(np.sum(p * d))
+    se = math.sqrt(float(np.sum(p**2 * (d - mean) ** 2)))  # Var of a weighted mean of independent rows
+    return mean > se
+
+
 def _holdout(sw: np.ndarray, fraction: float, rng: np.random.RandomState) -> tuple[np.ndarray, np.ndarray] | None:
     """A random (train, validation) split of the rows, ``fraction`` of them (at least one) held out;
     ``None`` when either part would have fewer than 2 rows."""
     n = len(sw)
-    n_val = max(1, int(round(fraction * n)))
+    n_val = max(1, round(fraction * n))
     if n_val < 2 or n - n_val < 2:
         return None
     order = rng.permutation(n)

@@ -48,6 +48,7 @@ from attnmoe.tasks.registry import (
     EVAL_BATCH,
     Task,
     TaskEntry,
+    check_model_memory,
     device_of,
     in_eval_mode,
     make_task,
@@ -203,6 +204,8 @@ def build_forecast(spec: RunSpec, data_dir: Path | None, entry: TaskEntry) -> Ta
     root = resolve_data_dir(data_dir) if spec.dataset in FORECAST_DATASETS else None
     splits = load_forecast_splits(spec.dataset, root, seq_len=seq_len, pred_len=horizon,
                                   features=features, target=target)
+    check_model_memory(lambda: ITransformer(pred_len=horizon, n_channels=splits.n_channels,
+                                            n_targets=splits.n_targets, attention=spec.attention, **sizes), spec)
     torch.manual_seed(spec.seed)
     model = ITransformer(pred_len=horizon, n_channels=splits.n_channels, n_targets=splits.n_targets,
                          attention=spec.attention, **sizes)

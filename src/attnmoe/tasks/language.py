@@ -19,9 +19,9 @@ The task ``lm`` (registered at the end of this file, beside its reference recipe
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -35,6 +35,7 @@ from attnmoe.tasks.registry import (
     EVAL_BATCH,
     Task,
     TaskEntry,
+    check_model_memory,
     device_of,
     in_eval_mode,
     make_task,
@@ -252,6 +253,7 @@ def build_lm(spec: RunSpec, data_dir: Path | None, entry: TaskEntry) -> Task:
     sizes = dict(spec.model)
     eval_blocks = sizes.pop("eval_blocks")
     block = int(sizes["block_size"])
+    check_model_memory(lambda: GPT(vocab_size=corpus.vocab_size, attention=spec.attention, **sizes), spec)
     torch.manual_seed(spec.seed)
     model = GPT(vocab_size=corpus.vocab_size, attention=spec.attention, **sizes)
     train_data, val_data = BlockDataset(corpus.train, block), BlockDataset(corpus.val, block)

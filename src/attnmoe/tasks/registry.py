@@ -284,6 +284,47 @@ def make_task(entry: TaskEntry, spec: RunSpec, name: str, **parts: Any) -> Task:
 
 # ---------------------------------------------------------------- helpers for builders
 
+BYTES_PER_PARAMETER = 16
+"""Training memory per parameter: float32 weight, gradient and AdamW's two moments (4 x 4 bytes)."""
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the kernel can still give this process (``MemAvailable``), else ``None``."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_model_memory(factory: Callable[[], nn.Module], spec: RunSpec) -> None:
+    """Refuse, in one line and before anything is allocated, a model whose training state cannot fit.
+
+    ``factory()`` is built on PyTorch's ``meta`` device (shapes only, no memory), its parameters
+    counted, and the weights + gradients + AdamW moments (:data:`BYTES_PER_PARAMETER` each) compared
+    with the memory available now (a lower bound of the need: activations come on top).
+
+    Raises:
+        ValueError: naming the parameter count, the bytes needed and the bytes available.
+    """
+    free = available_memory()
+    try:
+        with torch.device("meta"):
+            model = factory()
+    except (RuntimeError, NotImplementedError):  # a model that cannot be built on meta is built for real
+        return
+    n_params = sum(p.numel() for p in model.parameters())
+    need = n_params * BYTES_PER_PARAMETER
+    if free is not None and need > free:
+        sizes = ", ".join(f"{k}={v}" for k, v in spec.model.items())
+        raise ValueError(f"the model ({sizes}) has {n_params:.3g} parameters: training needs at least "
+                         f"{need / 2**30:.3g} GiB (weights, gradients, AdamW moments) and {free / 2**30:.3g} "
+                         "GiB are available; lower the --model sizes")
+
+
 
 def device_of(model: nn.Module) -> torch.device:
     return next(model.parameters()).device

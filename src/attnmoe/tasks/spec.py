@@ -114,6 +114,7 @@ class RunSpec:
         for name in ("steps", "horizon", "patience"):
             if getattr(self, name) is not None:
                 _check_int(self, name, 1)
+        check_steps(self.steps)
         if self.epochs is not None:
             _check_real(self, "epochs", lambda v: v > 0, "> 0")
         _check_real(self, "lr", lambda v: v > 0, "> 0")
@@ -203,6 +204,18 @@ class RunSpec:
         return out
 
 
+MAX_STEPS = 10**8
+"""The most optimiser steps a run may have (``--steps``, or ``--epochs`` once converted): 10^8 steps
+take more than a day even at 1 ms a step, so a larger value is a typo, not a plan."""
+
+
+def check_steps(steps: int | None, given: str = "--steps") -> None:
+    """Refuse more than :data:`MAX_STEPS` steps in one line (``given`` names where they came from)."""
+    if steps is not None and steps > MAX_STEPS:
+        raise ValueError(f"{given} gives {steps:.3g} optimiser steps, more than the cap {MAX_STEPS:.0e} "
+                         "(over a day even at 1 ms a step)")
+
+
 def _spec_from_dict(data: dict[str, Any]) -> RunSpec:
     return RunSpec.from_dict(data)
 
@@ -221,4 +234,4 @@ def _check_real(spec: RunSpec, name: str, ok: Any, what: str) -> None:
         raise ValueError(f"{flag(name)} must be a finite number {what}, got {value!r}")
 
 
-__all__ = ["FEATURES", "PRECISIONS", "RunSpec", "flag"]
+__all__ = ["FEATURES", "MAX_STEPS", "PRECISIONS", "RunSpec", "check_steps", "flag"]

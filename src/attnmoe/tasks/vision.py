@@ -37,6 +37,7 @@ from attnmoe.tasks.registry import (
     EVAL_BATCH,
     Task,
     TaskEntry,
+    check_model_memory,
     device_of,
     in_eval_mode,
     make_task,
@@ -204,6 +205,8 @@ def build_vision(spec: RunSpec, data_dir: Path | None, entry: TaskEntry) -> Task
         splits = load_digits_splits()
     else:
         splits = load_idx_splits(resolve_data_dir(data_dir) / spec.dataset)
+    check_model_memory(lambda: ViT(image_size=splits.image_size, in_channels=splits.channels,
+                                   num_classes=splits.num_classes, attention=spec.attention, **spec.model), spec)
     torch.manual_seed(spec.seed)
     model = ViT(image_size=splits.image_size, in_channels=splits.channels, num_classes=splits.num_classes,
                 attention=spec.attention, **spec.model)

@@ -59,7 +59,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from attnmoe.tasks.spec import RunSpec
+from attnmoe.tasks.spec import RunSpec, check_steps
 from attnmoe.train import distributed
 from attnmoe.train.batches import BatchPlan as BatchPlan
 from attnmoe.train.batches import _fetch as _fetch
@@ -299,6 +299,7 @@ def train_task(
     seed_everything(spec.seed + 7919 * where.rank)
     plan = BatchPlan(task, spec.batch_size, spec.seed)
     total = spec.steps if spec.steps is not None else plan.steps_for(float(spec.epochs))
+    check_steps(total, f"--epochs {spec.epochs}" if spec.steps is None else "--steps")
     warmup = min(spec.warmup_steps, total - 1) if total > 1 else 0
     eval_every = _interval(spec.eval_interval, plan.steps_per_epoch, "--eval-interval")
     save_every = _interval(spec.checkpoint_interval, plan.steps_per_epoch, "--checkpoint-interval")

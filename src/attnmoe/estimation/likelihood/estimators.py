@@ -14,7 +14,10 @@ monomial, activation or cosine gate's model, so those gates see x scaled or raw)
 ``n_init`` random starts as ONE batched trust-region program
 (:func:`~attnmoe.estimation.likelihood.objective.fit_likelihood`; the starts are replicates of
 the same data) and keep the start with the lowest NLL; a ``ConvergenceWarning`` is raised when
-that start did not converge. Nothing but assignment happens in ``__init__``.
+that start did not converge, and a one-line ``ValueError`` when every start ended with a
+non-finite NLL or the input's scale overflows the standardisation. Fits run on ``n_threads``
+torch threads (default 1, so ``GridSearchCV(n_jobs=...)`` is the parallelism knob). Nothing but
+assignment happens in ``__init__``.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, check_random_state, validate_data
 
+from attnmoe.estimation.estimator import check_input_scale, torch_threads
 from attnmoe.estimation.likelihood.families import GaussianMoE, MultinomialLogisticMoE
 from attnmoe.estimation.likelihood.objective import fit_likelihood
 
@@ -67,7 +71,11 @@ def _fit_starts(model, Xs: np.ndarray, ys: np.ndarray, inits: torch.Tensor, max_
     y = torch.from_numpy(ys).unsqueeze(0).expand(S, -1).contiguous()  # (S, n)
     fit = fit_likelihood(model, X, y, inits, max_iter=max_iter)
     nll = torch.where(torch.isfinite(fit.nll), fit.nll, torch.inf)
-    return int(nll.argmin()), fit
+    best = int(nll.argmin())
+    if not torch.isfinite(nll[best]):
+        raise ValueError(f"the maximum-likelihood fit failed: all {S} starts ended with a non-finite "
+                         "negative log-likelihood; rescale X and y")
+    return best, fit
 
 
 def _warn_if_not_converged(fit, best: int, max_iter: int) -> bool:
@@ -91,6 +99,7 @@ class GaussianMoERegressor(RegressorMixin, BaseEstimator):
             through the registry's gate).
         n_init: random starts, fitted as one batched program.
         max_iter: trust-region iterations per start.
+        n_threads: torch intra-op threads while fitting (default 1; None: torch's setting).
         random_state: seed / ``np.random.RandomState`` of the starts.
 
     Attributes:
@@ -103,18 +112,21 @@ class GaussianMoERegressor(RegressorMixin, BaseEstimator):
     """
 
     def __init__(self, n_experts: int = 2, top_k: int | None = None, gate: str = "softmax", n_init: int = 4,
-                 max_iter: int = 200, random_state=None) -> None:
+                 max_iter: int = 200, n_threads: int | None = 1, random_state=None) -> None:
         self.n_experts = n_experts
         self.top_k = top_k
         self.gate = gate
         self.n_init = n_init
         self.max_iter = max_iter
+        self.n_threads = n_threads
         self.random_state = random_state
 
     def _model(self, d: int) -> GaussianMoE:
         _check_int("n_experts", self.n_experts, 1)
         _check_int("n_init", self.n_init, 1)
         _check_int("max_iter", self.max_iter, 1)
+        if self.n_threads is not None:
+            _check_int("n_threads", self.n_threads, 1)
         if self.top_k is not None:
             _check_int("top_k", self.top_k, 1)
             if self.top_k > self.n_experts:
@@ -126,6 +138,7 @@ class GaussianMoERegressor(RegressorMixin, BaseEstimator):
         """Maximum-likelihood fit from ``n_init`` batched random starts; returns self."""
         X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True)
         model = self._model(X.shape[1])
+        check_input_scale(X, y, x_power=2)  # the standardisation squares X and y
         mean, scale = _standardise(X)
         mode = X_STANDARDISATION[self.gate]
         self.x_mean_ = mean if mode == "affine" else np.zeros_like(mean)
@@ -137,7 +150,8 @@ class GaussianMoERegressor(RegressorMixin, BaseEstimator):
         gen = torch.Generator().manual_seed(int(rng.randint(0, 2**31 - 1)))
         inits = model.pack({name: START_SCALE[name](d) * torch.randn(S, *shape, generator=gen, dtype=torch.float64)
                             for name, shape in model.blocks})  # drawn in block order
-        best, fit = _fit_starts(model, Xs, ys, inits, int(self.max_iter))
+        with torch_threads(self.n_threads):
+            best, fit = _fit_starts(model, Xs, ys, inits, int(self.max_iter))
         self.params_ = {key: v[best].numpy() for key, v in fit.params.items()}
         self.nll_ = float(fit.nll[best]) + math.log(self.y_scale_)
         self.n_iter_ = int(fit.n_iter[best])
@@ -178,7 +192,7 @@ class MoEClassifier(ClassifierMixin, BaseEstimator):
         n_experts: k >= 1.
         input_map: ``"identity"`` (standard softmax gate) or ``"tanh"`` (modified gate of
             arXiv 2310.14188: the gate sees tanh of the standardised input).
-        n_init, max_iter, random_state: as :class:`GaussianMoERegressor`.
+        n_init, max_iter, n_threads, random_state: as :class:`GaussianMoERegressor`.
 
     Attributes:
         classes_, flat_ (free parameters on the standardised scale), x_mean_, x_scale_, nll_,
@@ -186,11 +200,12 @@ class MoEClassifier(ClassifierMixin, BaseEstimator):
     """
 
     def __init__(self, n_experts: int = 2, input_map: str = "identity", n_init: int = 4, max_iter: int = 200,
-                 random_state=None) -> None:
+                 n_threads: int | None = 1, random_state=None) -> None:
         self.n_experts = n_experts
         self.input_map = input_map
         self.n_init = n_init
         self.max_iter = max_iter
+        self.n_threads = n_threads
         self.random_state = random_state
 
     def fit(self, X, y) -> MoEClassifier:
@@ -198,8 +213,11 @@ class MoEClassifier(ClassifierMixin, BaseEstimator):
         _check_int("n_experts", self.n_experts, 1)
         _check_int("n_init", self.n_init, 1)
         _check_int("max_iter", self.max_iter, 1)
+        if self.n_threads is not None:
+            _check_int("n_threads", self.n_threads, 1)
         X, y = validate_data(self, X, y, dtype=np.float64)
         check_classification_targets(y)
+        check_input_scale(X, None, x_power=2)  # the standardisation squares X
         self.classes_, labels = np.unique(y, return_inverse=True)
         if len(self.classes_) < 2:
             raise ValueError(f"MoEClassifier needs samples of at least 2 classes; got 1 class: {self.classes_[0]!r}")
@@ -209,7 +227,8 @@ class MoEClassifier(ClassifierMixin, BaseEstimator):
         rng = check_random_state(self.random_state)
         gen = torch.Generator().manual_seed(int(rng.randint(0, 2**31 - 1)))
         inits = 0.5 * torch.randn(int(self.n_init), model.n_params, generator=gen, dtype=torch.float64)
-        best, fit = _fit_starts(model, Xs, labels.astype(np.float64), inits, int(self.max_iter))
+        with torch_threads(self.n_threads):
+            best, fit = _fit_starts(model, Xs, labels.astype(np.float64), inits, int(self.max_iter))
         self.flat_ = fit.flat[best].numpy()
         self.nll_ = float(fit.nll[best])
         self.n_iter_ = int(fit.n_iter[best])
