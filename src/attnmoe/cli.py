@@ -4,6 +4,7 @@
     attnmoe train    train one model on one task with one attention variant (issue 4)
     attnmoe compare  variants x seeds, mean +- std and Welch's t-test (issue 4)
     attnmoe sample   generate text from a trained character GPT run (issue 10)
+    attnmoe claims   the claims ledger from the committed records (issue 22)
 
 The subcommands live in ``attnmoe.commands.<name>``; this file only registers them.
 """
@@ -15,6 +16,7 @@ from typing import Annotated
 
 import typer
 
+from attnmoe.commands.claims import claims
 from attnmoe.commands.compare import compare_command
 from attnmoe.commands.rates import rates
 from attnmoe.commands.sample import sample
@@ -55,6 +57,7 @@ app.command(name="rates")(rates)
 app.command(name="train")(train_command)
 app.command(name="compare")(compare_command)
 app.command(name="sample")(sample)
+app.command(name="claims")(claims)
 
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -81,6 +81,7 @@ class Row:
     seeds_needed: int | None = None
     decades_needed: float | None = None
     family_size: int = 1
+    metric: str | None = None  # the real-data comparison's primary metric
 
     @property
     def span(self) -> float | None:
@@ -107,7 +108,7 @@ class Row:
             "converged_fraction": self.converged, "n_range": self.n_range, "decades": self.span,
             "verdict": self.verdict, "cause": self.cause, "seeds_needed_80": self.seeds_needed,
             "decades_needed_80": self.decades_needed, "robustness": robustness(c),
-            "decide": c.decide, "note": c.note, "files": self.files,
+            "decide": c.decide, "note": c.note, "files": self.files, "metric": self.metric,
         }
 
 
@@ -192,7 +193,7 @@ def _arm_slopes(cache: _Cache, arm: RateArm) -> tuple[dict[int, float], list[boo
     return stats.per_seed_slopes(points), conv, (min(xs), max(xs)), str(path)
 
 
-def _real_values(cache: _Cache, arm: RealArm) -> tuple[dict[int, float], str, str]:
+def _real_values(cache: _Cache, arm: RealArm) -> tuple[dict[int, float], str, str, str]:
     summary, path = cache.result(arm.result)
     metric = summary["primary_metric"]
 
@@ -203,7 +204,7 @@ def _real_values(cache: _Cache, arm: RealArm) -> tuple[dict[int, float], str, st
 
     a, b = per_seed(arm.variant), per_seed(arm.baseline)
     direction = "less" if metric in LOWER_IS_BETTER else "greater"
-    return {s: a[s] - b[s] for s in sorted(set(a) & set(b))}, direction, str(path)
+    return {s: a[s] - b[s] for s in sorted(set(a) & set(b))}, direction, str(path), metric
 
 
 def _measure(cache: _Cache, claim: Claim) -> Row:
@@ -211,8 +212,9 @@ def _measure(cache: _Cache, claim: Claim) -> Row:
     converged: float | None = None
     n_range = None
     direction = claim.predicted if isinstance(claim.predicted, str) else None
+    metric = None
     if isinstance(claim.arms[0], RealArm):
-        values, better, f = _real_values(cache, claim.arms[0])
+        values, better, f, metric = _real_values(cache, claim.arms[0])
         files.append(f)
         direction = better
     else:
@@ -229,7 +231,7 @@ def _measure(cache: _Cache, claim: Claim) -> Row:
     seeds = sorted(values)
     vals = [values[s] for s in seeds]
     rel = sorted({Path(f).relative_to(cache.root).as_posix() for f in files})
-    row = Row(claim, vals, seeds, None, None, None, None, converged, n_range, direction, rel)
+    row = Row(claim, vals, seeds, None, None, None, None, converged, n_range, direction, rel, metric=metric)
     if len(vals) >= 2:
         row.interval = stats.t_interval(vals)
         row.p_competing = stats.t_test_p(vals, claim.competing)

@@ -27,9 +27,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
-from scipy import integrate
+from scipy import integrate, special
 from scipy import stats as sps
 
 __all__ = [
@@ -52,7 +53,7 @@ POWER = 0.80
 #: Largest number of seeds for which the sign-flip p enumerates all 2^S patterns.
 EXACT_SIGN_FLIP_MAX = 20
 #: Monte Carlo draws of sign patterns beyond that (generator seeded with 0: reproducible).
-SIGN_FLIP_DRAWS = 200_000
+SIGN_FLIP_DRAWS = 50_000
 #: Most seeds the power search considers (beyond that: "more than" this).
 MAX_SEEDS = 100_000
 
@@ -104,43 +105,50 @@ def t_test_p(values: Sequence[float], null: float) -> float:
     return float(2 * sps.t.sf(abs(t), x.size - 1))
 
 
+@lru_cache(maxsize=64)
+def _sign_patterns(s: int) -> tuple[np.ndarray, str]:
+    """Every ±1 pattern of length s (s ≤ EXACT_SIGN_FLIP_MAX), else SIGN_FLIP_DRAWS seeded ones."""
+    if s <= EXACT_SIGN_FLIP_MAX:
+        codes = np.arange(2**s, dtype=np.int64)[:, None]
+        return (1 - 2 * ((codes >> np.arange(s)) & 1)).astype(float), "exact"
+    rng = np.random.default_rng([0, s])
+    signs = rng.choice((-1.0, 1.0), size=(SIGN_FLIP_DRAWS, s))
+    signs[0] = 1.0  # the observed pattern is one of the draws
+    return signs, f"Monte Carlo ({SIGN_FLIP_DRAWS} patterns)"
+
+
 def sign_flip_p(values: Sequence[float], null: float = 0.0) -> tuple[float, str]:
     """Two-sided sign-flip permutation p of H0: symmetric about ``null``; and how it was computed.
 
-    Statistic |mean(x − null)|; p = share of sign patterns whose statistic is ≥ the observed
-    one (the identity pattern included, so p ≥ 2^-S·2 for a two-sided test). Exact enumeration
-    up to :data:`EXACT_SIGN_FLIP_MAX` seeds, else ``(1 + hits) / (1 + draws)`` over
-    :data:`SIGN_FLIP_DRAWS` seeded random patterns.
+    Statistic |Σ(x − null)|; p = share of sign patterns whose statistic is ≥ the observed one
+    (the identity pattern included, so p ≥ 2/2^S). Exact enumeration up to
+    :data:`EXACT_SIGN_FLIP_MAX` seeds, else the share among :data:`SIGN_FLIP_DRAWS` seeded random
+    patterns whose first is the identity.
     """
     d = np.asarray(values, dtype=float) - null
-    s = d.size
+    signs, how = _sign_patterns(d.size)
     observed = abs(float(d.sum())) * (1 - 1e-12)  # ties count as "as extreme"
-    if s <= EXACT_SIGN_FLIP_MAX:
-        codes = np.arange(2**s, dtype=np.int64)[:, None]
-        signs = 1 - 2 * ((codes >> np.arange(s)) & 1)  # (2^S, S) of ±1
-        totals = np.abs(signs @ d)
-        return float(np.mean(totals >= observed)), "exact"
-    rng = np.random.default_rng(0)
-    hits = 0
-    for start in range(0, SIGN_FLIP_DRAWS, 20_000):
-        signs = rng.choice((-1.0, 1.0), size=(min(20_000, SIGN_FLIP_DRAWS - start), s))
-        hits += int(np.sum(np.abs(signs @ d) >= observed))
-    return (1 + hits) / (1 + SIGN_FLIP_DRAWS), f"Monte Carlo ({SIGN_FLIP_DRAWS} patterns)"
+    return float(np.mean(np.abs(signs @ d) >= observed)), how
 
 
 def _power(seeds: int, effect: float, sd: float, alpha: float) -> float:
     """Power of the two-sided one-sample t-test: P(|T| > t_crit) for T ~ t'(S − 1, δ√S/sd).
 
-    Integrated over V ~ χ²_{S−1}: P(T > c) = E[Φ(δ' − c√(V/df))] (scipy's ``nct`` returns NaN
-    for large noncentrality at small df, so it is not used).
+    scipy's noncentral t where it is finite; where it returns NaN (large noncentrality at small
+    df) the same probability integrated over V ~ χ²_{S−1}: P(T > c) = E[Φ(δ' − c√(V/df))].
     """
     df = seeds - 1
     crit = float(sps.t.ppf(1 - alpha / 2, df))
     nc = abs(effect) * math.sqrt(seeds) / sd
+    value = float(sps.nct.sf(crit, df, nc) + sps.nct.cdf(-crit, df, nc))
+    if math.isfinite(value):
+        return value
+    log_norm = -(df / 2) * math.log(2.0) - float(special.gammaln(df / 2))
 
     def integrand(v: float) -> float:
         scale = crit * math.sqrt(v / df)
-        return (sps.norm.cdf(nc - scale) + sps.norm.cdf(-nc - scale)) * sps.chi2.pdf(v, df)
+        pdf = math.exp(log_norm + (df / 2 - 1) * math.log(v) - v / 2)
+        return float(special.ndtr(nc - scale) + special.ndtr(-nc - scale)) * pdf
 
     lo, hi = sps.chi2.ppf(1e-12, df), sps.chi2.ppf(1 - 1e-12, df)
     return float(integrate.quad(integrand, lo, hi, limit=200)[0])
