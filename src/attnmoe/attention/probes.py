@@ -12,8 +12,9 @@ Per layer, averaged over every forward call seen (weighted by element counts):
   relative to the row's total weight.  Rows with no allowed key are skipped.  The weights
   are recomputed from the layer input (context and masks included) by
   ``Attention.weights`` (the SDPA kernel never forms them), which costs one extra
-  ``(B, H, T, S)`` product per probed call.  Calls with a ``KVCache`` are not counted in
-  this share (their earlier keys are not in the call's inputs); ``cached_calls`` counts them.
+  ``(B, H, T, S)`` product per probed call.  Calls with a ``KVCache`` that held keys before
+  the call are not counted in this share (those keys are not in the call's inputs);
+  ``cached_calls`` counts them (a first call into an empty cache is counted as usual).
 * ``max_abs_hidden`` -- ``max |x|`` of the hidden state entering the layer, and
   ``max_abs_output`` -- ``max |y|`` of the layer's output (maximum over all calls).
 * ``mean_output_gate`` -- mean of the output gate ``sigmoid(X W_theta + b_theta)`` over
@@ -148,7 +149,8 @@ class AttentionProbes:
             x = args[0] if args else kwargs["x"]
             context = args[1] if len(args) > 1 else kwargs.get("context")
             with torch.no_grad():
-                if kwargs.get("cache") is None:
+                cache = kwargs.get("cache")
+                if cache is None or len(cache) == x.shape[1]:  # no earlier keys: a prefill
                     self._recomputing = True  # the gate hook must not count this second pass
                     try:
                         w = layer.weights(  # (B, H, T, S)
