@@ -24,6 +24,7 @@ import typer
 
 from attnmoe.commands.train import (
     ERRORS,
+    FLAG,
     BatchOpt,
     CkptOpt,
     CompileOpt,
@@ -45,8 +46,10 @@ from attnmoe.commands.train import (
     TensorboardOpt,
     ThreadsOpt,
     check_out,
+    clean_exit,
     collect_overrides,
     fail,
+    require_tensorboard,
     set_threads,
 )
 from attnmoe.train import distributed
@@ -54,7 +57,8 @@ from attnmoe.utils import check_writable
 
 
 def compare_command(
-    out: Annotated[Path | None, typer.Option("--out", help="Comparison directory (created; resumable).")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Comparison directory (created; resumable). Required.", show_default=False)] = None,
     task: TaskOpt = None,
     dataset: DatasetOpt = None,
     attention: Annotated[str, typer.Option(
@@ -81,9 +85,23 @@ def compare_command(
     progress: ProgressOpt = True,
     threads: ThreadsOpt = None,
     summary_only: Annotated[bool, typer.Option(
-        "--summary-only", help="Only rewrite summary.md/json and curves.png from finished runs.")] = False,
+        "--summary-only", metavar=FLAG,
+        help="Only rewrite summary.md/json and curves.png from finished runs.")] = False,
 ) -> None:
     """Train every variant x seed (skipping finished runs); write summary.md, summary.json, curves.png."""
+    with clean_exit(out if out is not None and str(out).strip() and str(out) != "." else None):
+        main, summary = _compare(out, task, dataset, attention, seeds, data_dir, horizon, features, target,
+                                 steps, epochs, batch_size, lr, eval_interval, checkpoint_interval,
+                                 patience, precision, model, device, compile, tensorboard, progress,
+                                 threads, summary_only)
+    if main and summary:
+        typer.echo((out / "summary.md").read_text())
+
+
+def _compare(out, task, dataset, attention, seeds, data_dir, horizon, features, target, steps, epochs,
+             batch_size, lr, eval_interval, checkpoint_interval, patience, precision, model, device,
+             compile, tensorboard, progress, threads, summary_only) -> tuple[bool, object]:
+    """The body of :func:`compare_command` (its options in order): ``(is rank 0, summary)``."""
     from attnmoe.tasks import resolve_spec
     from attnmoe.train.compare import (
         parse_seeds,
@@ -110,6 +128,7 @@ def compare_command(
             base = resolve_spec(task, dataset, attention=variants[0], seed=seed_list[0],
                                 horizon=horizon, overrides=overrides)
             set_threads(threads)
+            require_tensorboard(tensorboard)
             main = distributed.setup(device)[0].is_main
             if main:
                 check_writable(out)
@@ -122,5 +141,4 @@ def compare_command(
         raise fail(err) from None
     finally:
         distributed.cleanup()
-    if main and summary:
-        typer.echo((out / "summary.md").read_text())
+    return main, summary

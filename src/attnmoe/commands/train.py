@@ -16,8 +16,14 @@ Data parallel: ``torchrun --nproc_per_node 2 -m attnmoe.cli train ...`` (gloo on
 
 from __future__ import annotations
 
+import errno
 import json
+import shutil
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -28,10 +34,12 @@ from attnmoe.train.lock import RunBusy
 from attnmoe.train.loop import TrainingDiverged
 from attnmoe.utils import check_writable
 
-TaskOpt = Annotated[str | None, typer.Option("--task", help="vision, lm or forecast.")]
+TaskOpt = Annotated[str | None, typer.Option(
+    "--task", help="vision, lm or forecast. Required (unless --config).", show_default=False)]
 DatasetOpt = Annotated[str | None, typer.Option(
-    "--dataset", help="fashion-mnist, mnist, digits, shakespeare, ETTh1, ETTh2, exchange_rate, "
-    "illness (any case), or a path to a text / CSV file.")]
+    "--dataset", show_default=False, help="Required (unless --config). vision: digits, fashion-mnist, "
+    "mnist; lm: shakespeare; forecast: ETTh1, ETTh2, ETTm1, ETTm2, exchange_rate, illness, weather, "
+    "electricity, traffic (any case); or a path to a text / CSV file.")]
 DataDirOpt = Annotated[Path | None, typer.Option(
     "--data-dir", help="Folder of the named data sets (default: $ATTNMOE_DATA_DIR).")]
 HorizonOpt = Annotated[int | None, typer.Option("--horizon", help="Forecast horizon (forecast only).")]
@@ -54,10 +62,15 @@ PrecisionOpt = Annotated[str | None, typer.Option(
 ModelOpt = Annotated[list[str] | None, typer.Option(
     "--model", help="Model size override KEY=VALUE (repeatable), e.g. --model n_layer=2.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu or cuda.")]
-ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")]
-CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the model's forward pass.")]
+FLAG = ""
+"""``metavar`` of on/off flags: they take no value (typer would show ``<bool>``)."""
+ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.",
+                                           metavar=FLAG)]
+CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the model's forward pass.",
+                                          metavar=FLAG)]
 TensorboardOpt = Annotated[bool, typer.Option(
-    "--tensorboard", help="Also log to TensorBoard in <run>/tensorboard (pip install 'attnmoe[tensorboard]').")]
+    "--tensorboard", metavar=FLAG, help="Also log to TensorBoard in <run>/tensorboard (pip install "
+    "'attnmoe\\[tensorboard]').")]
 ThreadsOpt = Annotated[int | None, typer.Option(
     "--threads", help="torch intra-op threads (default: torch's choice). On a shared or small "
     "machine use 1: oversubscribed threads can make small models 10x slower.")]
@@ -116,14 +129,17 @@ def base_spec(task: str | None, dataset: str | None, config: Path | None) -> Any
     """The spec the options override: the recipe of ``task``/``dataset``, or a run's config.json."""
     from attnmoe.tasks import reference_spec
     from attnmoe.tasks.spec import RunSpec
-    from attnmoe.train.loop import read_json
 
     if config is not None:
         if task is not None or dataset is not None:
             raise ValueError("--task and --dataset come from --config; give one or the other")
         if not config.is_file():
             raise ValueError(f"--config {config}: no such file")
-        record = read_json(config)
+        try:
+            record = json.loads(config.read_text())
+        except (ValueError, OSError) as err:
+            raise ValueError(f"--config {config} is damaged ({err}); give the config.json of "
+                             "an intact run") from None
         if not isinstance(record, dict) or "spec" not in record:
             raise ValueError(f"--config {config} records no run spec (not a run's config.json)")
         return RunSpec.from_dict(record["spec"])
@@ -143,9 +159,95 @@ ERRORS: tuple[type[Exception], ...] = (ValueError, TypeError, FileNotFoundError,
                                        RunBusy, TrainingDiverged)
 """What a command turns into a one-line message on stderr and exit code 2."""
 
+INTERRUPTED = 130
+"""Exit code after Ctrl-C or SIGTERM (128 + SIGINT, as a shell reports an interrupted job)."""
+WRITE_FAILED = 1
+"""Exit code when the run cannot be written (disk full, quota, read-only, I/O error)."""
+
+
+def require_tensorboard(tensorboard: bool) -> None:
+    """Refuse ``--tensorboard`` without the package, before any run folder is created."""
+    if not tensorboard:
+        return
+    try:
+        import tensorboard as _  # noqa: F401
+        from torch.utils.tensorboard import SummaryWriter as _Writer  # noqa: F401
+    except ImportError:
+        raise ValueError("--tensorboard needs the tensorboard package "
+                         "(pip install 'attnmoe[tensorboard]')") from None
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _leftovers(out: Path) -> set[str]:
+    return {p.name for p in out.iterdir()} if out.is_dir() else set()
+
+
+@contextmanager
+def clean_exit(out: Path | None) -> Iterator[None]:
+    """End a ``train`` / ``compare`` command in one line whatever stops it, leaving nothing behind
+    that blocks the next run.
+
+    * Ctrl-C or SIGTERM: ``interrupted`` on stderr, exit :data:`INTERRUPTED` (the checkpoints
+      are whole: ``--resume`` continues);
+    * a write that fails (disk full, ...): ``error: cannot write ...``, exit :data:`WRITE_FAILED`;
+    * any failure: a ``checkpoint.tmp`` the save left is removed, and a lock file this command
+      created in a folder that holds nothing else is removed with the folder when this command
+      created it (validation errors leave no trace). Only rank 0 prints.
+    """
+    existed = out is not None and out.exists()
+    before = _leftovers(out) if out is not None else set()
+    main_thread = threading.current_thread() is threading.main_thread()  # signal handlers only there
+    previous = signal.getsignal(signal.SIGTERM)
+    if main_thread:
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    except BaseException as err:
+        if out is not None:
+            _tidy(out, existed, before)
+        if isinstance(err, KeyboardInterrupt):
+            if distributed.info().is_main:
+                typer.echo("interrupted; the run's checkpoints are whole: rerun with --resume "
+                           "to continue", err=True)
+            raise typer.Exit(code=INTERRUPTED) from None
+        if isinstance(err, OSError) and not isinstance(err, FileNotFoundError | FileExistsError):
+            if distributed.info().is_main:
+                reason = err.strerror or str(err)
+                where = f" {err.filename}" if getattr(err, "filename", None) else ""
+                hint = " (free some space, then rerun with --resume)" if err.errno in (
+                    errno.ENOSPC, errno.EDQUOT) else ""
+                typer.echo(f"error: cannot write{where}: {reason}{hint}", err=True)
+            raise typer.Exit(code=WRITE_FAILED) from None
+        raise
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _tidy(out: Path, existed: bool, before: set[str]) -> None:
+    """Remove what a failed command left that holds no run: ``checkpoint.tmp``, and a new ``.lock``
+    alone in its folder (with the folder when the command created it)."""
+    from attnmoe.train.lock import LOCK_FILE
+
+    if not distributed.info().is_main:
+        return
+    for run in [out, *out.glob("*/seed*")]:
+        shutil.rmtree(run / "checkpoint.tmp", ignore_errors=True)
+    try:
+        if _leftovers(out) == {LOCK_FILE} and LOCK_FILE not in before:
+            (out / LOCK_FILE).unlink()
+            if not existed:
+                out.rmdir()
+    except OSError:
+        pass
+
 
 def train_command(
-    out: Annotated[Path | None, typer.Option("--out", help="Run directory (created).")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Run directory (created). Required.", show_default=False)] = None,
     task: TaskOpt = None,
     dataset: DatasetOpt = None,
     config: Annotated[Path | None, typer.Option(
@@ -168,7 +270,8 @@ def train_command(
     patience: PatienceOpt = None,
     precision: PrecisionOpt = None,
     model: ModelOpt = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out (same spec).")] = False,
+    resume: Annotated[bool, typer.Option("--resume", metavar=FLAG,
+                                         help="Continue the run in --out (same spec).")] = False,
     device: DeviceOpt = "cpu",
     compile: CompileOpt = False,
     tensorboard: TensorboardOpt = False,
@@ -176,6 +279,20 @@ def train_command(
     threads: ThreadsOpt = None,
 ) -> None:
     """Train one model on one task with one attention variant; write metrics.json, log.jsonl, config.json."""
+    with clean_exit(out if out is not None and str(out).strip() and str(out) != "." else None):
+        metrics, here = _train(out, task, dataset, config, attention, data_dir, horizon, features, target,
+                               steps, epochs, seed, batch_size, lr, eval_interval, checkpoint_interval,
+                               patience, precision, model, resume, device, compile, tensorboard, progress,
+                               threads)
+    if here.is_main:
+        json.dump(metrics, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+
+
+def _train(out, task, dataset, config, attention, data_dir, horizon, features, target, steps, epochs,
+           seed, batch_size, lr, eval_interval, checkpoint_interval, patience, precision, model, resume,
+           device, compile, tensorboard, progress, threads) -> tuple[dict[str, Any], Any]:
+    """The body of :func:`train_command` (its options in order): ``(metrics, distributed.info())``."""
     from attnmoe.tasks import apply_overrides
     from attnmoe.train.run import run_one
 
@@ -190,6 +307,7 @@ def train_command(
         spec = apply_overrides(base_spec(task, dataset, config), attention=attention, seed=seed,
                                horizon=horizon, overrides=overrides)
         set_threads(threads)
+        require_tensorboard(tensorboard)
         here, _ = distributed.setup(device)
         if here.is_main:
             check_writable(out)
@@ -199,6 +317,4 @@ def train_command(
         raise fail(err) from None
     finally:
         distributed.cleanup()
-    if here.is_main:
-        json.dump(metrics, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+    return metrics, here

@@ -13,13 +13,15 @@ last and holds the SHA-256 of every other file, so a truncated or altered tensor
 detected before anything is loaded (:class:`CheckpointDamaged`).
 
 A checkpoint is written into ``checkpoint.tmp/`` and then renamed into place; the one before it
-is kept as ``checkpoint.old/``. An interruption while saving therefore leaves a complete
+is kept as ``checkpoint.old/``; a write that fails (disk full, Ctrl-C) removes ``checkpoint.tmp/``
+and raises ``OSError``. An interruption while saving therefore leaves a complete
 checkpoint, and a damaged ``checkpoint/`` falls back to ``checkpoint.old/`` (one interval
 earlier; training from there reaches the same result, see ``attnmoe.train.loop``).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import random
@@ -30,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
@@ -145,34 +148,42 @@ def save_checkpoint(
     """
     out_dir = Path(out_dir)
     tmp, final, old = (out_dir / (CHECKPOINT_DIR + s) for s in (".tmp", "", ".old"))
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    try:  # a failed write (disk full, Ctrl-C) leaves no checkpoint.tmp behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
 
-    save_model(model, str(tmp / "model.safetensors"))
-    if best_weights is not None:
-        save_file({k: v.contiguous() for k, v in best_weights.items()}, str(tmp / "best.safetensors"))
+        save_model(model, str(tmp / "model.safetensors"))
+        if best_weights is not None:
+            save_file({k: v.contiguous() for k, v in best_weights.items()}, str(tmp / "best.safetensors"))
 
-    opt = optimizer.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, dict[str, Any]] = {}
-    for index, per_param in opt["state"].items():
-        for name, value in per_param.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"optim.{index}.{name}"] = value.detach().contiguous().cpu()
-            else:
-                scalars.setdefault(str(index), {})[name] = value
-    rng_json, rng_tensors = _rng_state()
-    tensors.update(rng_tensors)
-    save_file(tensors, str(tmp / "tensors.safetensors"))
+        opt = optimizer.state_dict()
+        tensors: dict[str, torch.Tensor] = {}
+        scalars: dict[str, dict[str, Any]] = {}
+        for index, per_param in opt["state"].items():
+            for name, value in per_param.items():
+                if isinstance(value, torch.Tensor):
+                    tensors[f"optim.{index}.{name}"] = value.detach().contiguous().cpu()
+                else:
+                    scalars.setdefault(str(index), {})[name] = value
+        rng_json, rng_tensors = _rng_state()
+        tensors.update(rng_tensors)
+        save_file(tensors, str(tmp / "tensors.safetensors"))
 
-    state = {
-        "files": {f.name: _sha256(f) for f in sorted(tmp.glob("*.safetensors"))},
-        "extra": extra,
-        "optimizer": {"param_groups": opt["param_groups"], "scalars": scalars},
-        "scheduler": scheduler.state_dict(),
-        "rng": rng_json,
-    }
-    (tmp / "state.json").write_text(json.dumps(state))  # last: the checkpoint is complete
+        state = {
+            "files": {f.name: _sha256(f) for f in sorted(tmp.glob("*.safetensors"))},
+            "extra": extra,
+            "optimizer": {"param_groups": opt["param_groups"], "scalars": scalars},
+            "scheduler": scheduler.state_dict(),
+            "rng": rng_json,
+        }
+        (tmp / "state.json").write_text(json.dumps(state))  # last: the checkpoint is complete
+    except SafetensorError as err:  # the Rust writer's I/O errors: disk full, quota, ...
+        shutil.rmtree(tmp, ignore_errors=True)
+        full = "os error 28" in str(err) or "No space left" in str(err)
+        raise OSError(errno.ENOSPC if full else errno.EIO, str(err), str(tmp)) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():

@@ -42,21 +42,34 @@ from attnmoe.utils import atomic_write_json, atomic_write_text
 
 BASELINE = "softmax"
 COMPARISON_FILE = "comparison.json"
+MAX_SEEDS = 1000
+"""The most seeds a comparison may list: each is a full training run per variant, so more is a typo
+(``--seeds 1000000000`` once built a billion-entry list before anything ran)."""
 PER_RUN = ("attention", "seed")
 """Spec fields that vary inside a comparison; every other field is the comparison's identity."""
 
 
 def parse_seeds(seeds: str) -> list[int]:
-    """``"3"`` -> ``[0, 1, 2]``; ``"5,7"`` -> ``[5, 7]`` (explicit list when a comma is present)."""
+    """``"3"`` -> ``[0, 1, 2]``; ``"5,7"`` -> ``[5, 7]`` (explicit list when a comma is present);
+    at most :data:`MAX_SEEDS` seeds."""
     text = seeds.strip()
     try:
         if "," in text:
             values = [int(s) for s in text.split(",") if s.strip()]
         else:
-            values = list(range(int(text)))
+            count = int(text)
+            if count > MAX_SEEDS:
+                raise OverflowError
+            values = list(range(count))
+    except OverflowError:
+        raise ValueError(f"--seeds {seeds} is more than {MAX_SEEDS} seeds (each is a training run "
+                         "per variant)") from None
     except ValueError:
         raise ValueError(f"--seeds must be a count (e.g. 3) or a comma list (e.g. 0,1,2), "
                          f"got {seeds!r}") from None
+    if len(values) > MAX_SEEDS:
+        raise ValueError(f"--seeds lists {len(values)} seeds, more than {MAX_SEEDS} (each is a training "
+                         "run per variant)")
     if not values or len(set(values)) != len(values) or min(values) < 0:
         raise ValueError(f"--seeds must give at least one distinct non-negative seed, got {seeds!r}")
     return values

@@ -47,24 +47,30 @@ RUN_FILES = (CONFIG_FILE, METRICS_FILE, LOG_FILE, DIVERGED_FILE, *CHECKPOINT_DIR
 """Files whose presence means a directory holds a run (new runs never write over them)."""
 
 
-def _log_records(path: Path) -> list[dict[str, Any]]:
-    """The records of a ``log.jsonl``; a line that does not parse (the partial last line an
-    interruption leaves) is dropped."""
+def _log_records(path: Path, warn: bool = False) -> list[dict[str, Any]]:
+    """The records of a ``log.jsonl``. A line that does not parse is dropped; with ``warn`` it is
+    named on stderr (line number and start): the partial last line an interruption leaves, or a
+    garbled line in the middle (whose record is then missing from the log)."""
     records = []
-    for line in path.read_text().splitlines() if path.is_file() else []:
+    lines = path.read_text(errors="replace").splitlines() if path.is_file() else []
+    for number, line in enumerate(lines, 1):
         try:
             record = json.loads(line)
         except ValueError:
-            continue
+            record = None
         if isinstance(record, dict):
             records.append(record)
+        elif warn and line.strip():
+            where = "the partial last line (an interrupted write)" if number == len(lines) else \
+                f"garbled line {number} of {len(lines)}"
+            _warn(f"{path}: dropped {where}: {line[:60]!r}")
     return records
 
 
 def _truncate_log(path: Path, last_step: int) -> None:
     """Keep the log records up to ``last_step`` (those after the checkpoint an interrupted run
-    left, and any partial line, are dropped)."""
-    kept = [r for r in _log_records(path) if r.get("step", 0) <= last_step]
+    left are dropped, and any line that does not parse is dropped and named on stderr)."""
+    kept = [r for r in _log_records(path, warn=True) if r.get("step", 0) <= last_step]
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
@@ -72,12 +78,12 @@ def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
-def read_json(path: Path) -> Any:
-    """A JSON file's content; ``ValueError`` naming the file when it does not parse."""
+def read_json(path: Path, hint: str = "remove it or use another --out") -> Any:
+    """A JSON file's content; ``ValueError`` naming the file (and ``hint``) when it does not parse."""
     try:
         return json.loads(Path(path).read_text())
     except ValueError as err:
-        raise ValueError(f"{path} is damaged ({err}); remove it or use another --out") from None
+        raise ValueError(f"{path} is damaged ({err}); {hint}") from None
 
 
 def read_metrics(out_dir: Path) -> dict[str, Any] | None:
