@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from attnmoe.claims import stats
-from attnmoe.claims.registry import CLAIMS, FAMILIES, Claim, RateArm, RealArm
+from attnmoe.claims.registry import CLAIMS, NO_FAMILY, Claim, RateArm, RealArm
 from attnmoe.train.compare import holm
 
 __all__ = [
@@ -288,11 +288,11 @@ def decide(row: Row, alpha: float = 1 - stats.LEVEL) -> tuple[str, str]:
                            "lower bound that a fixed-truth study cannot contradict")
     if verdict != UNDECIDED:
         return verdict, ""
-    floor = row.family_size * 2.0 / 2 ** row.interval.seeds  # smallest Holm-adjusted sign-flip p
+    floor = min(1.0, row.family_size * 2.0 / 2 ** row.interval.seeds)  # smallest Holm-adjusted sign-flip p
     what = "both the predicted and the competing value" if isinstance(c.predicted, float) else "the competing value"
     if floor >= alpha:
-        return UNDECIDED, (f"compute: {row.interval.seeds} seeds: the exact sign-flip p cannot go below "
-                           f"{floor:.3g}, so no test at this count can decide")
+        return UNDECIDED, (f"compute: {row.interval.seeds} seeds: the smallest Holm-adjusted exact sign-flip p "
+                           f"in this family of {row.family_size} is {floor:.3g}, so no data at this count can decide")
     return UNDECIDED, f"compute: the tests do not exclude {what} (after Holm over the family)"
 
 
@@ -314,9 +314,13 @@ def evaluate(root: Path, claims: Sequence[Claim] = CLAIMS) -> list[Row]:
     """Every claim measured from the records under ``root`` (the ``docs`` folder) and decided."""
     cache = _Cache(Path(root))
     rows = [_measure(cache, c) for c in claims]
-    for fam in FAMILIES:
+    for fam in sorted({r.claim.family for r in rows}):
         members = [r for r in rows if r.claim.family == fam]
-        if not members:
+        if fam == NO_FAMILY:  # each row its own test
+            for r in members:
+                r.holm_competing, r.holm_predicted = r.p_competing, r.p_predicted
+                r.holm_sf_competing = None if r.sign_flip is None else r.sign_flip[0]
+                r.holm_sf_predicted = r.sign_flip_predicted
             continue
         adj = [holm({r.claim.id: get(r) for r in members}) for get in (
             lambda r: r.p_competing, lambda r: r.p_predicted,
@@ -325,7 +329,7 @@ def evaluate(root: Path, claims: Sequence[Claim] = CLAIMS) -> list[Row]:
             (r.holm_competing, r.holm_predicted, r.holm_sf_competing,
              r.holm_sf_predicted) = (a[r.claim.id] for a in adj)
     for r in rows:
-        r.family_size = sum(1 for x in rows if x.claim.family == r.claim.family)
+        r.family_size = 1 if r.claim.family == NO_FAMILY else sum(x.claim.family == r.claim.family for x in rows)
         r.verdict, r.cause = decide(r)
         if r.verdict == UNDECIDED:
             _power(r, r.family_size)

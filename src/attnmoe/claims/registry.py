@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["CLAIMS", "FAMILIES", "STUDY_COMMANDS", "Claim", "RateArm", "RealArm"]
+__all__ = ["CLAIMS", "FAMILIES", "NO_FAMILY", "STUDY_COMMANDS", "Claim", "RateArm", "RealArm"]
 
 LESS, GREATER = "less", "greater"  # predicted direction of a contrast (first arm vs second)
 
@@ -98,8 +98,10 @@ FAMILIES: dict[str, str] = {
     "real-short": "real data, short budgets: the same 16 tests",
     "gates-reference": "real data, gate positions at the reference recipes: 2 tasks x 6 tests",
     "gates-short": "real data, gate positions at the short budgets: 2 tasks x 6 tests",
-    "none": "not testable by this design: no test",
+    "none": "no family: each row is its own test (the rows not testable by this design)",
 }
+#: The family name of a row tested alone (no Holm correction).
+NO_FAMILY = "none"
 
 #: The command that produced each study's records (from the result pages).
 STUDY_COMMANDS: dict[str, str] = {
