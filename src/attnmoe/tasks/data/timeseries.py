@@ -144,7 +144,8 @@ def read_tsl_csv(path: str | Path, expected_columns: tuple[str, ...] | None = No
             raise ValueError(f"{path}: column {name!r} has a missing/NaN value at data row {row}")
         values[:, j] = numeric.to_numpy(dtype=np.float64)
     if not np.isfinite(values).all():
-        raise ValueError(f"{path}: infinite values in the channels")
+        row, j = (int(i[0]) for i in np.nonzero(~np.isfinite(values)))
+        raise ValueError(f"{path}: column {channels[j]!r} has an infinite value {values[row, j]!r} at data row {row}")
     return frame["date"], values, channels
 
 
