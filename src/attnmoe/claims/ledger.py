@@ -176,7 +176,7 @@ def _arm_slopes(cache: _Cache, arm: RateArm) -> tuple[dict[int, float], list[boo
         name, n = str(r["setting"]), float(r["n"])
         if arm.sweep:
             m = _SD.match(name)
-            if m is None or m["base"] != arm.setting:
+            if m is None or m["base"] != arm.setting or any(math.isclose(float(m["sd"]), d) for d in arm.drop_sd):
                 continue
             x = n / float(m["sd"]) ** 2
         elif name == arm.setting:
@@ -286,6 +286,10 @@ def decide(row: Row, alpha: float = 1 - stats.LEVEL) -> tuple[str, str]:
     if verdict == CONTRADICTED and not c.contradictable:
         return UNDECIDED, ("method: the data point against the claim, but its slow arm is a local-minimax "
                            "lower bound that a fixed-truth study cannot contradict")
+    if verdict == CONFIRMED and isinstance(c.predicted, float) and _rejects(
+            row.holm_predicted, row.holm_sf_predicted, alpha):
+        return verdict, ("beyond the prediction: the predicted value is excluded on the far side "
+                         "(faster than predicted on this range of n)")
     if verdict != UNDECIDED:
         return verdict, ""
     floor = min(1.0, row.family_size * 2.0 / 2 ** row.interval.seeds)  # smallest Holm-adjusted sign-flip p

@@ -67,7 +67,8 @@ def _quantity(row: Row) -> str:
     for a in arms:
         assert isinstance(a, RateArm)
         f = next((f for f in row.files if f.startswith(f"rates/{a.study}/")), f"rates/{a.study}")
-        parts.append(f"[{a.study}]({f}) {a.setting}{'-sd*' if a.sweep else ''} · {a.loss}")
+        drop = f" (σ = {', '.join(f'{d:g}' for d in a.drop_sd)} left out)" if a.drop_sd else ""
+        parts.append(f"[{a.study}]({f}) {a.setting}{'-sd*' if a.sweep else ''} · {a.loss}{drop}")
     return " − ".join(parts)
 
 
