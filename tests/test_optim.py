@@ -392,3 +392,54 @@ def test_scaled_eigh_survives_a_lapack_failure(monkeypatch) -> None:
     assert torch.isnan(lam[1]).all()
     for r in (0, 2):
         assert torch.equal(lam[r], want_lam[r]) and torch.equal(Q[r], want_Q[r])
+
+
+@pytest.mark.parametrize(("gate", "expert", "normalization"),
+                         [("monomial", "gelu", "softmax"), ("linear", "tanh", "sigmoid")])
+def test_closed_form_hessian_over_several_passes(gate: str, expert: str, normalization: str) -> None:
+    """n spans several passes of the assembly (objective.CHUNK), the last one partial: Hessian,
+    gradient and loss still equal torch.func's of the autograd loss."""
+    from attnmoe.estimation.objective import CHUNK
+
+    gen = torch.Generator().manual_seed(11)
+    layout = ParameterLayout(gate, expert, 3, 2, normalization=normalization)
+    n = 2 * CHUNK + 37
+    X = torch.randn(1, n, 2, generator=gen, dtype=torch.float64)
+    y = torch.randn(1, n, generator=gen, dtype=torch.float64)
+    theta = torch.randn(1, layout.n_params, generator=gen, dtype=torch.float64)
+    f, g, H = LeastSquaresObjective(layout, X, y).hessian(theta)
+
+    def loss(t: torch.Tensor) -> torch.Tensor:
+        return (layout.forward(t[None], X) - y).square().mean()
+
+    torch.testing.assert_close(H[0], torch.func.hessian(loss)(theta[0]), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(g[0], torch.func.grad(loss)(theta[0]), rtol=1e-9, atol=1e-13)
+    torch.testing.assert_close(f[0], loss(theta[0]), rtol=1e-12, atol=0.0)
+
+
+def test_loss_gradient_and_hessian_do_not_depend_on_rows_or_blocks(monkeypatch) -> None:
+    """Every entry point gives a replicate bitwise the same numbers alone, in the whole batch, in
+    a subset (idx), and with replicate blocks of any size; the three share one loss."""
+    import attnmoe.estimation.objective as objective
+
+    s = get_setting("monomial-sigmoid-over")
+    seeds = list(range(7))
+    X, y = sample(s, objective.CHUNK + 555, seeds)
+    theta = near_truth_init(s.fit_layout, s.true_params(), seeds, 0.5)
+    obj = LeastSquaresObjective(s.fit_layout, X, y)
+    f, g, H = obj.hessian(theta)
+    fv, gv = obj.value_and_grad(theta)
+    assert torch.equal(f, fv) and torch.equal(g, gv) and torch.equal(f, obj(theta))
+    idx = torch.tensor([1, 4, 5])
+    for budget in (1, 1 << 16, 1 << 30):  # blocks of one replicate ... the whole batch
+        monkeypatch.setitem(objective.BLOCK_BYTES, "cpu", budget)
+        fi, gi, Hi = obj.hessian(theta[idx], idx)
+        assert torch.equal(fi, f[idx]) and torch.equal(gi, g[idx]) and torch.equal(Hi, H[idx])
+        assert torch.equal(obj(theta[idx], idx), f[idx])
+    monkeypatch.setattr(objective, "PRODUCT_CACHE_BYTES", 0)  # feature products per pass
+    uncached = LeastSquaresObjective(s.fit_layout, X, y)
+    assert uncached.products is None and torch.equal(uncached.hessian(theta)[2], H)
+    for r in (0, 3, 6):
+        alone = LeastSquaresObjective(s.fit_layout, X[r : r + 1], y[r : r + 1])
+        fa, ga, Ha = alone.hessian(theta[r : r + 1])
+        assert torch.equal(fa, f[r : r + 1]) and torch.equal(ga, g[r : r + 1]) and torch.equal(Ha, H[r : r + 1])

@@ -40,7 +40,8 @@ class AutogradLeastSquaresObjective(LeastSquaresObjective):
 
     def __init__(self, layout: ParameterLayout, X: Tensor, y: Tensor) -> None:
         self._set_data(layout, X, y)  # checks, and pads the sample axis as the closed form does
-        self.n_ref = layout.n_ref
+        R, n, d = X.shape
+        self.X = torch.cat([X, X.new_zeros(R, self.y.shape[1] - n, d)], 1)  # (R, n_pad, d)
         vmap = torch.func.vmap
         self._value = vmap(self._loss_one)
         self._grad = vmap(torch.func.grad_and_value(self._loss_one))

@@ -1,4 +1,4 @@
-"""The least-squares objective of an MoE regression with its gradient and Jacobian in closed form.
+"""The least-squares objective of an MoE regression with its gradient and Hessian in closed form.
 
 For replicate r with inputs x_rj (j = 1..n) and free parameters theta_r (layout of
 :class:`attnmoe.moe.ParameterLayout`), arXiv 2410.11222's least-squares criterion is
@@ -13,42 +13,43 @@ inputs are expanded into fixed features (computed once per fit):
     z_ij = <E_i, psi(x_j)>   psi(x) = [x, 1]                                       (a, alpha)
 
 (the factor 2: an upper-triangle entry t_pq of the symmetric A_i enters x^T A_i x twice).
-With w = softmax_i(u) (row i = 0 fixed at zero) or w = sigmoid(u), h = sigma(z), residual
-e_j = (2/n)(f_j - y_j), the gradient is
+phi and psi are columns of one feature vector xi(x) (each distinct feature once: b and a share
+x, c and alpha share 1). With w = softmax_i(u) (row i = 0 fixed at zero) or w = sigmoid(u),
+h = sigma(z), residual r_j = f_j - y_j and e_j = (2/n) r_j, the per-sample sensitivities are
 
-    dL/dE_i = sum_j e_j w_ij sigma'(z_ij) psi(x_j)
-    dL/dG_i = sum_j e_j w_ij (h_ij - f_j) phi(x_j)        (softmax)
-    dL/dG_i = sum_j e_j h_ij w_ij (1 - w_ij) phi(x_j)     (sigmoid weights)
+    s_ij = df_j/du_ij = w_ij (h_ij - f_j)        (softmax)    h_ij w_ij (1 - w_ij)  (sigmoid)
+    t_ij = df_j/dz_ij = w_ij sigma'(z_ij)
 
-and the Jacobian df_j/dtheta has the same terms without e_j. The Hessian is
+and, stacking the free gate rows and the expert rows into v_j = [s_j; t_j] (length kv),
 
-    H = (2/n) sum_j [ J_j J_j^T + r_j d^2 f_j / dtheta^2 ],   r_j = f_j - y_j,
+    grad = sum_j e_j v_j (x) xi_j                                (entries (row, feature))
+    H    = sum_j C_j (x) xi_j xi_j^T,   C_j = (2/n) v_j v_j^T + e_j d2f_j/d(u,z)^2   (kv x kv).
 
-whose second-order part needs d^2 f / du du, du dz, dz dz (per sample; delta = Kronecker):
+The second-order part (delta = Kronecker; a_i = e w_i on gate rows, 0 on expert rows):
 
-    softmax,  s_i = w_i (h_i - f):
-      d2f/du_i du_l = delta_il s_i - w_i s_l - w_l s_i
-      d2f/du_l dz_i = delta_il w_i h'_i - w_l w_i h'_i
-      d2f/dz_i dz_l = delta_il w_i h''_i
-    sigmoid weights,  s_i = h_i w_i (1 - w_i):
-      d2f/du_i du_l = delta_il s_i (1 - 2 w_i)
-      d2f/du_l dz_i = delta_il w_i (1 - w_i) h'_i
-      d2f/dz_i dz_l = delta_il w_i h''_i
+    softmax:  d2f/du_i du_l = delta_il s_i - w_i s_l - w_l s_i
+              d2f/du_l dz_i = delta_il t_i - w_l t_i
+              d2f/dz_i dz_l = delta_il w_i sigma''_i
+      so that C_j = v (x) (c v - a) - a (x) v + e D_j with c = 2/n and D_j the three diagonals;
+    sigmoid weights: only the diagonals, s_i (1 - 2 w_i), w_i (1 - w_i) sigma'_i, w_i sigma''_i.
 
-each times phi phi^T, phi psi^T or psi psi^T. The cross terms of the softmax are products of
-(n, k F) matrices, so a Hessian costs a few times J^T J (:meth:`LeastSquaresObjective.hessian`;
-tested against ``torch.func.hessian`` of the autograd loss).
+Every entry of H is therefore  H[(i,p),(l,q)] = sum_j C_j[i,l] xi_jp xi_jq : ONE matrix product
+of the (Q, n) coefficients (Q = kv (kv + 1) / 2 pairs i <= l) with the (n, U) feature products
+(U = F (F + 1) / 2 pairs p <= q), followed by a gather into the (P, P) layout
+(:meth:`LeastSquaresObjective.hessian`; tested against ``torch.func.hessian`` of the autograd
+loss). Its FLOPs, 2 n Q U, are about those of the Gauss-Newton product J^T J alone (2 n P^2),
+and the elementwise work is O(n Q), so the assembly runs at the rate of a batched matrix
+product (``benchmarks/bench_fit.py --parts h``).
 
-Batch-position invariance. Vectorised element-wise kernels (exp, sigmoid, tanh, erf) round
-the last, partial vector of a tensor differently from the body, so a replicate's numbers could
-depend on where it sits in the batch. The sample axis is therefore padded to a multiple of
-:data:`PAD` with zero-weight points: every replicate's row then has the same layout wherever it
-sits, and a replicate's loss, gradient and Hessian are bitwise the same alone or in any batch
-(at one intra-op thread; tests). Every quantity is an ``(R, k, n)``
-tensor and two batched matmuls, so one loss + gradient is about fifteen tensor operations
-without an autograd graph. :func:`attnmoe.estimation.optim.value_and_grad` uses this path when
-the objective provides it; the autograd path through :meth:`ParameterLayout.forward` is the
-reference the tests compare against.
+Block size and batch-position invariance. The sample axis is padded to a multiple of :data:`PAD`
+with zero-weight points and processed in passes of :data:`CHUNK` samples (a multiple of PAD):
+each pass's temporaries stay in cache instead of allocating (m, Q, n) arrays, and the pass
+boundaries depend on n only. Vectorised element-wise kernels (exp, sigmoid, tanh, erf) round
+the last, partial vector of a tensor differently from the body; with every row a multiple of
+PAD long, a replicate's loss, gradient and Hessian are bitwise the same alone or at any place in
+any batch (at one intra-op thread; tests). :func:`attnmoe.estimation.optim.value_and_grad` uses
+this path when the objective provides it; the autograd path through
+:meth:`ParameterLayout.forward` is the reference the tests compare against.
 """
 
 from __future__ import annotations
@@ -60,10 +61,20 @@ from torch import Tensor
 
 from attnmoe.moe import ParameterLayout
 
-__all__ = ["PAD", "LeastSquaresObjective", "padded", "rowwise"]
+__all__ = ["CHUNK", "PAD", "LeastSquaresObjective", "padded", "rowwise"]
 
 #: the sample axis is padded to a multiple of PAD (a multiple of every CPU vector width)
 PAD = 64
+
+#: samples per pass of the loss, gradient and Hessian (a multiple of PAD; module docstring)
+CHUNK = 2048
+
+#: a pass's largest temporary, (replicates, Q or U, CHUNK), is kept near this size: in cache on
+#: a CPU; on a GPU, large blocks keep the number of kernel launches down
+BLOCK_BYTES = {"cpu": 1 << 21, "cuda": 1 << 30}
+
+#: the feature products are kept for the whole fit when they take at most this much memory
+PRODUCT_CACHE_BYTES = 1 << 29
 
 
 def padded(length: int) -> int:
@@ -104,21 +115,26 @@ def _activation(name: str, z: Tensor, second: bool = False) -> tuple[Tensor, ...
     return out if second else out[:2]
 
 
-def _block_outer(coef: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    """sum_j coef[m, i, j] a[m, j, :]^T b[m, j, :] ``(m, k, Fa, Fb)`` for coef ``(m, k, n)``.
 
-    With Fa Fb odd, every other output block would start off a 16-byte boundary and be rounded
-    differently by the batched matmul; a zero column of b keeps every block aligned (sliced off),
-    so a replicate's value does not depend on its place in the batch."""
-    Fb = b.shape[-1]
-    if a.shape[-1] * Fb % 2:
-        b = torch.cat([b, b.new_zeros(*b.shape[:-1], 1)], -1)
-    out = torch.matmul((coef.unsqueeze(-1) * a.unsqueeze(1)).transpose(-1, -2), b.unsqueeze(1))
-    return out[..., :Fb]
+#: the expert parameters read the gate's features: a -> x (the gate's b), alpha -> 1 (c)
+_FEATURE_OF = {"A": "A", "b": "b", "c": "c", "a": "b", "alpha": "c"}
+
+
+def _features(X: Tensor, names: list[str]) -> Tensor:
+    """The distinct features ``names`` of inputs ``X`` ``(R, n, d)``, concatenated ``(R, n, F)``:
+    "A" the upper-triangle products (off-diagonal ones doubled), "b" x, "c" 1."""
+    R, n, d = X.shape
+    iu = torch.triu_indices(d, d)
+    make = {
+        "A": lambda: X[..., iu[0]] * X[..., iu[1]] * torch.where(iu[0] == iu[1], 1.0, 2.0).to(X),
+        "b": lambda: X,
+        "c": lambda: X.new_ones(R, n, 1),
+    }
+    return torch.cat([make[name]() for name in names], -1)
 
 
 class LeastSquaresObjective:
-    """Per-replicate mean squared error of a MoE regression, value/gradient/Jacobian in closed form.
+    """Per-replicate mean squared error of a MoE regression, value/gradient/Hessian in closed form.
 
     Callable as an :data:`attnmoe.estimation.optim.Objective` (``flat (m, P), idx -> (m,)``).
 
@@ -129,19 +145,17 @@ class LeastSquaresObjective:
     """
 
     def _set_data(self, layout: ParameterLayout, X: Tensor, y: Tensor) -> None:
-        """Check shapes; keep the layout, n, and X, y and a mask padded to a multiple of
+        """Check shapes; keep the layout, n, and y and a mask padded to a multiple of
         :data:`PAD` with zero-weight points (module docstring)."""
         if X.ndim != 3 or y.shape != X.shape[:2] or X.shape[2] != layout.dim:
             raise ValueError(
                 f"X must be (R, n, {layout.dim}) and y (R, n); got {tuple(X.shape)} and {tuple(y.shape)}"
             )
-        self.layout = layout
-        R, n, d = X.shape
-        self.n = n
-        pad = padded(n) - n  # zero-weight points
+        self.layout, self.n_ref = layout, layout.n_ref
+        R, n, _ = X.shape
+        self.n, pad = n, padded(n) - n
         self.mask = torch.cat([X.new_ones(n), X.new_zeros(pad)])  # (n_pad,)
         self.y = torch.cat([y.to(X.dtype), X.new_zeros(R, pad)], 1)  # (R, n_pad)
-        self.X = torch.cat([X, X.new_zeros(R, pad, d)], 1)  # (R, n_pad, d)
 
     def __init__(self, layout: ParameterLayout, X: Tensor, y: Tensor) -> None:
         self._set_data(layout, X, y)
@@ -151,132 +165,178 @@ class LeastSquaresObjective:
                 "attnmoe.estimation.fit.least_squares_objective (its autograd path)"
             )
         R, n, d = X.shape
-        pad = padded(n) - n
-        X = self.X
-        iu = torch.triu_indices(d, d)
-        features = {
-            "A": X[..., iu[0]] * X[..., iu[1]] * torch.where(iu[0] == iu[1], 1.0, 2.0).to(X),
-            "b": X,
-            "c": X.new_ones(R, n + pad, 1),
-            "a": X,
-            "alpha": X.new_ones(R, n + pad, 1),
-        }
+        n_pad = padded(n)
         gate_names, expert_names = layout.gate.param_names, layout.expert.param_names
-        self.phi = torch.cat([features[name] for name in gate_names], -1)  # (R, n_pad, Fg)
-        self.psi = torch.cat([features[name] for name in expert_names], -1)  # (R, n_pad, d + 1)
+        names = list(dict.fromkeys(_FEATURE_OF[name] for name in gate_names + expert_names))
+        xi = _features(X, names)  # (R, n, F)
+        width = {name: 1 if name == "c" else (d * (d + 1) // 2 if name == "A" else d) for name in names}
+        offset = dict(zip(names, torch.tensor([0] + [width[v] for v in names]).cumsum(0).tolist()))
+        F = xi.shape[-1]
+        # F even: with kv F or Q U odd, every other replicate's output block of a batched
+        # matmul starts off a 16-byte boundary and is rounded differently (a zero column fixes it)
+        self.xi = torch.cat([xi, xi.new_zeros(R, n, F % 2)], -1)  # (R, n, F)
+        self.xi = torch.cat([self.xi, self.xi.new_zeros(R, n_pad - n, self.xi.shape[-1])], 1)
+        # zero rows on the padding: the padding's logits are 0 and its feature products vanish
+
+        def columns(param_names: tuple[str, ...]) -> Tensor:
+            return torch.cat([offset[_FEATURE_OF[v]] + torch.arange(width[_FEATURE_OF[v]])
+                              for v in param_names])
+
+        self.gate_cols, self.expert_cols = columns(gate_names), columns(expert_names)
         # flat index of every (expert, feature) entry of the gate matrix G and expert matrix E
         index: dict[str, Tensor] = {}
-        for name, start, m, width in layout.blocks:
-            index[name] = start + torch.arange(m * width).reshape(m, width)
-        self.g_index = torch.cat([index[name] for name in gate_names], -1)  # (k - n_ref, Fg)
-        self.e_index = torch.cat([index[name] for name in expert_names], -1)  # (k, d + 1)
-        order = torch.cat([self.g_index.flatten(), self.e_index.flatten()])
-        self.inverse = torch.empty_like(order)
-        self.inverse[order] = torch.arange(order.numel())  # [grad G, grad E] -> flat order
-        self.n_ref = layout.n_ref
+        for name, start, m, w in layout.blocks:
+            index[name] = start + torch.arange(m * w).reshape(m, w)
+        self.g_index = torch.cat([index[v] for v in gate_names], -1)  # (kg, Fg)
+        self.e_index = torch.cat([index[v] for v in expert_names], -1)  # (k, Fe)
+        k = layout.n_experts
+        kg = k - self.n_ref
+        kv = kg + k  # rows of v = [s; t]
+        # every free parameter is (row of v, column of xi)
+        P = layout.n_params
+        row, col = torch.empty(P, dtype=torch.long), torch.empty(P, dtype=torch.long)
+        row[self.g_index] = torch.arange(kg).unsqueeze(-1).expand_as(self.g_index)
+        col[self.g_index] = self.gate_cols.expand_as(self.g_index)
+        row[self.e_index] = kg + torch.arange(k).unsqueeze(-1).expand_as(self.e_index)
+        col[self.e_index] = self.expert_cols.expand_as(self.e_index)
+        self.grad_index = row * self.xi.shape[-1] + col  # into (kv, F) flattened
+        self.grad_len = kv * self.xi.shape[-1]
+        # pairs i <= l of v's rows (Q) and p <= q of xi's columns (U, padded to even)
+        self.qi, self.ql = torch.triu_indices(kv, kv)
+        pair = torch.empty(kv, kv, dtype=torch.long)
+        pair[self.qi, self.ql] = pair[self.ql, self.qi] = torch.arange(self.qi.numel())
+        Fx = self.xi.shape[-1]
+        ua, ub = torch.triu_indices(Fx, Fx)
+        uu = torch.empty(Fx, Fx, dtype=torch.long)
+        uu[ua, ub] = uu[ub, ua] = torch.arange(ua.numel())
+        if ua.numel() % 2:  # even U (see above); the extra product is never read
+            ua, ub = torch.cat([ua, ua[:1]]), torch.cat([ub, ub[:1]])
+        self.ua, self.ub, self.U = ua, ub, ua.numel()
+        self.hess_index = pair[row][:, row] * self.U + uu[col][:, col]  # (P, P) into (Q, U)
+        # the second-order diagonals (module docstring): pairs (g, g), (g, kg + g + n_ref), (x, x)
+        g, x = torch.arange(kg), torch.arange(k)
+        self.diag_pairs = torch.cat([pair[g, g], pair[g, kg + g + self.n_ref], pair[kg + x, kg + x]])
+        self.n_gate_pairs = int((self.qi < kg).sum())  # pairs (i, l) with i a gate row come first
+        # G and E over all F columns of xi: flat index per (expert, column), P (a zero) where the
+        # gate or expert does not read that feature, and on the reference rows
+        self.gx_index = torch.full((k, Fx), P, dtype=torch.long)
+        self.gx_index[self.n_ref :, self.gate_cols] = self.g_index
+        self.ex_index = torch.full((k, Fx), P, dtype=torch.long)
+        self.ex_index[:, self.expert_cols] = self.e_index
+        # the feature products, kept when small (bitwise the same as computing them per pass)
+        for name in ("gate_cols", "expert_cols", "grad_index", "qi", "ql", "ua", "ub", "hess_index",
+                     "diag_pairs", "gx_index", "ex_index"):
+            setattr(self, name, getattr(self, name).to(X.device))
+        cache = R * n_pad * self.U * X.element_size() <= PRODUCT_CACHE_BYTES
+        self.products = self._products(self.xi) if cache else None  # (R, n_pad, U)
 
-    def _forward(self, flat: Tensor, idx: Tensor | None) -> tuple[Tensor, ...]:
-        """Weights w, expert outputs h, sigma'(z), sigma''(z) ``(m, k, n_pad)``, f ``(m, n_pad)``
-        and the features."""
+    def _products(self, xi: Tensor) -> Tensor:
+        """xi_p xi_q for the pairs p <= q ``(..., U)``."""
+        return xi[..., self.ua] * xi[..., self.ub]
+
+    def _matrices(self, flat: Tensor) -> tuple[Tensor, Tensor]:
+        """Gate and expert matrices over xi's columns ``(m, k, F)`` (zeros where unused)."""
         if flat.ndim != 2 or flat.shape[1] != self.layout.n_params:
             raise ValueError(f"flat must be (m, {self.layout.n_params}), got {tuple(flat.shape)}")
-        phi, psi = (self.phi, self.psi) if idx is None else (self.phi[idx], self.psi[idx])
-        G = flat[:, self.g_index]  # (m, k - n_ref, Fg)
-        if self.n_ref:
-            G = torch.cat([G.new_zeros(G.shape[0], self.n_ref, G.shape[2]), G], 1)  # (m, k, Fg)
-        u = torch.bmm(G, phi.transpose(1, 2))  # (m, k, n)
-        z = torch.bmm(flat[:, self.e_index], psi.transpose(1, 2))  # (m, k, n)
-        w = torch.softmax(u, dim=1) if self.layout.normalization == "softmax" else torch.sigmoid(u)
-        h, dh, d2h = _activation(self.layout.expert.name, z, second=True)
-        f = (w * h).sum(1)  # (m, n_pad)
-        return w, h, dh, d2h, f, phi, psi
+        ext = torch.cat([flat, flat.new_zeros(flat.shape[0], 1)], 1)
+        return ext[:, self.gx_index], ext[:, self.ex_index]
 
-    def _residual(self, f: Tensor, idx: Tensor | None) -> Tensor:
-        """r = (f - y) on real points, 0 on the padding ``(m, n_pad)``."""
-        y = self.y if idx is None else self.y[idx]
-        return (f - y) * self.mask
+    def _blocks(self, flat: Tensor, idx: Tensor | None, order: int):
+        """Replicate blocks (rows of ``flat``) small enough for a pass's temporaries to stay in
+        cache; yields (rows, the block's passes). Blocking changes no number: each replicate's
+        arithmetic is its own."""
+        m = flat.shape[0]
+        budget = BLOCK_BYTES.get(flat.device.type, BLOCK_BYTES["cpu"])
+        size = max(1, budget // (flat.element_size() * CHUNK * max(self.qi.numel(), self.U)))
+        for lo in range(0, m, size):
+            part = slice(lo, lo + size)
+            yield part, self._passes(flat[part], part if idx is None else idx[part], order)
 
-    def _gate_sensitivity(self, w: Tensor, h: Tensor, f: Tensor) -> Tensor:
-        """df/du ``(m, k - n_ref, n)`` of the free gating rows."""
-        if self.layout.normalization == "softmax":
-            s = w * (h - f.unsqueeze(1))
-        else:
-            s = h * w * (1.0 - w)
-        return s[:, self.n_ref :]
+    def _passes(self, flat: Tensor, rows: slice | Tensor, order: int):
+        """Per pass of :data:`CHUNK` samples of replicates ``rows``: xi ``(m, L, F)``, the
+        residual r (0 on the padding) ``(m, L)``, and with ``order >= 1`` v = [s; t]
+        ``(m, kv, L)``, with ``order == 2`` also w and sigma'' ``(m, k, L)`` and the feature
+        products ``(m, L, U)``."""
+        G, E = self._matrices(flat)
+        normalization, expert, nr = self.layout.normalization, self.layout.expert.name, self.n_ref
+        for lo in range(0, self.xi.shape[1], CHUNK):
+            cols = slice(lo, lo + CHUNK)
+            xi = self.xi[rows, cols]  # (m, L, F); a view for a slice of rows
+            y = self.y[rows, cols]
+            u = torch.bmm(G, xi.transpose(1, 2))  # (m, k, L)
+            z = torch.bmm(E, xi.transpose(1, 2))
+            w = torch.softmax(u, dim=1) if normalization == "softmax" else torch.sigmoid(u)
+            h, dh, *d2h = _activation(expert, z, second=order == 2)
+            f = (w * h).sum(1)  # (m, L)
+            r = (f - y) * self.mask[cols]
+            if order == 0:
+                yield xi, r, None, None
+                continue
+            s = (w * (h - f.unsqueeze(1)))[:, nr:] if normalization == "softmax" else h * w * (1.0 - w)
+            v = torch.cat([s, w * dh], 1)  # (m, kv, L)
+            if order == 1:
+                yield xi, r, v, None
+                continue
+            if self.products is None:
+                products = self._products(xi)
+            else:
+                products = self.products[rows, cols]
+            yield xi, r, v, (w, d2h[0], products)
 
     def __call__(self, flat: Tensor, idx: Tensor | None = None) -> Tensor:
         """Losses ``(m,)``."""
-        return self._residual(self._forward(flat, idx)[4], idx).square().sum(-1) / self.n
+        loss = flat.new_empty(flat.shape[0])
+        for part, passes in self._blocks(flat, idx, 0):
+            loss[part] = sum(r.square().sum(-1) for _, r, _, _ in passes) / self.n
+        return loss
 
     def value_and_grad(self, flat: Tensor, idx: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Losses ``(m,)`` and gradients ``(m, P)`` from the closed form (module docstring)."""
-        w, h, dh, _, f, phi, psi = self._forward(flat, idx)
-        r = self._residual(f, idx)  # (m, n_pad)
-        e = (2.0 / self.n) * r.unsqueeze(1)  # (m, 1, n_pad)
-        grad_g = torch.bmm(e * self._gate_sensitivity(w, h, f), phi)  # (m, k - n_ref, Fg)
-        grad_e = torch.bmm(e * w * dh, psi)  # (m, k, d + 1)
         m = flat.shape[0]
-        grad = torch.cat([grad_g.reshape(m, -1), grad_e.reshape(m, -1)], 1)[:, self.inverse]
-        return r.square().sum(-1) / self.n, grad
-
-    def _jacobian_parts(self, w: Tensor, h: Tensor, dh: Tensor, f: Tensor, phi: Tensor,
-                        psi: Tensor) -> tuple[Tensor, Tensor]:
-        """Jacobian columns of the gate ``(m, n_pad, (k - n_ref) Fg)`` and experts
-        ``(m, n_pad, k (d + 1))``, zero on the padding, in [G, E] order."""
-        m, n_pad = f.shape
-        mask = self.mask.view(1, -1, 1, 1)
-        jg = self._gate_sensitivity(w, h, f).transpose(1, 2).unsqueeze(-1) * phi.unsqueeze(2) * mask
-        je = (w * dh).transpose(1, 2).unsqueeze(-1) * psi.unsqueeze(2) * mask  # (m, n_pad, k, d+1)
-        return jg.reshape(m, n_pad, -1), je.reshape(m, n_pad, -1)
+        loss, grad = flat.new_empty(m), flat.new_empty(m, self.grad_len)
+        for part, passes in self._blocks(flat, idx, 1):
+            lo, gr = 0.0, 0.0
+            for xi, r, v, _ in passes:
+                lo = lo + r.square().sum(-1)
+                gr = gr + torch.bmm(((2.0 / self.n) * r).unsqueeze(1) * v, xi)  # (m, kv, F)
+            loss[part], grad[part] = lo / self.n, gr.flatten(1)
+        return loss, grad[:, self.grad_index]
 
     def jacobian(self, flat: Tensor, idx: Tensor | None = None) -> Tensor:
-        """df(x_j)/dtheta ``(m, n, P)``."""
-        w, h, dh, _, f, phi, psi = self._forward(flat, idx)
-        jg, je = self._jacobian_parts(w, h, dh, f, phi, psi)
-        return torch.cat([jg, je], -1)[:, : self.n, self.inverse]
+        """df(x_j)/dtheta ``(m, n, P)``: v_j (x) xi_j read at each parameter's (row, feature)."""
+        J = []
+        for _, passes in self._blocks(flat, idx, 1):
+            parts = [v.transpose(1, 2).unsqueeze(-1) * xi.unsqueeze(2) for xi, _, v, _ in passes]
+            J.append(torch.cat(parts, 1)[:, : self.n].flatten(2)[..., self.grad_index])
+        return torch.cat(J, 0)
 
     def hessian(self, flat: Tensor, idx: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """Losses ``(m,)``, gradients ``(m, P)`` and Hessians ``(m, P, P)`` (module docstring)."""
-        w, h, dh, d2h, f, phi, psi = self._forward(flat, idx)
-        m, k, _ = w.shape
-        r = self._residual(f, idx)  # (m, n_pad)
-        e = (2.0 / self.n) * r  # (m, n_pad)
-        jg, je = self._jacobian_parts(w, h, dh, f, phi, psi)
-        J = torch.cat([jg, je], -1)  # (m, n_pad, P) in [G, E] order
-        if J.shape[-1] % 2:
-            # with P odd, every other replicate's rows of grad and H would start off a 16-byte
-            # boundary and MKL's bmm rounds those differently: a zero column makes P even, so a
-            # replicate's result does not depend on its place in the batch (dropped by inv below)
-            J = torch.cat([J, J.new_zeros(*J.shape[:-1], 1)], -1)
-        grad = torch.bmm(e.unsqueeze(1), J).squeeze(1)
-        H = (2.0 / self.n) * torch.bmm(J.transpose(1, 2), J)  # Gauss-Newton part
-        # second-order part sum_j e_j d2f_j (module docstring); gate rows are the free ones
-        nr, Fg, Fe = self.n_ref, phi.shape[2], psi.shape[2]
-        P = jg.shape[-1] + je.shape[-1]  # without the padding column
-        kg = k - nr
-        Pg = kg * Fg
-        ew = e.unsqueeze(1) * w  # (m, k, n_pad)
-        if self.layout.normalization == "softmax":
-            s = w * (h - f.unsqueeze(1))
-            diag_gg = _block_outer((e.unsqueeze(1) * s)[:, nr:], phi, phi)
-            diag_ge = _block_outer((ew * dh)[:, nr:], phi, psi)
-            # cross terms: Wphi[j, (i, p)] = e_j w_ij phi_jp against the Jacobian columns
-            wphi = (ew[:, nr:].transpose(1, 2).unsqueeze(-1) * phi.unsqueeze(2)).reshape(m, -1, Pg)
-            cross = torch.bmm(wphi.transpose(1, 2), jg)  # (m, Pg, Pg)
-            H[:, :Pg, :Pg] -= cross + cross.transpose(1, 2)
-            H[:, :Pg, Pg:P] -= torch.bmm(wphi.transpose(1, 2), je)
-        else:
-            s = h * w * (1.0 - w)
-            diag_gg = _block_outer(e.unsqueeze(1) * s * (1.0 - 2.0 * w), phi, phi)
-            diag_ge = _block_outer(ew * (1.0 - w) * dh, phi, psi)
-        diag_ee = _block_outer(ew * d2h, psi, psi)
-        for i in range(kg):
-            g0, e0 = i * Fg, Pg + (i + nr) * Fe
-            H[:, g0 : g0 + Fg, g0 : g0 + Fg] += diag_gg[:, i]
-            H[:, g0 : g0 + Fg, e0 : e0 + Fe] += diag_ge[:, i]
-        for i in range(k):
-            e0 = Pg + i * Fe
-            H[:, e0 : e0 + Fe, e0 : e0 + Fe] += diag_ee[:, i]
-        H[:, Pg:P, :Pg] = H[:, :Pg, Pg:P].transpose(1, 2)  # the gate-expert block, mirrored
-        inv = self.inverse
-        return r.square().sum(-1) / self.n, grad[:, inv], H[:, inv][:, :, inv]
+        """Losses ``(m,)``, gradients ``(m, P)`` and Hessians ``(m, P, P)``: per pass, the
+        coefficients C ``(m, Q, L)`` times the feature products ``(m, L, U)`` (module docstring)."""
+        m, c, nr = flat.shape[0], 2.0 / self.n, self.n_ref
+        kg = self.layout.n_experts - nr
+        softmax = self.layout.normalization == "softmax"
+        qi, ql, qg = self.qi, self.ql, self.n_gate_pairs
+        loss, grad = flat.new_empty(m), flat.new_empty(m, self.grad_len)
+        M = flat.new_empty(m, qi.numel() * self.U)
+        for part, passes in self._blocks(flat, idx, 2):
+            lo, gr, mm = 0.0, 0.0, 0.0
+            for xi, r, v, (w, d2h, products) in passes:
+                lo = lo + r.square().sum(-1)
+                e = (c * r).unsqueeze(1)  # (m, 1, L)
+                gr = gr + torch.bmm(e * v, xi)  # (m, kv, F)
+                if softmax:  # C = v (x) (c v - a) - a (x) v, a = e w on the gate rows
+                    a = e * w[:, nr:]  # (m, kg, L)
+                    y = c * v
+                    y[:, :kg] -= a
+                    C = v.index_select(1, qi) * y.index_select(1, ql)  # (m, Q, L)
+                    C[:, :qg].addcmul_(a.index_select(1, qi[:qg]), v.index_select(1, ql[:qg]), value=-1.0)
+                    diag = torch.cat([v[:, :kg], v[:, kg + nr :], w * d2h], 1)
+                else:
+                    C = (c * v).index_select(1, qi) * v.index_select(1, ql)
+                    diag = torch.cat([v[:, :kg] * (1.0 - 2.0 * w), v[:, kg:] * (1.0 - w), w * d2h], 1)
+                C[:, self.diag_pairs] += e * diag
+                mm = mm + torch.bmm(C, products)  # (m, Q, U)
+            loss[part], grad[part], M[part] = lo / self.n, gr.flatten(1), mm.flatten(1)
+        return loss, grad[:, self.grad_index], M[:, self.hess_index]
+
