@@ -81,7 +81,7 @@ def _verdicts(docs: Path, claims: list[Claim]) -> dict[str, str]:
 
 
 def test_rate_rule_on_known_truth(synthetic: Path) -> None:
-    arm = lambda s, study="toy": RateArm(study, s, "D1")  # noqa: E731
+    arm = lambda s, study="toy": RateArm(study, s, "D1")
     got = _verdicts(synthetic, [
         _claim("true-fast", (arm("fast"),), -0.5, -0.25),
         _claim("true-slow", (arm("slow"),), -0.5, -0.25),

@@ -162,7 +162,7 @@ def _qg() -> list[Claim]:
                               "the sigma = 1e-5 cell holds most unconverged fits"))
     for g in ("monomial", "polynomial"):
         out.append(_rate(f"qg-sweep-{g}-sigmoid-expert-no-1e-5", src,
-                         f"the same, without the sigma = 1e-5 cell (where most unconverged fits are)",
+                         "the same, without the sigma = 1e-5 cell (where most unconverged fits are)",
                          RateArm("sweep-n1000", f"{g}-sigmoid-over", "expert", sweep=True, records="near-truth.jsonl",
                                  drop_sd=(1e-5,)),
                          -0.25, 0.0, "qg-over-cells", overspecified=True, decide=_DECIDE_SWEEP))
@@ -241,8 +241,8 @@ def _gating() -> list[Claim]:
                        ("r1", "linear", "linear experts, regime 1: sigmoid faster (own truths)")):
         blocker = None
         if (r, e) == ("r1", "gelu"):
-            blocker = ("software", "the sigmoid fits are converged stationary points that are not the least-squares "
-                                   "estimate (L2 slope -0.37 with two starts): more starts per replicate needed")
+            blocker = ("software", ("the sigmoid fits are converged stationary points that are not the least-squares "
+                                    "estimate (L2 slope -0.37 with two starts): more starts per replicate needed"))
         out.append(_contrast(f"sgn-{r}-{e}", src, text, RateArm("sgate-natural", f"sgate-nat-{r}-{e}-sig", "D1"),
                              RateArm("sgate-natural", f"sgate-nat-{r}-{e}-soft", "D1"), LESS, "sg-natural",
                              contradictable=False, overspecified=True, blocker=blocker, note=_DIFFERENT_F,
@@ -321,8 +321,8 @@ def _likelihood() -> list[Claim]:
     out.append(_rate("ml-standard-slow", src, "standard gate, vanishing expert slope: slower than any polynomial",
                      RateArm(ml, "mlogit-softmax-vanish", "width_voronoi1"), "less", 0.0, "none", overspecified=True,
                      testable="a local-minimax lower bound: no fixed-truth study can contradict or confirm it"))
-    box = ("method", "no compact parameter box: the MLE stops far out along a flat direction (logistic experts with "
-                     "slopes up to 350), so the loss measures how far out, not an estimate closing in")
+    box = ("method", ("no compact parameter box: the MLE stops far out along a flat direction (logistic experts "
+                      "with slopes up to 350), so the loss measures how far out, not an estimate closing in"))
     out.append(_rate("ml-modified-polynomial", src, "modified gate (tanh input map): polynomial parameter rates",
                      RateArm(ml, "mlogit-modified-vanish", "width_voronoi1"), -0.5, 0.0, "ml", overspecified=True,
                      blocker=box, decide="the same study inside a compact parameter box (new fits)"))
