@@ -198,3 +198,10 @@ def test_command_bad_input_one_line_errors(tmp_path: Path) -> None:
 def test_committed_ledger_is_regenerated_identically() -> None:
     res = CliRunner().invoke(app, ["claims", "--docs", str(DOCS), "--check"])
     assert res.exit_code == 0, res.output
+
+
+def test_every_ledger_link_of_the_result_pages_names_a_registered_claim() -> None:
+    ids = {c.id for c in CLAIMS}
+    for page in sorted(DOCS.glob("*.md")):
+        for target in re.findall(r"claims\.md#([A-Za-z0-9_.-]+)", page.read_text(encoding="utf-8")):
+            assert target in ids, f"{page.name} links claims.md#{target}, which is not a ledger row"
