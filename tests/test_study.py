@@ -202,7 +202,7 @@ def test_resume_of_another_code_version_refused(tmp_path: Path) -> None:
     del config["version"]  # as written before versions were compared: version 1
     (tmp_path / "o" / "study.json").write_text(json.dumps(config))
     fit = CountingFit()
-    with pytest.raises(ValueError, match="fitting-code version 1, this is version 2"):
+    with pytest.raises(ValueError, match="fitting-code version 1, this is version 3"):
         _run(tmp_path / "o", fit, options=FitOptions(max_iter=5))
     assert fit.fits == 0
 

@@ -18,7 +18,8 @@ from attnmoe.estimation.study.plan import Job
 from attnmoe.estimation.study.records import Record, jsonable
 from attnmoe.estimation.truth import Setting, make_setting
 
-__all__ = ["BACKENDS", "fit_block", "fit_one", "run_blocks", "setting_from_spec", "setting_spec"]
+__all__ = ["BACKENDS", "call_with_threads", "fit_block", "fit_one", "map_jobs", "run_blocks", "setting_from_spec",
+           "setting_spec"]
 
 BACKENDS: tuple[str, ...] = ("process", "ray")
 
@@ -81,38 +82,57 @@ def setting_from_spec(spec: Setting | dict[str, Any]) -> Setting:
     )
 
 
+def call_with_threads(fn: Callable[..., Any], threads: int | None, job: tuple) -> Any:
+    """``fn(*job)`` with torch's intra-op thread count set first (when given): the one unit of
+    work every backend runs (module-level, so it pickles to worker processes)."""
+    import torch
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return fn(*job)
+
+
+def map_jobs(
+    fn: Callable[..., Any], jobs: Sequence[tuple], *, backend: str, workers: int, threads: int
+) -> Iterator[Any]:
+    """``fn(*job)`` for every job, on ``backend`` (``"process"`` with ``workers == 1``: in this
+    process), yielding each result as it finishes (in order of completion). The one job runner of
+    every study (least squares, likelihood, hmoe); ``fn`` must be module-level (it is pickled)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "ray":
+        return _run_ray(fn, jobs, workers, threads)
+    if workers == 1:
+        return _run_inline(fn, jobs, threads)
+    return _run_pool(fn, jobs, workers, threads)
+
+
 def run_blocks(
     jobs: list[Job], options: FitOptions, *, backend: str, workers: int, threads: int, fit: FitFn
 ) -> Iterator[list[Record]]:
-    """Run ``jobs`` on ``backend`` (``workers == 1``: in this process) and yield their records."""
-    if backend == "ray":
-        return _run_ray(jobs, options, workers, threads, fit)
-    if workers == 1:
-        return _run_inline(jobs, options, threads, fit)
-    return _run_pool(jobs, options, workers, threads, fit)
+    """Run the least-squares ``jobs`` on ``backend`` and yield their records (:func:`map_jobs`)."""
+    inline = backend == "process" and workers == 1  # no pickling: the settings themselves
+    args = [(j.setting if inline else setting_spec(j.setting), j.n, j.seeds, options) for j in jobs]
+    return map_jobs(fit, args, backend=backend, workers=workers, threads=threads)
 
 
-def _run_inline(jobs: list[Job], options: FitOptions, threads: int, fit: FitFn) -> Iterator[list[Record]]:
+def _run_inline(fn: Callable[..., Any], jobs: Sequence[tuple], threads: int) -> Iterator[Any]:
     import torch
 
     before = torch.get_num_threads()
     try:
         for job in jobs:
-            yield fit(job.setting, job.n, job.seeds, options, threads)
+            yield call_with_threads(fn, threads, job)
     finally:
         torch.set_num_threads(before)  # the caller's process keeps its own setting
 
 
-def _run_pool(
-    jobs: list[Job], options: FitOptions, workers: int, threads: int, fit: FitFn
-) -> Iterator[list[Record]]:
+def _run_pool(fn: Callable[..., Any], jobs: Sequence[tuple], workers: int, threads: int) -> Iterator[Any]:
     import multiprocessing as mp
 
     # spawn, not fork: forking a process whose torch thread pool is live can deadlock.
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-        pending = {
-            pool.submit(fit, setting_spec(j.setting), j.n, j.seeds, options, threads) for j in jobs
-        }
+        pending = {pool.submit(call_with_threads, fn, threads, job) for job in jobs}
         try:
             while pending:
                 finished, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -123,9 +143,7 @@ def _run_pool(
                 fut.cancel()
 
 
-def _run_ray(
-    jobs: list[Job], options: FitOptions, workers: int, threads: int, fit: FitFn
-) -> Iterator[list[Record]]:
+def _run_ray(fn: Callable[..., Any], jobs: Sequence[tuple], workers: int, threads: int) -> Iterator[Any]:
     try:
         import ray
     except ImportError as err:  # pragma: no cover - depends on the environment
@@ -138,10 +156,8 @@ def _run_ray(
     try:
         # never ask for more CPUs per task than the cluster has: such a task would wait forever
         cpus = max(1, min(threads, int(ray.cluster_resources().get("CPU", 1))))
-        remote_fit = ray.remote(num_cpus=cpus)(fit)
-        pending = [
-            remote_fit.remote(setting_spec(j.setting), j.n, j.seeds, options, threads) for j in jobs
-        ]
+        remote = ray.remote(num_cpus=cpus)(call_with_threads)
+        pending = [remote.remote(fn, threads, job) for job in jobs]
         while pending:
             finished, pending = ray.wait(pending, num_returns=1)
             yield ray.get(finished[0])

@@ -15,14 +15,11 @@ from __future__ import annotations
 
 import importlib
 import math
-import multiprocessing as mp
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from attnmoe.estimation.study.plan import default_threads, default_workers
@@ -110,11 +107,6 @@ def family_presets() -> dict[str, FamilyPreset]:
     return FAMILY_PRESETS
 
 
-def _threaded(fit: Callable[..., list[dict[str, Any]]], threads: int, job: tuple) -> list[dict[str, Any]]:
-    torch.set_num_threads(threads)
-    return fit(*job)
-
-
 def run_jobs(
     jobs: Sequence[tuple],
     fit: Callable[..., list[dict[str, Any]]],
@@ -124,15 +116,21 @@ def run_jobs(
     threads: int | None,
     desc: str,
     progress: bool,
+    backend: str = "process",
 ) -> int:
-    """Run ``fit(*job)`` for every job (each returns its records), in this process or in
-    ``workers`` spawned processes of ``threads`` torch threads (default ``OMP_NUM_THREADS`` or
-    1), handing each job's records to ``append`` as soon as it finishes; returns the number of
-    records; ``workers`` None: one per core, at most one per job. ``fit`` must be a
-    module-level function (it is pickled to the workers). A record
-    depends only on its job, not on the worker that fitted it or the order of completion."""
+    """Run ``fit(*job)`` for every job (each returns its records) on ``backend``
+    (:func:`~attnmoe.estimation.study.backends.map_jobs`: this process, ``workers`` spawned
+    processes, or Ray) with ``threads`` torch threads each (default ``OMP_NUM_THREADS`` or 1),
+    handing each job's records to ``append`` as soon as it finishes; returns the number of
+    records; ``workers`` None: one per core, at most one per job. ``fit`` must be a module-level
+    function (it is pickled to the workers). A record depends only on its job, not on the worker
+    that fitted it or the order of completion."""
+    from attnmoe.estimation.study.backends import map_jobs
+
     n_threads = int(threads or default_threads())
     n_workers = max(1, min(workers or default_workers(len(jobs), n_threads), len(jobs) or 1))
+    if not jobs:
+        return 0
     bar = None
     if progress:
         from tqdm import tqdm
@@ -140,25 +138,11 @@ def run_jobs(
         bar = tqdm(total=len(jobs), desc=desc)
     count = 0
     try:
-        if n_workers == 1:
-            torch.set_num_threads(n_threads)
-            for job in jobs:
-                records = fit(*job)
-                append(records)
-                count += len(records)
-                if bar is not None:
-                    bar.update(1)
-        else:
-            with ProcessPoolExecutor(max_workers=n_workers, mp_context=mp.get_context("spawn")) as pool:
-                pending = {pool.submit(_threaded, fit, n_threads, job) for job in jobs}
-                while pending:
-                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for future in finished:
-                        records = future.result()
-                        append(records)
-                        count += len(records)
-                        if bar is not None:
-                            bar.update(1)
+        for records in map_jobs(fit, jobs, backend=backend, workers=n_workers, threads=n_threads):
+            append(records)
+            count += len(records)
+            if bar is not None:
+                bar.update(1)
     finally:
         if bar is not None:
             bar.close()

@@ -12,6 +12,7 @@ options over fits made with unknown ones).
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import os
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from attnmoe.estimation.options import FitOptions
+from attnmoe.utils import atomic_write_text
 
 __all__ = [
     "FIGURE_FILE",
@@ -98,47 +100,57 @@ def check_records_file(path: Path) -> None:
         raise ValueError(f"{path} exists but is not a regular file; move it away or use another --out")
 
 
+def _record_lines(path: Path) -> Iterable[tuple[str, int, str]]:
+    """(file, line number, text) of ``path.gz`` (a committed, compressed study) then ``path``."""
+    for part in (path.with_name(path.name + ".gz"), path):
+        if not part.exists():
+            continue
+        check_records_file(part)
+        opener = gzip.open if part.suffix == ".gz" else open
+        try:
+            with opener(part, "rt", encoding="utf-8", errors="replace") as fh:
+                for lineno, line in enumerate(fh, start=1):
+                    yield str(part), lineno, line
+        except (OSError, EOFError) as err:
+            raise ValueError(f"cannot read {part}: {getattr(err, 'strerror', None) or err}") from None
+
+
 def read_records(path: Path) -> tuple[list[Record], list[BadLine]]:
-    """Read ``records.jsonl``. Unusable lines are warned about, returned, and skipped.
+    """Read ``records.jsonl`` and, first, ``records.jsonl.gz`` beside it (a committed study is
+    kept compressed; new records of a resume go to the plain file). Unusable lines are warned
+    about, returned, and skipped.
 
     A line is unusable if :func:`record_problem` says so. Duplicate ``(setting, n, seed)``
     lines keep the first occurrence.
 
     Raises:
-        ValueError: ``path`` exists but is not a regular file, or cannot be read.
+        ValueError: a file exists but is not a regular file, or cannot be read.
     """
-    path = Path(path)
-    if not path.exists():
-        return [], []
-    check_records_file(path)
     records: list[Record] = []
     bad: list[BadLine] = []
     seen: set[tuple[str, int, int]] = set()
-    try:
-        with path.open("r", encoding="utf-8", errors="replace") as fh:
-            for lineno, line in enumerate(fh, start=1):
-                text = line.strip()
-                if not text:
-                    continue
-                try:
-                    rec = json.loads(text)
-                except json.JSONDecodeError as err:
-                    bad.append(BadLine(lineno, f"not valid JSON ({err.msg})", text[:120]))
-                    continue
-                problem = record_problem(rec)
-                if problem is not None:
-                    bad.append(BadLine(lineno, problem, text[:120]))
-                    continue
-                key = record_key(rec)
-                if key not in seen:
-                    seen.add(key)
-                    records.append(rec)
-    except OSError as err:
-        raise ValueError(f"cannot read {path}: {err.strerror or err}") from None
-    for b in bad:
-        warnings.warn(
-            f"{path}: line {b.lineno} skipped, {b.reason}: {b.text!r}", RuntimeWarning, stacklevel=2
-        )
+    where: list[str] = []
+    for name, lineno, line in _record_lines(Path(path)):
+        text = line.strip()
+        if not text:
+            continue
+        try:
+            rec = json.loads(text)
+        except json.JSONDecodeError as err:
+            bad.append(BadLine(lineno, f"not valid JSON ({err.msg})", text[:120]))
+            where.append(name)
+            continue
+        problem = record_problem(rec)
+        if problem is not None:
+            bad.append(BadLine(lineno, problem, text[:120]))
+            where.append(name)
+            continue
+        key = record_key(rec)
+        if key not in seen:
+            seen.add(key)
+            records.append(rec)
+    for name, b in zip(where, bad):
+        warnings.warn(f"{name}: line {b.lineno} skipped, {b.reason}: {b.text!r}", RuntimeWarning, stacklevel=2)
     return records, bad
 
 
@@ -185,16 +197,17 @@ def jsonable(obj: Any) -> Any:
 
 
 def atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename (never half-written)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    """Write ``text`` to ``path`` atomically and durably (:func:`attnmoe.utils.atomic_write_text`)."""
+    atomic_write_text(path, text)
 
 
 #: version of the fitting code behind a record; 2: autograd-gate (cosine router) Hessians by
 #: :func:`~attnmoe.estimation.derivatives.batched_hessian` (version 1: vmapped torch.func, equal
-#: to 2e-15, so those records differ from version 1's at rounding level; closed-form gates unchanged)
-STUDY_VERSION = 2
+#: to 2e-15, so those records differ from version 1's at rounding level; closed-form gates unchanged);
+#: 3: the closed-form loss, gradient and Hessian summed in passes of ``objective.CHUNK`` samples
+#: as one coefficient x feature-product matrix product (equal to version 2's to ~1e-15 relative
+#: per call; records differ at rounding level, more where a fit's path is rounding-sensitive)
+STUDY_VERSION = 3
 
 
 def _study_config(options: FitOptions) -> dict[str, Any]:
