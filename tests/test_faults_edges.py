@@ -371,3 +371,18 @@ def test_sigterm_mid_training_is_one_line_and_resumable(tmp_path: Path) -> None:
     assert proc.returncode == 130, err
     assert "Traceback" not in err and err.strip().startswith("interrupted"), err
     assert not (out / "checkpoint.tmp").exists()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("after_s", [0.3, 2.0])
+def test_ctrl_c_in_the_first_seconds_is_one_line_and_130(tmp_path: Path, after_s: float) -> None:
+    # at 0.3 s Python is still importing torch (the handler of attnmoe.cli), at 2 s building the task
+    out = tmp_path / "r"
+    proc = subprocess.Popen([sys.executable, "-m", "attnmoe.cli", "train", *TINY, "--steps", "100000",
+                             "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    time.sleep(after_s)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.count("\n") == 1 and err.startswith("interrupted"), err

@@ -11,6 +11,20 @@ The subcommands live in ``attnmoe.commands.<name>``; this file only registers th
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
+import threading
+
+
+def _interrupted_while_loading(signum: int, frame: object) -> None:
+    sys.stderr.write("interrupted\n")  # Ctrl-C while torch loads: one line, exit 130, no traceback
+    os._exit(130)
+
+
+_MAIN = threading.current_thread() is threading.main_thread()
+_BEFORE = signal.signal(signal.SIGINT, _interrupted_while_loading) if _MAIN else None
+
 from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated
 
@@ -21,6 +35,9 @@ from attnmoe.commands.compare import compare_command
 from attnmoe.commands.rates import rates
 from attnmoe.commands.sample import sample
 from attnmoe.commands.train import train_command
+
+if _MAIN:
+    signal.signal(signal.SIGINT, _BEFORE)  # the commands handle Ctrl-C themselves
 
 app = typer.Typer(
     name="attnmoe",
