@@ -114,6 +114,8 @@ class Row:
 
 def robustness(claim: Claim) -> str:
     """The solver-path robustness column (the perturbed refits need the new study engine)."""
+    if not claim.arms:
+        return "n/a (no records)"
     if isinstance(claim.arms[0], RealArm):
         return "n/a (real data: deterministic runs)"
     if claim.overspecified:
@@ -213,6 +215,8 @@ def _measure(cache: _Cache, claim: Claim) -> Row:
     n_range = None
     direction = claim.predicted if isinstance(claim.predicted, str) else None
     metric = None
+    if not claim.arms:  # a claim no committed study measures (its ``testable`` says why)
+        return Row(claim, [], [], None, None, None, None, None, None, direction, [])
     if isinstance(claim.arms[0], RealArm):
         values, better, f, metric = _real_values(cache, claim.arms[0])
         files.append(f)

@@ -62,7 +62,7 @@ class Claim:
     id: str
     source: str
     statement: str
-    arms: tuple[RateArm, ...] | tuple[RealArm]
+    arms: tuple[RateArm, ...] | tuple[RealArm] | tuple[()]
     predicted: float | str
     competing: float
     family: str
@@ -302,6 +302,11 @@ def _likelihood() -> list[Claim]:
                          RateArm(ct, f"contaminated-{case}", "beta"), -0.25, -0.5, "none",
                          testable="the paper's rates for this moving-truth design are not available to us "
                                   "(the -1/4 column is our heuristic), so there is no prediction to test"))
+    out.append(Claim("ct-2410.12258", "2410.12258",
+                     "contaminated MoE with a constant mixing weight: minimax rates per expert structure, prompt vanishing",
+                     (), "less", 0.0, "none",
+                     testable="no committed study of this model (constant weight; docs/likelihood.md), and its "
+                              "rates are minimax statements"))
     src, tg = "2401.13875", "temperature-gate-full"
     out.append(_rate("tg-temperature-tau", src, "temperature gate: tau (and beta1) slower than any polynomial",
                      RateArm(tg, "temp-temperature", "tau"), "less", 0.0, "none",
@@ -349,6 +354,10 @@ def _real() -> list[Claim]:
                 "active-relu": ("2410.11222", "active attention (ReLU on V) beats softmax attention"),
                 "gated-g1": ("2505.06708", "a sigmoid gate after SDPA (G1) beats ungated attention"),
                 "sigmoid": ("2502.00281", "sigmoid attention at least as good as softmax (lower sample complexity)")}
+    out.append(Claim("sink-2505.06708", "2505.06708", "a gate after SDPA (G1) removes the attention sink",
+                     (), "less", 0.0, "none",
+                     testable="no attention sink forms at our scale: the ungated first-token share (0.064 LM, "
+                              "0.042 ViT) is below uniform attention's (docs/hmoe.md)"))
     for budget, idx in (("reference", 0), ("short", 1)):
         for task, folders in _REAL.items():
             for v, (src, text) in variants.items():

@@ -72,6 +72,8 @@ def _p(x: float | None) -> str:
 
 def _quantity(row: Row) -> str:
     arms = row.claim.arms
+    if not arms:
+        return "no committed study"
     if isinstance(arms[0], RealArm):
         a = arms[0]
         better = "lower" if row.direction == "less" else "higher"
@@ -88,9 +90,11 @@ def _quantity(row: Row) -> str:
 
 def _prediction(row: Row) -> str:
     c = row.claim
+    if not c.arms:
+        return "–"
     if isinstance(c.predicted, float):
         return f"{c.predicted:+.2f} vs {c.competing:+.2f}"
-    if isinstance(c.arms[0], RealArm):
+    if c.arms and isinstance(c.arms[0], RealArm):
         return "better vs 0"
     return f"{'<' if c.predicted == 'less' else '>'} 0 vs 0"
 
@@ -99,7 +103,7 @@ def _estimate(row: Row) -> str:
     iv = row.interval
     if iv is None:
         return "–"
-    digits = 4 if isinstance(row.claim.arms[0], RealArm) else 3
+    digits = 4 if row.claim.arms and isinstance(row.claim.arms[0], RealArm) else 3
     return f"{_f(iv.mean, digits)} [{_f(iv.low, digits)}, {_f(iv.high, digits)}]"
 
 
@@ -116,7 +120,7 @@ def _default_decide(row: Row, need: str, dec: str) -> str:
     cause = row.cause.split(":")[0]
     if cause == "software":
         return "the same study with every fit converged (the new study engine), then the seeds at the left"
-    if isinstance(row.claim.arms[0], RealArm):
+    if row.claim.arms and isinstance(row.claim.arms[0], RealArm):
         return f"{need} seeds per variant (exact sign-flip p needs >= 6 for one test, more under Holm)"
     if row.seeds_needed:
         return f"{need} seeds at the same n range, or {dec} decades of n at the current seeds"
@@ -136,6 +140,9 @@ def ledger_markdown(rows: Sequence[Row], coverage: Sequence[dict[str, Any]]) -> 
         f"Written by `{COMMAND}` from the committed records (`docs/rates/**/records.jsonl[.gz]`,",
         "`docs/results/**/summary.json`); do not edit by hand. Every verdict word on the result pages",
         "links a row of this table; `claims.json` beside it holds every number (per-seed values included).",
+        "The two exact identities of the seed papers (a self-attention row is a quadratic-gating MoE,",
+        "2410.11222; a gated-attention entry is a hierarchical MoE, 2602.01468) are not statistical claims:",
+        "tests check them to rounding (`docs/attention_as_moe.md`), and they have no row here.",
         "",
         f"**{len(rows)} claims**: " + ", ".join(f"{n} {v}" for v, n in counts.items()) + ".",
         "", "## The rule", "", _RULE, "",
