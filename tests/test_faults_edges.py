@@ -386,3 +386,33 @@ def test_ctrl_c_in_the_first_seconds_is_one_line_and_130(tmp_path: Path, after_s
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and err.count("\n") == 1 and err.startswith("interrupted"), err
+
+
+def test_infinite_csv_value_is_named_by_column_and_row(tmp_path: Path) -> None:
+    from attnmoe.tasks.data.timeseries import load_forecast_splits
+
+    rows = ["date,a,OT"] + [f"2020-01-01 {i % 24:02d}:00,{i % 7}.5,{'inf' if i == 41 else i % 5}"
+                            for i in range(300)]
+    csv = tmp_path / "s.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    with pytest.raises(ValueError, match=r"column 'OT' has an infinite value inf at data row 41$"):
+        load_forecast_splits(str(csv), None, seq_len=8, pred_len=4, features="M", target="OT")
+
+
+def test_compare_ctrl_c_and_full_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import attnmoe.train.compare as compare
+
+    args = ["compare", "--task", "vision", "--dataset", "digits", "--attention", "softmax", "--seeds", "1",
+            "--steps", "5", "--model", "dim=16", "--model", "depth=1", "--model", "heads=2", "--no-progress"]
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device", "summary.json")
+
+    for fake, code, needle in ((interrupted, 130, "interrupted"), (full, 1, "No space left on device")):
+        monkeypatch.setattr(compare, "run_one", fake)
+        result = runner.invoke(app, [*args, "--out", str(tmp_path / needle[:3])])
+        assert result.exit_code == code and "Traceback" not in result.output, result.output
+        assert result.stderr.count("\n") == 1 and needle in result.stderr

@@ -145,7 +145,8 @@ def read_tsl_csv(path: str | Path, expected_columns: tuple[str, ...] | None = No
         values[:, j] = numeric.to_numpy(dtype=np.float64)
     if not np.isfinite(values).all():
         row, j = (int(i[0]) for i in np.nonzero(~np.isfinite(values)))
-        raise ValueError(f"{path}: column {channels[j]!r} has an infinite value {values[row, j]!r} at data row {row}")
+        raise ValueError(f"{path}: column {channels[j]!r} has an infinite value {float(values[row, j])} "
+                         f"at data row {row}")
     return frame["date"], values, channels
 
 
