@@ -23,7 +23,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 MARK = "<!-- docs-test -->"
-FENCE = re.compile(r"```[^\n]*\n(.*?)```", re.S)
+FENCE = re.compile(r"```[^\n]*\n(.*?)```", re.DOTALL)
 SEP = "@@docs-test-command@@"
 
 
@@ -67,7 +67,7 @@ def test_documented_block_prints_what_the_doc_shows(name: str, kind: str, code: 
     _skip_without_data(code)
     if kind == "python":
         result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=_env(), text=True,
-                                capture_output=True, timeout=120)
+                                capture_output=True, timeout=120, check=False)
         assert result.returncode == 0, result.stderr
         assert result.stdout.splitlines() == expected.splitlines()
         return
@@ -81,7 +81,7 @@ def test_documented_block_prints_what_the_doc_shows(name: str, kind: str, code: 
     for command, _ in commands:
         script += [f"echo {SEP}", f"{{ {command}", "} 2>&1"]  # own line: a trailing # comment is fine
     result = subprocess.run(["bash", "-c", "\n".join(script)], cwd=tmp_path, env=_env(), text=True,
-                            capture_output=True, timeout=120)
+                            capture_output=True, timeout=120, check=False)
     printed = result.stdout.split(SEP + "\n")[1:]
     assert len(printed) == len(commands), result.stdout + result.stderr
     for (command, want), got in zip(commands, printed):

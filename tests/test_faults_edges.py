@@ -207,7 +207,7 @@ def test_sample_refuses_nan_weights_in_one_line(lm_two_checkpoints: Path, tmp_pa
     shutil.rmtree(run / "checkpoint.old")
     ckpt = run / "checkpoint"
     tensors = load_file(str(ckpt / "model.safetensors"))
-    name = sorted(tensors)[0]
+    name = min(tensors)
     tensors[name] = torch.full_like(tensors[name], float("nan"))
     save_file(tensors, str(ckpt / "model.safetensors"))
     state = json.loads((ckpt / "state.json").read_text())  # a consistent checkpoint of NaN weights
@@ -219,7 +219,7 @@ def test_sample_refuses_nan_weights_in_one_line(lm_two_checkpoints: Path, tmp_pa
 
 
 def test_sample_ctrl_c_is_one_line_and_130(lm_two_checkpoints: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import attnmoe.tasks.language as language
+    from attnmoe.tasks import language
 
     real = language.generate_stream
 
@@ -283,7 +283,7 @@ def test_validation_error_after_the_lock_leaves_no_lock(tmp_path: Path) -> None:
 
 
 def test_ctrl_c_in_train_is_one_line_and_130(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import attnmoe.train.run as run
+    from attnmoe.train import run
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -298,7 +298,7 @@ def test_ctrl_c_in_train_is_one_line_and_130(tmp_path: Path, monkeypatch: pytest
 
 
 def test_disk_full_while_checkpointing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import attnmoe.train.checkpoint as checkpoint
+    from attnmoe.train import checkpoint
 
     real = checkpoint.save_file
     calls = {"n": 0}
@@ -400,7 +400,7 @@ def test_infinite_csv_value_is_named_by_column_and_row(tmp_path: Path) -> None:
 
 
 def test_compare_ctrl_c_and_full_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import attnmoe.train.compare as compare
+    from attnmoe.train import compare
 
     args = ["compare", "--task", "vision", "--dataset", "digits", "--attention", "softmax", "--seeds", "1",
             "--steps", "5", "--model", "dim=16", "--model", "depth=1", "--model", "heads=2", "--no-progress"]
