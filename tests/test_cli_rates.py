@@ -153,3 +153,48 @@ def test_summary_only_uses_every_record_on_file(tmp_path: Path) -> None:
     assert "summarised 2 records" in res.output
     res = _invoke("--out", str(tmp_path / "empty"), "--summary-only")
     assert res.exit_code == 2 and "nothing to summarise" in res.output
+
+
+def test_family_preset_refuses_options_it_does_not_take(tmp_path: Path) -> None:
+    """The issue's command: every least-squares-grid option given to a family preset is named
+    in one line, exit 2, nothing written (before: exit 0 and a fit with all of them ignored)."""
+    out = tmp_path / "c"
+    res = _invoke("--preset", "contaminated", "--gates", "nonsense", "--settings", "bogus", "--max-iter", "3",
+                  "--backend", "ray", "--noise", "0.5", "--init", "random", "--summary-only", "--out", str(out))
+    assert res.exit_code == 2
+    for name in ("--settings", "--gates", "--max-iter", "--init", "--noise"):
+        assert name in res.output
+    assert not out.exists()
+    res = _invoke("--preset", "hmoe", "--device", "cuda", "--out", str(out))
+    assert res.exit_code == 2 and "CPU only" in res.output and not out.exists()
+    res = _invoke("--preset", "hmoe", "--summary-only", "--out", str(out))
+    assert res.exit_code == 2 and "not a study folder" in res.output and not out.exists()
+
+
+def test_family_summary_only_fits_nothing_and_reproduces_the_committed_summary(tmp_path: Path) -> None:
+    """--summary-only on a committed family study (records.jsonl.gz read directly) rewrites its
+    summary.md byte for byte and fits nothing."""
+    import shutil
+
+    committed = Path(__file__).parent.parent / "docs" / "rates" / "contaminated-full"
+    out = tmp_path / "cf"
+    shutil.copytree(committed, out)
+    res = _invoke("--preset", "contaminated", "--full", "--summary-only", "--no-progress", "--out", str(out))
+    assert res.exit_code == 0, res.output
+    assert "summarised" in res.output and not (out / "records.jsonl").exists()
+    assert (out / "summary.md").read_text() == (committed / "summary.md").read_text()
+
+
+def test_family_ray_backend_equals_process_backend(tmp_path: Path) -> None:
+    """A family preset on a local Ray cluster writes the records the process backend writes."""
+    pytest.importorskip("ray")
+    common = ["--preset", "temperature-gate", "--n-grid", "200,400", "--replicates", "2", "--no-progress"]
+    a = _invoke(*common, "--workers", "1", "--out", str(tmp_path / "a"))
+    b = _invoke(*common, "--backend", "ray", "--workers", "2", "--out", str(tmp_path / "b"))
+    assert a.exit_code == 0 and b.exit_code == 0, a.output + b.output
+
+    def records(folder: str) -> dict:
+        rows = [json.loads(v) for v in (tmp_path / folder / "records.jsonl").read_text().splitlines()]
+        return {(r["setting"], r["n"], r["seed"]): {k: v for k, v in r.items() if k != "seconds"} for r in rows}
+
+    assert records("a") == records("b") and len(records("a")) == 8

@@ -140,6 +140,9 @@ def rates(
         int | None, typer.Option("--block-size", help="Seeds fitted per batched call.")
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the first replicate.")] = 0,
+    device: Annotated[
+        str, typer.Option("--device", help="cpu, or cuda (float64 on a GPU; least-squares presets).")
+    ] = "cpu",
     full: Annotated[
         bool, typer.Option("--full", help="The preset's committed-study size instead of its quick one.")
     ] = False,
@@ -155,7 +158,21 @@ def rates(
 ) -> None:
     """Convergence-rate study: fit replicates on a grid of n, report log-log slopes."""
     if preset in families.family_presets():
-        _run_family(out, preset, full, n_grid, replicates, workers, threads, seed, progress)
+        # every option of the least-squares grid that a family preset does not take: refused
+        foreign = {"--settings": settings, "--gates": gates, "--experts": experts, "--normalizer": normalizer,
+                   "--k-true": k_true, "--k-fit": k_fit, "--max-iter": max_iter, "--bound": bound,
+                   "--method": method, "--init": init, "--starts": starts, "--near-best": near_best,
+                   "--dtol": dtol, "--noise": noise, "--block-size": block_size}
+        given = [name for name, value in foreign.items() if value is not None]
+        if given:
+            typer.echo(f"error: {', '.join(given)}: not an option of the family preset {preset!r}, whose "
+                       "settings and fit options are fixed by the preset (it takes --out, --full, --n-grid, "
+                       "--replicates, --seed, --workers, --threads, --backend, --device, --summary-only)", err=True)
+            raise typer.Exit(code=2)
+        _run_family(families.FamilyArgs(
+            out=out, full=full, replicates=replicates, n_grid=None, seed=seed, workers=workers,
+            threads=threads, progress=progress, backend=backend, summary_only=summary_only, device=device,
+        ), preset, n_grid)
         return
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
@@ -237,25 +254,21 @@ def _run(
     )
 
 
-def _run_family(
-    out: Path, preset: str, full: bool, n_grid: str | None, replicates: int | None,
-    workers: int | None, threads: int | None, seed: int, progress: bool,
-) -> None:
+def _run_family(args: families.FamilyArgs, preset: str, n_grid: str | None) -> None:
     """Run a registered family preset (:mod:`attnmoe.estimation.study.families`)."""
-    grid = _ints(n_grid, "--n-grid")
-    args = families.FamilyArgs(
-        out=out, full=full, replicates=replicates, n_grid=tuple(grid) if grid else None,
-        seed=seed, workers=workers, threads=threads, progress=progress,
-    )
     try:
-        result = families.FAMILY_PRESETS[preset].run(args)
+        grid = _ints(n_grid, "--n-grid")
+        result = families.FAMILY_PRESETS[preset].run(replace(args, n_grid=tuple(grid) if grid else None))
     except (ValueError, ImportError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(code=2) from err
-    typer.echo(f"{result.fitted} fits run, {result.reused} reused ({result.seconds:.1f} s)")
+    if args.summary_only:
+        typer.echo(f"summarised the records in {args.out} ({result.seconds:.1f} s)")
+    else:
+        typer.echo(f"{result.fitted} fits run, {result.reused} reused ({result.seconds:.1f} s)")
     typer.echo(result.markdown)
     if result.files:
-        typer.echo(f"wrote {', '.join(str(out / f) for f in result.files)}")
+        typer.echo(f"wrote {', '.join(str(args.out / f) for f in result.files)}")
 
 
 def _outputs() -> list[str]:

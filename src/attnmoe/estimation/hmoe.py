@@ -450,18 +450,22 @@ def run_hmoe(args: FamilyArgs, cfg: HMoEConfig | None = None,
     n_params = max(HierarchicalLayout(s.spec()).n_params for s in settings)
     if min(grid) < n_params:
         raise ValueError(f"every n must be >= {n_params} (free parameters of the largest fitted model), got {min(grid)}")
+    args.check()
     out = Path(args.out)
     if out.exists():
         _check_config(out, cfg, write=False)
-    out = check_writable(out)
-    _check_config(out, cfg, write=True)
+    if args.summary_only and read_config(out) is None:
+        raise ValueError(f"--summary-only: {out} holds no {STUDY_FILE}: no hmoe study to summarise")
+    if not args.summary_only:
+        out = check_writable(out)
+        _check_config(out, cfg, write=True)
     path = out / RECORDS_FILE
     records, _bad = read_records(path)
     done = {record_key(r) for r in records}
-    seeds = [args.seed + i for i in range(reps)]
+    grid, seeds = args.scope(records, grid, [args.seed + i for i in range(reps)])
     jobs = []
     for s in settings:
-        for n in grid:
+        for n in grid if not args.summary_only else ():
             todo = [sd for sd in seeds if (s.name, n, sd) not in done]
             for i in range(0, len(todo), cfg.block):
                 jobs.append((s, n, todo[i : i + cfg.block]))
@@ -473,7 +477,7 @@ def run_hmoe(args: FamilyArgs, cfg: HMoEConfig | None = None,
         records.extend(recs)
 
     fitted = run_jobs([(s, n, sd, cfg) for s, n, sd in jobs], fit_block, append, workers=args.workers,
-                      threads=args.threads, desc="hmoe blocks", progress=args.progress)
+                      threads=args.threads, desc="hmoe blocks", progress=args.progress, backend=args.backend)
     keep = [r for r in records if int(r["n"]) in grid and int(r["seed"]) in seeds
             and r["setting"] in {s.name for s in settings}]
     markdown = write_summary(out, keep, settings, cfg)

@@ -140,6 +140,7 @@ def fit_block(name: str, n: int, seeds: list[int]) -> list[dict[str, Any]]:
 def run_lik_study(preset: LikPreset, args: FamilyArgs) -> FamilyResult:
     """Run (or resume) ``preset`` into ``args.out`` (module docstring)."""
     grid, reps = _check_args(preset, args)  # bad input: one-line error before anything is written
+    args.check()
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"cannot write to output directory {out}: it exists and is not a directory")
@@ -152,18 +153,21 @@ def run_lik_study(preset: LikPreset, args: FamilyArgs) -> FamilyResult:
         if previous != _config(preset):
             raise ValueError(f"{out} holds a study with options {previous}, this run asks for "
                              f"{_config(preset)}; resume with the same preset or use another --out")
-    check_writable(out)
-    atomic_write_json(study_path, _config(preset))
+    if args.summary_only and not study_path.exists():
+        raise ValueError(f"--summary-only: {out} holds no {STUDY_FILE}: no {preset.name} study to summarise")
+    if not args.summary_only:
+        check_writable(out)
+        atomic_write_json(study_path, _config(preset))
     records, _ = read_records(out / RECORDS_FILE)
     done = {record_key(r) for r in records}
     writer = RecordWriter(out / RECORDS_FILE)
-    seeds_all = list(range(args.seed, args.seed + reps))
+    grid, seeds_all = args.scope(records, grid, range(args.seed, args.seed + reps))
     start = time.perf_counter()
     jobs = []
     for name in preset.settings:
         for n in grid:
             seeds = [s for s in seeds_all if (name, n, s) not in done]
-            if seeds:
+            if seeds and not args.summary_only:
                 jobs.append((name, n, seeds))
 
     def append(new: list[dict[str, Any]]) -> None:
@@ -171,7 +175,7 @@ def run_lik_study(preset: LikPreset, args: FamilyArgs) -> FamilyResult:
         records.extend(new)
 
     fitted = run_jobs(jobs, fit_block, append, workers=args.workers, threads=args.threads,
-                      desc=preset.name, progress=args.progress)
+                      desc=preset.name, progress=args.progress, backend=args.backend)
     wanted = [r for r in records if r["setting"] in preset.settings and int(r["n"]) in grid
               and int(r["seed"]) in seeds_all]
     summary = summarize_records(wanted)

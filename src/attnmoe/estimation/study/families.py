@@ -42,6 +42,10 @@ class FamilyArgs:
             (:func:`~attnmoe.estimation.study.plan.default_workers`, as the least-squares studies).
         threads: torch threads per worker; None = the project default.
         progress: show progress bars.
+        backend: ``"process"`` or ``"ray"`` (:func:`~attnmoe.estimation.study.backends.map_jobs`).
+        summary_only: fit nothing; summarise the records on file (every n and seed there unless
+            ``n_grid`` / ``replicates`` are given).
+        device: ``"cpu"`` (the family presets do not run on a GPU yet: ``"cuda"`` is refused).
     """
 
     out: Path
@@ -52,6 +56,32 @@ class FamilyArgs:
     workers: int | None = None
     threads: int | None = None
     progress: bool = True
+    backend: str = "process"
+    summary_only: bool = False
+    device: str = "cpu"
+
+    def check(self) -> None:
+        """One-line errors for what no family preset can do."""
+        from attnmoe.estimation.study.backends import BACKENDS
+
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
+        if self.device != "cpu":
+            raise ValueError(f"--device {self.device}: the family presets (likelihood, hmoe) run on the CPU only "
+                             "so far; the least-squares presets take --device cuda")
+        if self.summary_only and not self.out.is_dir():
+            raise ValueError(f"--summary-only: {self.out} is not a study folder")
+
+    def scope(self, records: Sequence[dict[str, Any]], grid: Sequence[int],
+              seeds: Sequence[int]) -> tuple[tuple[int, ...], list[int]]:
+        """The sizes and seeds a summary covers: ``grid`` and ``seeds``, or with ``summary_only``
+        every n / seed on file unless ``n_grid`` / ``replicates`` were given."""
+        if not self.summary_only:
+            return tuple(grid), list(seeds)
+        on_file_n = sorted({int(r["n"]) for r in records})
+        on_file_seeds = sorted({int(r["seed"]) for r in records})
+        return (tuple(grid) if self.n_grid else tuple(on_file_n),
+                list(seeds) if self.replicates is not None else on_file_seeds)
 
 
 @dataclass(frozen=True)
