@@ -5,7 +5,8 @@ A code block in ``README.md`` or ``docs/*.md`` preceded by the line ``<!-- docs-
 * a shell transcript (lines ``$ command`` followed by its output lines) runs in one ``bash`` in an
   empty temporary folder, ``attnmoe`` being ``python -m attnmoe.cli``; each command's printed
   lines (stdout and stderr) must equal the lines the doc shows under it;
-* a ``python`` block runs in a temporary folder; its printed lines must equal the next code block.
+* a ``python`` block runs from the repository root (where the docs' ``../shared/data`` paths
+  point); it must only read, and its printed lines must equal the next code block.
 
 Blocks that read ``../shared/data`` are skipped when that folder is absent. Only blocks that take
 under a minute are marked (the long studies have their own records and tests).
@@ -32,7 +33,8 @@ def _blocks() -> list[tuple[str, str, str, str | None]]:
     found = []
     for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
         text = doc.read_text(encoding="utf-8")
-        for number, start in enumerate(m.end() for m in re.finditer(re.escape(MARK), text)):
+        marks = re.finditer(f"^{re.escape(MARK)}$", text, re.MULTILINE)  # on a line of its own
+        for number, start in enumerate(m.end() for m in marks):
             block = FENCE.search(text, start)
             assert block is not None, f"{doc.name}: {MARK} without a code block"
             header = text[block.start(): text.index("\n", block.start())]
@@ -66,7 +68,7 @@ def test_documented_block_prints_what_the_doc_shows(name: str, kind: str, code: 
                                                    tmp_path: Path) -> None:
     _skip_without_data(code)
     if kind == "python":
-        result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=_env(), text=True,
+        result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), text=True,
                                 capture_output=True, timeout=120, check=False)
         assert result.returncode == 0, result.stderr
         assert result.stdout.splitlines() == expected.splitlines()
