@@ -17,7 +17,9 @@ Data parallel: ``torchrun --nproc_per_node 2 -m attnmoe.cli train ...`` (gloo on
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
+import os
 import shutil
 import signal
 import sys
@@ -229,20 +231,29 @@ def clean_exit(out: Path | None) -> Iterator[None]:
 
 def _tidy(out: Path, existed: bool, before: set[str]) -> None:
     """Remove what a failed command left that holds no run: ``checkpoint.tmp``, and a new ``.lock``
-    alone in its folder (with the folder when the command created it)."""
+    alone in its folder (with the folder when the command created it) when no process holds it
+    (checked with a non-blocking ``flock``: another command may be starting the same run)."""
     from attnmoe.train.lock import LOCK_FILE
 
     if not distributed.info().is_main:
         return
     for run in [out, *out.glob("*/seed*")]:
         shutil.rmtree(run / "checkpoint.tmp", ignore_errors=True)
+    if _leftovers(out) != {LOCK_FILE} or LOCK_FILE in before:
+        return
     try:
-        if _leftovers(out) == {LOCK_FILE} and LOCK_FILE not in before:
-            (out / LOCK_FILE).unlink()
-            if not existed:
-                out.rmdir()
+        fd = os.open(out / LOCK_FILE, os.O_RDWR)
+    except OSError:
+        return
+    try:  # only a lock nobody holds is removed (another process may be starting this run)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        (out / LOCK_FILE).unlink()
+        if not existed:
+            out.rmdir()
     except OSError:
         pass
+    finally:
+        os.close(fd)
 
 
 def train_command(

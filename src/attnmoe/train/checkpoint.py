@@ -88,6 +88,8 @@ def read_state(path: Path) -> dict[str, Any]:
     try:
         state = json.loads((path / "state.json").read_text())
         files = state["files"]
+        if not isinstance(files, dict):
+            raise TypeError(f"'files' is a {type(files).__name__}, not a mapping")
     except FileNotFoundError:
         raise CheckpointDamaged(f"{path}: state.json is missing") from None
     except (OSError, ValueError, KeyError, TypeError) as err:
