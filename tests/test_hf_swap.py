@@ -31,6 +31,9 @@ def _tiny(family: str, impl: str = "sdpa", **extra) -> torch.nn.Module:
     if family == "llama":
         cfg = transformers.LlamaConfig(**small, **extra)
         cls = transformers.LlamaForCausalLM
+    elif family == "mistral":  # its default sliding window (4096) is longer than these inputs
+        cfg = transformers.MistralConfig(**small, **extra)
+        cls = transformers.MistralForCausalLM
     elif family == "qwen2":
         cfg = transformers.Qwen2Config(**small, **extra)
         cls = transformers.Qwen2ForCausalLM
@@ -61,7 +64,7 @@ def _batch() -> tuple[torch.Tensor, torch.Tensor]:
     return ids, mask
 
 
-FAMILIES = ["llama", "qwen2", "qwen3", "gpt2"]
+FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gpt2"]
 
 
 @pytest.mark.parametrize("impl", ["sdpa", "eager"])
@@ -184,6 +187,10 @@ def test_swap_errors() -> None:
     swap_attention(model)
     with pytest.raises(ValueError, match="already"):
         swap_attention(model)
+    flex = _tiny("llama")
+    flex.config._attn_implementation = "flex_attention"
+    with pytest.raises(ValueError, match="attn_implementation 'flex_attention'"):
+        swap_attention(flex)
     with pytest.raises(ValueError, match="sliding-window attention"):
         swap_attention(_tiny("qwen2", use_sliding_window=True, sliding_window=4,
                              max_window_layers=0))

@@ -234,7 +234,8 @@ def swap_attention(
 
     Args:
         model: a ``transformers`` model of a family in :data:`SUPPORTED_MODEL_TYPES`
-            (``config.model_type``), e.g. ``LlamaForCausalLM``; eager or SDPA attention.
+            (``config.model_type``), e.g. ``LlamaForCausalLM``, loaded with
+            ``attn_implementation`` "sdpa" (the default) or "eager".
         variant: an attnmoe variant name (:func:`attnmoe.attention.list_variants`, joined
             with ``+``), e.g. ``"softmax"``, ``"gated-g1"``, ``"active-gelu"``, ``"sigmoid"``.
         gate_init: ``"preserve"``, ``"half"`` or ``"random"`` (module docstring).
@@ -254,6 +255,12 @@ def swap_attention(
         raise ValueError(
             f"swap_attention supports config.model_type in {SUPPORTED_MODEL_TYPES}, "
             f"got {model_type!r}"
+        )
+    impl = getattr(config, "_attn_implementation", None)
+    if impl not in (None, "sdpa", "eager"):
+        raise ValueError(
+            f"attn_implementation {impl!r}: swap_attention reads the masks of 'sdpa' and "
+            "'eager' models; load the model with attn_implementation='sdpa'"
         )
     if gate_init not in GATE_INITS:
         raise ValueError(f"unknown gate_init {gate_init!r}; choose one of {GATE_INITS}")
