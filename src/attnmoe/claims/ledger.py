@@ -3,8 +3,8 @@
 Reads ``docs/rates/<study>/records.jsonl`` (or ``records.jsonl.gz``, read directly) and
 ``docs/results/<comparison>/summary.json``; per claim, the per-seed numbers
 (:mod:`attnmoe.claims.stats`), their t-interval, two-sided t-test p-values against the competing
-and the predicted values (Holm-adjusted over the claim's declared family), the exact sign-flip p
-against the competing value, and a verdict by :func:`decide`:
+and the predicted values and the exact sign-flip p-values against the same two (each
+Holm-adjusted over the claim's declared family), and a verdict by :func:`decide`:
 
 1. a claim the design cannot test (``Claim.testable``) -> **not testable by this design**;
 2. a claim with a known blocker (``Claim.blocker``) -> **undecided**, with that cause;
