@@ -82,6 +82,7 @@ class Row:
     decades_needed: float | None = None
     family_size: int = 1
     metric: str | None = None  # the real-data comparison's primary metric
+    command: str | None = None  # the real-data comparison's own command (its summary.json)
 
     @property
     def span(self) -> float | None:
@@ -109,6 +110,7 @@ class Row:
             "verdict": self.verdict, "cause": self.cause, "seeds_needed_80": self.seeds_needed,
             "decades_needed_80": self.decades_needed, "robustness": robustness(c),
             "decide": c.decide, "note": c.note, "files": self.files, "metric": self.metric,
+            "command": self.command,
         }
 
 
@@ -195,7 +197,7 @@ def _arm_slopes(cache: _Cache, arm: RateArm) -> tuple[dict[int, float], list[boo
     return stats.per_seed_slopes(points), conv, (min(xs), max(xs)), str(path)
 
 
-def _real_values(cache: _Cache, arm: RealArm) -> tuple[dict[int, float], str, str, str]:
+def _real_values(cache: _Cache, arm: RealArm) -> tuple[dict[int, float], str, str, str, str | None]:
     summary, path = cache.result(arm.result)
     metric = summary["primary_metric"]
 
@@ -206,7 +208,8 @@ def _real_values(cache: _Cache, arm: RealArm) -> tuple[dict[int, float], str, st
 
     a, b = per_seed(arm.variant), per_seed(arm.baseline)
     direction = "less" if metric in LOWER_IS_BETTER else "greater"
-    return {s: a[s] - b[s] for s in sorted(set(a) & set(b))}, direction, str(path), metric
+    diffs = {s: a[s] - b[s] for s in sorted(set(a) & set(b))}
+    return diffs, direction, str(path), metric, summary.get("command")
 
 
 def _measure(cache: _Cache, claim: Claim) -> Row:
@@ -214,11 +217,11 @@ def _measure(cache: _Cache, claim: Claim) -> Row:
     converged: float | None = None
     n_range = None
     direction = claim.predicted if isinstance(claim.predicted, str) else None
-    metric = None
+    metric = command = None
     if not claim.arms:  # a claim no committed study measures (its ``testable`` says why)
         return Row(claim, [], [], None, None, None, None, None, None, direction, [])
     if isinstance(claim.arms[0], RealArm):
-        values, better, f, metric = _real_values(cache, claim.arms[0])
+        values, better, f, metric, command = _real_values(cache, claim.arms[0])
         files.append(f)
         direction = better
     else:
@@ -235,7 +238,8 @@ def _measure(cache: _Cache, claim: Claim) -> Row:
     seeds = sorted(values)
     vals = [values[s] for s in seeds]
     rel = sorted({Path(f).relative_to(cache.root).as_posix() for f in files})
-    row = Row(claim, vals, seeds, None, None, None, None, converged, n_range, direction, rel, metric=metric)
+    row = Row(claim, vals, seeds, None, None, None, None, converged, n_range, direction, rel, metric=metric,
+              command=command)
     if len(vals) >= 2:
         row.interval = stats.t_interval(vals)
         row.p_competing = stats.t_test_p(vals, claim.competing)

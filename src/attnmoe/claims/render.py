@@ -50,8 +50,8 @@ differences variant − baseline on real data); the interval is the 95 % t-inter
 
 _PENDING = """\
 * **Solver-path robustness** (issue 22 item 4: between solver versions that differ at rounding
-  level, 10-60 % of the over-specified quick records moved by > 10 %, no exact-specified one by
-  > 1 %): every over-specified row is to be re-evaluated from refits restarted with a 1e-9
+  level, 8-62 % of the over-specified quick records of a study moved by > 10 %, no exact-specified
+  one by > 1 %): every over-specified row is to be re-evaluated from refits restarted with a 1e-9
   perturbation; a verdict that changes becomes "undecided (solver-path dependent)". Until those
   records exist the column says "not yet run", and every over-specified "confirmed" is provisional.
 * **Temperature gate**: an identifiable parametrisation (τ is not identified in ours) and its runs.
@@ -199,8 +199,9 @@ def ledger_markdown(rows: Sequence[Row], coverage: Sequence[dict[str, Any]]) -> 
         out.append(f"| {s} | {links} | `{STUDY_COMMANDS.get(s, '–')}` |")
     results = sorted({a.result for r in rows for a in r.claim.arms if isinstance(a, RealArm)})
     for s in results:
-        out.append(f"| {s} | [summary.json](results/{s}/summary.json) | the `command` field of its summary.json "
-                   f"(`attnmoe compare ...`, docs/results.md, docs/hmoe.md) |")
+        cmd = next((r.command for r in rows for a in r.claim.arms
+                    if isinstance(a, RealArm) and a.result == s and r.command), None)
+        out.append(f"| {s} | [summary.json](results/{s}/summary.json) | `{_cell(cmd or '–')}` |")
     return "\n".join(out) + "\n"
 
 
