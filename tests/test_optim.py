@@ -443,3 +443,36 @@ def test_loss_gradient_and_hessian_do_not_depend_on_rows_or_blocks(monkeypatch) 
         alone = LeastSquaresObjective(s.fit_layout, X[r : r + 1], y[r : r + 1])
         fa, ga, Ha = alone.hessian(theta[r : r + 1])
         assert torch.equal(fa, f[r : r + 1]) and torch.equal(ga, g[r : r + 1]) and torch.equal(Ha, H[r : r + 1])
+
+
+def test_the_fit_creates_every_tensor_on_the_device_of_its_data() -> None:
+    """With torch's default device set to "meta", a tensor made without an explicit device
+    would be a meta tensor and break the fit: a fit of CPU data that runs to the same result
+    shows every tensor of the path follows the data (what --device cuda relies on)."""
+    s = get_setting("monomial-sigmoid-over")
+    seeds = [0, 1, 2]
+    X, y = sample(s, 300, seeds)
+    x0 = near_truth_init(s.fit_layout, s.true_params(), seeds, 0.3)
+    layout = s.fit_layout  # built before: a layout holds CPU tables, moved to the data in use
+    want = fit_least_squares(layout, X, y, x0, max_iter=30, bound=10.0)
+    torch.set_default_device("meta")
+    try:
+        got = fit_least_squares(layout, X, y, x0, max_iter=30, bound=10.0)
+    finally:
+        torch.set_default_device("cpu")
+    assert torch.equal(got.flat, want.flat) and torch.equal(got.n_iter, want.n_iter)
+
+
+def test_cuda_without_a_gpu_is_refused_in_one_line(tmp_path) -> None:
+    from attnmoe.estimation import study
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    out = tmp_path / "o"
+    with pytest.raises(ValueError, match="no GPU is visible"):
+        study.run_study([get_setting("monomial-sigmoid-exact")], [200, 400], 2, out,
+                        options=FitOptions(device="cuda"), progress=False)
+    assert not out.exists()
+    assert "device" not in FitOptions().to_dict() and FitOptions(device="cuda").to_dict()["device"] == "cuda"
+    with pytest.raises(ValueError, match="unknown device"):
+        FitOptions(device="tpu")

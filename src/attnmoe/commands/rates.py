@@ -178,7 +178,8 @@ def rates(
         warnings.simplefilter("always", RuntimeWarning)
         try:
             fit_overrides = {"max_iter": max_iter, "bound": bound, "method": method, "init": init,
-                             "starts": starts, "near_best": near_best, "dtol": dtol}
+                             "starts": starts, "near_best": near_best, "dtol": dtol,
+                             "device": None if device == "cpu" else device}
             result = _run(
                 out, preset, settings, gates, experts, k_true, k_fit, n_grid, replicates, backend,
                 workers, threads, fit_overrides, noise, block_size, seed, summary_only, progress,

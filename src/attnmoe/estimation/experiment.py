@@ -86,8 +86,11 @@ def fit_and_score(
                        for sp in specs])  # (S, R, P), kind-major
     if o.bound is not None:
         inits = inits.clamp(-0.99 * o.bound, 0.99 * o.bound)
-    res = fit_starts(layout, X, y, inits, method=o.method, max_iter=o.max_iter, tol=o.tol,
-                     dtol=o.dtol, bound=o.bound)  # fit s * R + r: start s of replicate r
+    if o.device != "cpu" and not torch.cuda.is_available():
+        raise ValueError(f"--device {o.device}: no GPU is visible to torch (torch.cuda.is_available() is False)")
+    dev = torch.device(o.device)
+    res = fit_starts(layout, X.to(dev), y.to(dev), inits.to(dev), method=o.method, max_iter=o.max_iter,
+                     tol=o.tol, dtol=o.dtol, bound=o.bound).to("cpu")  # fit s * R + r: start s of replicate r
     scores = score_fits(setting, res.params)  # (S*R,) each
     window = o.near_best * setting.noise_std**2 / n
     records = []

@@ -75,7 +75,7 @@ def jacobian(layout: ParameterLayout, X: Tensor, flat: Tensor) -> Tensor:
     """J = d f(x_j; theta) / d theta ``(R, n, P)`` at ``flat`` by forward-mode autograd (one pass
     per free parameter): the reference for :meth:`LeastSquaresObjective.jacobian`."""
     R, P = flat.shape
-    eye = torch.eye(P, dtype=flat.dtype)
+    eye = torch.eye(P, dtype=flat.dtype, device=flat.device)
     cols = [
         torch.func.jvp(lambda z: layout.forward(z, X), (flat,), (eye[p].expand(R, P),))[1]
         for p in range(P)
@@ -93,7 +93,7 @@ def gauss_newton_matrix(J: Tensor, damping: float = 1e-3) -> Tensor:
     R, n, P = J.shape
     G = 2.0 * torch.bmm(J.transpose(1, 2), J) / n  # (R, P, P)
     scale = torch.diagonal(G, dim1=1, dim2=2).mean(-1).clamp_min(1e-300)  # (R,)
-    return G + damping * scale.view(R, 1, 1) * torch.eye(P, dtype=J.dtype)
+    return G + damping * scale.view(R, 1, 1) * torch.eye(P, dtype=J.dtype, device=J.device)
 
 
 #: a parameter counts as on the box's wall when |theta| >= (1 - AT_BOUND) * bound
@@ -171,6 +171,12 @@ class FitResult:
     # the unconstrained loss still decreases outwards (its infimum is at infinity, typically a
     # ghost expert or a linear-expert copy running off), the tanh map's slope hides that gradient.
     at_bound: Tensor | None = None
+
+    def to(self, device: torch.device | str) -> FitResult:
+        """The same fits with every tensor on ``device``."""
+        moved = {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in vars(self).items()}
+        moved["params"] = {k: v.to(device) for k, v in self.params.items()}
+        return FitResult(**moved)
 
     def select(self, pick: Tensor) -> FitResult:
         """The fits ``pick`` ``(m,)`` (indices into the R replicates)."""
@@ -322,4 +328,4 @@ def fit_restarts(
     res = fit_starts(layout, X, y, inits, **kwargs)
     S, R = inits.shape[:2]
     loss = torch.where(torch.isfinite(res.loss), res.loss, torch.inf).reshape(S, R)
-    return res.select(loss.argmin(0) * R + torch.arange(R))
+    return res.select(loss.argmin(0) * R + torch.arange(R, device=loss.device))

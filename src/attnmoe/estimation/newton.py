@@ -107,7 +107,7 @@ def _scaled_eigh(H: Tensor, D: Tensor, dummy: bool = False) -> tuple[Tensor, Ten
     # the other rows are decomposed as usual (a row alone is bitwise the row in a batch)
     ok = torch.isfinite(M).flatten(1).all(-1)  # (m,)
     if not bool(ok.all()):
-        M = torch.where(ok[:, None, None], M, torch.eye(M.shape[-1], dtype=M.dtype))
+        M = torch.where(ok[:, None, None], M, torch.eye(M.shape[-1], dtype=M.dtype, device=M.device))
     try:
         lam, Q = torch.linalg.eigh(M)
     except torch.linalg.LinAlgError:
@@ -117,7 +117,7 @@ def _scaled_eigh(H: Tensor, D: Tensor, dummy: bool = False) -> tuple[Tensor, Ten
                 lam[i : i + 1], Q[i : i + 1] = torch.linalg.eigh(M[i : i + 1])
             except torch.linalg.LinAlgError:
                 ok[i] = False
-                lam[i], Q[i] = 0.0, torch.eye(M.shape[-1], dtype=M.dtype)
+                lam[i], Q[i] = 0.0, torch.eye(M.shape[-1], dtype=M.dtype, device=M.device)
     return torch.where(ok[:, None], lam, torch.nan), Q
 
 
@@ -223,11 +223,12 @@ def trust_region(
     # spherical region in the variables D x; Q, lam are the eigenpairs of D^-1 H D^-1
     D = _scaling(H, None, scaled)
     lam, Q = _scaled_eigh(H, D, pad)
-    n_evals = torch.ones(R, dtype=torch.long)
-    n_iter = torch.zeros(R, dtype=torch.long)
-    delta = torch.full((R,), float(radius), dtype=x.dtype)
-    reason = torch.full((R,), REASONS.index("max_iter"), dtype=torch.long)
-    active = torch.ones(R, dtype=torch.bool)
+    dev = x.device  # every tensor of the iteration lives on the device of x0 (CPU or GPU)
+    n_evals = torch.ones(R, dtype=torch.long, device=dev)
+    n_iter = torch.zeros(R, dtype=torch.long, device=dev)
+    delta = torch.full((R,), float(radius), dtype=x.dtype, device=dev)
+    reason = torch.full((R,), REASONS.index("max_iter"), dtype=torch.long, device=dev)
+    active = torch.ones(R, dtype=torch.bool, device=dev)
 
     def scaled_grad(idx: Tensor) -> Tensor:
         """Q^T D^-1 g ``(m, P)``: the gradient in the eigenbasis of the scaled Hessian."""
@@ -247,18 +248,18 @@ def trust_region(
         reason[idx] = code
         active[idx] = ~(by_grad | by_dec | bad)
 
-    check(torch.arange(R))
+    check(torch.arange(R, device=dev))
     W = int(extrapolate)
     if W < 0:
         raise ValueError(f"extrapolate must be >= 0, got {extrapolate!r}")
     if W:
         ring = x.new_zeros(R, W, P)  # (R, W, P) the iterates before the last W accepted steps
         lengths = x.new_zeros(R, W)  # (R, W) their step lengths
-        count = torch.zeros(R, dtype=torch.long)  # accepted steps since the last reset
-        rows = torch.arange(R)
-    factor = torch.ones(R, dtype=x.dtype)  # length of the next jump / length of the window's path
-    tries = torch.zeros(R, dtype=torch.long)  # extrapolations tried / accepted, per replicate
-    jumps = torch.zeros(R, dtype=torch.long)
+        count = torch.zeros(R, dtype=torch.long, device=dev)  # accepted steps since the last reset
+        rows = torch.arange(R, device=dev)
+    factor = torch.ones(R, dtype=x.dtype, device=dev)  # length of the next jump / of the window's path
+    tries = torch.zeros(R, dtype=torch.long, device=dev)  # extrapolations tried / accepted, per replicate
+    jumps = torch.zeros(R, dtype=torch.long, device=dev)
 
     def remember(rw: Tensor, before: Tensor, after: Tensor) -> None:
         """Record the accepted move before -> after of replicates ``rw`` in the window."""
@@ -335,7 +336,7 @@ def trust_region(
         acc = idx[ok]
         if acc.numel():
             accept(acc, trial[ok])
-    dec, _ = _decrement(lam, scaled_grad(torch.arange(R)), curvature_tol)
+    dec, _ = _decrement(lam, scaled_grad(torch.arange(R, device=dev)), curvature_tol)
     converged = (reason == REASONS.index("gradient")) | (reason == REASONS.index("decrement"))
     return OptimResult(
         x[:, : P - 1].clone() if pad else x, f, g.abs().amax(-1), converged, n_iter, n_evals,

@@ -124,7 +124,7 @@ def _features(X: Tensor, names: list[str]) -> Tensor:
     """The distinct features ``names`` of inputs ``X`` ``(R, n, d)``, concatenated ``(R, n, F)``:
     "A" the upper-triangle products (off-diagonal ones doubled), "b" x, "c" 1."""
     R, n, d = X.shape
-    iu = torch.triu_indices(d, d)
+    iu = torch.triu_indices(d, d, device=X.device)
     make = {
         "A": lambda: X[..., iu[0]] * X[..., iu[1]] * torch.where(iu[0] == iu[1], 1.0, 2.0).to(X),
         "b": lambda: X,
@@ -169,64 +169,65 @@ class LeastSquaresObjective:
         gate_names, expert_names = layout.gate.param_names, layout.expert.param_names
         names = list(dict.fromkeys(_FEATURE_OF[name] for name in gate_names + expert_names))
         xi = _features(X, names)  # (R, n, F)
-        width = {name: 1 if name == "c" else (d * (d + 1) // 2 if name == "A" else d) for name in names}
-        offset = dict(zip(names, torch.tensor([0] + [width[v] for v in names]).cumsum(0).tolist()))
-        F = xi.shape[-1]
-        # F even: with kv F or Q U odd, every other replicate's output block of a batched
-        # matmul starts off a 16-byte boundary and is rounded differently (a zero column fixes it)
-        self.xi = torch.cat([xi, xi.new_zeros(R, n, F % 2)], -1)  # (R, n, F)
-        self.xi = torch.cat([self.xi, self.xi.new_zeros(R, n_pad - n, self.xi.shape[-1])], 1)
-        # zero rows on the padding: the padding's logits are 0 and its feature products vanish
+        with torch.device("cpu"):  # the index tables; moved to the data's device below
+            width = {name: 1 if name == "c" else (d * (d + 1) // 2 if name == "A" else d) for name in names}
+            offset = dict(zip(names, torch.tensor([0] + [width[v] for v in names]).cumsum(0).tolist()))
+            F = xi.shape[-1]
+            # F even: with kv F or Q U odd, every other replicate's output block of a batched
+            # matmul starts off a 16-byte boundary and is rounded differently (a zero column fixes it)
+            self.xi = torch.cat([xi, xi.new_zeros(R, n, F % 2)], -1)  # (R, n, F)
+            self.xi = torch.cat([self.xi, self.xi.new_zeros(R, n_pad - n, self.xi.shape[-1])], 1)
+            # zero rows on the padding: the padding's logits are 0 and its feature products vanish
 
-        def columns(param_names: tuple[str, ...]) -> Tensor:
-            return torch.cat([offset[_FEATURE_OF[v]] + torch.arange(width[_FEATURE_OF[v]])
-                              for v in param_names])
+            def columns(param_names: tuple[str, ...]) -> Tensor:
+                return torch.cat([offset[_FEATURE_OF[v]] + torch.arange(width[_FEATURE_OF[v]])
+                                  for v in param_names])
 
-        self.gate_cols, self.expert_cols = columns(gate_names), columns(expert_names)
-        # flat index of every (expert, feature) entry of the gate matrix G and expert matrix E
-        index: dict[str, Tensor] = {}
-        for name, start, m, w in layout.blocks:
-            index[name] = start + torch.arange(m * w).reshape(m, w)
-        self.g_index = torch.cat([index[v] for v in gate_names], -1)  # (kg, Fg)
-        self.e_index = torch.cat([index[v] for v in expert_names], -1)  # (k, Fe)
-        k = layout.n_experts
-        kg = k - self.n_ref
-        kv = kg + k  # rows of v = [s; t]
-        # every free parameter is (row of v, column of xi)
-        P = layout.n_params
-        row, col = torch.empty(P, dtype=torch.long), torch.empty(P, dtype=torch.long)
-        row[self.g_index] = torch.arange(kg).unsqueeze(-1).expand_as(self.g_index)
-        col[self.g_index] = self.gate_cols.expand_as(self.g_index)
-        row[self.e_index] = kg + torch.arange(k).unsqueeze(-1).expand_as(self.e_index)
-        col[self.e_index] = self.expert_cols.expand_as(self.e_index)
-        self.grad_index = row * self.xi.shape[-1] + col  # into (kv, F) flattened
-        self.grad_len = kv * self.xi.shape[-1]
-        # pairs i <= l of v's rows (Q) and p <= q of xi's columns (U, padded to even)
-        self.qi, self.ql = torch.triu_indices(kv, kv)
-        pair = torch.empty(kv, kv, dtype=torch.long)
-        pair[self.qi, self.ql] = pair[self.ql, self.qi] = torch.arange(self.qi.numel())
-        Fx = self.xi.shape[-1]
-        ua, ub = torch.triu_indices(Fx, Fx)
-        uu = torch.empty(Fx, Fx, dtype=torch.long)
-        uu[ua, ub] = uu[ub, ua] = torch.arange(ua.numel())
-        if ua.numel() % 2:  # even U (see above); the extra product is never read
-            ua, ub = torch.cat([ua, ua[:1]]), torch.cat([ub, ub[:1]])
-        self.ua, self.ub, self.U = ua, ub, ua.numel()
-        self.hess_index = pair[row][:, row] * self.U + uu[col][:, col]  # (P, P) into (Q, U)
-        # the second-order diagonals (module docstring): pairs (g, g), (g, kg + g + n_ref), (x, x)
-        g, x = torch.arange(kg), torch.arange(k)
-        self.diag_pairs = torch.cat([pair[g, g], pair[g, kg + g + self.n_ref], pair[kg + x, kg + x]])
-        self.n_gate_pairs = int((self.qi < kg).sum())  # pairs (i, l) with i a gate row come first
-        # G and E over all F columns of xi: flat index per (expert, column), P (a zero) where the
-        # gate or expert does not read that feature, and on the reference rows
-        self.gx_index = torch.full((k, Fx), P, dtype=torch.long)
-        self.gx_index[self.n_ref :, self.gate_cols] = self.g_index
-        self.ex_index = torch.full((k, Fx), P, dtype=torch.long)
-        self.ex_index[:, self.expert_cols] = self.e_index
-        # the feature products, kept when small (bitwise the same as computing them per pass)
-        for name in ("gate_cols", "expert_cols", "grad_index", "qi", "ql", "ua", "ub", "hess_index",
-                     "diag_pairs", "gx_index", "ex_index"):
-            setattr(self, name, getattr(self, name).to(X.device))
+            self.gate_cols, self.expert_cols = columns(gate_names), columns(expert_names)
+            # flat index of every (expert, feature) entry of the gate matrix G and expert matrix E
+            index: dict[str, Tensor] = {}
+            for name, start, m, w in layout.blocks:
+                index[name] = start + torch.arange(m * w).reshape(m, w)
+            self.g_index = torch.cat([index[v] for v in gate_names], -1)  # (kg, Fg)
+            self.e_index = torch.cat([index[v] for v in expert_names], -1)  # (k, Fe)
+            k = layout.n_experts
+            kg = k - self.n_ref
+            kv = kg + k  # rows of v = [s; t]
+            # every free parameter is (row of v, column of xi)
+            P = layout.n_params
+            row, col = torch.empty(P, dtype=torch.long), torch.empty(P, dtype=torch.long)
+            row[self.g_index] = torch.arange(kg).unsqueeze(-1).expand_as(self.g_index)
+            col[self.g_index] = self.gate_cols.expand_as(self.g_index)
+            row[self.e_index] = kg + torch.arange(k).unsqueeze(-1).expand_as(self.e_index)
+            col[self.e_index] = self.expert_cols.expand_as(self.e_index)
+            self.grad_index = row * self.xi.shape[-1] + col  # into (kv, F) flattened
+            self.grad_len = kv * self.xi.shape[-1]
+            # pairs i <= l of v's rows (Q) and p <= q of xi's columns (U, padded to even)
+            self.qi, self.ql = torch.triu_indices(kv, kv)
+            pair = torch.empty(kv, kv, dtype=torch.long)
+            pair[self.qi, self.ql] = pair[self.ql, self.qi] = torch.arange(self.qi.numel())
+            Fx = self.xi.shape[-1]
+            ua, ub = torch.triu_indices(Fx, Fx)
+            uu = torch.empty(Fx, Fx, dtype=torch.long)
+            uu[ua, ub] = uu[ub, ua] = torch.arange(ua.numel())
+            if ua.numel() % 2:  # even U (see above); the extra product is never read
+                ua, ub = torch.cat([ua, ua[:1]]), torch.cat([ub, ub[:1]])
+            self.ua, self.ub, self.U = ua, ub, ua.numel()
+            self.hess_index = pair[row][:, row] * self.U + uu[col][:, col]  # (P, P) into (Q, U)
+            # the second-order diagonals (module docstring): pairs (g, g), (g, kg + g + n_ref), (x, x)
+            g, x = torch.arange(kg), torch.arange(k)
+            self.diag_pairs = torch.cat([pair[g, g], pair[g, kg + g + self.n_ref], pair[kg + x, kg + x]])
+            self.n_gate_pairs = int((self.qi < kg).sum())  # pairs (i, l) with i a gate row come first
+            # G and E over all F columns of xi: flat index per (expert, column), P (a zero) where the
+            # gate or expert does not read that feature, and on the reference rows
+            self.gx_index = torch.full((k, Fx), P, dtype=torch.long)
+            self.gx_index[self.n_ref :, self.gate_cols] = self.g_index
+            self.ex_index = torch.full((k, Fx), P, dtype=torch.long)
+            self.ex_index[:, self.expert_cols] = self.e_index
+            # the feature products, kept when small (bitwise the same as computing them per pass)
+            for name in ("gate_cols", "expert_cols", "grad_index", "qi", "ql", "ua", "ub", "hess_index",
+                         "diag_pairs", "gx_index", "ex_index"):
+                setattr(self, name, getattr(self, name).to(X.device))
         cache = R * n_pad * self.U * X.element_size() <= PRODUCT_CACHE_BYTES
         self.products = self._products(self.xi) if cache else None  # (R, n_pad, U)
 

@@ -11,10 +11,13 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["METHODS", "FitOptions"]
+__all__ = ["DEVICES", "METHODS", "FitOptions"]
 
 #: optimisers understood by :func:`attnmoe.estimation.fit.fit_least_squares`
 METHODS: tuple[str, ...] = ("trust-region", "lbfgs", "adam")
+
+#: where a batched least-squares fit can run
+DEVICES: tuple[str, ...] = ("cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,10 @@ class FitOptions:
         near_best: the c of that window.
         bound: if set, every free parameter is fitted inside [-bound, bound] (the compact
             parameter space of the theory); None: unbounded.
+        device: where the batched fit runs: ``"cpu"`` or ``"cuda"`` (float64 on a GPU; data,
+            starts and scores stay on the CPU, so a record is the CPU's up to the rounding of
+            the fit; ``benchmarks/gpu_rates.sh`` measures how far). Recorded in ``study.json``
+            only when not ``"cpu"`` (studies written before it existed ran on the CPU).
     """
 
     method: str = "trust-region"
@@ -50,6 +57,7 @@ class FitOptions:
     starts: int = 1
     near_best: float = 1.0
     bound: float | None = None
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         from attnmoe.estimation.init import parse_inits
@@ -68,9 +76,14 @@ class FitOptions:
             isinstance(self.bound, (int, float)) and math.isfinite(self.bound) and self.bound > 0
         ):
             raise ValueError(f"bound must be a finite number > 0 or None, got {self.bound!r}")
+        if self.device not in DEVICES:
+            raise ValueError(f"unknown device {self.device!r}; valid: {list(DEVICES)}")
         canonical = "+".join(str(sp) for sp in parse_inits(self.init))
         object.__setattr__(self, "init", canonical)  # canonical spelling
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields (what ``study.json`` records)."""
-        return asdict(self)
+        """JSON-ready fields (what ``study.json`` records; ``device`` only when not the CPU)."""
+        out = asdict(self)
+        if out["device"] == "cpu":
+            del out["device"]
+        return out

@@ -116,6 +116,8 @@ def run_study(
         raise TypeError(f"options must be a FitOptions, got {type(options).__name__}")
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if options.device == "cuda" and backend == "process" and not _cuda_available():
+        raise ValueError("--device cuda: no GPU is visible to torch here (torch.cuda.is_available() is False)")
     if workers is not None:
         check_positive_int(workers, "--workers")
     threads = default_threads() if threads is None else check_positive_int(threads, "--threads")
@@ -210,3 +212,9 @@ def resummarize(
         out=out, records=chosen, fitted=0, reused=len(chosen), bad_lines=bad, summary=summary,
         seconds=time.perf_counter() - t0,
     )
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
