@@ -4,6 +4,7 @@ end on a temporary folder, and the committed ledger regenerated identically."""
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import math
 import re
@@ -205,3 +206,26 @@ def test_every_ledger_link_of_the_result_pages_names_a_registered_claim() -> Non
     for page in sorted(DOCS.glob("*.md")):
         for target in re.findall(r"claims\.md#([A-Za-z0-9_.-]+)", page.read_text(encoding="utf-8")):
             assert target in ids, f"{page.name} links claims.md#{target}, which is not a ledger row"
+
+
+def test_corrected_page_numbers_agree_with_the_studies_own_summaries() -> None:
+    """``python -m attnmoe.claims.checks`` against the numbers the study code wrote itself."""
+    from attnmoe.claims import checks
+
+    summary = json.loads((DOCS / "rates/identifiability/summary.json").read_text())["settings"]
+    conv = sum(round(v["converged_fraction"] * v["fits"]) for v in summary.values())
+    assert checks.identifiability_converged(DOCS) == (conv, sum(v["fits"] for v in summary.values()))
+    p, where, variant = checks.smallest_holm(DOCS)
+    own = json.loads((DOCS / "results" / where / "summary.json").read_text())
+    assert own["variants"][variant]["metrics"][own["primary_metric"]]["paired_vs_softmax"]["p_holm"] == p
+    # the sweep's local slopes by hand: per-cell mean log loss, successive differences over log(n/sigma^2)
+    local, _ = checks.sweep_local_slopes(DOCS, "monomial-sigmoid-over")
+    cells: dict[float, list[float]] = {}
+    for line in (DOCS / "rates/sweep-n1000/near-truth.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        if r["setting"].startswith("monomial-sigmoid-over-sd"):
+            sig = float(r["setting"].split("-sd")[1])
+            cells.setdefault(math.log(1000 / sig**2), []).append(math.log(r["losses"]["expert"]))
+    xs = sorted(cells)
+    ref = [(np.mean(cells[b]) - np.mean(cells[a])) / (b - a) for a, b in itertools.pairwise(xs)]
+    assert local == pytest.approx(ref)
