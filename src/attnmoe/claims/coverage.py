@@ -42,4 +42,5 @@ def simulate_coverage(seeds: int, studies: int = 2000, boot: int = 1000, slope: 
         draws = vals[rng.integers(0, seeds, size=(boot, seeds))].mean(axis=1)
         lo, hi = np.percentile(draws, [lo_q, hi_q])
         hit_b += bool(lo <= slope <= hi)
-    return {"seeds": seeds, "studies": studies, "t_interval": hit_t / studies, "percentile_bootstrap": hit_b / studies}
+    return {"seeds": seeds, "studies": studies, "boot": boot, "slope": slope, "tau": tau, "noise": noise,
+            "sizes": sizes, "t_interval": hit_t / studies, "percentile_bootstrap": hit_b / studies}

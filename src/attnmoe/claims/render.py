@@ -135,6 +135,7 @@ def ledger_markdown(rows: Sequence[Row], coverage: Sequence[dict[str, Any]]) -> 
     """The ledger page."""
     counts = {v: sum(r.verdict == v for r in rows) for v in ("confirmed", "contradicted", UNDECIDED,
                                                                "not testable by this design")}
+    c0 = coverage[0]
     out = [
         "# Claims ledger (issue 22)", "",
         f"Written by `{COMMAND}` from the committed records (`docs/rates/**/records.jsonl[.gz]`,",
@@ -148,8 +149,9 @@ def ledger_markdown(rows: Sequence[Row], coverage: Sequence[dict[str, Any]]) -> 
         "", "## The rule", "", _RULE, "",
         "## The interval: coverage by simulation", "",
         "Simulated studies (`attnmoe.claims.coverage.simulate_coverage`: per-seed random slope about",
-        "β = −0.5, sd 0.1, noise sd 0.3 at 5 log-spaced n over two decades, 2000 studies per row,",
-        "1000 bootstrap draws), printed by this command:", "",
+        (f"β = {c0['slope']}, sd {c0['tau']}, noise sd {c0['noise']} at {c0['sizes']} log-spaced n over two decades, "
+        f"{c0['studies']} studies per row,"),
+        f"{c0['boot']} bootstrap draws), printed by this command:", "",
         "| seeds | t-interval (this ledger) | percentile bootstrap over seeds (`summary.json`) |",
         "|---|---|---|",
     ]
