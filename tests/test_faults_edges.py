@@ -416,3 +416,12 @@ def test_compare_ctrl_c_and_full_disk(tmp_path: Path, monkeypatch: pytest.Monkey
         result = runner.invoke(app, [*args, "--out", str(tmp_path / needle[:3])])
         assert result.exit_code == code and "Traceback" not in result.output, result.output
         assert result.stderr.count("\n") == 1 and needle in result.stderr
+
+
+def test_lm_batch_too_large_is_refused_before_allocation(tmp_path: Path) -> None:
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("hello world " * 200)
+    out = tmp_path / "r"
+    line = _one_line_error(_train("--task", "lm", "--dataset", str(corpus), "--steps", "2", "--batch-size",
+                                  "1000000000", "--no-progress", "--out", str(out)), "--batch-size", "activations")
+    assert "GiB are available" in line and not out.exists()

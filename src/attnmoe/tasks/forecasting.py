@@ -51,6 +51,7 @@ from attnmoe.tasks.registry import (
     check_model_memory,
     device_of,
     in_eval_mode,
+    int_size,
     make_task,
     register_task,
     split_of,
@@ -205,7 +206,9 @@ def build_forecast(spec: RunSpec, data_dir: Path | None, entry: TaskEntry) -> Ta
     splits = load_forecast_splits(spec.dataset, root, seq_len=seq_len, pred_len=horizon,
                                   features=features, target=target)
     check_model_memory(lambda: ITransformer(pred_len=horizon, n_channels=splits.n_channels,
-                                            n_targets=splits.n_targets, attention=spec.attention, **sizes), spec)
+                                            n_targets=splits.n_targets, attention=spec.attention, **sizes), spec,
+                       floats_per_example=splits.n_channels
+                       * (seq_len + int_size(sizes["d_model"]) * int_size(sizes["e_layers"])))
     torch.manual_seed(spec.seed)
     model = ITransformer(pred_len=horizon, n_channels=splits.n_channels, n_targets=splits.n_targets,
                          attention=spec.attention, **sizes)

@@ -38,6 +38,7 @@ from attnmoe.tasks.registry import (
     check_model_memory,
     device_of,
     in_eval_mode,
+    int_size,
     make_task,
     register_task,
     split_of,
@@ -253,7 +254,9 @@ def build_lm(spec: RunSpec, data_dir: Path | None, entry: TaskEntry) -> Task:
     sizes = dict(spec.model)
     eval_blocks = sizes.pop("eval_blocks")
     block = int(sizes["block_size"])
-    check_model_memory(lambda: GPT(vocab_size=corpus.vocab_size, attention=spec.attention, **sizes), spec)
+    check_model_memory(lambda: GPT(vocab_size=corpus.vocab_size, attention=spec.attention, **sizes), spec,
+                       floats_per_example=block
+                       * (corpus.vocab_size + int_size(sizes["n_embd"]) * int_size(sizes["n_layer"])))
     torch.manual_seed(spec.seed)
     model = GPT(vocab_size=corpus.vocab_size, attention=spec.attention, **sizes)
     train_data, val_data = BlockDataset(corpus.train, block), BlockDataset(corpus.val, block)

@@ -288,6 +288,12 @@ BYTES_PER_PARAMETER = 16
 """Training memory per parameter: float32 weight, gradient and AdamW's two moments (4 x 4 bytes)."""
 
 
+def int_size(value: Any) -> int:
+    """``value`` when it is a positive int, else 0 (for memory estimates made before the model
+    validates its sizes: a bad size is then refused by the model's own message)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
 def available_memory() -> int | None:
     """Bytes of memory the kernel can still give this process (``MemAvailable``), else ``None``."""
     try:
@@ -300,12 +306,15 @@ def available_memory() -> int | None:
     return None
 
 
-def check_model_memory(factory: Callable[[], nn.Module], spec: RunSpec) -> None:
-    """Refuse, in one line and before anything is allocated, a model whose training state cannot fit.
+def check_model_memory(factory: Callable[[], nn.Module], spec: RunSpec, floats_per_example: int = 0) -> None:
+    """Refuse, in one line and before anything is allocated, a run whose training state cannot fit.
 
-    ``factory()`` is built on PyTorch's ``meta`` device (shapes only, no memory), its parameters
-    counted, and the weights + gradients + AdamW moments (:data:`BYTES_PER_PARAMETER` each) compared
-    with the memory available now (a lower bound of the need: activations come on top).
+    ``factory()`` is built on PyTorch's ``meta`` device (shapes only, no memory) and its parameters
+    counted; the need is the weights + gradients + AdamW moments (:data:`BYTES_PER_PARAMETER` each)
+    plus ``floats_per_example`` float32 activations per example of a ``--batch-size`` batch (the
+    builder's lower bound, e.g. one activation per layer output), compared with the memory
+    available now. Both terms are lower bounds: the refusal is never wrong, a run that passes can
+    still be large.
 
     Raises:
         ValueError: naming the parameter count, the bytes needed and the bytes available.
@@ -317,12 +326,14 @@ def check_model_memory(factory: Callable[[], nn.Module], spec: RunSpec) -> None:
     except (RuntimeError, NotImplementedError):  # a model that cannot be built on meta is built for real
         return
     n_params = sum(p.numel() for p in model.parameters())
-    need = n_params * BYTES_PER_PARAMETER
-    if free is not None and need > free:
+    weights = n_params * BYTES_PER_PARAMETER
+    activations = 4 * floats_per_example * spec.batch_size
+    if free is not None and weights + activations > free:
         sizes = ", ".join(f"{k}={v}" for k, v in spec.model.items())
-        raise ValueError(f"the model ({sizes}) has {n_params:.3g} parameters: training needs at least "
-                         f"{need / 2**30:.3g} GiB (weights, gradients, AdamW moments) and {free / 2**30:.3g} "
-                         "GiB are available; lower the --model sizes")
+        raise ValueError(f"the model ({sizes}; {n_params:.3g} parameters) with --batch-size {spec.batch_size} "
+                         f"needs at least {(weights + activations) / 2**30:.3g} GiB ({weights / 2**30:.3g} for "
+                         f"weights, gradients and AdamW moments, {activations / 2**30:.3g} for activations) and "
+                         f"{free / 2**30:.3g} GiB are available; lower the --model sizes or --batch-size")
 
 
 

@@ -40,6 +40,7 @@ from attnmoe.tasks.registry import (
     check_model_memory,
     device_of,
     in_eval_mode,
+    int_size,
     make_task,
     register_task,
     split_of,
@@ -205,8 +206,10 @@ def build_vision(spec: RunSpec, data_dir: Path | None, entry: TaskEntry) -> Task
         splits = load_digits_splits()
     else:
         splits = load_idx_splits(resolve_data_dir(data_dir) / spec.dataset)
+    tokens = (splits.image_size // max(1, int_size(spec.model["patch_size"]))) ** 2 + 1
     check_model_memory(lambda: ViT(image_size=splits.image_size, in_channels=splits.channels,
-                                   num_classes=splits.num_classes, attention=spec.attention, **spec.model), spec)
+                                   num_classes=splits.num_classes, attention=spec.attention, **spec.model), spec,
+                       floats_per_example=tokens * int_size(spec.model["dim"]) * int_size(spec.model["depth"]))
     torch.manual_seed(spec.seed)
     model = ViT(image_size=splits.image_size, in_channels=splits.channels, num_classes=splits.num_classes,
                 attention=spec.attention, **spec.model)
