@@ -425,3 +425,14 @@ def test_lm_batch_too_large_is_refused_before_allocation(tmp_path: Path) -> None
     line = _one_line_error(_train("--task", "lm", "--dataset", str(corpus), "--steps", "2", "--batch-size",
                                   "1000000000", "--no-progress", "--out", str(out)), "--batch-size", "activations")
     assert "GiB are available" in line and not out.exists()
+
+
+def test_sample_refuses_a_config_asking_for_an_impossible_model(lm_two_checkpoints: Path, tmp_path: Path) -> None:
+    run = tmp_path / "huge"
+    shutil.copytree(lm_two_checkpoints, run)
+    config = json.loads((run / "config.json").read_text())
+    config["spec"]["model"]["n_embd"] = 10**7  # tampered: 1e14+ parameters
+    (run / "config.json").write_text(json.dumps(config))
+    result = runner.invoke(app, ["sample", "--run", str(run), *SAMPLE])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert "cannot hold" in result.stderr and "GiB are available" in result.stderr

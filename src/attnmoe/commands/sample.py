@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Annotated, Any
 
 import typer
@@ -112,6 +113,7 @@ def sample(
     from safetensors.torch import load_model
 
     from attnmoe.tasks.language import GPT, cache_is_exact, generate_stream
+    from attnmoe.tasks.registry import check_model_memory, int_size
 
     try:
         if tokens < 1:
@@ -131,7 +133,12 @@ def sample(
         if unknown:
             raise ValueError(f"--prompt has characters outside the run's vocabulary: {unknown!r}")
         sizes = {k: v for k, v in config["model"].items() if k != "eval_blocks"}
-        model = GPT(vocab_size=len(chars) + 1, attention=config["attention"], **sizes)
+        build = lambda: GPT(vocab_size=len(chars) + 1, attention=config["attention"], **sizes)
+        check_model_memory(build, SimpleNamespace(model=sizes, batch_size=1),
+                           floats_per_example=int_size(sizes.get("block_size")) * (len(chars) + 1),
+                           bytes_per_parameter=4,  # inference: the weights alone
+                           hint="config.json asks for a model this machine cannot hold (damaged?)")
+        model = build()
         weights = verified_weights(run)
         try:
             load_model(model, str(weights), strict=True)

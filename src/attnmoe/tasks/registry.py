@@ -306,11 +306,14 @@ def available_memory() -> int | None:
     return None
 
 
-def check_model_memory(factory: Callable[[], nn.Module], spec: RunSpec, floats_per_example: int = 0) -> None:
+def check_model_memory(factory: Callable[[], nn.Module], spec: RunSpec, floats_per_example: int = 0,
+                       bytes_per_parameter: int = BYTES_PER_PARAMETER,
+                       hint: str = "lower the --model sizes or --batch-size") -> None:
     """Refuse, in one line and before anything is allocated, a run whose training state cannot fit.
 
     ``factory()`` is built on PyTorch's ``meta`` device (shapes only, no memory) and its parameters
-    counted; the need is the weights + gradients + AdamW moments (:data:`BYTES_PER_PARAMETER` each)
+    counted; the need is the weights + gradients + AdamW moments (:data:`BYTES_PER_PARAMETER` each;
+    ``bytes_per_parameter=4`` for inference: the weights alone)
     plus ``floats_per_example`` float32 activations per example of a ``--batch-size`` batch (the
     builder's lower bound, e.g. one activation per layer output), compared with the memory
     available now. Both terms are lower bounds: the refusal is never wrong, a run that passes can
@@ -326,14 +329,14 @@ def check_model_memory(factory: Callable[[], nn.Module], spec: RunSpec, floats_p
     except (RuntimeError, NotImplementedError):  # a model that cannot be built on meta is built for real
         return
     n_params = sum(p.numel() for p in model.parameters())
-    weights = n_params * BYTES_PER_PARAMETER
+    weights = n_params * bytes_per_parameter
     activations = 4 * floats_per_example * spec.batch_size
     if free is not None and weights + activations > free:
         sizes = ", ".join(f"{k}={v}" for k, v in spec.model.items())
         raise ValueError(f"the model ({sizes}; {n_params:.3g} parameters) with --batch-size {spec.batch_size} "
                          f"needs at least {(weights + activations) / 2**30:.3g} GiB ({weights / 2**30:.3g} for "
                          f"weights, gradients and AdamW moments, {activations / 2**30:.3g} for activations) and "
-                         f"{free / 2**30:.3g} GiB are available; lower the --model sizes or --batch-size")
+                         f"{free / 2**30:.3g} GiB are available; {hint}")
 
 
 
