@@ -248,7 +248,8 @@ class LeastSquaresObjective:
         arithmetic is its own."""
         m = flat.shape[0]
         budget = BLOCK_BYTES.get(flat.device.type, BLOCK_BYTES["cpu"])
-        size = max(1, budget // (flat.element_size() * CHUNK * max(self.qi.numel(), self.U)))
+        length = min(CHUNK, self.xi.shape[1])  # samples in a pass
+        size = max(1, budget // (flat.element_size() * length * max(self.qi.numel(), self.U)))
         for lo in range(0, m, size):
             part = slice(lo, lo + size)
             yield part, self._passes(flat[part], part if idx is None else idx[part], order)
@@ -262,8 +263,8 @@ class LeastSquaresObjective:
         normalization, expert, nr = self.layout.normalization, self.layout.expert.name, self.n_ref
         for lo in range(0, self.xi.shape[1], CHUNK):
             cols = slice(lo, lo + CHUNK)
-            xi = self.xi[rows, cols]  # (m, L, F); a view for a slice of rows
-            y = self.y[rows, cols]
+            xi = self._rows(self.xi[:, cols], rows)  # (m, L, F)
+            y = self._rows(self.y[:, cols], rows)
             u = torch.bmm(G, xi.transpose(1, 2))  # (m, k, L)
             z = torch.bmm(E, xi.transpose(1, 2))
             w = torch.softmax(u, dim=1) if normalization == "softmax" else torch.sigmoid(u)
@@ -281,8 +282,13 @@ class LeastSquaresObjective:
             if self.products is None:
                 products = self._products(xi)
             else:
-                products = self.products[rows, cols]
+                products = self._rows(self.products[:, cols], rows)
             yield xi, r, v, (w, d2h[0], products)
+
+    @staticmethod
+    def _rows(t: Tensor, rows: slice | Tensor) -> Tensor:
+        """Rows ``rows`` of ``t``: a view for a slice, a row copy (index_select) for indices."""
+        return t[rows] if isinstance(rows, slice) else t.index_select(0, rows)
 
     def __call__(self, flat: Tensor, idx: Tensor | None = None) -> Tensor:
         """Losses ``(m,)``."""
