@@ -18,6 +18,9 @@
 (d) the closed-form objective (``attnmoe.estimation.objective``, the default) against the autograd
     path it replaces, same fits.
 
+(h) the closed-form Hessian assembly's FLOP rate against a plain one-thread float64 GEMM measured
+    interleaved in the same run (``--e-settings``, ``--sizes``).
+
 (e) the trust-region Newton solver (``method="trust-region"``, the default) run to convergence
     (``--dtol``, default 1e-10) against, per fit on the same data and starts,
     ``scipy.optimize.least_squares(method="trf", jac=...)`` on the residuals f(x_j) - y_j and
@@ -276,7 +279,34 @@ def matmul_gflops(size: int = 1024, repeats: int = 5) -> float:
     return 2 * size**3 / best / 1e9
 
 
-PARTS = ("a", "b", "c", "d", "e")
+def bench_hessian(setting, n: int, R: int, repeats: int) -> dict:
+    """(h) seconds per fit of one closed-form loss + gradient + Hessian call and its FLOP rate,
+    interleaved with a 1024^3 float64 GEMM (best of ``repeats`` each)."""
+    layout, X, y, init = _data(setting, n, R)
+    obj = LeastSquaresObjective(layout, X, y)
+    theta = near_truth_init(layout, setting.true_params(), list(range(R)), 0.3)
+    a = torch.randn(1024, 1024, dtype=torch.float64)
+    obj.hessian(theta)
+    a @ a  # warm-up
+    best_h = best_g = float("inf")
+    for _ in range(repeats):
+        t0 = _clock()
+        obj.hessian(theta)
+        best_h = min(best_h, _clock() - t0)
+        t0 = _clock()
+        a @ a
+        best_g = min(best_g, _clock() - t0)
+    n_pad, P = obj.xi.shape[1], layout.n_params
+    Q, U, F, k = obj.qi.numel(), obj.U, obj.xi.shape[-1], layout.n_experts
+    kv = 2 * k - layout.n_ref
+    flops = 2 * n_pad * (Q * U + kv * F + 2 * k * F) * R
+    gemm = 2 * 1024**3 / best_g / 1e9
+    gflops, gn = flops / best_h / 1e9, 2 * n * P * P * R / best_h / 1e9
+    return {"n": n, "P": P, "Q": Q, "U": U, "seconds_per_fit": best_h / R, "gflops": gflops, "gn_gflops": gn,
+            "gemm_gflops": gemm, "fraction_of_gemm": gflops / gemm, "gn_fraction_of_gemm": gn / gemm}
+
+
+PARTS = ("a", "b", "c", "d", "e", "h")
 
 
 def _parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -300,6 +330,7 @@ def _parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--target", type=float, default=1e-9,
                    help="(e): SciPy 'reached' when its loss <= ours * (1 + target / n)")
     p.add_argument("--json", metavar="PATH", help="write every measured ratio here (atomic)")
+    p.add_argument("--repeats", type=int, default=5, help="(h): best of this many interleaved calls")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="wall: perf_counter; cpu: this process's CPU time (steadier on a shared "
                         "machine; equal to wall time on an idle one, everything being 1-threaded)")
@@ -428,6 +459,24 @@ def main(argv: list[str] | None = None) -> None:
         print("ratio = (faster SciPy method's mean seconds per fit) / (ours: batched seconds / R); "
               "rel dloss = |ours - scipy| / scipy training loss; it = iterations (ours, trust-exact), "
               "nfev = residual evaluations (trf); conv = fraction of our fits converged.")
+
+    if "h" in args.parts:
+        print(f"\n(h) closed-form Hessian assembly (LeastSquaresObjective.hessian: loss, gradient and Hessian of "
+              f"R={R} replicates at a near-truth point, all rows) vs a plain float64 GEMM (1024^3, "
+              f"{args.threads} thread(s)), interleaved, best of {args.repeats}; the clock is {args.clock}")
+        print(f"{'setting':>24} {'n':>6} {'P':>3} {'ms/fit':>7} {'GFLOP/s':>8} {'GN-equiv':>9} {'GEMM':>6} "
+              f"{'fraction':>9} {'GN fraction':>11}")
+        report["h"] = []
+        for st in args.e_settings:
+            for n in sizes:
+                r = bench_hessian(st, n, R, args.repeats)
+                print(f"{st.name:>24} {n:>6} {r['P']:>3} {1e3 * r['seconds_per_fit']:>7.3f} {r['gflops']:>8.2f} "
+                      f"{r['gn_gflops']:>9.2f} {r['gemm_gflops']:>6.1f} {r['fraction_of_gemm']:>8.1%} "
+                      f"{r['gn_fraction_of_gemm']:>10.1%}")
+                report["h"].append({"setting": st.name, **r})
+        print("GFLOP/s: FLOPs of the call's matrix products (2 n_pad (Q U + kv F + 2 k F)) over the whole call's "
+              "time (elementwise work included); GN-equiv: 2 n P^2 (the Gauss-Newton product J^T J alone) over "
+              "the same time; fraction: of the same run's GEMM rate.")
 
     report["loadavg_end"] = list(os.getloadavg())
     print(f"load average at the end: {' '.join(f'{v:.2f}' for v in report['loadavg_end'])}")
