@@ -16,7 +16,12 @@ matrix with ``P_i x~ = x_i``.  Writing the projections column-wise
     E_i(x~) = sigma(W_V^T P_i x~ + b_V)                          # (D,) one expert per key
 
 Without projection biases ``b_ij = 0`` and ``c_ij = 0``: a quadratic *monomial* gate;
-with them a quadratic *polynomial* gate.  Masked keys (causal, padding) are experts
+with them a quadratic *polynomial* gate.  Modern-decoder options keep the rewrite exact:
+grouped-query attention reads key/value head ``h // (H/KV)`` for query head h; RoPE and
+the q/k norm weights enter as ``M_ij = diag(w_q) R_j^T R_i diag(w_k)`` between the
+projections (``A_ij = P_j^T W_Q M_ij W_K^T P_i / sqrt(d_k)``, likewise in ``b_ij``,
+``c_ij``); q/k RMSNorm divides the quadratic logit by ``rms(q_j) rms(k_i)`` of the raw
+projections (a token-dependent temperature).  Masked keys (causal, padding) are experts
 with weight 0.  Gates (arXiv 2505.06708, hierarchical reading arXiv 2602.01468):
 
 * G1: ``y_j <- sigmoid(W_theta^T P_j x~ + b_theta) * y_j`` -- an outer sigmoid

@@ -107,7 +107,7 @@ class Attention(nn.Module):
 
     Args:
         dim: model width; query input and output feature size.
-        heads: number of heads ``H``; must divide ``dim``.
+        heads: number of (query) heads ``H``; must divide ``dim`` unless ``head_dim`` is given.
         value_activation: active attention (arXiv 2410.11222). A name in
             ``VALUE_ACTIVATIONS`` (relu, gelu, silu, sigmoid, tanh, elu, softplus, identity)
             or a callable, applied elementwise to ``Z W_V + b_V`` before the weighted sum.
