@@ -114,3 +114,20 @@ def test_a_wide_box_changes_nothing() -> None:
     free = fit_least_squares(s.fit_layout, X, y, x0, max_iter=200)
     boxed = fit_least_squares(s.fit_layout, X, y, x0, max_iter=200, bound=1e4)
     torch.testing.assert_close(boxed.flat, free.flat, rtol=1e-5, atol=1e-6)
+
+
+def test_every_expert_has_closed_form_derivatives_equal_to_autograd() -> None:
+    """EXPERT_DERIVATIVES covers the registry, and sigma', sigma'' equal autograd's of the
+    registered activation (away from relu's kink)."""
+    from attnmoe.moe.experts import EXPERT_ACTIVATIONS, EXPERT_DERIVATIVES, EXPERTS
+
+    assert set(EXPERT_DERIVATIVES) == set(EXPERTS)
+    z = torch.linspace(-3.1, 2.9, 41, dtype=torch.float64)
+    for name, fn in EXPERT_ACTIVATIONS.items():
+        act = (lambda t: t) if fn is None else fn
+        h, dh, d2h = EXPERT_DERIVATIVES[name](z)
+        d1 = torch.func.vmap(torch.func.grad(act))(z)
+        d2 = torch.func.vmap(torch.func.grad(torch.func.grad(act)))(z)
+        torch.testing.assert_close(h, act(z), rtol=1e-14, atol=1e-15)
+        torch.testing.assert_close(dh, d1, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(d2h, d2, rtol=1e-10, atol=1e-13)

@@ -54,12 +54,11 @@ this path when the objective provides it; the autograd path through
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
 from attnmoe.moe import ParameterLayout
+from attnmoe.moe.experts import EXPERT_DERIVATIVES
 
 __all__ = ["CHUNK", "PAD", "LeastSquaresObjective", "padded", "rowwise"]
 
@@ -92,26 +91,11 @@ def rowwise(fn, x: Tensor) -> Tensor:
 
 
 def _activation(name: str, z: Tensor, second: bool = False) -> tuple[Tensor, ...]:
-    """sigma(z), sigma'(z) (and sigma''(z) with ``second``) of an expert activation."""
-    zero = torch.zeros_like(z)
-    if name == "linear":
-        out: tuple[Tensor, ...] = (z, torch.ones_like(z), zero)
-    elif name == "sigmoid":
-        h = torch.sigmoid(z)
-        dh = h * (1.0 - h)
-        out = (h, dh, dh * (1.0 - 2.0 * h))
-    elif name == "tanh":
-        h = torch.tanh(z)
-        dh = 1.0 - h * h
-        out = (h, dh, -2.0 * h * dh)
-    elif name == "gelu":  # exact GELU: z Phi(z); ' = Phi + z phi; '' = phi (2 - z^2)
-        cdf = 0.5 * (1.0 + torch.erf(z * (1.0 / math.sqrt(2.0))))
-        pdf = torch.exp(-0.5 * z * z) * (1.0 / math.sqrt(2.0 * math.pi))
-        out = (z * cdf, cdf + z * pdf, pdf * (2.0 - z * z))
-    elif name == "relu":
-        out = (torch.relu(z), (z > 0).to(z.dtype), zero)
-    else:
+    """sigma(z), sigma'(z) (and sigma''(z) with ``second``) of an expert activation
+    (:data:`attnmoe.moe.experts.EXPERT_DERIVATIVES`)."""
+    if name not in EXPERT_DERIVATIVES:
         raise ValueError(f"no closed-form derivative for expert {name!r}")
+    out = EXPERT_DERIVATIVES[name](z)
     return out if second else out[:2]
 
 

@@ -12,13 +12,14 @@ differentiable at 0 and so falls outside the smoothness assumptions of that anal
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["EXPERTS", "EXPERT_ACTIVATIONS", "Expert", "make_expert"]
+__all__ = ["EXPERTS", "EXPERT_ACTIVATIONS", "EXPERT_DERIVATIVES", "Expert", "make_expert"]
 
 EXPERT_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor] | None] = {
     "linear": None,
@@ -29,6 +30,41 @@ EXPERT_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor] | None] = {
 }
 """Expert non-linearity by name (None = linear); attention's value activations reuse these."""
 EXPERTS = tuple(EXPERT_ACTIVATIONS)
+
+
+def _linear(z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    return z, torch.ones_like(z), torch.zeros_like(z)
+
+
+def _sigmoid(z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    h = torch.sigmoid(z)
+    dh = h * (1.0 - h)
+    return h, dh, dh * (1.0 - 2.0 * h)
+
+
+def _tanh(z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    h = torch.tanh(z)
+    dh = 1.0 - h * h
+    return h, dh, -2.0 * h * dh
+
+
+def _gelu(z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Exact GELU z Phi(z); ' = Phi + z phi; '' = phi (2 - z^2)."""
+    cdf = 0.5 * (1.0 + torch.erf(z * (1.0 / math.sqrt(2.0))))
+    pdf = torch.exp(-0.5 * z * z) * (1.0 / math.sqrt(2.0 * math.pi))
+    return z * cdf, cdf + z * pdf, pdf * (2.0 - z * z)
+
+
+def _relu(z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    return torch.relu(z), (z > 0).to(z.dtype), torch.zeros_like(z)
+
+
+EXPERT_DERIVATIVES: dict[str, Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]] = {
+    "linear": _linear, "sigmoid": _sigmoid, "tanh": _tanh, "gelu": _gelu, "relu": _relu,
+}
+"""sigma(z), sigma'(z), sigma''(z) of each expert activation in closed form (the least-squares
+objective's gradient and Hessian, :mod:`attnmoe.estimation.objective`); a new expert adds its
+activation above and its derivatives here (tests compare them with autograd)."""
 
 
 class Expert:
