@@ -16,7 +16,10 @@ on the standardised response ``z = (y - mu_w) / s_w`` (``mu_w``, ``s_w`` the wei
 standard deviation of y; ``s_w = 1`` for a constant y), with batched L-BFGS (the project's
 ``lbfgs``, weighted Gauss-Newton preconditioner) from ``n_init`` random restarts in one tensor
 program, keeping the restart with the lowest loss; the fitted parameters are then mapped back
-to the units of y. Details and choices: ``docs/estimation.md``.
+to the units of y. By default (``selection="holdout"``) the mixture is kept only when it beats
+its one-linear-expert special case (OLS) on held-out rows by more than one standard error; fits
+run on one torch thread (``n_threads``); inputs whose powers overflow float64 and fits with no
+finite restart are one-line ``ValueError``s. Details and choices: ``docs/estimation.md``.
 """
 
 from __future__ import annotations
@@ -350,24 +353,27 @@ class MoERegressor(RegressorMixin, BaseEstimator):
                     warnings.simplefilter("ignore")  # only the final fit's warnings concern the user
                     for name, model in (("mixture", own), ("linear", linear)):
                         l2 = float(self.l2) if model == own else 0.0  # the linear candidate is OLS
-                        fitted = self._fit_one(X[train], y[train], sw[train], *model, seed, l2=l2)
-                        sq[name] = (y[val] - _predict(fitted, *model[:2], X[val])) ** 2  # (n_val,)
+                        try:
+                            fitted = self._fit_one(X[train], y[train], sw[train], *model, seed, l2=l2)
+                            sq[name] = (y[val] - _predict(fitted, *model[:2], X[val])) ** 2  # (n_val,)
+                        except ValueError:  # no finite restart on this part: the candidate loses
+                            sq[name] = np.full(len(val), np.inf)
                 self.validation_mse_ = {k: float(np.average(v, weights=sw[val])) for k, v in sq.items()}
                 chosen = own if _clearly_better(sq["mixture"], sq["linear"], sw[val]) else linear
             replaced = chosen == linear and not nested  # the selection chose OLS over the mixture
             fitted = self._fit_one(X, y, sw, *chosen, seed, l2=0.0 if replaced else float(self.l2), warn=True)
         self.selected_ = "linear" if replaced else "mixture"
         self.gate_, self.expert_, self.n_experts_ = chosen
+        grad_max = fitted.pop("grad_max")
         for key, value in fitted.items():
             setattr(self, key, value)
         if not self.converged_:
             warnings.warn(
                 f"L-BFGS did not converge in max_iter={self.max_iter} iterations (max |grad| = "
-                f"{self._grad_max:.3g} > tol={self.tol}); increase max_iter or tol.",
+                f"{grad_max:.3g} > tol={self.tol}); increase max_iter or tol.",
                 ConvergenceWarning,
                 stacklevel=2,
             )
-        del self._grad_max
         return self
 
     def _fit_one(self, X: np.ndarray, y: np.ndarray, sw: np.ndarray, gate: str, expert: str, k: int,
@@ -425,7 +431,7 @@ class MoERegressor(RegressorMixin, BaseEstimator):
                              f"(standard deviation {s:.3g}): rescale y")
         out["n_iter_"] = int(res.n_iter[best])
         out["converged_"] = bool(res.converged[best])
-        out["_grad_max"] = float(res.grad_max[best])
+        out["grad_max"] = float(res.grad_max[best])  # for the warning, not an attribute
         return out
 
     def predict(self, X) -> np.ndarray:
@@ -455,6 +461,8 @@ def _clearly_better(sq_a: np.ndarray, sq_b: np.ndarray, w: np.ndarray) -> bool:
     squared error is below model b's by more than the standard error of the weighted mean of the
     paired differences ``d_j = sq_b_j - sq_a_j`` (Hastie, Tibshirani & Friedman, ESL 7.10)."""
     d = sq_b - sq_a
+    if not np.isfinite(d).all():  # a candidate that failed (infinite errors) is never "clearly better"
+        return bool(np.isfinite(sq_a).all())
     p = w / w.sum()
     mean = float(np.sum(p * d))
     se = math.sqrt(float(np.sum(p**2 * (d - mean) ** 2)))  # Var of a weighted mean of independent rows
