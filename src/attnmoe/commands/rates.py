@@ -19,6 +19,8 @@ import typer
 
 from attnmoe.estimation import study
 from attnmoe.estimation.study import families
+from attnmoe.moe import GATES, NORMALIZATIONS
+from attnmoe.moe.experts import EXPERTS
 
 
 def _split(value: str | None, what: str) -> list[str] | None:
@@ -59,10 +61,8 @@ def rates(
     preset: Annotated[
         str, typer.Option(
             "--preset",
-            help="quick (all core settings), paper, identifiability, the gating presets "
-            "(sigmoid-gating, sigmoid-gating-natural, cosine-router, sigmoid-attention) or a family preset (hmoe, "
-            "topk-gaussian, contaminated, temperature-gate, multinomial-logistic); an unknown "
-            "name lists them all.",
+            help=f"A least-squares preset ({', '.join(study.PRESETS)}) or a family preset "
+            f"({', '.join(families.family_presets())}); an unknown name lists them all.",
         )
     ] = "quick",
     settings: Annotated[
@@ -71,16 +71,16 @@ def rates(
     gates: Annotated[
         str | None, typer.Option(
             "--gates",
-            help="Comma-separated: polynomial,monomial,linear,cosine,perturbed-cosine.",
+            help=f"Comma-separated: {','.join(GATES)}.",
         )
     ] = None,
     experts: Annotated[
         str | None,
-        typer.Option("--experts", help="Comma-separated: linear,sigmoid,tanh,gelu,relu."),
+        typer.Option("--experts", help=f"Comma-separated: {','.join(EXPERTS)}."),
     ] = None,
     normalizer: Annotated[
         str | None,
-        typer.Option("--normalizer", help="Comma-separated gating normalisers: softmax,sigmoid "
+        typer.Option("--normalizer", help=f"Comma-separated gating normalisers: {','.join(NORMALIZATIONS)} "
                      "(each setting once per normaliser; sigmoid settings are named -sig)."),
     ] = None,
     k_true: Annotated[

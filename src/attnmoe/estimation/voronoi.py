@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from attnmoe.moe import make_expert, make_gate, mixture_forward
+from attnmoe.moe import GATES, make_expert, make_gate, mixture_forward
 from attnmoe.moe.mixture import _check_normalization
 
 __all__ = [
@@ -77,8 +77,9 @@ def _batched(params: Mapping[str, Tensor], R: int | None = None) -> dict[str, Te
 
 
 #: gates whose logit ignores ||b_i|| (atoms compare directions) / is not translation invariant in b
-DIRECTION_GATES = ("cosine",)
-UNTRANSLATED_GATES = ("cosine", "perturbed-cosine")
+#: (read off the gate classes: ``Gate.direction_only``, ``Gate.translation_invariant``)
+DIRECTION_GATES = tuple(name for name, g in GATES.items() if g.direction_only)
+UNTRANSLATED_GATES = tuple(name for name, g in GATES.items() if not g.translation_invariant)
 
 
 def normalized_measure(

@@ -103,6 +103,11 @@ class Gate(ABC):
     param_names: ClassVar[tuple[str, ...]]
     #: logits linear in the parameters over fixed features: the closed-form objective applies
     closed_form: ClassVar[bool] = True
+    #: softmax logits unchanged when the same gating parameters are added to every expert (so the
+    #: Voronoi atoms are compared after that translation is removed)
+    translation_invariant: ClassVar[bool] = True
+    #: the logit depends on b_i only through its direction (atoms compare b_i / ||b_i||)
+    direction_only: ClassVar[bool] = False
 
     def __init__(self, dim: int) -> None:
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
@@ -192,6 +197,8 @@ class CosineGate(Gate):
     name = "cosine"
     param_names = ("b", "c")
     closed_form = False
+    translation_invariant = False
+    direction_only = True  # tau1 = 0: b_i / ||b_i|| alone enters
     default_tau: ClassVar[float] = 0.0
 
     def __init__(self, dim: int, tau1: float | None = None, tau2: float | None = None) -> None:
@@ -218,6 +225,7 @@ class PerturbedCosineGate(CosineGate):
 
     name = "perturbed-cosine"
     default_tau = PERTURBED_COSINE_TAU
+    direction_only = False  # b_i / (||b_i|| + tau1) depends on the norm too
 
 
 GATES: dict[str, type[Gate]] = {
