@@ -173,3 +173,33 @@ def test_ci_does_not_depend_on_record_order_or_other_settings() -> None:
     other = [dict(r, setting="a-first") for r in _records(list(range(18)))]
     together = study.summarize_records(other + _records(list(range(18))), n_boot=400)
     assert together["settings"]["s"] == forward
+
+
+def test_records_made_under_other_options_are_never_reused_even_without_study_json(tmp_path) -> None:
+    """Issue 24 silent-wrong 1: fit with --max-iter 100, delete study.json, rerun with --max-iter
+    30 -> refused in one line (before: '0 fits run, 4 reused' and study.json rewritten to say 30);
+    the same options as the records' resume normally; legacy records without a hash and without
+    study.json are refused too."""
+    import json as _json
+
+    from typer.testing import CliRunner
+
+    from attnmoe.cli import app
+
+    out = tmp_path / "s"
+    base = ["rates", "--settings", "monomial-sigmoid-exact", "--n-grid", "200,400", "--replicates", "2",
+            "--no-progress", "--workers", "1", "--out", str(out)]
+    runner = CliRunner()
+    assert runner.invoke(app, [*base, "--max-iter", "100"]).exit_code == 0
+    (out / "study.json").unlink()
+    res = runner.invoke(app, [*base, "--max-iter", "30"])
+    assert res.exit_code == 2 and "fitted under other options" in res.output
+    assert not (out / "study.json").exists()
+    res = runner.invoke(app, [*base, "--max-iter", "100"])
+    assert res.exit_code == 0 and "0 fits run, 4 reused" in res.output
+    lines = [_json.loads(v) for v in (out / "records.jsonl").read_text().splitlines()]
+    (out / "records.jsonl").write_text("".join(_json.dumps({k: v for k, v in r.items() if k != "options_hash"}) + "\n"
+                                               for r in lines))
+    (out / "study.json").unlink()
+    res = runner.invoke(app, [*base, "--max-iter", "100"])
+    assert res.exit_code == 2 and "without an options hash" in res.output

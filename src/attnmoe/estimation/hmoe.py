@@ -70,10 +70,13 @@ from attnmoe.estimation.study.records import (
     Record,
     RecordWriter,
     atomic_write,
+    check_identity,
+    identity_of,
     jsonable,
     read_config,
     read_records,
     record_key,
+    stamp,
 )
 from attnmoe.estimation.study.report import plot_rates
 from attnmoe.estimation.study.summary import summarize_records
@@ -456,11 +459,13 @@ def run_hmoe(args: FamilyArgs, cfg: HMoEConfig | None = None,
         _check_config(out, cfg, write=False)
     if args.summary_only and read_config(out) is None:
         raise ValueError(f"--summary-only: {out} holds no {STUDY_FILE}: no hmoe study to summarise")
-    if not args.summary_only:
-        out = check_writable(out)
-        _check_config(out, cfg, write=True)
     path = out / RECORDS_FILE
     records, _bad = read_records(path)
+    identity = identity_of(_config_dict(cfg))
+    if not args.summary_only:
+        check_identity(records, identity, path, config_on_file=out.is_dir() and read_config(out) is not None)
+        out = check_writable(out)
+        _check_config(out, cfg, write=True)
     done = {record_key(r) for r in records}
     grid, seeds = args.scope(records, grid, [args.seed + i for i in range(reps)])
     jobs = []
@@ -473,6 +478,7 @@ def run_hmoe(args: FamilyArgs, cfg: HMoEConfig | None = None,
     start = time.perf_counter()
 
     def append(recs: list[Record]) -> None:
+        recs = stamp(recs, identity)
         writer.append(recs)
         records.extend(recs)
 

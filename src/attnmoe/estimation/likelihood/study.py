@@ -33,7 +33,15 @@ from attnmoe.estimation.study.families import (
     register_family_preset,
     run_jobs,
 )
-from attnmoe.estimation.study.records import RecordWriter, jsonable, read_records, record_key
+from attnmoe.estimation.study.records import (
+    RecordWriter,
+    check_identity,
+    identity_of,
+    jsonable,
+    read_records,
+    record_key,
+    stamp,
+)
 from attnmoe.estimation.study.report import plot_rates
 from attnmoe.estimation.study.summary import summarize_records
 from attnmoe.utils import atomic_write_json, atomic_write_text, check_writable
@@ -155,10 +163,12 @@ def run_lik_study(preset: LikPreset, args: FamilyArgs) -> FamilyResult:
                              f"{_config(preset)}; resume with the same preset or use another --out")
     if args.summary_only and not study_path.exists():
         raise ValueError(f"--summary-only: {out} holds no {STUDY_FILE}: no {preset.name} study to summarise")
+    records, _ = read_records(out / RECORDS_FILE)
+    identity = identity_of(_config(preset))
     if not args.summary_only:
+        check_identity(records, identity, out / RECORDS_FILE, config_on_file=study_path.exists())
         check_writable(out)
         atomic_write_json(study_path, _config(preset))
-    records, _ = read_records(out / RECORDS_FILE)
     done = {record_key(r) for r in records}
     writer = RecordWriter(out / RECORDS_FILE)
     grid, seeds_all = args.scope(records, grid, range(args.seed, args.seed + reps))
@@ -171,6 +181,7 @@ def run_lik_study(preset: LikPreset, args: FamilyArgs) -> FamilyResult:
                 jobs.append((name, n, seeds))
 
     def append(new: list[dict[str, Any]]) -> None:
+        new = stamp(new, identity)
         writer.append(new)
         records.extend(new)
 

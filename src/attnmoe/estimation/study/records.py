@@ -13,11 +13,12 @@ options over fits made with unknown ones).
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import math
 import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -210,7 +211,7 @@ def atomic_write(path: Path, text: str) -> None:
 STUDY_VERSION = 3
 
 
-def _study_config(options: FitOptions) -> dict[str, Any]:
+def study_config(options: FitOptions) -> dict[str, Any]:
     return {"fit": options.to_dict(), "version": STUDY_VERSION}
 
 
@@ -238,12 +239,51 @@ def read_config(out: Path) -> dict[str, Any] | None:
     return config
 
 
+#: the record field naming the options (and fitting-code version) a record was made under
+IDENTITY_FIELD = "options_hash"
+
+
+def identity_of(config: dict[str, Any]) -> str:
+    """A short hash of a study's ``study.json`` content (fit options and code version): stamped
+    on every record, so a record made under other options is recognised whatever happened to
+    ``study.json``."""
+    text = json.dumps(jsonable(config), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def stamp(records: Iterable[Record], identity: str) -> list[Record]:
+    """``records`` with their :data:`IDENTITY_FIELD` set to ``identity``."""
+    return [{**r, IDENTITY_FIELD: identity} for r in records]
+
+
+def check_identity(records: Sequence[Record], identity: str, path: Path, *, config_on_file: bool) -> None:
+    """Refuse to reuse records made under other options.
+
+    A record with another :data:`IDENTITY_FIELD` is refused; a record without one (written
+    before records carried it) is taken only when ``study.json`` was on file and matched this
+    run (``config_on_file``), since nothing else says what made it.
+
+    Raises:
+        ValueError: one line naming the file, the count and what to do.
+    """
+    other = sorted({str(r[IDENTITY_FIELD]) for r in records if r.get(IDENTITY_FIELD) not in (None, identity)})
+    if other:
+        count = sum(1 for r in records if r.get(IDENTITY_FIELD) not in (None, identity))
+        raise ValueError(f"{path} holds {count} record(s) fitted under other options (options hash "
+                         f"{', '.join(other)}; this run: {identity}); resume with the options that made them "
+                         "or use another --out")
+    legacy = sum(1 for r in records if r.get(IDENTITY_FIELD) is None)
+    if legacy and not config_on_file:
+        raise ValueError(f"{path} holds {legacy} record(s) without an options hash and there is no "
+                         f"{STUDY_FILE} saying what options made them; restore {STUDY_FILE} or use another --out")
+
+
 def check_or_write_config(out: Path, options: FitOptions, *, write: bool = True) -> None:
     """Refuse a resume with other fit options or an unreadable ``study.json``; else record them.
 
     With ``write=False`` only the checks run (called before anything is written).
     """
-    config = _study_config(options)
+    config = study_config(options)
     previous = read_config(out)
     if previous is not None:
         if previous["fit"] != config["fit"]:

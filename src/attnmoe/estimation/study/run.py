@@ -31,10 +31,15 @@ from attnmoe.estimation.study.records import (
     BadLine,
     Record,
     RecordWriter,
+    check_identity,
     check_or_write_config,
     check_records_file,
+    identity_of,
+    read_config,
     read_records,
     record_key,
+    stamp,
+    study_config,
 )
 from attnmoe.estimation.study.report import write_outputs
 from attnmoe.estimation.study.summary import summarize_records
@@ -130,13 +135,18 @@ def run_study(
     n_grid = [int(n) for n in n_grid]
     out = Path(out)
     records_path = out / RECORDS_FILE
+    config_on_file = False
+    existing, bad = [], []
     if out.is_dir():  # checks on what a resumed study holds, still before any write
         check_records_file(records_path)
         check_or_write_config(out, options, write=False)
+        config_on_file = read_config(out) is not None
+        existing, bad = read_records(records_path)
+    identity = identity_of(study_config(options))
+    check_identity(existing, identity, records_path, config_on_file=config_on_file)
     out = check_writable(out)
     check_or_write_config(out, options)
 
-    existing, bad = read_records(records_path)
     seeds = replicate_seeds(replicates, base_seed)
     wanted = {(s.name, n, sd) for s in settings for n in n_grid for sd in seeds}
     done = {record_key(r) for r in existing} & wanted
@@ -152,6 +162,7 @@ def run_study(
         stream = run_blocks(jobs, options, backend=backend, workers=workers, threads=threads, fit=fit)
         with tqdm(total=total, unit="fit", disable=not progress, desc="rates") as bar:
             for block in stream:
+                block = stamp(block, identity)
                 writer.append(block)
                 new.extend(block)
                 bar.update(len(block))
