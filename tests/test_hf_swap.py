@@ -196,3 +196,31 @@ def test_swap_errors() -> None:
                              max_window_layers=0))
     with pytest.raises(ValueError, match="scale_attn_by_inverse_layer_idx"):
         swap_attention(_tiny("gpt2", scale_attn_by_inverse_layer_idx=True))
+
+
+def test_example_hf_variants_runs(tmp_path, monkeypatch, capsys) -> None:
+    """examples/hf_variants.py end to end on a tiny text: both models start at the same
+    validation loss (preserve init) and the tables are printed."""
+    import importlib.util
+    import json
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "hf_variants.py"
+    spec = importlib.util.spec_from_file_location("hf_variants_example", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    text = tmp_path / "t.txt"
+    text.write_text("to be or not to be, that is the question. " * 40)
+    out = tmp_path / "r.json"
+    monkeypatch.setattr(sys, "argv", [
+        "hf_variants.py", "--tiny", "--text", str(text), "--steps", "2", "--seeds", "0", "1",
+        "--seq", "16", "--batch", "2", "--val-batches", "1", "--out", str(out)])
+    example.main()
+    printed = capsys.readouterr().out
+    assert "| layer |" in printed and "swapped - original" in printed
+    rows = json.loads(out.read_text())["seeds"]
+    assert len(rows) == 2
+    for r in rows:
+        assert abs(r["swapped_val_step0"] - r["original_val_step0"]) < 1e-5
+        assert len(r["swapped_share"]) == 4
