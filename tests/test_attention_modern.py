@@ -193,6 +193,56 @@ def test_cache_equals_full_recomputation(name: str, cfg: tuple) -> None:
     assert cache.k.shape == (B, layer.kv_heads, T, layer.head_dim)
 
 
+@pytest.mark.parametrize("cfg", CONFIGS[2:], ids=str)
+@pytest.mark.parametrize("name", ["softmax", "sigmoid", "gated-g3", "active-gelu+gated-g4"])
+def test_non_causal_cache_equals_prefix_recomputation(name: str, cfg: tuple) -> None:
+    """Without causality a chunk sees every cached key: its rows equal those of the whole
+    prefix recomputed (sigmoid's default bias -log(n) then counts the same keys)."""
+    layer = _layer(name, cfg, causal=False)
+    x = torch.randn(B, T, DIM, dtype=F64)
+    cache, start = KVCache(), 0
+    for n in (3, 1, 3):
+        y = layer(x[:, start:start + n], cache=cache)
+        want = reference(layer, x[:, :start + n])[:, start:]
+        torch.testing.assert_close(y, want, rtol=0, atol=1e-10)
+        start += n
+
+
+@pytest.mark.parametrize("gate", [None, "G1", "G4", "G5"])
+def test_cross_attention_with_gqa_head_dim_and_norm(gate: str | None) -> None:
+    """Cross-attention (no rope: no shared positions) with KV heads, head_dim and q/k norm,
+    against the formulas written out here."""
+    torch.manual_seed(4)
+    layer = Attention(DIM, HEADS, kv_heads=2, head_dim=6, qk_norm=True, context_dim=5,
+                      output_gate=gate).double()
+    x, ctx = torch.randn(B, T, DIM, dtype=F64), torch.randn(B, 4, 5, dtype=F64)
+    kpm = torch.tensor([[False] * 4, [False, False, False, True]])
+
+    def rms(u, m):
+        return u / torch.sqrt(u.pow(2).mean(-1, keepdim=True) + m.eps) * m.weight
+
+    q = rms(layer.q_proj(x).view(B, T, HEADS, 6), layer.q_norm)  # (B, T, H, D)
+    k = rms(layer.k_proj(ctx).view(B, 4, 2, 6), layer.k_norm)  # (B, S, KV, D)
+    v = layer.v_proj(ctx).view(B, 4, 2, 6)
+    gate_v = None if gate is None else torch.sigmoid(layer.output_gate_proj(x))
+    if gate == "G4":
+        q = q * gate_v.view(B, T, HEADS, 6)
+    heads = []
+    for h in range(HEADS):
+        s = torch.einsum("btd,bsd->bts", q[:, :, h], k[:, :, h // 2]) / math.sqrt(6)
+        w = torch.softmax(s.masked_fill(kpm[:, None, :], float("-inf")), -1)
+        y = torch.einsum("bts,bsd->btd", w, v[:, :, h // 2])
+        if gate == "G1":
+            y = y * gate_v[..., h * 6:(h + 1) * 6]
+        heads.append(y)
+    want = layer.out_proj(torch.cat(heads, -1))
+    if gate == "G5":
+        want = want * gate_v
+    for ref in (False, True):
+        got = layer(x, ctx, key_padding_mask=kpm, reference=ref)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+
+
 GATES = [(None, "elementwise"), ("G1", "elementwise"), ("G2", "headwise"), ("G3", "elementwise"),
          ("G3", "headwise"), ("G4", "elementwise"), ("G4", "headwise"), ("G5", "elementwise")]
 
