@@ -187,6 +187,9 @@ def test_swap_errors() -> None:
     swap_attention(model)
     with pytest.raises(ValueError, match="already"):
         swap_attention(model)
+    with pytest.raises(ValueError, match="static"):
+        model.generate(torch.tensor([[3, 4, 5]]), max_new_tokens=2, do_sample=False,
+                       cache_implementation="static")
     flex = _tiny("llama")
     flex.config._attn_implementation = "flex_attention"
     with pytest.raises(ValueError, match="attn_implementation 'flex_attention'"):

@@ -110,6 +110,11 @@ class HFAttention(nn.Module):
             raise ValueError("HFAttention is self-attention; cross-attention is not swapped")
         if cache is not None and hasattr(cache, "self_attention_cache"):
             cache = cache.self_attention_cache  # an EncoderDecoderCache (GPT-2 may get one)
+        if cache is not None and getattr(cache, "is_compileable", False):
+            raise ValueError(
+                f"{type(cache).__name__}: HFAttention works with the dynamic cache "
+                "(generate's default), not with static (fixed-length) caches"
+            )
         kv_cache = None if cache is None else _HostCache(cache, self.layer_idx, kwargs)
         mask = attention_mask
         if mask is not None:
