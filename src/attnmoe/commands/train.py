@@ -192,9 +192,10 @@ def clean_exit(out: Path | None) -> Iterator[None]:
     """End a ``train`` / ``compare`` command in one line whatever stops it, leaving nothing behind
     that blocks the next run.
 
-    * Ctrl-C or SIGTERM: ``interrupted`` on stderr, exit :data:`INTERRUPTED` (the checkpoints
-      are whole: ``--resume`` continues);
-    * a write that fails (disk full, ...): ``error: cannot write ...``, exit :data:`WRITE_FAILED`;
+    * Ctrl-C or SIGTERM: ``interrupted`` on stderr (with the ``--resume`` hint once a run has
+      started: the checkpoints are whole), exit :data:`INTERRUPTED`;
+    * an ``OSError`` (disk full, quota, read-only, I/O): ``error: <file>: <reason>``, exit
+      :data:`WRITE_FAILED`;
     * any failure: a ``checkpoint.tmp`` the save left is removed, and a lock file this command
       created in a folder that holds nothing else is removed with the folder when this command
       created it (validation errors leave no trace). Only rank 0 prints.
@@ -210,18 +211,19 @@ def clean_exit(out: Path | None) -> Iterator[None]:
     except BaseException as err:
         if out is not None:
             _tidy(out, existed, before)
+        started = out is not None and any((out / name).exists() for name in ("config.json", "comparison.json"))
         if isinstance(err, KeyboardInterrupt):
             if distributed.info().is_main:
-                typer.echo("interrupted; the run's checkpoints are whole: rerun with --resume "
-                           "to continue", err=True)
+                typer.echo("interrupted" + ("; the checkpoints are whole: rerun with --resume to continue"
+                                            if started else ""), err=True)
             raise typer.Exit(code=INTERRUPTED) from None
         if isinstance(err, OSError) and not isinstance(err, FileNotFoundError | FileExistsError):
             if distributed.info().is_main:
                 reason = err.strerror or str(err)
-                where = f" {err.filename}" if getattr(err, "filename", None) else ""
-                hint = " (free some space, then rerun with --resume)" if err.errno in (
-                    errno.ENOSPC, errno.EDQUOT) else ""
-                typer.echo(f"error: cannot write{where}: {reason}{hint}", err=True)
+                where = f"{err.filename}: " if getattr(err, "filename", None) else ""
+                full = err.errno in (errno.ENOSPC, errno.EDQUOT)
+                hint = " (free some space, then rerun with --resume)" if full and started else ""
+                typer.echo(f"error: {where}{reason}{hint}", err=True)
             raise typer.Exit(code=WRITE_FAILED) from None
         raise
     finally:
