@@ -460,9 +460,9 @@ def _clearly_better(sq_a: np.ndarray, sq_b: np.ndarray, w: np.ndarray) -> bool:
     """One-standard-error rule on paired held-out squared errors: True when model a's weighted mean
     squared error is below model b's by more than the standard error of the weighted mean of the
     paired differences ``d_j = sq_b_j - sq_a_j`` (Hastie, Tibshirani & Friedman, ESL 7.10)."""
+    if not (np.isfinite(sq_a).all() and np.isfinite(sq_b).all()):  # a failed candidate (infinite errors)
+        return bool(np.isfinite(sq_a).all())  # loses: a is better only when b failed and a did not
     d = sq_b - sq_a
-    if not np.isfinite(d).all():  # a candidate that failed (infinite errors) is never "clearly better"
-        return bool(np.isfinite(sq_a).all())
     p = w / w.sum()
     mean = float(np.sum(p * d))
     se = math.sqrt(float(np.sum(p**2 * (d - mean) ** 2)))  # Var of a weighted mean of independent rows
