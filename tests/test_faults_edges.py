@@ -436,3 +436,20 @@ def test_sample_refuses_a_config_asking_for_an_impossible_model(lm_two_checkpoin
     result = runner.invoke(app, ["sample", "--run", str(run), *SAMPLE])
     assert result.exit_code == 2 and result.stderr.count("\n") == 1
     assert "cannot hold" in result.stderr and "GiB are available" in result.stderr
+
+
+def test_help_texts_show_what_they_mean() -> None:
+    env = {"COLUMNS": "200", "TERMINAL_WIDTH": "200"}
+    train = runner.invoke(app, ["train", "--help"], env=env).output
+    assert "pip install 'attnmoe[tensorboard]'" in train  # not eaten by Rich markup
+    for flag in ("--resume", "--compile", "--tensorboard", "--progress"):
+        line = next(x for x in train.splitlines() if f"│ {flag} " in x)
+        assert "<bool>" not in line, line  # on/off flags take no value
+    for required in ("--out", "--task", "--dataset"):
+        line = next(x for x in train.splitlines() if f"│ {required} " in x)
+        assert "Required" in line, line
+    for name in ("ETTm1", "ETTm2", "weather", "electricity", "traffic"):
+        assert name in train
+    sample = runner.invoke(app, ["sample", "--help"], env=env).output
+    line = next(x for x in sample.splitlines() if "--prompt" in x)
+    assert "default: a newline" in line and line.rstrip().endswith("│")  # one intact row
