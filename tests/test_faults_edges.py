@@ -453,3 +453,12 @@ def test_help_texts_show_what_they_mean() -> None:
     sample = runner.invoke(app, ["sample", "--help"], env=env).output
     line = next(x for x in sample.splitlines() if "--prompt" in x)
     assert "default: a newline" in line and line.rstrip().endswith("│")  # one intact row
+
+
+def test_seeds_beyond_the_generators_range_are_refused_before_any_run(tmp_path: Path) -> None:
+    out = tmp_path / "c"
+    result = runner.invoke(app, ["compare", "--task", "vision", "--dataset", "digits", "--steps", "2",
+                                 "--seeds", "5,4294967296", "--no-progress", "--out", str(out)])
+    assert result.exit_code == 2 and "at most 4294967295" in result.stderr and not out.exists()
+    _one_line_error(_train(*TINY, "--seed", "99999999999999999999", "--out", str(tmp_path / "r")),
+                    "--seed", "at most")

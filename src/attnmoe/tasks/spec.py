@@ -106,6 +106,8 @@ class RunSpec:
             raise ValueError(f"give exactly one of --steps or --epochs (got steps={self.steps}, "
                              f"epochs={self.epochs})")
         _check_int(self, "seed", 0)
+        if self.seed > MAX_SEED:
+            raise ValueError(f"--seed must be at most {MAX_SEED} (2^32 - 1), got {self.seed}")
         _check_int(self, "batch_size", 1)
         _check_int(self, "log_interval", 1)
         _check_int(self, "warmup_steps", 0)
@@ -204,6 +206,10 @@ class RunSpec:
         return out
 
 
+MAX_SEED = 2**32 - 1
+"""The largest seed: NumPy's seed range, and the data-order generators (seeded with
+``seed * 1_000_003 + epoch``, ``attnmoe.train.batches``) stay far below torch's 2^63 limit."""
+
 MAX_STEPS = 10**8
 """The most optimiser steps a run may have (``--steps``, or ``--epochs`` once converted): 10^8 steps
 take more than a day even at 1 ms a step, so a larger value is a typo, not a plan."""
@@ -234,4 +240,4 @@ def _check_real(spec: RunSpec, name: str, ok: Any, what: str) -> None:
         raise ValueError(f"{flag(name)} must be a finite number {what}, got {value!r}")
 
 
-__all__ = ["FEATURES", "MAX_STEPS", "PRECISIONS", "RunSpec", "check_steps", "flag"]
+__all__ = ["FEATURES", "MAX_SEED", "MAX_STEPS", "PRECISIONS", "RunSpec", "check_steps", "flag"]

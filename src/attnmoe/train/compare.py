@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from attnmoe.tasks.spec import RunSpec
+from attnmoe.tasks.spec import MAX_SEED, RunSpec
 from attnmoe.train import distributed
 from attnmoe.train.lock import RunBusy
 from attnmoe.train.loop import TrainingDiverged, is_diverged, read_json, read_log, read_metrics
@@ -70,6 +70,8 @@ def parse_seeds(seeds: str) -> list[int]:
     if len(values) > MAX_SEEDS:
         raise ValueError(f"--seeds lists {len(values)} seeds, more than {MAX_SEEDS} (each is a training "
                          "run per variant)")
+    if values and max(values) > MAX_SEED:  # checked here, not per run: no run starts before the refusal
+        raise ValueError(f"--seeds: every seed must be at most {MAX_SEED} (2^32 - 1), got {max(values)}")
     if not values or len(set(values)) != len(values) or min(values) < 0:
         raise ValueError(f"--seeds must give at least one distinct non-negative seed, got {seeds!r}")
     return values
