@@ -462,3 +462,9 @@ def test_seeds_beyond_the_generators_range_are_refused_before_any_run(tmp_path: 
     assert result.exit_code == 2 and "at most 4294967295" in result.stderr and not out.exists()
     _one_line_error(_train(*TINY, "--seed", "99999999999999999999", "--out", str(tmp_path / "r")),
                     "--seed", "at most")
+
+
+def test_threads_beyond_the_cores_are_refused(tmp_path: Path) -> None:
+    cores = os.cpu_count() or 1
+    _one_line_error(_train(*TINY, "--threads", str(cores + 1), "--out", str(tmp_path / "r")), "--threads", "cores")
+    assert not (tmp_path / "r").exists()

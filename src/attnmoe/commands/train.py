@@ -79,11 +79,15 @@ ThreadsOpt = Annotated[int | None, typer.Option(
 
 
 def set_threads(threads: int | None) -> None:
-    """``torch.set_num_threads(threads)`` when given (must be >= 1)."""
+    """``torch.set_num_threads(threads)`` when given (1 <= threads <= the machine's cores: more
+    threads than cores only slow compute down, and a typo would start that many threads)."""
     if threads is None:
         return
     if threads < 1:
         raise ValueError(f"--threads must be >= 1, got {threads}")
+    cores = os.cpu_count() or 1
+    if threads > cores:
+        raise ValueError(f"--threads {threads} is more than the {cores} cores of this machine")
     import torch
 
     torch.set_num_threads(threads)
