@@ -9,7 +9,9 @@ timed in interleaved rounds (one step each per round, in alternating order, afte
 reported: the median time of each, the median of the per-round ratios swapped/original and
 its interquartile range.  Two inputs: no padding (``attention_mask`` all ones, so both
 models take SDPA's causal kernel) and left padding in one half of the batch (an explicit
-mask).  Issue 23's bar: softmax ratio <= 1.05.
+mask).  A third row times greedy ``generate`` of ``--decode-tokens`` tokens after a
+64-token prompt (no grad; the host's dynamic cache through the adapter).  Issue 23's bar:
+softmax ratio <= 1.05 for the training step.
 
 Run:  python benchmarks/bench_hf_swap.py --threads 1 --clock cpu        (shared machine)
       python benchmarks/bench_hf_swap.py --variants softmax gated-g1 --rounds 30
@@ -61,6 +63,15 @@ def make_step(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor):
     return step
 
 
+def make_generate(model: torch.nn.Module, ids: torch.Tensor, tokens: int):
+    def step() -> None:
+        with torch.no_grad():
+            model.generate(ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
+                           pad_token_id=0)
+
+    return step
+
+
 def time_pair(a, b, rounds: int, warmup: int, clock) -> tuple[list[float], list[float]]:
     for _ in range(warmup):
         a()
@@ -87,6 +98,7 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--decode-tokens", type=int, default=32, help="0: no generate row")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall")
     ap.add_argument("--quick", action="store_true", help="tiny model and input, 4 rounds")
@@ -98,6 +110,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.quick:
         args.batch, args.seq, args.rounds, args.warmup = 2, 32, 4, 1
+        args.decode_tokens = min(args.decode_tokens, 4)
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     original = build(args.family, args.quick)
     g = torch.Generator().manual_seed(0)
@@ -114,9 +127,22 @@ def main() -> None:
     results = []
     for variant in args.variants:
         swapped = swap_attention(copy.deepcopy(original), variant).train()
-        for label, mask in (("no padding", full), ("left padding", padded)):
-            ta, tb = time_pair(make_step(original, ids, mask), make_step(swapped, ids, mask),
-                               args.rounds, args.warmup, clock)
+        cases = [("no padding", make_step(original, ids, full), make_step(swapped, ids, full)),
+                 ("left padding", make_step(original, ids, padded),
+                  make_step(swapped, ids, padded))]
+        if args.decode_tokens > 0:
+            prompt = ids[:, : min(64, args.seq)]
+            cases.append((f"generate {args.decode_tokens} tokens",
+                          make_generate(original, prompt, args.decode_tokens),
+                          make_generate(swapped, prompt, args.decode_tokens)))
+        for label, step_a, step_b in cases:
+            if not label.startswith("generate"):
+                original.train()
+                swapped.train()
+            else:
+                original.eval()
+                swapped.eval()
+            ta, tb = time_pair(step_a, step_b, args.rounds, args.warmup, clock)
             ratios = [b / a for a, b in zip(ta, tb)]
             lo, med, hi = quartiles(ratios)
             row = {"variant": variant, "input": label, "original_ms": 1e3 * statistics.median(ta),
