@@ -114,7 +114,7 @@ def test_records_file_that_is_a_directory(tmp_path: Path) -> None:
     (out / "records.jsonl").mkdir(parents=True)
     res = _invoke("--out", str(out), *TINY)
     _one_line_error(res, "records.jsonl", "not a regular file")
-    assert sorted(p.name for p in out.iterdir()) == ["records.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "records.jsonl"]  # the study lock (harmless, kept)
     res = _invoke("--out", str(out), *ONE, "--summary-only")
     _one_line_error(res, "records.jsonl", "not a regular file")
 
@@ -203,3 +203,88 @@ def test_records_made_under_other_options_are_never_reused_even_without_study_js
     (out / "study.json").unlink()
     res = runner.invoke(app, [*base, "--max-iter", "100"])
     assert res.exit_code == 2 and "without an options hash" in res.output
+
+
+def _rates_cli(*args: str):
+    from typer.testing import CliRunner
+
+    from attnmoe.cli import app
+
+    return CliRunner().invoke(app, ["rates", *args])
+
+
+@pytest.mark.parametrize("out", ["", "."])
+def test_out_that_is_empty_or_the_current_directory_is_refused(out: str, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "summary.md").write_text("a user's file\n")
+    res = _rates_cli("--out", out, "--settings", "monomial-sigmoid-exact", "--n-grid", "200,400")
+    assert res.exit_code == 2 and "--out must name a study folder" in res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.md"]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--replicates", "100000000"], "--replicates must be at most"),
+    (["--replicates", "100000", "--n-grid", "100000,200000"], "GiB are available"),
+])
+def test_sizes_beyond_the_machine_are_refused_before_allocating(args, message, tmp_path) -> None:
+    out = tmp_path / "o"
+    res = _rates_cli("--out", str(out), "--settings", "monomial-sigmoid-exact", *args)
+    assert res.exit_code == 2 and message in res.output and len(res.output.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_a_full_disk_ends_in_one_line_and_the_study_resumes(tmp_path, monkeypatch) -> None:
+    import errno
+
+    from attnmoe.estimation.study import records
+
+    out = tmp_path / "o"
+    common = ["--out", str(out), "--settings", "monomial-sigmoid-exact", "--n-grid", "200,400",
+              "--replicates", "2", "--max-iter", "20", "--block-size", "1", "--workers", "1", "--no-progress"]
+    real, calls = records.RecordWriter.append, []
+
+    def full(self, recs):
+        calls.append(1)
+        if len(calls) > 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(self, recs)
+
+    monkeypatch.setattr(records.RecordWriter, "append", full)
+    res = _rates_cli(*common)
+    assert res.exit_code == 1 and "No space left on device" in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    monkeypatch.setattr(records.RecordWriter, "append", real)
+    res = _rates_cli(*common)
+    assert res.exit_code == 0 and "2 fits run, 2 reused" in res.output
+
+
+def test_a_second_rates_on_the_same_out_is_refused(tmp_path) -> None:
+    from attnmoe.train.lock import run_lock
+
+    out = tmp_path / "o"
+    with run_lock(out):
+        res = _rates_cli("--out", str(out), "--settings", "monomial-sigmoid-exact", "--n-grid", "200,400",
+                         "--replicates", "2", "--no-progress")
+    assert res.exit_code == 2 and "is in use by" in res.output and not (out / "records.jsonl").exists()
+
+
+def test_ctrl_c_during_worker_start_up_is_one_line_exit_130_and_leaves_no_process(tmp_path) -> None:
+    """A terminal's Ctrl-C (SIGINT to the whole process group) while the two workers start:
+    one line on stderr, exit 130, no worker left (before: 86-143 lines of tracebacks)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cmd = [sys.executable, "-m", "attnmoe.cli", "rates", "--preset", "quick", "--workers", "2", "--no-progress",
+           "--out", str(tmp_path / "o")]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(8)
+    os.killpg(p.pid, signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    time.sleep(3)
+    left = subprocess.run(["pgrep", "-g", str(p.pid)], capture_output=True, text=True).stdout.split()
+    assert p.returncode == 130 and len(err.decode().strip().splitlines()) == 1, err.decode()[-2000:]
+    assert not left

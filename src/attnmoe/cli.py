@@ -22,7 +22,8 @@ def _interrupted_while_loading(signum: int, frame: object) -> None:
     os._exit(130)
 
 
-_MAIN = threading.current_thread() is threading.main_thread()
+# not where SIGINT is ignored: a study's worker processes start so (rates handles Ctrl-C itself)
+_MAIN = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
 _BEFORE = signal.signal(signal.SIGINT, _interrupted_while_loading) if _MAIN else None
 
 from importlib.metadata import PackageNotFoundError, version

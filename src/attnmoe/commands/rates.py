@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
+import signal
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
@@ -157,6 +161,78 @@ def rates(
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ) -> None:
     """Convergence-rate study: fit replicates on a grid of n, report log-log slopes."""
+    if not str(out).strip() or str(out) == ".":  # typer reads --out '' as '.'
+        typer.echo("error: --out must name a study folder (empty or '.' would write into the current "
+                   "directory)", err=True)
+        raise typer.Exit(code=2)
+    existed = out.exists()
+    try:
+        with _interrupts_as_exit(out), _locked(out, existed, create=not summary_only):
+            _rates(out, preset, settings, gates, experts, normalizer, k_true, k_fit, n_grid, replicates, backend,
+                   workers, threads, max_iter, bound, method, init, starts, near_best, dtol, noise, block_size,
+                   seed, device, full, summary_only, progress)
+    except OSError as err:  # a full disk, a folder that vanished: what is on file stays resumable
+        typer.echo(f"error: cannot write to {out}: {err.strerror or err} (records written so far are kept; "
+                   "the same command resumes)", err=True)
+        raise typer.Exit(code=1) from None
+
+
+@contextmanager
+def _interrupts_as_exit(out: Path) -> Iterator[None]:
+    """Ctrl-C (SIGINT) and SIGTERM end the study in one line, exit 130 / 143; the records
+    appended so far are whole lines, and the same command resumes from them."""
+    def on_term(signum: int, frame: object) -> None:
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    except KeyboardInterrupt:
+        typer.echo(f"interrupted: the records written so far are in {out}; the same command resumes", err=True)
+        raise typer.Exit(code=130) from None
+    except _Terminated:
+        typer.echo(f"terminated: the records written so far are in {out}; the same command resumes", err=True)
+        raise typer.Exit(code=143) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised where the study happens to be (so every finally block runs)."""
+
+
+@contextmanager
+def _locked(out: Path, existed: bool, create: bool) -> Iterator[None]:
+    """One ``attnmoe rates`` per study folder (the lock of ``attnmoe train``); a folder this run
+    created and left holding nothing but the lock (a refused input) is removed again. Where the
+    folder cannot or should not be made here (its parent is missing or not a folder, or a
+    summary of a folder that does not exist) no lock is taken: the study's own checks name the
+    problem in one line."""
+    from attnmoe.train.lock import LOCK_FILE, RunBusy, run_lock
+
+    if not out.is_dir() and (out.exists() or not create or not out.parent.is_dir()):
+        yield
+        return
+    try:
+        with run_lock(out):
+            yield
+    except RunBusy as err:
+        typer.echo(f"error: {str(err).replace('is being trained by', 'is in use by')}", err=True)
+        raise typer.Exit(code=2) from None
+    finally:
+        if not existed and out.is_dir() and [p.name for p in out.iterdir()] == [LOCK_FILE]:
+            shutil.rmtree(out, ignore_errors=True)
+
+
+def _rates(
+    out: Path, preset: str, settings: str | None, gates: str | None, experts: str | None,
+    normalizer: str | None, k_true: str | None, k_fit: str | None, n_grid: str | None,
+    replicates: int | None, backend: str, workers: int | None, threads: int | None, max_iter: int | None,
+    bound: float | None, method: str | None, init: str | None, starts: int | None, near_best: float | None,
+    dtol: float | None, noise: str | None, block_size: int | None, seed: int, device: str, full: bool,
+    summary_only: bool, progress: bool,
+) -> None:
+    """The body of :func:`rates` (inside its lock and interrupt handling)."""
     if preset in families.family_presets():
         # every option of the least-squares grid that a family preset does not take: refused
         foreign = {"--settings": settings, "--gates": gates, "--experts": experts, "--normalizer": normalizer,

@@ -129,18 +129,29 @@ def _run_inline(fn: Callable[..., Any], jobs: Sequence[tuple], threads: int) -> 
 
 def _run_pool(fn: Callable[..., Any], jobs: Sequence[tuple], workers: int, threads: int) -> Iterator[Any]:
     import multiprocessing as mp
+    import signal
 
-    # spawn, not fork: forking a process whose torch thread pool is live can deadlock.
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+    # spawn, not fork: forking a process whose torch thread pool is live can deadlock. The
+    # workers start with SIGINT ignored (an ignored signal stays ignored across exec, and Python
+    # then installs no KeyboardInterrupt handler): a Ctrl-C reaches this process alone, which
+    # stops them below, instead of every worker printing its own traceback.
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
         pending = {pool.submit(call_with_threads, fn, threads, job) for job in jobs}
-        try:
-            while pending:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    yield fut.result()
-        finally:
-            for fut in pending:
-                fut.cancel()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    try:
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                yield fut.result()
+    except BaseException:
+        for process in list(getattr(pool, "_processes", {}).values()):  # interrupted: stop the fits
+            process.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
 
 
 def _run_ray(fn: Callable[..., Any], jobs: Sequence[tuple], workers: int, threads: int) -> Iterator[Any]:

@@ -37,6 +37,9 @@ from attnmoe.moe import NORMALIZATIONS
 __all__ = [
     "MAX_EXPERTS",
     "MAX_N",
+    "MAX_REPLICATES",
+    "available_memory",
+    "check_block_memory",
     "PRESETS",
     "Job",
     "Preset",
@@ -54,6 +57,33 @@ __all__ = [
 ]
 
 #: Largest sample size a study accepts. A fit holds several (R, k, n) float64 tensors: at
+#: replicate seeds of one study: far beyond any study here (40-4096), and a list of them is cheap
+MAX_REPLICATES = 10**6
+
+#: bytes a fit holds per sample and replicate (inputs, features, their products, the passes'
+#: temporaries, the L2 test sample): a deliberately high estimate for the memory check
+BYTES_PER_SAMPLE = 8 * 96
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available now (Linux; None where the system does not say)."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_block_memory(block_size: int, starts: int, n_max: int, workers: int) -> None:
+    """Refuse, before allocating, a block that cannot fit: ``workers`` processes each fitting
+    ``block_size x starts`` replicates at ``n_max`` samples (one-line error naming the fix)."""
+    need = block_size * starts * n_max * BYTES_PER_SAMPLE * workers
+    have = available_memory()
+    if have is not None and need > have:
+        raise ValueError(f"a block of {block_size} replicate(s) x {starts} start(s) at n = {n_max} needs about "
+                         f"{need / 2**30:.1f} GiB over {workers} worker(s), {have / 2**30:.1f} GiB are available; "
+                         "use a smaller --block-size, fewer --workers or smaller --n-grid")
+
+
 #: n = 10^7, k = 4 and a block of 40 replicates that is ~13 GB per tensor, so larger n is a typo
 #: (``--n-grid 1000,1e12`` would ask for terabytes) rather than a study this code can run.
 MAX_N = 10**7
@@ -269,7 +299,7 @@ def validate_study(settings: Sequence[Setting], n_grid: Sequence[int], replicate
         raise ValueError("no settings to run")
     if not n_grid:
         raise ValueError("the sample-size grid is empty")
-    check_positive_int(replicates, "replicates")
+    check_positive_int(replicates, "--replicates", maximum=MAX_REPLICATES)
     for n in n_grid:
         check_positive_int(n, "every sample size in --n-grid", maximum=MAX_N)
     if len(set(n_grid)) != len(n_grid):

@@ -19,6 +19,7 @@ from typing import Any
 from attnmoe.estimation.options import FitOptions
 from attnmoe.estimation.study.backends import BACKENDS, FitFn, fit_block, run_blocks
 from attnmoe.estimation.study.plan import (
+    check_block_memory,
     check_positive_int,
     default_threads,
     default_workers,
@@ -144,15 +145,17 @@ def run_study(
         existing, bad = read_records(records_path)
     identity = identity_of(study_config(options))
     check_identity(existing, identity, records_path, config_on_file=config_on_file)
-    out = check_writable(out)
-    check_or_write_config(out, options)
-
     seeds = replicate_seeds(replicates, base_seed)
     wanted = {(s.name, n, sd) for s in settings for n in n_grid for sd in seeds}
     done = {record_key(r) for r in existing} & wanted
     jobs = plan_jobs(settings, n_grid, seeds, done, block_size)
     workers = workers if workers is not None else default_workers(len(jobs), threads)
     total = sum(len(j.seeds) for j in jobs)
+    if jobs:
+        starts = options.starts * len(options.init.split("+"))
+        check_block_memory(max(len(j.seeds) for j in jobs), starts, max(j.n for j in jobs), min(workers, len(jobs)))
+    out = check_writable(out)
+    check_or_write_config(out, options)
 
     writer = RecordWriter(records_path)
     new: list[Record] = []
