@@ -368,3 +368,15 @@ def test_monomial_sigmoid_exact_rates_are_parametric(tmp_path: Path) -> None:
     losses = res.summary["settings"]["monomial-sigmoid-exact"]["losses"]
     for loss in ("D1", "L2"):
         assert abs(losses[loss]["slope"] + 0.5) <= 0.15, (loss, losses[loss])
+
+
+def test_figure_axes_follow_the_bulk_of_the_data() -> None:
+    """A few diverged fits (1e157) do not set a panel's y-range: the 2nd-98th percentiles do."""
+    from attnmoe.estimation.study.report import _bulk_limits
+
+    rng = np.random.default_rng(0)
+    values = np.concatenate([np.exp(rng.normal(0.0, 1.0, 400)), [1e157, 1e150, 1e-300]])
+    low, high = _bulk_limits(values)
+    bulk = np.percentile(np.log(values[:400]), [2, 98])
+    assert np.exp(bulk[0]) / 100 < low < np.exp(bulk[0]) and np.exp(bulk[1]) < high < np.exp(bulk[1]) * 100
+    assert high < 1e6

@@ -109,6 +109,16 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _bulk_limits(values: np.ndarray, spread: float = 30.0) -> tuple[float, float]:
+    """y-limits of a log panel set by the bulk of the data: the 2nd and 98th percentiles widened
+    by ``spread`` on each side (a few diverged fits at 1e157 no longer squash the rest)."""
+    values = values[np.isfinite(values) & (values > 0)]
+    if not values.size:
+        return 1e-300, 1e300
+    lo, hi = np.percentile(np.log(values), [2, 98])
+    return float(np.exp(lo) / spread), float(np.exp(hi) * spread)
+
+
 def plot_rates(records: Sequence[Record], summary: dict[str, Any], path: Path,
                keep: Callable[[str], bool] | None = None) -> None:
     """Log-log loss against n, one panel per loss (those ``keep`` accepts; all by default), one
@@ -128,6 +138,9 @@ def plot_rates(records: Sequence[Record], summary: dict[str, Any], path: Path,
         ax.set_visible(False)
     for li, loss in enumerate(loss_names):
         ax = axes.flat[li]
+        values = np.array([v for r in records if (v := loss_value(r["losses"].get(loss))) is not None])
+        low, high = _bulk_limits(np.exp(values)) if values.size else (None, None)
+        off = 0
         for si, (name, info) in enumerate(settings.items()):
             entry = info["losses"].get(loss)
             if not entry or not entry["mean_log_loss"]:
@@ -139,8 +152,12 @@ def plot_rates(records: Sequence[Record], summary: dict[str, Any], path: Path,
                 if str(r["setting"]) == name and (v := loss_value(r["losses"].get(loss))) is not None
             ]
             if points:
-                xs, ys = zip(*points)
-                ax.scatter(xs, ys, s=4, alpha=0.25, color=c, linewidths=0)
+                xs, ys = np.array(points, dtype=float).T
+                inside = (ys >= low) & (ys <= high) if low is not None else np.ones_like(ys, dtype=bool)
+                ax.scatter(xs[inside], ys[inside], s=4, alpha=0.25, color=c, linewidths=0)
+                if (~inside).any():  # fits far outside the bulk (diverged): marked on the frame
+                    off += int((~inside).sum())
+                    ax.scatter(xs[~inside], np.clip(ys[~inside], low, high), s=14, marker="x", color=c)
             ns = np.array([int(k) for k in entry["mean_log_loss"]], dtype=float)
             gm = np.exp(np.array(list(entry["mean_log_loss"].values())))
             ax.plot(ns, gm, "o", color=c, ms=4)
@@ -154,7 +171,11 @@ def plot_rates(records: Sequence[Record], summary: dict[str, Any], path: Path,
         ax.set_yscale("log")
         ax.set_xlabel("n")
         ax.set_ylabel(loss)
-        ax.set_title(f"{loss} (geometric mean per n, OLS slope)")
+        if low is not None:
+            ax.set_ylim(low, high)
+        ax.set_title(f"{loss} (geometric mean per n, OLS slope)"
+                     + (f"\n{off} fit(s) beyond the bulk of the data marked x on the frame" if off else ""),
+                     fontsize=9 if off else None)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=6.5, loc="best")
     fig.tight_layout()
