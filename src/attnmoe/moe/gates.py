@@ -64,6 +64,7 @@ __all__ = [
     "PolynomialGate",
     "make_gate",
     "make_input_map",
+    "register_gate",
     "make_linear_score",
 ]
 
@@ -231,6 +232,20 @@ class PerturbedCosineGate(CosineGate):
 GATES: dict[str, type[Gate]] = {
     g.name: g for g in (LinearGate, PolynomialGate, MonomialGate, CosineGate, PerturbedCosineGate)
 }
+
+
+def register_gate(gate: type[Gate]) -> type[Gate]:
+    """Add a :class:`Gate` subclass to :data:`GATES` under its ``name`` (usable as a class
+    decorator): a new gate is one class, in its own file, that calls this. Everything downstream
+    reads the class: the least-squares objective (closed form when ``closed_form``, autograd
+    otherwise), the Voronoi losses (``translation_invariant``, ``direction_only``), the random
+    truths and the CLI's ``--gates`` (docs/adding-a-paper.md)."""
+    if not (isinstance(gate, type) and issubclass(gate, Gate)) or not isinstance(getattr(gate, "name", None), str):
+        raise TypeError(f"register_gate takes a Gate subclass with a name, got {gate!r}")
+    if gate.name in GATES and GATES[gate.name] is not gate:
+        raise ValueError(f"gate {gate.name!r} is already registered")
+    GATES[gate.name] = gate
+    return gate
 
 
 def make_gate(name: str, dim: int) -> Gate:
