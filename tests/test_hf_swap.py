@@ -162,6 +162,21 @@ def test_other_variants_train_and_generate(variant: str) -> None:
     assert gen.shape == (3, T + 4)
 
 
+def test_reload_recipe_of_docs() -> None:
+    """A trained swapped model's state dict loads into a fresh original + the same swap."""
+    trained = swap_attention(_tiny("qwen3"), "gated-g2-headwise")
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    fresh = swap_attention(_tiny("qwen3"), "gated-g2-headwise")
+    fresh.load_state_dict(trained.state_dict())
+    ids, mask = _batch()
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(input_ids=ids, attention_mask=mask).logits,
+                                   trained(input_ids=ids, attention_mask=mask).logits,
+                                   rtol=0, atol=0)
+
+
 def test_probes_see_swapped_layers() -> None:
     model = swap_attention(_tiny("llama"), "gated-g1")
     ids, mask = _batch()
