@@ -7,13 +7,14 @@ paper grid (9 sizes, 40 seeds): mean iterations (the n = 10^3 mean for n < 10^4,
 mean for n >= 10^4 -- an assumption: n > 10^4 was not run) x cost per iteration (log-log
 interpolated in n) x 40, summed; divided by 2 for two cores.
 
-    python benchmarks/project_paper.py
+    python benchmarks/project_paper.py [COSTS]   # COSTS: default docs/rates/solver/cost_per_iteration.txt
 """
 
 from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,8 @@ def iterations(path: Path, setting: str) -> list[int]:
 
 def main() -> None:
     cost: dict[str, dict[int, float]] = {}
-    for line in (ROOT / "cost_per_iteration.txt").read_text().splitlines():
+    costs = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "cost_per_iteration.txt"
+    for line in costs.read_text().splitlines():
         m = re.match(r"(\S+) n=(\d+) .*per fit=([\d.e-]+)", line)
         if m:
             cost.setdefault(m[1], {})[int(m[2])] = float(m[3])
