@@ -52,15 +52,16 @@ import torch
 from torch import Tensor
 
 from attnmoe.estimation.derivatives import batched_hessian
-from attnmoe.estimation.objective import PAD, padded
+from attnmoe.estimation.objective import padded
 from attnmoe.estimation.optim import REASONS, trust_region
 from attnmoe.estimation.study.families import (
     FamilyArgs,
+    FamilyPlan,
     FamilyPreset,
     FamilyResult,
     near_best_set,
     register_family_preset,
-    run_jobs,
+    run_family_study,
 )
 from attnmoe.estimation.study.records import (
     RECORDS_FILE,
@@ -68,15 +69,8 @@ from attnmoe.estimation.study.records import (
     SUMMARY_JSON,
     SUMMARY_MD,
     Record,
-    RecordWriter,
     atomic_write,
-    check_identity,
-    identity_of,
     jsonable,
-    read_config,
-    read_records,
-    record_key,
-    stamp,
 )
 from attnmoe.estimation.study.report import plot_rates
 from attnmoe.estimation.study.summary import summarize_records
@@ -87,7 +81,6 @@ from attnmoe.moe.hierarchical import (
     hierarchical_forward,
     tokens_last,
 )
-from attnmoe.utils import check_writable
 
 __all__ = [
     "HMOE_PRESET",
@@ -383,18 +376,6 @@ def _config_dict(cfg: HMoEConfig) -> dict[str, Any]:
             "truth": {"tokens": TOKENS, "dim": DIM, "heads": HEADS_TRUE, **TRUTH}}
 
 
-def _check_config(out: Path, cfg: HMoEConfig, write: bool) -> None:
-    want = json.loads(json.dumps(_config_dict(cfg)))
-    previous = read_config(out)
-    if previous is not None:
-        if {k: previous.get(k) for k in want} != want:
-            raise ValueError(f"{out} holds a study with other options or truth ({previous.get('fit')}); "
-                             "resume with the same ones or use another --out")
-        return
-    if write:
-        atomic_write(out / STUDY_FILE, json.dumps(want, indent=2, sort_keys=True) + "\n")
-
-
 def _fmt(entry: dict[str, Any] | None) -> str:
     if not entry or entry.get("slope") is None:
         return "–"
@@ -450,45 +431,18 @@ def run_hmoe(args: FamilyArgs, cfg: HMoEConfig | None = None,
     reps = size.replicates if args.replicates is None else args.replicates
     if reps < 1:
         raise ValueError(f"--replicates must be >= 1, got {reps}")
+    by_name = {s.name: s for s in settings}
     n_params = max(HierarchicalLayout(s.spec()).n_params for s in settings)
     if min(grid) < n_params:
         raise ValueError(f"every n must be >= {n_params} (free parameters of the largest fitted model), got {min(grid)}")
     args.check()
-    out = Path(args.out)
-    if out.exists():
-        _check_config(out, cfg, write=False)
-    if args.summary_only and read_config(out) is None:
-        raise ValueError(f"--summary-only: {out} holds no {STUDY_FILE}: no hmoe study to summarise")
-    path = out / RECORDS_FILE
-    records, _bad = read_records(path)
-    identity = identity_of(_config_dict(cfg))
-    if not args.summary_only:
-        check_identity(records, identity, path, config_on_file=out.is_dir() and read_config(out) is not None)
-        out = check_writable(out)
-        _check_config(out, cfg, write=True)
-    done = {record_key(r) for r in records}
-    grid, seeds = args.scope(records, grid, [args.seed + i for i in range(reps)])
-    jobs = []
-    for s in settings:
-        for n in grid if not args.summary_only else ():
-            todo = [sd for sd in seeds if (s.name, n, sd) not in done]
-            for i in range(0, len(todo), cfg.block):
-                jobs.append((s, n, todo[i : i + cfg.block]))
-    writer = RecordWriter(path)
-    start = time.perf_counter()
-
-    def append(recs: list[Record]) -> None:
-        recs = stamp(recs, identity)
-        writer.append(recs)
-        records.extend(recs)
-
-    fitted = run_jobs([(s, n, sd, cfg) for s, n, sd in jobs], fit_block, append, workers=args.workers,
-                      threads=args.threads, desc="hmoe blocks", progress=args.progress, backend=args.backend)
-    keep = [r for r in records if int(r["n"]) in grid and int(r["seed"]) in seeds
-            and r["setting"] in {s.name for s in settings}]
-    markdown = write_summary(out, keep, settings, cfg)
-    return FamilyResult(fitted=fitted, reused=len(keep) - fitted, seconds=time.perf_counter() - start,
-                        markdown=markdown, files=(RECORDS_FILE, STUDY_FILE, SUMMARY_JSON, SUMMARY_MD, RATES_PNG))
+    return run_family_study(args, FamilyPlan(
+        name="hmoe", config=_config_dict(cfg), settings=[s.name for s in settings], grid=grid,
+        seeds=[args.seed + i for i in range(reps)], fit=fit_block,
+        jobs=lambda name, n, todo: [(by_name[name], n, todo[i : i + cfg.block], cfg)
+                                    for i in range(0, len(todo), cfg.block)],
+        summarize=lambda out, keep: write_summary(out, keep, settings, cfg),
+        files=(RECORDS_FILE, STUDY_FILE, SUMMARY_JSON, SUMMARY_MD, RATES_PNG)))
 
 
 HMOE_PRESET = register_family_preset(FamilyPreset(

@@ -15,8 +15,6 @@ Each (setting, n) is one job; ``--workers W`` runs the jobs in W processes
 
 from __future__ import annotations
 
-import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,24 +25,19 @@ from attnmoe.estimation.likelihood.objective import fit_likelihood
 from attnmoe.estimation.likelihood.settings import SETTINGS, START_KINDS, sample_data, start_points
 from attnmoe.estimation.study.families import (
     FamilyArgs,
+    FamilyPlan,
     FamilyPreset,
     FamilyResult,
     near_best_set,
     register_family_preset,
-    run_jobs,
+    run_family_study,
 )
 from attnmoe.estimation.study.records import (
-    RecordWriter,
-    check_identity,
-    identity_of,
     jsonable,
-    read_records,
-    record_key,
-    stamp,
 )
 from attnmoe.estimation.study.report import plot_rates
 from attnmoe.estimation.study.summary import summarize_records
-from attnmoe.utils import atomic_write_json, atomic_write_text, check_writable
+from attnmoe.utils import atomic_write_json, atomic_write_text
 
 __all__ = ["LIK_PRESETS", "LikPreset", "run_lik_study"]
 
@@ -146,59 +139,26 @@ def fit_block(name: str, n: int, seeds: list[int]) -> list[dict[str, Any]]:
 
 
 def run_lik_study(preset: LikPreset, args: FamilyArgs) -> FamilyResult:
-    """Run (or resume) ``preset`` into ``args.out`` (module docstring)."""
+    """Run (or resume) ``preset`` into ``args.out`` (module docstring) through the one family
+    loop (:func:`~attnmoe.estimation.study.families.run_family_study`)."""
     grid, reps = _check_args(preset, args)  # bad input: one-line error before anything is written
-    args.check()
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"cannot write to output directory {out}: it exists and is not a directory")
-    study_path = out / STUDY_FILE
-    if study_path.exists():
-        try:
-            previous = json.loads(study_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
-            raise ValueError(f"{study_path} is unreadable ({err}); move it away or use another --out") from None
-        if previous != _config(preset):
-            raise ValueError(f"{out} holds a study with options {previous}, this run asks for "
-                             f"{_config(preset)}; resume with the same preset or use another --out")
-    if args.summary_only and not study_path.exists():
-        raise ValueError(f"--summary-only: {out} holds no {STUDY_FILE}: no {preset.name} study to summarise")
-    records, _ = read_records(out / RECORDS_FILE)
-    identity = identity_of(_config(preset))
-    if not args.summary_only:
-        check_identity(records, identity, out / RECORDS_FILE, config_on_file=study_path.exists())
-        check_writable(out)
-        atomic_write_json(study_path, _config(preset))
-    done = {record_key(r) for r in records}
-    writer = RecordWriter(out / RECORDS_FILE)
-    grid, seeds_all = args.scope(records, grid, range(args.seed, args.seed + reps))
-    start = time.perf_counter()
-    jobs = []
-    for name in preset.settings:
-        for n in grid:
-            seeds = [s for s in seeds_all if (name, n, s) not in done]
-            if seeds and not args.summary_only:
-                jobs.append((name, n, seeds))
 
-    def append(new: list[dict[str, Any]]) -> None:
-        new = stamp(new, identity)
-        writer.append(new)
-        records.extend(new)
+    def summarize(out: Path, wanted: list[dict[str, Any]]) -> str:
+        summary = summarize_records(wanted)
+        summary["theory"] = {name: dict(SETTINGS[name].theory) for name in preset.settings}  # width_<loss>: <loss>'s
+        summary["starts_converged"] = starts_converged(wanted)
+        atomic_write_json(out / SUMMARY_JSON, jsonable(summary))
+        markdown = summary_markdown(preset, summary)
+        atomic_write_text(out / SUMMARY_MD, markdown)
+        # the near-truth fits' losses, one panel each (the width columns are in summary.md)
+        plot_rates(wanted, summary, out / RATES_PNG, keep=lambda loss: not loss.startswith("width_"))
+        return markdown
 
-    fitted = run_jobs(jobs, fit_block, append, workers=args.workers, threads=args.threads,
-                      desc=preset.name, progress=args.progress, backend=args.backend)
-    wanted = [r for r in records if r["setting"] in preset.settings and int(r["n"]) in grid
-              and int(r["seed"]) in seeds_all]
-    summary = summarize_records(wanted)
-    summary["theory"] = {name: dict(SETTINGS[name].theory) for name in preset.settings}  # width_<loss>: <loss>'s
-    summary["starts_converged"] = starts_converged(wanted)
-    atomic_write_json(out / SUMMARY_JSON, jsonable(summary))
-    markdown = summary_markdown(preset, summary)
-    atomic_write_text(out / SUMMARY_MD, markdown)
-    # the near-truth fits' losses, one panel each (the width columns are in summary.md)
-    plot_rates(wanted, summary, out / RATES_PNG, keep=lambda loss: not loss.startswith("width_"))
-    return FamilyResult(fitted=fitted, reused=len(wanted) - fitted, seconds=time.perf_counter() - start,
-                        markdown=markdown, files=(STUDY_FILE, RECORDS_FILE, SUMMARY_JSON, SUMMARY_MD, RATES_PNG))
+    return run_family_study(args, FamilyPlan(
+        name=preset.name, config=_config(preset), settings=preset.settings, grid=grid,
+        seeds=range(args.seed, args.seed + reps), fit=fit_block,
+        jobs=lambda name, n, seeds: [(name, n, seeds)], summarize=summarize,
+        files=(STUDY_FILE, RECORDS_FILE, SUMMARY_JSON, SUMMARY_MD, RATES_PNG)))
 
 
 def starts_converged(records: list[dict[str, Any]]) -> dict[str, dict[str, list[int]]]:

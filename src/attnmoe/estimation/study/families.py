@@ -24,8 +24,8 @@ from torch import Tensor
 
 from attnmoe.estimation.study.plan import default_threads, default_workers
 
-__all__ = ["FAMILY_PRESETS", "FamilyArgs", "FamilyPreset", "FamilyResult", "family_presets", "near_best_set",
-           "register_family_preset", "run_jobs"]
+__all__ = ["FAMILY_PRESETS", "FamilyArgs", "FamilyPlan", "FamilyPreset", "FamilyResult", "family_presets",
+           "near_best_set", "register_family_preset", "run_family_study", "run_jobs"]
 
 
 @dataclass(frozen=True)
@@ -177,3 +177,98 @@ def run_jobs(
         if bar is not None:
             bar.close()
     return count
+
+
+@dataclass(frozen=True)
+class FamilyPlan:
+    """What a family preset hands to :func:`run_family_study`: its identity, grid and the three
+    functions only it knows.
+
+    Args:
+        name: progress label and the preset's name in messages.
+        config: what ``study.json`` holds (fit options, code version, truth); its hash is stamped
+            on every record (:func:`~attnmoe.estimation.study.records.identity_of`).
+        settings: setting names of the study.
+        grid: sample sizes; seeds: replicate seeds (before ``--summary-only`` widens them).
+        fit: module-level ``fit(*job) -> records`` (pickled to workers).
+        jobs: ``(setting, n, seeds still to fit) -> job tuples`` (how a cell is split in blocks).
+        summarize: ``(out, records) -> markdown``: writes the summary files, returns what is printed.
+        files: the files the study writes (reported by the CLI).
+    """
+
+    name: str
+    config: dict[str, Any]
+    settings: Sequence[str]
+    grid: Sequence[int]
+    seeds: Sequence[int]
+    fit: Callable[..., list[dict[str, Any]]]
+    jobs: Callable[[str, int, list[int]], list[tuple]]
+    summarize: Callable[[Path, list[dict[str, Any]]], str]
+    files: tuple[str, ...]
+
+
+def run_family_study(args: FamilyArgs, plan: FamilyPlan) -> FamilyResult:
+    """The one run / resume loop of the family presets: check everything before writing (the
+    arguments, ``study.json`` against ``plan.config``, the records' identity), write
+    ``study.json``, fit the missing (setting, n, seed) on ``args.backend`` appending each job's
+    records as it finishes, then summarise. With ``args.summary_only`` nothing is fitted or
+    written but the summary."""
+    import json
+    import time
+
+    from attnmoe.estimation.study.records import (
+        RECORDS_FILE,
+        STUDY_FILE,
+        RecordWriter,
+        atomic_write,
+        check_identity,
+        identity_of,
+        jsonable,
+        read_config,
+        read_records,
+        record_key,
+        stamp,
+    )
+    from attnmoe.utils import check_writable
+
+    args.check()
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"cannot write to output directory {out}: it exists and is not a directory")
+    want = jsonable(plan.config)
+    previous = read_config(out) if out.is_dir() else None
+    if previous is not None and {k: previous.get(k) for k in want} != want:
+        raise ValueError(f"{out} holds a study with other options or truth ({previous.get('fit')}); resume with "
+                         f"the same preset ({plan.name}) and options or use another --out")
+    if args.summary_only and previous is None:
+        raise ValueError(f"--summary-only: {out} holds no {STUDY_FILE}: no {plan.name} study to summarise")
+    records, _bad = read_records(out / RECORDS_FILE)
+    identity = identity_of(want)
+    grid, seeds = args.scope(records, plan.grid, plan.seeds)
+    jobs: list[tuple] = []
+    if not args.summary_only:
+        check_identity(records, identity, out / RECORDS_FILE, config_on_file=previous is not None)
+        done = {record_key(r) for r in records}
+        for name in plan.settings:
+            for n in grid:
+                todo = [sd for sd in seeds if (name, n, sd) not in done]
+                if todo:
+                    jobs.extend(plan.jobs(name, n, todo))
+        out = check_writable(out)
+        if previous is None:
+            atomic_write(out / STUDY_FILE, json.dumps(want, indent=2, sort_keys=True) + "\n")
+    writer = RecordWriter(out / RECORDS_FILE)
+    start = time.perf_counter()
+
+    def append(new: list[dict[str, Any]]) -> None:
+        new = stamp(new, identity)
+        writer.append(new)
+        records.extend(new)
+
+    fitted = run_jobs(jobs, plan.fit, append, workers=args.workers, threads=args.threads, desc=plan.name,
+                      progress=args.progress, backend=args.backend)
+    keep = [r for r in records if r["setting"] in set(plan.settings) and int(r["n"]) in set(grid)
+            and int(r["seed"]) in set(seeds)]
+    markdown = plan.summarize(out, keep)
+    return FamilyResult(fitted=fitted, reused=len(keep) - fitted, seconds=time.perf_counter() - start,
+                        markdown=markdown, files=plan.files)
