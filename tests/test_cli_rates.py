@@ -198,3 +198,63 @@ def test_family_ray_backend_equals_process_backend(tmp_path: Path) -> None:
         return {(r["setting"], r["n"], r["seed"]): {k: v for k, v in r.items() if k != "seconds"} for r in rows}
 
     assert records("a") == records("b") and len(records("a")) == 8
+
+
+def test_the_readme_quick_table_is_what_the_quick_preset_prints(tmp_path: Path) -> None:
+    """The README's first command (the main job) prints the table the README shows: every row of
+    the README's table equals the first columns of the printed one, digit for digit."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    shown = [line for line in readme.splitlines() if line.startswith("| monomial-") or line.startswith("| polynomial-")]
+    res = _invoke("--preset", "quick", "--out", str(tmp_path / "q"), "--no-progress")
+    assert res.exit_code == 0, res.output
+    printed = {line.split(" | ")[0]: line for line in res.output.splitlines() if line.startswith("| ")}
+    assert len(shown) == 8
+    for row in shown:
+        cells = row.strip("|").split("|")
+        got = printed[row.split(" | ")[0]].strip("|").split("|")
+        assert got[: len(cells)] == cells, row
+
+
+def test_least_squares_summary_only_reads_a_study_kept_only_as_records_jsonl_gz(tmp_path: Path) -> None:
+    """docs/rates.md tells users to copy docs/rates/paper-40 (records.jsonl.gz only) and run
+    --summary-only on it: the .gz records are summarised, not refused as 'nothing to summarise'."""
+    import gzip
+
+    src = tmp_path / "plain"
+    assert _invoke("--out", str(src), "--settings", "monomial-sigmoid-exact", *TINY).exit_code == 0
+    gz = tmp_path / "gz"
+    gz.mkdir()
+    (gz / "study.json").write_bytes((src / "study.json").read_bytes())
+    (gz / "records.jsonl.gz").write_bytes(gzip.compress((src / "records.jsonl").read_bytes()))
+    res = _invoke("--out", str(gz), "--settings", "monomial-sigmoid-exact", "--summary-only", "--no-progress")
+    assert res.exit_code == 0, res.output
+    assert "summarised 4 records" in res.output and not (gz / "records.jsonl").exists()
+    want = json.loads((src / "summary.json").read_text())["settings"]
+    got = json.loads((gz / "summary.json").read_text())["settings"]
+    assert got == want
+
+
+@pytest.mark.parametrize(("preset", "args", "message"), [
+    ("hmoe", ["--replicates", "2000000"], "--replicates must be at most"),
+    ("contaminated", ["--replicates", "2000000"], "--replicates must be at most"),
+    ("contaminated", ["--n-grid", "1000,1e12"], "at most"),
+    ("temperature-gate", ["--seed", "-5"], "--seed"),
+])
+def test_family_presets_bound_their_sizes_before_planning_anything(preset, args, message, tmp_path,
+                                                                   monkeypatch) -> None:
+    """--replicates / --n-grid / --seed have the least-squares presets' bounds for every preset
+    (issue 24: a size beyond the machine is refused in one line before anything is allocated);
+    the study loop is never reached (it would build the seed lists and fit)."""
+    from attnmoe.estimation import hmoe
+    from attnmoe.estimation.likelihood import study as lik_study
+
+    def reached(*a, **k):
+        raise AssertionError("the study loop was reached")
+
+    monkeypatch.setattr(hmoe, "run_family_study", reached)
+    monkeypatch.setattr(lik_study, "run_family_study", reached)
+    out = tmp_path / "o"
+    res = _invoke("--preset", preset, *args, "--no-progress", "--out", str(out))
+    assert res.exit_code == 2 and message in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1, res.output
+    assert not out.exists()
