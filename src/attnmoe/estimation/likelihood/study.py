@@ -142,6 +142,7 @@ def run_lik_study(preset: LikPreset, args: FamilyArgs) -> FamilyResult:
     """Run (or resume) ``preset`` into ``args.out`` (module docstring) through the one family
     loop (:func:`~attnmoe.estimation.study.families.run_family_study`)."""
     grid, reps = _check_args(preset, args)  # bad input: one-line error before anything is written
+    args.check()  # the bounds every preset shares, before the seed lists are built
 
     def summarize(out: Path, wanted: list[dict[str, Any]]) -> str:
         summary = summarize_records(wanted)

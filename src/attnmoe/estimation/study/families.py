@@ -71,6 +71,15 @@ class FamilyArgs:
                              "so far; the least-squares presets take --device cuda")
         if self.summary_only and not self.out.is_dir():
             raise ValueError(f"--summary-only: {self.out} is not a study folder")
+        # the least-squares presets' bounds (plan.py), before any seed list or job is built
+        from attnmoe.estimation.study.plan import MAX_N, MAX_REPLICATES, check_positive_int
+
+        if self.replicates is not None:
+            check_positive_int(self.replicates, "--replicates", maximum=MAX_REPLICATES)
+        if self.n_grid and max(self.n_grid) > MAX_N:
+            raise ValueError(f"--n-grid: every n must be at most {MAX_N}, got {max(self.n_grid)}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"--seed must be a non-negative integer, got {self.seed!r}")
 
     def scope(self, records: Sequence[dict[str, Any]], grid: Sequence[int],
               seeds: Sequence[int]) -> tuple[tuple[int, ...], list[int]]:

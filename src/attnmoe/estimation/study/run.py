@@ -202,7 +202,7 @@ def resummarize(
     t0 = time.perf_counter()
     out = Path(out)
     records_path = out / RECORDS_FILE
-    if not records_path.exists():
+    if not records_path.exists() and not records_path.with_name(RECORDS_FILE + ".gz").exists():
         raise ValueError(f"{records_path} does not exist: nothing to summarise")
     check_records_file(records_path)
     if replicates is not None:
