@@ -288,3 +288,18 @@ def test_ctrl_c_during_worker_start_up_is_one_line_exit_130_and_leaves_no_proces
     left = subprocess.run(["pgrep", "-g", str(p.pid)], capture_output=True, text=True).stdout.split()
     assert p.returncode == 130 and len(err.decode().strip().splitlines()) == 1, err.decode()[-2000:]
     assert not left
+
+
+@pytest.mark.parametrize("preset", [[], ["--preset", "temperature-gate"]])
+def test_a_non_empty_folder_that_holds_no_study_is_refused(preset, tmp_path) -> None:
+    """Issue 24: --out naming a non-empty folder that is not a study is refused in one line, as
+    '' and '.' are (before: a user's summary.md there was overwritten by the study's)."""
+    out = tmp_path / "papers"
+    out.mkdir()
+    (out / "summary.md").write_text("a user's file\n")
+    res = _rates_cli("--out", str(out), *preset, "--n-grid", "200,400", "--replicates", "2", "--no-progress",
+                     *([] if preset else ["--settings", "monomial-sigmoid-exact", "--max-iter", "3"]))
+    assert res.exit_code == 2 and "holds no study" in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1, res.output
+    assert (out / "summary.md").read_text() == "a user's file\n"
+    assert sorted(p.name for p in out.iterdir() if p.name != ".lock") == ["summary.md"]

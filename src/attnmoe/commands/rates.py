@@ -165,6 +165,10 @@ def rates(
         typer.echo("error: --out must name a study folder (empty or '.' would write into the current "
                    "directory)", err=True)
         raise typer.Exit(code=2)
+    if out.is_dir() and _not_a_study(out):
+        typer.echo(f"error: --out {out} is a non-empty folder that holds no study (no {study.STUDY_FILE} or "
+                   f"{study.RECORDS_FILE}); name a new or empty folder", err=True)
+        raise typer.Exit(code=2)
     existed = out.exists()
     try:
         with _interrupts_as_exit(out), _locked(out, existed, create=not summary_only):
@@ -175,6 +179,14 @@ def rates(
         typer.echo(f"error: cannot write to {out}: {err.strerror or err} (records written so far are kept; "
                    "the same command resumes)", err=True)
         raise typer.Exit(code=1) from None
+
+
+def _not_a_study(out: Path) -> bool:
+    """``out`` holds files but none of a study's own (its options or records): not ours to write in."""
+    from attnmoe.train.lock import LOCK_FILE
+
+    names = {p.name for p in out.iterdir()} - {LOCK_FILE}
+    return bool(names) and not names & {study.STUDY_FILE, study.RECORDS_FILE, study.RECORDS_FILE + ".gz"}
 
 
 @contextmanager
