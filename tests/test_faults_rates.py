@@ -303,3 +303,35 @@ def test_a_non_empty_folder_that_holds_no_study_is_refused(preset, tmp_path) -> 
     assert len(res.output.strip().splitlines()) == 1, res.output
     assert (out / "summary.md").read_text() == "a user's file\n"
     assert sorted(p.name for p in out.iterdir() if p.name != ".lock") == ["summary.md"]
+
+
+def test_a_study_whose_parent_folder_is_new_still_holds_the_lock(tmp_path, monkeypatch) -> None:
+    """--out a/b with a missing: the study creates both and fits; while it writes records the
+    folder's lock is held (before: no lock was taken when the parent was missing, so a second
+    rates started on the same --out meanwhile fitted everything again beside it)."""
+    from attnmoe.estimation.study import records
+    from attnmoe.train.lock import RunBusy, run_lock
+
+    out = tmp_path / "new" / "o"
+    real, seen = records.RecordWriter.append, []
+
+    def append(self, recs):
+        try:
+            with run_lock(out):
+                seen.append("free")
+        except RunBusy:
+            seen.append("locked")
+        real(self, recs)
+
+    monkeypatch.setattr(records.RecordWriter, "append", append)
+    res = _rates_cli("--out", str(out), "--settings", "monomial-sigmoid-exact", "--n-grid", "200,400",
+                     "--replicates", "2", "--max-iter", "3", "--workers", "1", "--no-progress")
+    assert res.exit_code == 0, res.output
+    assert seen and set(seen) == {"locked"}, seen
+
+
+def test_a_refused_study_leaves_no_folder_behind_even_its_new_parents(tmp_path) -> None:
+    out = tmp_path / "new" / "deeper" / "o"
+    res = _rates_cli("--out", str(out), "--settings", "monomial-sigmoid-exact", "--n-grid", "200,400",
+                     "--replicates", "2", "--max-iter", "-3", "--no-progress")
+    assert res.exit_code == 2 and not (tmp_path / "new").exists(), res.output

@@ -216,13 +216,16 @@ class _Terminated(BaseException):
 @contextmanager
 def _locked(out: Path, existed: bool, create: bool) -> Iterator[None]:
     """One ``attnmoe rates`` per study folder (the lock of ``attnmoe train``); a folder this run
-    created and left holding nothing but the lock (a refused input) is removed again. Where the
-    folder cannot or should not be made here (its parent is missing or not a folder, or a
-    summary of a folder that does not exist) no lock is taken: the study's own checks name the
-    problem in one line."""
+    created and left holding nothing but the lock (a refused input) is removed again, with the
+    missing parents it created. Where the folder cannot or should not be made here (an existing
+    ancestor is not a folder, or a summary of a folder that does not exist) no lock is taken:
+    the study's own checks name the problem in one line."""
     from attnmoe.train.lock import LOCK_FILE, RunBusy, run_lock
 
-    if not out.is_dir() and (out.exists() or not create or not out.parent.is_dir()):
+    top = out  # the highest folder this run creates (missing parents included), removed if left empty
+    while not top.parent.exists() and top.parent != top:
+        top = top.parent
+    if not out.is_dir() and (out.exists() or not create or not top.parent.is_dir()):
         yield
         return
     try:
@@ -233,7 +236,7 @@ def _locked(out: Path, existed: bool, create: bool) -> Iterator[None]:
         raise typer.Exit(code=2) from None
     finally:
         if not existed and out.is_dir() and [p.name for p in out.iterdir()] == [LOCK_FILE]:
-            shutil.rmtree(out, ignore_errors=True)
+            shutil.rmtree(top, ignore_errors=True)
 
 
 def _rates(
