@@ -335,3 +335,26 @@ def test_a_refused_study_leaves_no_folder_behind_even_its_new_parents(tmp_path) 
     res = _rates_cli("--out", str(out), "--settings", "monomial-sigmoid-exact", "--n-grid", "200,400",
                      "--replicates", "2", "--max-iter", "-3", "--no-progress")
     assert res.exit_code == 2 and not (tmp_path / "new").exists(), res.output
+
+
+def test_an_options_mismatch_names_the_fields_that_differ(tmp_path) -> None:
+    """Issue 24 (help): a resume under other options names the fields, not two whole dicts."""
+    out = tmp_path / "o"
+    assert _invoke("--out", str(out), *TINY).exit_code == 0
+    res = _invoke("--out", str(out), *TINY[:-1], "--dtol", "1e-6", "--no-progress")
+    assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1, res.output
+    assert "dtol: 1e-08 there, 1e-06 here" in res.output and "n_test" not in res.output, res.output
+
+
+def test_a_task_error_on_ray_is_one_line_like_the_process_backend(tmp_path) -> None:
+    """--backend ray --device cuda where no GPU is visible: the workers' one-line error, exit 2
+    (before: the Ray task's traceback, ~10 lines)."""
+    pytest.importorskip("ray")
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible here")
+    res = _invoke("--out", str(tmp_path / "o"), *TINY, "--backend", "ray", "--device", "cuda")
+    assert res.exit_code == 2, res.output
+    error = res.output[res.output.index("error:"):].strip()
+    assert error.count("\n") == 0 and "no GPU is visible" in error, res.output

@@ -171,7 +171,13 @@ def _run_ray(fn: Callable[..., Any], jobs: Sequence[tuple], workers: int, thread
         pending = [remote.remote(fn, threads, job) for job in jobs]
         while pending:
             finished, pending = ray.wait(pending, num_returns=1)
-            yield ray.get(finished[0])
+            try:
+                result = ray.get(finished[0])
+            except ray.exceptions.RayTaskError as err:  # the task's own error, as the process backend raises it
+                if isinstance(err.cause, Exception):
+                    raise err.cause from None
+                raise
+            yield result
     finally:
         if started_here:
             ray.shutdown()

@@ -287,10 +287,11 @@ def check_or_write_config(out: Path, options: FitOptions, *, write: bool = True)
     previous = read_config(out)
     if previous is not None:
         if previous["fit"] != config["fit"]:
-            raise ValueError(
-                f"{out} holds a study fitted with options {previous['fit']}, this run asks for "
-                f"{config['fit']}; resume with the same options or use another --out"
-            )
+            there, here = previous["fit"], config["fit"]
+            fields = "; ".join(f"{k}: {there.get(k)!r} there, {here.get(k)!r} here"
+                               for k in sorted(set(there) | set(here)) if there.get(k) != here.get(k))
+            raise ValueError(f"{out} holds a study fitted with other options ({fields}); resume with the "
+                             "same options or use another --out")
         if previous.get("version", 1) != config["version"]:
             raise ValueError(
                 f"{out} holds a study written by fitting-code version {previous.get('version', 1)}, this "
