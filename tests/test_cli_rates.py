@@ -239,6 +239,8 @@ def test_least_squares_summary_only_reads_a_study_kept_only_as_records_jsonl_gz(
     ("contaminated", ["--replicates", "2000000"], "--replicates must be at most"),
     ("contaminated", ["--n-grid", "1000,1e12"], "at most"),
     ("temperature-gate", ["--seed", "-5"], "--seed"),
+    ("temperature-gate", ["--workers", "0"], "--workers must be a positive integer"),
+    ("hmoe", ["--threads", "-2"], "--threads must be a positive integer"),
 ])
 def test_family_presets_bound_their_sizes_before_planning_anything(preset, args, message, tmp_path,
                                                                    monkeypatch) -> None:

@@ -76,6 +76,9 @@ class FamilyArgs:
 
         if self.replicates is not None:
             check_positive_int(self.replicates, "--replicates", maximum=MAX_REPLICATES)
+        for value, option in ((self.workers, "--workers"), (self.threads, "--threads")):
+            if value is not None:
+                check_positive_int(value, option)  # 0 or less: refused, not read as the default
         if self.n_grid and max(self.n_grid) > MAX_N:
             raise ValueError(f"--n-grid: every n must be at most {MAX_N}, got {max(self.n_grid)}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
