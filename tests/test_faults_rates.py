@@ -358,3 +358,22 @@ def test_a_task_error_on_ray_is_one_line_like_the_process_backend(tmp_path) -> N
     assert res.exit_code == 2, res.output
     error = res.output[res.output.index("error:"):].strip()
     assert error.count("\n") == 0 and "no GPU is visible" in error, res.output
+
+
+def test_the_memory_bound_counts_the_fitted_models_parameters(tmp_path, monkeypatch) -> None:
+    """A wide fitted model (k = 32: P = 282) at the smallest n it allows: its Hessians alone
+    (block x P^2 x 8 bytes, several copies) exceed what is available, though the samples do
+    not; refused in one line before any fit (before: only n was counted and the fit started)."""
+    from attnmoe.estimation.study import plan, run
+
+    monkeypatch.setattr(plan, "available_memory", lambda: 16 * 2**30)
+
+    def reached(*a, **k):
+        raise AssertionError("the fits were started")
+
+    monkeypatch.setattr(run, "run_blocks", reached)
+    out = tmp_path / "o"
+    res = _rates_cli("--out", str(out), "--gates", "polynomial", "--experts", "linear", "--k-true", "2",
+                     "--k-fit", "32", "--n-grid", "300,400", "--replicates", "20000", "--no-progress")
+    assert res.exit_code == 2 and "GiB are available" in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1 and not out.exists()

@@ -64,6 +64,11 @@ MAX_REPLICATES = 10**6
 #: temporaries, the L2 test sample): a deliberately high estimate for the memory check
 BYTES_PER_SAMPLE = 8 * 96
 
+#: bytes a fit holds per replicate and pair of free parameters (the Hessian, its eigenvectors,
+#: the box's chain rule and the (Q, U) products: several (P, P) float64 arrays), so that a wide
+#: fitted model (--k-fit up to MAX_EXPERTS: P in the hundreds) is counted, not only n
+BYTES_PER_PARAM_PAIR = 8 * 8
+
 
 def available_memory() -> int | None:
     """Bytes of memory available now (Linux; None where the system does not say)."""
@@ -73,10 +78,12 @@ def available_memory() -> int | None:
         return None
 
 
-def check_block_memory(block_size: int, starts: int, n_max: int, workers: int) -> None:
+def check_block_memory(block_size: int, starts: int, n_max: int, workers: int, n_params: int = 0) -> None:
     """Refuse, before allocating, a block that cannot fit: ``workers`` processes each fitting
-    ``block_size x starts`` replicates at ``n_max`` samples (one-line error naming the fix)."""
-    need = block_size * starts * n_max * BYTES_PER_SAMPLE * workers
+    ``block_size x starts`` replicates at ``n_max`` samples with up to ``n_params`` free
+    parameters (one-line error naming the fix)."""
+    per_fit = n_max * BYTES_PER_SAMPLE + n_params**2 * BYTES_PER_PARAM_PAIR
+    need = block_size * starts * per_fit * workers
     have = available_memory()
     if have is not None and need > have:
         raise ValueError(f"a block of {block_size} replicate(s) x {starts} start(s) at n = {n_max} needs about "

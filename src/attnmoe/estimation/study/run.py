@@ -153,7 +153,8 @@ def run_study(
     total = sum(len(j.seeds) for j in jobs)
     if jobs:
         starts = options.starts * len(options.init.split("+"))
-        check_block_memory(max(len(j.seeds) for j in jobs), starts, max(j.n for j in jobs), min(workers, len(jobs)))
+        check_block_memory(max(len(j.seeds) for j in jobs), starts, max(j.n for j in jobs), min(workers, len(jobs)),
+                           max(s.fit_layout.n_params for s in settings))
     out = check_writable(out)
     check_or_write_config(out, options)
 
