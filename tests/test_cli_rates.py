@@ -260,3 +260,19 @@ def test_family_presets_bound_their_sizes_before_planning_anything(preset, args,
     assert res.exit_code == 2 and message in res.output, res.output
     assert len(res.output.strip().splitlines()) == 1, res.output
     assert not out.exists()
+
+
+def test_summary_only_says_when_it_mixes_records_of_other_options(tmp_path: Path) -> None:
+    """A resume refuses records fitted under other options; --summary-only (which fits nothing)
+    still summarises them but warns with their count (before: silently)."""
+    one = ["--settings", "monomial-sigmoid-exact", "--n-grid", "200,400", "--replicates", "2", "--no-progress"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert _invoke("--out", str(a), *one, "--max-iter", "3").exit_code == 0
+    assert _invoke("--out", str(b), *one, "--max-iter", "4", "--seed", "10").exit_code == 0
+    with (a / "records.jsonl").open("a") as fh:
+        fh.write((b / "records.jsonl").read_text())
+    res = _invoke("--out", str(a), "--settings", "monomial-sigmoid-exact", "--summary-only")
+    assert res.exit_code == 0 and "summarised 8 records" in res.output, res.output
+    assert "4 of the 8 records summarised were fitted under other options" in res.output, res.output
+    clean = _invoke("--out", str(b), "--settings", "monomial-sigmoid-exact", "--summary-only")
+    assert clean.exit_code == 0 and "other options" not in clean.output, clean.output

@@ -11,6 +11,7 @@ has passed; an interrupt loses at most the blocks in flight.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -222,6 +223,14 @@ def resummarize(
     ]
     if not chosen:
         raise ValueError(f"{records_path} holds no records of the chosen settings / sizes / seeds")
+    try:  # a summary fits nothing, but says so when it mixes options
+        config = read_config(out)
+    except ValueError:  # an unreadable study.json does not stop a summary
+        config = None
+    other = 0 if config is None else sum(r.get("options_hash") not in (None, identity_of(config)) for r in chosen)
+    if other:
+        warnings.warn(f"{other} of the {len(chosen)} records summarised were fitted under other options than "
+                      f"{out / 'study.json'} records (their options_hash differs)", RuntimeWarning, stacklevel=2)
     summary = _summarize_and_write(out, chosen, settings, n_boot)
     return StudyResult(
         out=out, records=chosen, fitted=0, reused=len(chosen), bad_lines=bad, summary=summary,
