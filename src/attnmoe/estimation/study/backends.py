@@ -149,7 +149,7 @@ def _run_pool(fn: Callable[..., Any], jobs: Sequence[tuple], workers: int, threa
     except BaseException:
         for process in list(getattr(pool, "_processes", {}).values()):  # interrupted: stop the fits
             process.terminate()
-        pool.shutdown(wait=False, cancel_futures=True)
+        pool.shutdown(wait=True, cancel_futures=True)  # joins its manager thread: no atexit noise
         raise
     pool.shutdown()
 
