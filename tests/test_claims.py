@@ -16,7 +16,7 @@ from scipy import stats as sps
 from typer.testing import CliRunner
 
 from attnmoe.claims import CLAIMS, Claim, RateArm, RealArm, evaluate
-from attnmoe.claims.ledger import CONFIRMED, CONTRADICTED, NOT_TESTABLE, UNDECIDED, VERDICTS
+from attnmoe.claims.ledger import CONFIRMED, CONTRADICTED, NOT_TESTABLE, PERTURBED, UNDECIDED, VERDICTS
 from attnmoe.cli import app
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -122,6 +122,27 @@ def test_contrast_rule_and_lower_bound_arm(synthetic: Path) -> None:
         _claim("reversed", (flat, fast), "less", 0.0),
         _claim("reversed-lower-bound", (flat, fast), "less", 0.0, contradictable=False)])
     assert got == {"faster": CONFIRMED, "reversed": CONTRADICTED, "reversed-lower-bound": UNDECIDED}
+
+
+def test_rule_7_solver_path_robustness(synthetic: Path) -> None:
+    """An over-specified verdict stands only if the perturbed refits give the same word; without
+    refits it is not stated; exact-specified rows are not affected."""
+    rng = np.random.default_rng(11)
+    # refits: "fast" keeps its rate, "fast2" (a copy of fast in the original records) turns slow
+    _write(synthetic, "toy", _records("fast", -0.5, 40, rng) + _records("fast2", -0.5, 40, rng))
+    _write(synthetic, "toy" + PERTURBED, _records("fast", -0.5, 40, rng) + _records("fast2", -0.25, 40, rng))
+    _write(synthetic, "other", _records("fast", -0.5, 40, rng))  # no perturbed refits of this study
+    arm = lambda s, study="toy": RateArm(study, s, "D1")
+    rows = {r.claim.id: r for r in evaluate(synthetic, [
+        _claim("stable", (arm("fast"),), -0.5, -0.25, overspecified=True),
+        _claim("flips", (arm("fast2"),), -0.5, -0.25, overspecified=True),
+        _claim("unchecked", (arm("fast", "other"),), -0.5, -0.25, overspecified=True),
+        _claim("exact", (arm("fast", "other"),), -0.5, -0.25)])}
+    assert {k: r.verdict for k, r in rows.items()} == {
+        "stable": CONFIRMED, "flips": UNDECIDED, "unchecked": UNDECIDED, "exact": CONFIRMED}
+    assert rows["flips"].cause.startswith("solver-path dependent") and "contradicted" in rows["flips"].cause
+    assert rows["unchecked"].cause.startswith("compute") and "other-perturbed" in rows["unchecked"].cause
+    assert rows["stable"].robustness.startswith("checked") and rows["exact"].robustness.startswith("not needed")
 
 
 def test_real_data_rule_sign_flip_floor_and_holm(synthetic: Path) -> None:

@@ -20,7 +20,13 @@ Holm-adjusted over the claim's declared family), and a verdict by :func:`decide`
 5. a "contradicted" of a claim a fixed truth cannot contradict (``contradictable=False``: its slow
    arm is a minimax lower bound) -> **undecided** (cause: method);
 6. anything else -> **undecided** (cause: compute), with the seeds (and decades of n) that give
-   80 % power at the family's Bonferroni level.
+   80 % power at the family's Bonferroni level;
+7. solver-path robustness (issue 22 item 2): an over-specified row's "confirmed" or "contradicted"
+   stands only if the same claim, evaluated by steps 1-6 from refits restarted at a rounding-level
+   perturbation (``docs/rates/<study>-perturbed/``, same command plus ``--perturb``; every row of
+   its family taken from the perturbed records where they exist), gets the same word; otherwise
+   -> **undecided** (cause: "solver-path dependent"); without such refits -> **undecided**
+   (cause: compute, "robustness not checked"): a verdict that was not checked is not stated.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import json
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +47,8 @@ from attnmoe.claims.registry import CLAIMS, NO_FAMILY, Claim, RateArm, RealArm
 from attnmoe.train.compare import holm
 
 __all__ = [
-    "CONFIRMED", "CONTRADICTED", "MIN_CONVERGED", "NOT_TESTABLE", "UNDECIDED", "VERDICTS",
-    "Row", "decide", "evaluate", "load_records",
+    "CONFIRMED", "CONTRADICTED", "MIN_CONVERGED", "NOT_TESTABLE", "PERTURBED", "UNDECIDED", "VERDICTS",
+    "Row", "decide", "evaluate", "load_records", "perturbed",
 ]
 
 CONFIRMED, CONTRADICTED, UNDECIDED = "confirmed", "contradicted", "undecided"
@@ -53,6 +59,9 @@ MIN_CONVERGED = 0.9
 #: Metrics of the real-data comparisons where lower is better (others: higher is better).
 LOWER_IS_BETTER = ("test_mse", "test_mae", "val_loss", "test_loss", "val_mse")
 _REQUIRED = ("setting", "n", "seed", "losses")
+#: Suffix of a study folder that holds the same study refitted from starts perturbed at rounding
+#: level (``attnmoe rates ... --perturb``): the solver-path robustness check of rule 7.
+PERTURBED = "-perturbed"
 _SD = re.compile(r"^(?P<base>.+)-sd(?P<sd>[0-9.eE+-]+)$")
 
 
@@ -83,6 +92,7 @@ class Row:
     family_size: int = 1
     metric: str | None = None  # the real-data comparison's primary metric
     command: str | None = None  # the real-data comparison's own command (its summary.json)
+    robustness: str = ""  # rule 7's finding (set by :func:`evaluate`)
 
     @property
     def span(self) -> float | None:
@@ -108,21 +118,16 @@ class Row:
             "sign_flip_method": None if self.sign_flip is None else self.sign_flip[1],
             "converged_fraction": self.converged, "n_range": self.n_range, "decades": self.span,
             "verdict": self.verdict, "cause": self.cause, "seeds_needed_80": self.seeds_needed,
-            "decades_needed_80": self.decades_needed, "robustness": robustness(c),
+            "decades_needed_80": self.decades_needed, "robustness": self.robustness,
             "decide": c.decide, "note": c.note, "files": self.files, "metric": self.metric,
             "command": self.command,
         }
 
 
-def robustness(claim: Claim) -> str:
-    """The solver-path robustness column (the perturbed refits need the new study engine)."""
-    if not claim.arms:
-        return "n/a (no records)"
-    if isinstance(claim.arms[0], RealArm):
-        return "n/a (real data: deterministic runs)"
-    if claim.overspecified:
-        return "not yet run: needs refits perturbed at 1e-9 by the new study engine (no such records committed)"
-    return "not needed: exact-specified records moved < 1 % between solver versions (issue 22)"
+def perturbed(claim: Claim) -> Claim:
+    """The same claim read from the perturbed refits of its studies (rule 7)."""
+    arms = tuple(replace(a, study=a.study + PERTURBED) if isinstance(a, RateArm) else a for a in claim.arms)
+    return replace(claim, arms=arms)
 
 
 def _records_path(root: Path, arm: RateArm) -> Path:
@@ -322,9 +327,8 @@ def _power(row: Row, family_size: int) -> None:
         row.decades_needed = span * math.sqrt(row.seeds_needed / iv.seeds)
 
 
-def evaluate(root: Path, claims: Sequence[Claim] = CLAIMS) -> list[Row]:
-    """Every claim measured from the records under ``root`` (the ``docs`` folder) and decided."""
-    cache = _Cache(Path(root))
+def _decide_all(cache: _Cache, claims: Sequence[Claim]) -> list[Row]:
+    """Rules 1-6 for every claim: measure, Holm over each family, decide."""
     rows = [_measure(cache, c) for c in claims]
     for fam in sorted({r.claim.family for r in rows}):
         members = [r for r in rows if r.claim.family == fam]
@@ -343,6 +347,50 @@ def evaluate(root: Path, claims: Sequence[Claim] = CLAIMS) -> list[Row]:
     for r in rows:
         r.family_size = 1 if r.claim.family == NO_FAMILY else sum(x.claim.family == r.claim.family for x in rows)
         r.verdict, r.cause = decide(r)
+    return rows
+
+
+def _has_perturbed(cache: _Cache, claim: Claim) -> bool:
+    arms = perturbed(claim).arms
+    return bool(arms) and all(isinstance(a, RateArm) and _records_path(cache.root, a).is_file() for a in arms)
+
+
+def _robustness(row: Row, other: Row | None) -> None:
+    """Rule 7 on ``row`` given its evaluation from the perturbed refits (None: none committed)."""
+    c = row.claim
+    if not c.arms or isinstance(c.arms[0], RealArm):
+        row.robustness = "n/a (real data: deterministic runs)" if c.arms else "n/a (no records)"
+        return
+    if not c.overspecified:
+        row.robustness = "not needed: exact-specified records moved < 1 % between solver versions (issue 22)"
+        return
+    folders = ", ".join(sorted({f"{a.study}{PERTURBED}" for a in c.arms if isinstance(a, RateArm)}))
+    if other is None:
+        row.robustness = f"not checked: no perturbed refits ({folders})"
+        if row.verdict in (CONFIRMED, CONTRADICTED):
+            row.cause = (f"compute: '{row.verdict}' from these records, but solver-path robustness is not checked "
+                         f"(rule 7: refit the study with --perturb into {folders})")
+            row.verdict = UNDECIDED
+        return
+    row.robustness = f"checked ({folders}): '{other.verdict}' from the perturbed refits"
+    if row.verdict in (CONFIRMED, CONTRADICTED) and other.verdict != row.verdict:
+        row.cause = (f"solver-path dependent: '{row.verdict}' from these records, '{other.verdict}' from the "
+                     f"refits perturbed at rounding level ({folders})")
+        row.verdict = UNDECIDED
+
+
+def evaluate(root: Path, claims: Sequence[Claim] = CLAIMS) -> list[Row]:
+    """Every claim measured from the records under ``root`` (the ``docs`` folder) and decided
+    (rules 1-7 of the module docstring)."""
+    cache = _Cache(Path(root))
+    rows = _decide_all(cache, claims)
+    swap = {c.id: _has_perturbed(cache, c) for c in claims if c.overspecified}
+    others: dict[str, Row] = {}
+    if any(swap.values()):
+        alt = _decide_all(cache, [perturbed(c) if swap.get(c.id) else c for c in claims])
+        others = {r.claim.id: r for r in alt if swap.get(r.claim.id)}
+    for r in rows:
+        _robustness(r, others.get(r.claim.id))
         if r.verdict == UNDECIDED:
             _power(r, r.family_size)
     return rows

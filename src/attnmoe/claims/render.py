@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from attnmoe.claims import stats
-from attnmoe.claims.ledger import MIN_CONVERGED, UNDECIDED, Row, robustness
+from attnmoe.claims.ledger import MIN_CONVERGED, UNDECIDED, Row
 from attnmoe.claims.registry import FAMILIES, STUDY_COMMANDS, RateArm, RealArm
 
 __all__ = ["COMMAND", "ledger_json", "ledger_markdown", "write_ledger"]
@@ -41,7 +41,12 @@ One rule, applied to every row (`attnmoe.claims.ledger.decide`; α = {1 - stats.
 6. anything else → **undecided** (cause: compute), with the seeds that give 80 % power to the
    t-test at the family's Bonferroni level (and at least the count whose exact sign-flip p can
    pass it), and the decades of n that give the same precision at the current seed count
-   (assuming the per-seed slope's sd falls like 1/decades).
+   (assuming the per-seed slope's sd falls like 1/decades);
+7. solver-path robustness: an over-specified row's **confirmed** / **contradicted** stands only if
+   rules 1–6 give the same word from the study refitted with starts perturbed at rounding level
+   (`docs/rates/<study>-perturbed/`, the same command plus `--perturb`); a different word →
+   **undecided** (cause: solver-path dependent); no such refits → **undecided** (cause: compute,
+   robustness not checked).
 
 The estimate is the mean of the per-seed numbers (per-seed OLS slopes of log loss on log n —
 on log(n/σ²) for the noise sweep — their per-seed differences for a contrast, or per-seed
@@ -51,9 +56,8 @@ differences variant − baseline on real data); the interval is the 95 % t-inter
 _PENDING = """\
 * **Solver-path robustness** (issue 22 item 4: between solver versions that differ at rounding
   level, 8-62 % of the over-specified quick records of a study moved by > 10 %, no exact-specified
-  one by > 1 %): every over-specified row is to be re-evaluated from refits restarted with a 1e-9
-  perturbation; a verdict that changes becomes "undecided (solver-path dependent)". Until those
-  records exist the column says "not yet run", and every over-specified "confirmed" is provisional.
+  one by > 1 %): rule 7 re-evaluates every over-specified row from the study refitted with
+  `--perturb` (`docs/rates/<study>-perturbed/`); the robustness column names the refits a row waits for.
 * **Temperature gate**: an identifiable parametrisation (τ is not identified in ours) and its runs.
 * **Multinomial logistic**: the study inside a compact parameter box.
 * **Sigmoid gating, regime 1 linear**: a loss whose mass accounts for null experts.
@@ -176,7 +180,7 @@ def ledger_markdown(rows: Sequence[Row], coverage: Sequence[dict[str, Any]]) -> 
             f"| <a id=\"{c.id}\"></a>`{c.id}` | {c.source} | {_cell(c.statement)}{note} | {_quantity(r)} "
             f"| {_prediction(r)} | {_estimate(r)} | {_design(r)} "
             f"| {_p(r.p_competing)} ({_p(r.holm_competing)}) | {sf} | **{r.verdict}** | {_cell(r.cause) or '–'} "
-            f"| {robustness(c)} |")
+            f"| {_cell(r.robustness)} |")
     out += ["", "p-values are against the competing value (0 for direction claims); the sign-flip p is exact",
             f"up to {stats.EXACT_SIGN_FLIP_MAX} seeds, a seeded Monte Carlo of {stats.SIGN_FLIP_DRAWS} patterns beyond.",
             "", "## Undecided rows: what would decide them", "",
