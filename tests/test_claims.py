@@ -124,6 +124,34 @@ def test_contrast_rule_and_lower_bound_arm(synthetic: Path) -> None:
     assert got == {"faster": CONFIRMED, "reversed": CONTRADICTED, "reversed-lower-bound": UNDECIDED}
 
 
+def test_projected_cost_of_the_decisive_run(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    recs = _records("few", -0.4, 4, rng, sd=0.3) + _records("few2", -0.3, 4, rng, sd=0.3)
+    for r in recs:
+        r["seconds"] = 2.0 if r["setting"] == "few" else 3.0
+        r["losses"]["D2"] = r["losses"]["D1"] ** 1.2
+    _write(tmp_path, "timed", recs)
+    _write(tmp_path, "untimed", _records("few", -0.4, 4, rng, sd=0.3))
+    rows = {r.claim.id: r for r in evaluate(tmp_path, [
+        _claim("over", (RateArm("timed", "few", "D1"), RateArm("timed", "few2", "D1")), "less", 0.0, overspecified=True),
+        _claim("same-cells-twice", (RateArm("timed", "few", "D1"), RateArm("timed", "few", "D2")), "less", 0.0),
+        _claim("untimed", (RateArm("untimed", "few", "D1"),), -0.5, -0.25)])}
+    over = rows["over"]
+    assert over.verdict == UNDECIDED and over.seed_seconds == pytest.approx(len(SIZES) * (2.0 + 3.0))
+    assert over.seeds_to_run == max(over.seeds_needed, 24)
+    assert over.cpu_hours_needed == pytest.approx(over.seeds_to_run * len(SIZES) * 5.0 / 3600)
+    assert rows["same-cells-twice"].seed_seconds == pytest.approx(len(SIZES) * 2.0)  # one setting timed once
+    assert rows["untimed"].cpu_hours_needed is None
+    # an over-specified claim spanning < 2 decades is projected at n = 1e3..1e5 from a power law
+    narrow = [r for r in _records("nar", -0.4, 4, rng, sd=0.3) if r["n"] <= 10000]
+    for r in narrow:
+        r["seconds"] = 1e-3 * r["n"] ** 1.5
+    _write(tmp_path, "narrow", narrow)
+    row = evaluate(tmp_path, [_claim("narrow", (RateArm("narrow", "nar", "D1"),), -0.5, -0.25, overspecified=True)])[0]
+    grid = np.round(np.logspace(3, 5, 9))
+    assert row.seed_seconds == pytest.approx(float(np.sum(1e-3 * grid**1.5)), rel=1e-6)
+
+
 def test_rule_7_solver_path_robustness(synthetic: Path) -> None:
     """An over-specified verdict stands only if the perturbed refits give the same word; without
     refits it is not stated; exact-specified rows are not affected."""

@@ -54,6 +54,8 @@ __all__ = [
 CONFIRMED, CONTRADICTED, UNDECIDED = "confirmed", "contradicted", "undecided"
 NOT_TESTABLE = "not testable by this design"
 VERDICTS = (CONFIRMED, CONTRADICTED, UNDECIDED, NOT_TESTABLE)
+#: Fewest seeds of a decisive run for an over-specified claim (issue 22 item 4).
+MIN_DECISIVE_SEEDS = 24
 #: Smallest converged fraction of a claim's fits for a verdict other than "undecided (software)".
 MIN_CONVERGED = 0.9
 #: Metrics of the real-data comparisons where lower is better (others: higher is better).
@@ -93,6 +95,25 @@ class Row:
     metric: str | None = None  # the real-data comparison's primary metric
     command: str | None = None  # the real-data comparison's own command (its summary.json)
     robustness: str = ""  # rule 7's finding (set by :func:`evaluate`)
+    seed_seconds: float | None = None  # fit seconds of one seed over the claim's cells (records' own times)
+
+    @property
+    def seeds_to_run(self) -> int | None:
+        """Seeds of the decisive run: the 80 % power count, and at least :data:`MIN_DECISIVE_SEEDS`
+        for an over-specified claim (issue 22 item 4)."""
+        if self.seeds_needed is None:
+            return None
+        return max(self.seeds_needed, MIN_DECISIVE_SEEDS) if self.claim.overspecified else self.seeds_needed
+
+    @property
+    def cpu_hours_needed(self) -> float | None:
+        """Projected CPU hours of the decisive run: :attr:`seeds_to_run` times one seed's fit
+        seconds (one thread each) from the records' own times, at the committed n grid, or for an
+        over-specified claim spanning less than two decades at :data:`DECISIVE_GRID` (a power law in
+        n fitted to the timed records); None where the records carry no times."""
+        if self.seed_seconds is None or self.seeds_to_run is None:
+            return None
+        return self.seeds_to_run * self.seed_seconds / 3600
 
     @property
     def span(self) -> float | None:
@@ -119,6 +140,8 @@ class Row:
             "converged_fraction": self.converged, "n_range": self.n_range, "decades": self.span,
             "verdict": self.verdict, "cause": self.cause, "seeds_needed_80": self.seeds_needed,
             "decades_needed_80": self.decades_needed, "robustness": self.robustness,
+            "seed_seconds": self.seed_seconds, "seeds_to_run": self.seeds_to_run,
+            "cpu_hours_needed": self.cpu_hours_needed,
             "decide": c.decide, "note": c.note, "files": self.files, "metric": self.metric,
             "command": self.command,
         }
@@ -177,10 +200,13 @@ class _Cache:
         return self.results[path], path
 
 
-def _arm_slopes(cache: _Cache, arm: RateArm) -> tuple[dict[int, float], list[bool], tuple[float, float], str]:
+def _arm_slopes(cache: _Cache, arm: RateArm) -> tuple[dict[int, float], list[bool], tuple[float, float], str,
+                                                      tuple[float | None, list[tuple[float, float]]]]:
     recs, path = cache.records(arm)
     points: dict[int, list[tuple[float, float]]] = {}
     conv, xs = [], []
+    seconds: float | None = 0.0
+    timing: list[tuple[float, float]] = []  # (n, fit seconds) of every timed record
     for r in recs:
         name, n = str(r["setting"]), float(r["n"])
         if arm.sweep:
@@ -193,13 +219,17 @@ def _arm_slopes(cache: _Cache, arm: RateArm) -> tuple[dict[int, float], list[boo
         else:
             continue
         conv.append(bool(r.get("converged", True)))
+        sec = r.get("seconds")
+        seconds = seconds + float(sec) if seconds is not None and isinstance(sec, (int, float)) else None
+        if seconds is not None and not arm.sweep:
+            timing.append((n, float(sec)))
         v = r["losses"].get(arm.loss)
         if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0:
             points.setdefault(int(r["seed"]), []).append((math.log(x), math.log(v)))
             xs.append(x)
     if not xs:
         raise ValueError(f"{path}: no usable '{arm.loss}' values for setting {arm.setting!r}")
-    return stats.per_seed_slopes(points), conv, (min(xs), max(xs)), str(path)
+    return stats.per_seed_slopes(points), conv, (min(xs), max(xs)), str(path), (seconds, timing)
 
 
 def _real_values(cache: _Cache, arm: RealArm) -> tuple[dict[int, float], str, str, str, str | None]:
@@ -217,9 +247,32 @@ def _real_values(cache: _Cache, arm: RealArm) -> tuple[dict[int, float], str, st
     return diffs, direction, str(path), metric, summary.get("command")
 
 
+#: n grid of a decisive over-specified run (issue 22 item 4: two decades of n, up to 1e5), as the
+#: paper preset's over-specified half uses it
+DECISIVE_GRID = tuple(round(v) for v in np.logspace(3, 5, 9))
+
+
+def _extrapolated_seed_seconds(per_setting: Sequence[Sequence[tuple[float, float]]]) -> float | None:
+    """One seed's fit seconds over :data:`DECISIVE_GRID` for each setting: a least-squares power
+    law seconds = c n^b fitted to the setting's timed records (b >= 1 enforced: a fit's cost does
+    not grow slower than its data), summed over the settings; None if a setting spans one n."""
+    total = 0.0
+    for cells in per_setting:
+        ns = np.log([n for n, _ in cells])
+        if len(set(ns.tolist())) < 2:
+            return None
+        ts = np.log([max(t, 1e-9) for _, t in cells])
+        b, a = np.polyfit(ns, ts, 1)
+        b = max(float(b), 1.0)
+        a = float(np.mean(ts - b * ns))
+        total += float(sum(math.exp(a + b * math.log(n)) for n in DECISIVE_GRID))
+    return total
+
+
 def _measure(cache: _Cache, claim: Claim) -> Row:
     files: list[str] = []
     converged: float | None = None
+    seed_seconds: float | None = None
     n_range = None
     direction = claim.predicted if isinstance(claim.predicted, str) else None
     metric = command = None
@@ -231,8 +284,15 @@ def _measure(cache: _Cache, claim: Claim) -> Row:
         direction = better
     else:
         per_arm, conv_all = [], []
+        seconds: float | None = 0.0
+        timed = set()  # each (records file, setting) timed once
+        per_setting: list[list[tuple[float, float]]] = []
         for arm in claim.arms:
-            slopes, conv, rng_, f = _arm_slopes(cache, arm)
+            slopes, conv, rng_, f, (sec, cells) = _arm_slopes(cache, arm)
+            if (f, arm.setting) not in timed:
+                timed.add((f, arm.setting))
+                seconds = None if seconds is None or sec is None else seconds + sec
+                per_setting.append(cells)
             per_arm.append(slopes)
             conv_all += conv
             files.append(f)
@@ -240,11 +300,15 @@ def _measure(cache: _Cache, claim: Claim) -> Row:
         common = sorted(set.intersection(*(set(s) for s in per_arm)))
         values = {s: per_arm[0][s] - (per_arm[1][s] if len(per_arm) > 1 else 0.0) for s in common}
         converged = float(np.mean(conv_all)) if conv_all else None
+        n_seeds = len({s for slopes in per_arm for s in slopes})
+        seed_seconds = None if seconds is None or not n_seeds else seconds / n_seeds
+        if seconds is not None and claim.overspecified and n_range and math.log10(n_range[1] / n_range[0]) < 2 - 1e-9:
+            seed_seconds = _extrapolated_seed_seconds(per_setting)
     seeds = sorted(values)
     vals = [values[s] for s in seeds]
     rel = sorted({Path(f).relative_to(cache.root).as_posix() for f in files})
     row = Row(claim, vals, seeds, None, None, None, None, converged, n_range, direction, rel, metric=metric,
-              command=command)
+              command=command, seed_seconds=seed_seconds)
     if len(vals) >= 2:
         row.interval = stats.t_interval(vals)
         row.p_competing = stats.t_test_p(vals, claim.competing)

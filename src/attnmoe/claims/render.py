@@ -184,8 +184,17 @@ def ledger_markdown(rows: Sequence[Row], coverage: Sequence[dict[str, Any]]) -> 
     out += ["", "p-values are against the competing value (0 for direction claims); the sign-flip p is exact",
             f"up to {stats.EXACT_SIGN_FLIP_MAX} seeds, a seeded Monte Carlo of {stats.SIGN_FLIP_DRAWS} patterns beyond.",
             "", "## Undecided rows: what would decide them", "",
-            "| claim | cause | seeds for 80 % power | decades of n at the current seeds | run that would decide it |",
-            "|---|---|---|---|---|"]
+            "Seeds to run: the 80 % power count, and at least 24 for an over-specified claim. Projected CPU-h:",
+            "seeds to run × one seed's fit seconds over the claim's cells as the records measured them (one",
+            "thread per fit, on this project's shared 2-core machine), at the committed n grid — for an",
+            "over-specified claim whose records span less than two decades, at n = 10³…10⁵ (9 sizes) with",
+            "seconds = c·n^b fitted to its timed records (b ≥ 1); – where the records carry no times",
+            "(likelihood presets) or there is no power count. The times are those of the engine that wrote",
+            "the records (version 3 costs 1/1.6–1/3.7 of version 2's per over-specified iteration at",
+            "n ≥ 10⁴, about the same at 10³: docs/rates.md, \"The study engine, version 3\").", "",
+            "| claim | cause | seeds for 80 % power | decades of n at the current seeds | run that would decide it "
+            "| seeds to run | projected CPU-h |",
+            "|---|---|---|---|---|---|---|"]
     for r in rows:
         if r.verdict != UNDECIDED:
             continue
@@ -194,8 +203,10 @@ def ledger_markdown(rows: Sequence[Row], coverage: Sequence[dict[str, Any]]) -> 
             need = f"> {stats.MAX_SEEDS} (effect ≈ 0)"
         dec = "–" if r.decades_needed is None else f"{r.decades_needed:.1f}"
         decide = r.claim.decide or _default_decide(r, need, dec)
+        run = "–" if r.seeds_to_run is None else str(r.seeds_to_run)
+        cost = "–" if r.cpu_hours_needed is None else f"{r.cpu_hours_needed:.2g}"
         out.append(f"| [`{r.claim.id}`](#{r.claim.id}) | {_cell(r.cause.split(':')[0])} | {need} | {dec} "
-                   f"| {_cell(decide)} |")
+                   f"| {_cell(decide)} | {run} | {cost} |")
     out += ["", "## Runs this ledger waits for (new fits, not made here)", "", _PENDING]
     out += ["", "## Studies and their commands", "", "| study | records | command |", "|---|---|---|"]
     studies = sorted({a.study for r in rows for a in r.claim.arms if isinstance(a, RateArm)})
