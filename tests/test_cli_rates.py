@@ -247,14 +247,12 @@ def test_family_presets_bound_their_sizes_before_planning_anything(preset, args,
     """--replicates / --n-grid / --seed have the least-squares presets' bounds for every preset
     (issue 24: a size beyond the machine is refused in one line before anything is allocated);
     the study loop is never reached (it would build the seed lists and fit)."""
-    from attnmoe.estimation import hmoe
-    from attnmoe.estimation.likelihood import study as lik_study
+    from attnmoe.estimation.study import registry
 
     def reached(*a, **k):
         raise AssertionError("the study loop was reached")
 
-    monkeypatch.setattr(hmoe, "run_family_study", reached)
-    monkeypatch.setattr(lik_study, "run_family_study", reached)
+    monkeypatch.setattr(registry, "run_plan", reached)
     out = tmp_path / "o"
     res = _invoke("--preset", preset, *args, "--no-progress", "--out", str(out))
     assert res.exit_code == 2 and message in res.output, res.output

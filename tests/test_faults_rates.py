@@ -364,14 +364,14 @@ def test_the_memory_bound_counts_the_fitted_models_parameters(tmp_path, monkeypa
     """A wide fitted model (k = 32: P = 282) at the smallest n it allows: its Hessians alone
     (block x P^2 x 8 bytes, several copies) exceed what is available, though the samples do
     not; refused in one line before any fit (before: only n was counted and the fit started)."""
-    from attnmoe.estimation.study import plan, run
+    from attnmoe.estimation.study import engine, plan
 
     monkeypatch.setattr(plan, "available_memory", lambda: 16 * 2**30)
 
     def reached(*a, **k):
         raise AssertionError("the fits were started")
 
-    monkeypatch.setattr(run, "run_blocks", reached)
+    monkeypatch.setattr(engine, "map_jobs", reached)
     out = tmp_path / "o"
     res = _rates_cli("--out", str(out), "--gates", "polynomial", "--experts", "linear", "--k-true", "2",
                      "--k-fit", "32", "--n-grid", "300,400", "--replicates", "20000", "--no-progress")

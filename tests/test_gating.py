@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -14,8 +16,7 @@ from attnmoe.estimation.experiment import fit_and_score
 from attnmoe.estimation.objective import LeastSquaresObjective
 from attnmoe.estimation.options import FitOptions
 from attnmoe.estimation.study import resolve_settings
-from attnmoe.estimation.study.backends import setting_from_spec, setting_spec
-from attnmoe.estimation.truth import get_setting, make_setting, sample
+from attnmoe.estimation.truth import get_setting, make_setting, sample, setting_from_dict
 from attnmoe.estimation.voronoi import voronoi_losses
 from attnmoe.moe import make_expert, make_gate
 
@@ -110,12 +111,13 @@ def test_sigmoid_voronoi_mass_and_no_translation_invariance() -> None:
 
 def test_spec_round_trip_keeps_normalization() -> None:
     s = _sig_setting()
-    back = setting_from_spec(setting_spec(s))
+    back = setting_from_dict(s.to_dict())
     assert back == s and back.normalization == "sigmoid"
     np.testing.assert_array_equal(back.params["b"], s.params["b"])
-    old = setting_spec(get_setting("monomial-linear-over"))
+    assert pickle.loads(pickle.dumps(s)) == s  # how a setting reaches a worker process
+    old = get_setting("monomial-linear-over").to_dict()
     old.pop("normalization")  # a spec written before the field existed reads as softmax
-    assert setting_from_spec(old) == get_setting("monomial-linear-over")
+    assert setting_from_dict(old) == get_setting("monomial-linear-over")
 
 
 def test_resolve_settings_per_normalizer() -> None:
@@ -138,15 +140,15 @@ def test_cli_bad_normalizer_writes_nothing(tmp_path: Path) -> None:
 
 
 def test_gating_presets_name_resolvable_settings_and_full_sizes() -> None:
-    from attnmoe.estimation.study import PRESETS
+    from attnmoe.estimation.study import LEAST_SQUARES_PRESETS
 
     for name in ("sigmoid-gating", "sigmoid-gating-natural", "cosine-router", "sigmoid-attention"):
-        p = PRESETS[name]
+        p = LEAST_SQUARES_PRESETS[name]
         assert p.full is not None and max(p.full.n_grid) > max(p.n_grid)
         settings = resolve_settings(list(p.settings))
         assert [s.name for s in settings] == list(p.settings)
         for s in settings:
-            assert setting_from_spec(setting_spec(s)) == s
+            assert setting_from_dict(s.to_dict()) == s
 
 
 def test_sigmoid_gating_pair_has_the_same_regression_function_and_data() -> None:

@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from attnmoe.cli import app
 from attnmoe.estimation import hmoe
-from attnmoe.estimation.study import families
+from attnmoe.estimation.study import registry
+from attnmoe.estimation.study.engine import StudyArgs
 from attnmoe.moe import HierarchicalLayout
 
 
@@ -101,14 +102,14 @@ def test_level_losses_vanish_on_the_flat_set_and_ignore_head_order() -> None:
 
 
 def test_preset_is_registered_resumes_and_refuses_bad_input(tmp_path: Path) -> None:
-    assert "hmoe" in families.family_presets()
+    assert "hmoe" in registry.presets()
     out = tmp_path / "run"
     bad = CliRunner().invoke(app, ["rates", "--preset", "hmoe", "--out", str(out), "--n-grid", "10,40",
                                    "--no-progress"])
     assert bad.exit_code == 2 and "every n must be >=" in bad.output and not out.exists()
     cfg = hmoe.HMoEConfig(n_test=100, max_iter=20)
     settings = hmoe.hmoe_settings(["plain"], [2])
-    args = families.FamilyArgs(out=out, n_grid=(40, 60), replicates=2, progress=False)
+    args = StudyArgs(out=out, n_grid=(40, 60), replicates=2, progress=False)
     first = hmoe.run_hmoe(args, cfg, settings)
     assert first.fitted == 4 and first.reused == 0
     again = hmoe.run_hmoe(args, cfg, settings)

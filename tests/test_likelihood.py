@@ -30,7 +30,7 @@ from attnmoe.estimation.likelihood.settings import (
 )
 from attnmoe.estimation.likelihood.study import LikPreset, run_lik_study
 from attnmoe.estimation.likelihood.voronoi import hellinger, topk_voronoi_loss
-from attnmoe.estimation.study.families import FamilyArgs
+from attnmoe.estimation.study.engine import StudyArgs
 
 
 
@@ -234,7 +234,7 @@ TINY = LikPreset("tiny", "test", ("contaminated-a",), (100, 200), 2, (100, 200),
 
 @pytest.mark.filterwarnings("ignore:.*line 2 skipped:RuntimeWarning")
 def test_study_resumes_exactly_and_refuses_other_options(tmp_path) -> None:
-    args = FamilyArgs(out=tmp_path, progress=False)
+    args = StudyArgs(out=tmp_path, progress=False)
     first = run_lik_study(TINY, args)
     assert first.fitted == 4
     text = (tmp_path / "records.jsonl").read_text()
@@ -258,8 +258,8 @@ def test_study_with_two_workers_writes_the_records_of_one(tmp_path) -> None:
     every (setting, n, seed) as one process."""
     one = tmp_path / "one"
     two = tmp_path / "two"
-    run_lik_study(TINY, FamilyArgs(out=one, progress=False, workers=1, threads=1))
-    result = run_lik_study(TINY, FamilyArgs(out=two, progress=False, workers=2, threads=1))
+    run_lik_study(TINY, StudyArgs(out=one, progress=False, workers=1, threads=1))
+    result = run_lik_study(TINY, StudyArgs(out=two, progress=False, workers=2, threads=1))
     assert result.fitted == 4
 
     def records(path):

@@ -1,9 +1,11 @@
 """``attnmoe rates``: the convergence-rate study of gating MoE estimators (issue 2).
 
-Runs (or resumes) :func:`attnmoe.estimation.study.run_study` over settings x sample sizes x
-replicate seeds and writes ``records.jsonl``, ``summary.json``, ``rates.png`` and
-``summary.md`` in ``--out``. Presets fix the grid, replicates and fit options; every option
-given on the command line overrides its preset value. See ``docs/rates.md``.
+Runs (or resumes) a study preset (:func:`attnmoe.estimation.study.run_preset`: every family's
+presets through the one loop) over settings x sample sizes x replicate seeds and writes
+``study.json``, ``records.jsonl``, ``summary.json``, ``rates.png`` and ``summary.md`` in
+``--out``. Presets fix the grid, replicates and fit options; every option given on the command
+line overrides its preset value, and an option a preset does not take is refused. See
+``docs/rates.md``.
 """
 
 from __future__ import annotations
@@ -15,14 +17,12 @@ import signal
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from attnmoe.estimation import study
-from attnmoe.estimation.study import families
 from attnmoe.moe import GATES, NORMALIZATIONS
 from attnmoe.moe.experts import EXPERTS
 
@@ -65,8 +65,7 @@ def rates(
     preset: Annotated[
         str, typer.Option(
             "--preset",
-            help=f"A least-squares preset ({', '.join(study.PRESETS)}) or a family preset "
-            f"({', '.join(families.family_presets())}); an unknown name lists them all.",
+            help=f"A study preset: {', '.join(study.presets())}; an unknown name lists them all.",
         )
     ] = "quick",
     settings: Annotated[
@@ -247,35 +246,25 @@ def _rates(
     dtol: float | None, noise: str | None, block_size: int | None, seed: int, device: str, full: bool,
     summary_only: bool, progress: bool,
 ) -> None:
-    """The body of :func:`rates` (inside its lock and interrupt handling)."""
-    if preset in families.family_presets():
-        # every option of the least-squares grid that a family preset does not take: refused
-        foreign = {"--settings": settings, "--gates": gates, "--experts": experts, "--normalizer": normalizer,
-                   "--k-true": k_true, "--k-fit": k_fit, "--max-iter": max_iter, "--bound": bound,
-                   "--method": method, "--init": init, "--starts": starts, "--near-best": near_best,
-                   "--dtol": dtol, "--noise": noise, "--block-size": block_size}
-        given = [name for name, value in foreign.items() if value is not None]
-        if given:
-            typer.echo(f"error: {', '.join(given)}: not an option of the family preset {preset!r}, whose "
-                       "settings and fit options are fixed by the preset (it takes --out, --full, --n-grid, "
-                       "--replicates, --seed, --workers, --threads, --backend, --device, --summary-only)", err=True)
-            raise typer.Exit(code=2)
-        _run_family(families.FamilyArgs(
-            out=out, full=full, replicates=replicates, n_grid=None, seed=seed, workers=workers,
-            threads=threads, progress=progress, backend=backend, summary_only=summary_only, device=device,
-        ), preset, n_grid)
-        return
+    """The body of :func:`rates` (inside its lock and interrupt handling): the options -> one
+    :class:`~attnmoe.estimation.study.StudyArgs` -> the preset's plan -> the one loop."""
+    # the options a preset may take of its own (StudyPreset.options), parsed; a preset refuses
+    # every given one it does not declare
+    own = {"settings": _split(settings, "--settings"), "gates": _split(gates, "--gates"),
+           "experts": _split(experts, "--experts"), "normalizer": _split(normalizer, "--normalizer"),
+           "k_true": _ints(k_true, "--k-true"), "k_fit": _ints(k_fit, "--k-fit"),
+           "noise": _floats(noise, "--noise") if noise is not None else None, "max_iter": max_iter,
+           "bound": bound, "method": method, "init": init, "starts": starts, "near_best": near_best,
+           "dtol": dtol, "block_size": block_size}
+    grid = _ints(n_grid, "--n-grid")
+    args = study.StudyArgs(
+        out=out, full=full, replicates=replicates, n_grid=tuple(grid) if grid else None, seed=seed,
+        workers=workers, threads=threads, progress=progress, backend=backend, summary_only=summary_only,
+        device=device, options={k: v for k, v in own.items() if v is not None})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
         try:
-            fit_overrides = {"max_iter": max_iter, "bound": bound, "method": method, "init": init,
-                             "starts": starts, "near_best": near_best, "dtol": dtol,
-                             "device": None if device == "cpu" else device}
-            result = _run(
-                out, preset, settings, gates, experts, k_true, k_fit, n_grid, replicates, backend,
-                workers, threads, fit_overrides, noise, block_size, seed, summary_only, progress,
-                full, normalizer,
-            )
+            result = study.run_preset(preset, args)
         except (ValueError, ImportError) as err:
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(code=2) from err
@@ -290,78 +279,6 @@ def _rates(
             + f" ({result.seconds:.1f} s, {result.workers} worker(s) x {result.threads} thread(s), "
             f"{os.cpu_count()} cores)"
         )
-    typer.echo(study.summary_markdown(result.summary))
+    typer.echo(result.markdown.rstrip("\n"))
     if not summary_only:
-        typer.echo(f"wrote {', '.join(str(out / f) for f in _outputs())}")
-
-
-def _run(
-    out: Path, preset: str, settings: str | None, gates: str | None, experts: str | None,
-    k_true: str | None, k_fit: str | None, n_grid: str | None, replicates: int | None,
-    backend: str, workers: int | None, threads: int | None, fit_overrides: dict[str, object],
-    noise: str | None, block_size: int | None, seed: int, summary_only: bool, progress: bool,
-    full: bool = False, normalizer: str | None = None,
-) -> study.StudyResult:
-    """Options -> settings, grid and fit options -> run_study / resummarize (errors: ValueError)."""
-    if preset not in study.PRESETS:
-        names = [*study.PRESETS, *families.family_presets()]
-        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(names)}")
-    p = study.PRESETS[preset]
-    if full:
-        if p.full is None:
-            raise ValueError(f"--full: preset {preset!r} has no full size")
-        p = p.full
-    grid = _ints(n_grid, "--n-grid")
-    chosen = study.resolve_settings(
-        _split(settings, "--settings") or (list(p.settings) if p.settings else None),
-        gates=_split(gates, "--gates"),
-        experts=_split(experts, "--experts"),
-        k_true=_ints(k_true, "--k-true"),
-        k_fit=_ints(k_fit, "--k-fit"),
-        normalizers=_split(normalizer, "--normalizer"),
-    )
-    chosen = study.with_noise_grid(chosen, _floats(noise, "--noise") if noise is not None else p.noise)
-    if summary_only:
-        return study.resummarize(out, chosen, grid, replicates, base_seed=seed)
-    given = {k: v for k, v in fit_overrides.items() if v is not None}
-    try:
-        options = replace(p.fit, **given)
-    except ValueError as err:  # name the option, not the field
-        if str(err).startswith("--"):
-            raise
-        field = str(err).split()[0]
-        raise ValueError(f"--{field.replace('_', '-')}: {err}") from err
-    return study.run_study(
-        chosen,
-        grid or list(p.n_grid),
-        replicates if replicates is not None else p.replicates,
-        out,
-        options=options,
-        backend=backend,
-        workers=workers,
-        threads=threads,
-        block_size=block_size,
-        base_seed=seed,
-        progress=progress,
-    )
-
-
-def _run_family(args: families.FamilyArgs, preset: str, n_grid: str | None) -> None:
-    """Run a registered family preset (:mod:`attnmoe.estimation.study.families`)."""
-    try:
-        grid = _ints(n_grid, "--n-grid")
-        result = families.FAMILY_PRESETS[preset].run(replace(args, n_grid=tuple(grid) if grid else None))
-    except (ValueError, ImportError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(code=2) from err
-    if args.summary_only:
-        typer.echo(f"summarised the records in {args.out} ({result.seconds:.1f} s)")
-    else:
-        typer.echo(f"{result.fitted} fits run, {result.reused} reused ({result.seconds:.1f} s)")
-    typer.echo(result.markdown)
-    if result.files:
-        typer.echo(f"wrote {', '.join(str(args.out / f) for f in result.files)}")
-
-
-def _outputs() -> list[str]:
-    return [study.RECORDS_FILE, study.SUMMARY_JSON, study.FIGURE_FILE, study.SUMMARY_MD]
+        typer.echo(f"wrote {', '.join(str(out / f) for f in study.OUTPUT_FILES)}")

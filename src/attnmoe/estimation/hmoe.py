@@ -40,11 +40,9 @@ matmuls, so a replicate's fit does not depend on the other replicates in its blo
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -54,25 +52,16 @@ from torch import Tensor
 from attnmoe.estimation.derivatives import batched_hessian
 from attnmoe.estimation.objective import padded
 from attnmoe.estimation.optim import REASONS, trust_region
-from attnmoe.estimation.study.families import (
-    FamilyArgs,
-    FamilyPlan,
-    FamilyPreset,
-    FamilyResult,
+from attnmoe.estimation.study.engine import (
+    StudyArgs,
+    StudyPlan,
+    StudyResult,
+    StudySummary,
     near_best_set,
-    register_family_preset,
-    run_family_study,
+    run_plan,
 )
-from attnmoe.estimation.study.records import (
-    RECORDS_FILE,
-    STUDY_FILE,
-    SUMMARY_JSON,
-    SUMMARY_MD,
-    Record,
-    atomic_write,
-    jsonable,
-)
-from attnmoe.estimation.study.report import plot_rates
+from attnmoe.estimation.study.records import Record, jsonable
+from attnmoe.estimation.study.registry import StudyPreset, register_preset
 from attnmoe.estimation.study.summary import summarize_records
 from attnmoe.estimation.truth import derive_seed
 from attnmoe.moe.hierarchical import (
@@ -92,11 +81,12 @@ __all__ = [
     "fit_block",
     "hmoe_settings",
     "level_losses",
+    "hmoe_plan",
     "run_hmoe",
     "sample",
     "start_points",
     "true_params",
-    "write_summary",
+    "summarize",
 ]
 
 #: gate position -> (structure of the family, name of the gate's level in the losses)
@@ -385,7 +375,6 @@ def _fmt(entry: dict[str, Any] | None) -> str:
 COLUMNS = ("expert", "inner", "gate", "L2", "expert_spread", "width_expert_spread")
 #: the losses drawn in ``rates.png`` (log loss against log n, one colour per setting)
 PLOTTED = ("expert", "inner", "L2", "width_expert_spread")
-RATES_PNG = "rates.png"
 
 
 def summary_markdown(summary: dict[str, Any], settings: Sequence[HMoESetting]) -> str:
@@ -408,22 +397,17 @@ def summary_markdown(summary: dict[str, Any], settings: Sequence[HMoESetting]) -
     return "\n".join(lines)
 
 
-def write_summary(out: Path, records: Sequence[Record], settings: Sequence[HMoESetting],
-                  cfg: HMoEConfig) -> str:
-    """Summarise ``records`` (seed-bootstrap slopes, convergence) into ``summary.json``,
-    ``summary.md`` and ``rates.png`` (:data:`PLOTTED` losses) in ``out``; return the markdown."""
+def summarize(records: Sequence[Record], settings: Sequence[HMoESetting], cfg: HMoEConfig) -> StudySummary:
+    """Seed-bootstrap slopes and convergence of ``records``, the study's configuration, the
+    Markdown table, and the :data:`PLOTTED` losses for ``rates.png``."""
     summary = summarize_records(records)
     summary["config"] = _config_dict(cfg)
-    markdown = summary_markdown(summary, settings)
-    atomic_write(out / SUMMARY_JSON, json.dumps(jsonable(summary), indent=2, sort_keys=True) + "\n")
-    atomic_write(out / SUMMARY_MD, markdown + "\n")
-    plot_rates(records, summary, out / RATES_PNG, keep=lambda loss: loss in PLOTTED)
-    return markdown
+    return StudySummary(summary, summary_markdown(summary, settings) + "\n", plotted=lambda loss: loss in PLOTTED)
 
 
-def run_hmoe(args: FamilyArgs, cfg: HMoEConfig | None = None,
-             settings: Sequence[HMoESetting] | None = None) -> FamilyResult:
-    """The ``hmoe`` preset: fit (resumably) into ``args.out``, summarise, write files."""
+def hmoe_plan(args: StudyArgs, cfg: HMoEConfig | None = None,
+              settings: Sequence[HMoESetting] | None = None) -> StudyPlan:
+    """The plan of the ``hmoe`` preset under ``args``; one-line errors on bad input."""
     cfg = cfg or HMoEConfig()
     settings = list(settings or hmoe_settings())
     size = FULL if args.full else QUICK
@@ -431,23 +415,31 @@ def run_hmoe(args: FamilyArgs, cfg: HMoEConfig | None = None,
     reps = size.replicates if args.replicates is None else args.replicates
     if reps < 1:
         raise ValueError(f"--replicates must be >= 1, got {reps}")
+    if args.device != "cpu":
+        raise ValueError(f"--device {args.device}: the hmoe preset runs on the CPU only so far; the "
+                         "least-squares presets take --device cuda")
     by_name = {s.name: s for s in settings}
     n_params = max(HierarchicalLayout(s.spec()).n_params for s in settings)
     if min(grid) < n_params:
         raise ValueError(f"every n must be >= {n_params} (free parameters of the largest fitted model), got {min(grid)}")
-    args.check()
-    return run_family_study(args, FamilyPlan(
+    return StudyPlan(
         name="hmoe", config=_config_dict(cfg), settings=[s.name for s in settings], grid=grid,
         seeds=[args.seed + i for i in range(reps)], fit=fit_block,
-        jobs=lambda name, n, todo: [(by_name[name], n, todo[i : i + cfg.block], cfg)
-                                    for i in range(0, len(todo), cfg.block)],
-        summarize=lambda out, keep: write_summary(out, keep, settings, cfg),
-        files=(RECORDS_FILE, STUDY_FILE, SUMMARY_JSON, SUMMARY_MD, RATES_PNG)))
+        split=lambda name, n, todo: [(by_name[name], n, todo[i : i + cfg.block], cfg)
+                                     for i in range(0, len(todo), cfg.block)],
+        summarize=lambda keep: summarize(keep, settings, cfg))
 
 
-HMOE_PRESET = register_family_preset(FamilyPreset(
+def run_hmoe(args: StudyArgs, cfg: HMoEConfig | None = None,
+             settings: Sequence[HMoESetting] | None = None) -> StudyResult:
+    """The ``hmoe`` preset through the one loop (:func:`~attnmoe.estimation.study.engine.run_plan`)."""
+    args.check()
+    return run_plan(args, hmoe_plan(args, cfg, settings))
+
+
+HMOE_PRESET = register_preset(StudyPreset(
     "hmoe",
     "gate positions (plain, G1..G4) of an attention-shaped hierarchical MoE, exact and over-specified "
     "(arXiv 2602.01468; docs/hmoe.md)",
-    run_hmoe,
+    hmoe_plan,
 ))

@@ -24,6 +24,7 @@ import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,6 +44,7 @@ __all__ = [
     "named_settings",
     "sample",
     "sample_inputs",
+    "setting_from_dict",
     "with_noise",
 ]
 
@@ -138,6 +140,12 @@ class Setting:
         params = self.true_params(x.shape[0], x.dtype)
         gate, expert = make_gate(self.gate, self.dim), make_expert(self.expert)
         return mixture_forward(gate, expert, params, x, self.normalization)
+
+    def __reduce__(self) -> tuple[Any, tuple[dict[str, Any]]]:
+        """Pickled as its :meth:`to_dict` and rebuilt by :func:`setting_from_dict` (its true
+        parameters are a read-only mapping, which pickle refuses): how a setting reaches a
+        worker process."""
+        return setting_from_dict, (self.to_dict(),)
 
     def to_dict(self) -> dict:
         """JSON-serialisable description (true parameters as nested lists)."""
@@ -278,6 +286,24 @@ CORE_SETTINGS: Mapping[str, Setting] = MappingProxyType(
         )
     }
 )
+
+
+def setting_from_dict(spec: Mapping[str, Any]) -> Setting:
+    """The setting :meth:`Setting.to_dict` describes (``normalization`` defaults to softmax for
+    descriptions written before it existed)."""
+    return make_setting(
+        spec["gate"],
+        spec["expert"],
+        spec["k_true"],
+        spec["k_fit"],
+        spec["dim"],
+        params=spec["params"],
+        input_distribution=spec["input_distribution"],
+        input_scale=spec["input_scale"],
+        noise_std=spec["noise_std"],
+        name=spec["name"],
+        normalization=spec.get("normalization", "softmax"),
+    )
 
 
 def with_noise(setting: Setting, noise_std: float) -> Setting:

@@ -10,36 +10,32 @@ from :func:`attnmoe.estimation.study.summary.summarize_records`; ``summary.md`` 
 the theory's slope with a verdict (theory inside the 95 % CI: "agrees").
 
 Each (setting, n) is one job; ``--workers W`` runs the jobs in W processes
-(:func:`~attnmoe.estimation.study.families.run_jobs`), with the same records as one process.
+(:func:`~attnmoe.estimation.study.engine.run_plan`), with the same records as one process.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
+from functools import partial
 from typing import Any
 
 import torch
 
 from attnmoe.estimation.likelihood.objective import fit_likelihood
 from attnmoe.estimation.likelihood.settings import SETTINGS, START_KINDS, sample_data, start_points
-from attnmoe.estimation.study.families import (
-    FamilyArgs,
-    FamilyPlan,
-    FamilyPreset,
-    FamilyResult,
+from attnmoe.estimation.study.engine import (
+    StudyArgs,
+    StudyPlan,
+    StudyResult,
+    StudySummary,
     near_best_set,
-    register_family_preset,
-    run_family_study,
+    run_plan,
 )
-from attnmoe.estimation.study.records import (
-    jsonable,
-)
-from attnmoe.estimation.study.report import plot_rates
+from attnmoe.estimation.study.records import jsonable
+from attnmoe.estimation.study.registry import StudyPreset, register_preset
 from attnmoe.estimation.study.summary import summarize_records
-from attnmoe.utils import atomic_write_json, atomic_write_text
 
-__all__ = ["LIK_PRESETS", "LikPreset", "run_lik_study"]
+__all__ = ["LIK_PRESETS", "LikPreset", "lik_plan", "run_lik_study"]
 
 #: fit options of every likelihood study (one definition; recorded in study.json)
 FIT_OPTIONS: dict[str, Any] = {"method": "trust-region", "max_iter": 200, "dtol": 1e-3,
@@ -84,15 +80,11 @@ LIK_PRESETS: dict[str, LikPreset] = {
     )
 }
 
-STUDY_FILE, RECORDS_FILE, SUMMARY_JSON, SUMMARY_MD = "study.json", "records.jsonl", "summary.json", "summary.md"
-RATES_PNG = "rates.png"
-
-
 def _config(preset: LikPreset) -> dict[str, Any]:
     return {"preset": preset.name, "settings": list(preset.settings), "fit": FIT_OPTIONS, "version": 2}
 
 
-def _check_args(preset: LikPreset, args: FamilyArgs) -> tuple[tuple[int, ...], int]:
+def _check_args(preset: LikPreset, args: StudyArgs) -> tuple[tuple[int, ...], int]:
     grid = args.n_grid or (preset.full_grid if args.full else preset.quick_grid)
     reps = args.replicates if args.replicates is not None else (
         preset.full_replicates if args.full else preset.quick_replicates)
@@ -138,28 +130,32 @@ def fit_block(name: str, n: int, seeds: list[int]) -> list[dict[str, Any]]:
     return records
 
 
-def run_lik_study(preset: LikPreset, args: FamilyArgs) -> FamilyResult:
-    """Run (or resume) ``preset`` into ``args.out`` (module docstring) through the one family
-    loop (:func:`~attnmoe.estimation.study.families.run_family_study`)."""
-    grid, reps = _check_args(preset, args)  # bad input: one-line error before anything is written
-    args.check()  # the bounds every preset shares, before the seed lists are built
+def lik_plan(preset: LikPreset, args: StudyArgs) -> StudyPlan:
+    """The plan of ``preset`` under ``args`` (module docstring); one-line errors on bad input."""
+    grid, reps = _check_args(preset, args)
+    if args.device != "cpu":
+        raise ValueError(f"--device {args.device}: the likelihood presets run on the CPU only so far; the "
+                         "least-squares presets take --device cuda")
 
-    def summarize(out: Path, wanted: list[dict[str, Any]]) -> str:
+    def summarize(wanted: list[dict[str, Any]]) -> StudySummary:
         summary = summarize_records(wanted)
         summary["theory"] = {name: dict(SETTINGS[name].theory) for name in preset.settings}  # width_<loss>: <loss>'s
         summary["starts_converged"] = starts_converged(wanted)
-        atomic_write_json(out / SUMMARY_JSON, jsonable(summary))
-        markdown = summary_markdown(preset, summary)
-        atomic_write_text(out / SUMMARY_MD, markdown)
         # the near-truth fits' losses, one panel each (the width columns are in summary.md)
-        plot_rates(wanted, summary, out / RATES_PNG, keep=lambda loss: not loss.startswith("width_"))
-        return markdown
+        return StudySummary(summary, summary_markdown(preset, summary),
+                            plotted=lambda loss: not loss.startswith("width_"), sort_keys=False)
 
-    return run_family_study(args, FamilyPlan(
+    return StudyPlan(
         name=preset.name, config=_config(preset), settings=preset.settings, grid=grid,
         seeds=range(args.seed, args.seed + reps), fit=fit_block,
-        jobs=lambda name, n, seeds: [(name, n, seeds)], summarize=summarize,
-        files=(STUDY_FILE, RECORDS_FILE, SUMMARY_JSON, SUMMARY_MD, RATES_PNG)))
+        split=lambda name, n, seeds: [(name, n, seeds)], summarize=summarize)
+
+
+def run_lik_study(preset: LikPreset, args: StudyArgs) -> StudyResult:
+    """Run (or resume) ``preset`` into ``args.out`` through the one loop
+    (:func:`~attnmoe.estimation.study.engine.run_plan`)."""
+    args.check()
+    return run_plan(args, lik_plan(preset, args))
 
 
 def starts_converged(records: list[dict[str, Any]]) -> dict[str, dict[str, list[int]]]:
@@ -230,4 +226,4 @@ def summary_markdown(preset: LikPreset, summary: dict[str, Any]) -> str:
 
 
 for _p in LIK_PRESETS.values():
-    register_family_preset(FamilyPreset(_p.name, _p.description, lambda args, _p=_p: run_lik_study(_p, args)))
+    register_preset(StudyPreset(_p.name, _p.description, partial(lik_plan, _p)))

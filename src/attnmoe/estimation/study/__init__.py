@@ -1,43 +1,47 @@
-"""Convergence-rate study: settings x sample sizes x replicate seeds -> records -> slopes.
+"""Convergence-rate studies: settings x sample sizes x replicate seeds -> records -> slopes.
 
-The study behind ``attnmoe rates`` (arXiv 2410.11222, ``docs/rates.md``). It measures how fast
-the least-squares estimator of a softmax-gated mixture of experts recovers the truth as the
-sample size n grows, by fitting many replicates on a grid of n and regressing log(loss) on
-log(n). Modules, from the bottom up:
+The study behind ``attnmoe rates`` (arXiv 2410.11222, ``docs/rates.md``) and every other
+family's rate study. It measures how fast an estimator recovers the truth as the sample size n
+grows, by fitting many replicates on a grid of n and regressing log(loss) on log(n). Modules,
+from the bottom up:
 
-* :mod:`~attnmoe.estimation.study.plan` — presets, settings, validation (before anything is
-  written), default workers and threads, the list of ``(setting, n, seeds)`` jobs;
+* :mod:`~attnmoe.estimation.study.plan` — limits, validation (before anything is written),
+  default workers and threads, the least-squares presets and settings;
 * :mod:`~attnmoe.estimation.study.records` — ``records.jsonl`` (read back with bad lines
-  skipped and named, appended block by block) and ``study.json`` (the fit options);
-* :mod:`~attnmoe.estimation.study.backends` — the unit of work :func:`fit_block` and where it
-  runs: in this process, on a process pool, on Ray;
-* :mod:`~attnmoe.estimation.study.summary` — slopes with CIs that resample whole seeds;
-* :mod:`~attnmoe.estimation.study.report` — ``summary.md`` and ``rates.png``;
-* :mod:`~attnmoe.estimation.study.run` — :func:`run_study` and :func:`resummarize`.
+  skipped and named, appended block by block), ``study.json`` and the records' identity;
+* :mod:`~attnmoe.estimation.study.backends` — where jobs run: this process, a process pool, Ray;
+* :mod:`~attnmoe.estimation.study.summary` / :mod:`~.sweep` — slopes with CIs that resample
+  whole seeds;
+* :mod:`~attnmoe.estimation.study.report` — the one writer of ``summary.json``, ``summary.md``
+  and ``rates.png``;
+* :mod:`~attnmoe.estimation.study.engine` — THE run / resume / jobs loop of every preset;
+* :mod:`~attnmoe.estimation.study.registry` — THE table of presets of every family;
+* :mod:`~attnmoe.estimation.study.run` — the least-squares presets (:func:`run_study`,
+  :func:`resummarize`).
 
 Files written in ``out`` (the output contract): ``study.json``, ``records.jsonl``,
 ``summary.json``, ``rates.png``, ``summary.md``.
 """
 
 from attnmoe.estimation.options import FitOptions
-from attnmoe.estimation.study.backends import (
-    BACKENDS,
-    fit_block,
-    fit_one,
-    setting_from_spec,
-    setting_spec,
+from attnmoe.estimation.study.backends import BACKENDS, map_jobs
+from attnmoe.estimation.study.engine import (
+    OUTPUT_FILES,
+    StudyArgs,
+    StudyPlan,
+    StudyResult,
+    StudySummary,
+    run_plan,
 )
 from attnmoe.estimation.study.plan import (
+    LEAST_SQUARES_PRESETS,
     MAX_EXPERTS,
     MAX_N,
-    PRESETS,
-    Job,
     Preset,
     core_setting_names,
     default_threads,
     default_workers,
     log_grid,
-    plan_jobs,
     replicate_seeds,
     resolve_settings,
     validate_study,
@@ -55,8 +59,9 @@ from attnmoe.estimation.study.records import (
     read_records,
     record_key,
 )
+from attnmoe.estimation.study.registry import PRESETS, StudyPreset, presets, register_preset, run_preset
 from attnmoe.estimation.study.report import plot_rates, summary_markdown, write_outputs
-from attnmoe.estimation.study.run import StudyResult, resummarize, run_study
+from attnmoe.estimation.study.run import fit_block, fit_one, least_squares_plan, resummarize, run_study
 from attnmoe.estimation.study.summary import (
     ols_slope,
     setting_rng,
@@ -68,8 +73,10 @@ from attnmoe.estimation.study.sweep import split_noise_name, sweep_summary
 __all__ = [
     "BACKENDS",
     "FIGURE_FILE",
+    "LEAST_SQUARES_PRESETS",
     "MAX_EXPERTS",
     "MAX_N",
+    "OUTPUT_FILES",
     "PRESETS",
     "RECORDS_FILE",
     "REQUIRED_KEYS",
@@ -78,28 +85,34 @@ __all__ = [
     "SUMMARY_MD",
     "BadLine",
     "FitOptions",
-    "Job",
     "Preset",
     "RecordWriter",
+    "StudyArgs",
+    "StudyPlan",
+    "StudyPreset",
     "StudyResult",
+    "StudySummary",
     "core_setting_names",
     "default_threads",
     "default_workers",
     "fit_block",
     "fit_one",
+    "least_squares_plan",
     "log_grid",
+    "map_jobs",
     "ols_slope",
-    "plan_jobs",
     "plot_rates",
+    "presets",
     "read_records",
     "record_key",
+    "register_preset",
     "replicate_seeds",
     "resolve_settings",
     "resummarize",
+    "run_plan",
+    "run_preset",
     "run_study",
-    "setting_from_spec",
     "setting_rng",
-    "setting_spec",
     "slope_with_ci",
     "split_noise_name",
     "summarize_records",

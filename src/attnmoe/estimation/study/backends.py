@@ -1,10 +1,10 @@
 """Where the blocks of a study run: in this process, on a process pool, or on a Ray cluster.
 
-The unit of work is :func:`fit_block` ``(setting, n, seeds, options) -> records``: it calls
-:func:`attnmoe.estimation.experiment.fit_and_score`, which fits all the seeds as ONE batched
-program and returns one JSON-serialisable record per seed. A record depends only on
-``(setting, n, seed)`` and the options, so how seeds are grouped into blocks, and which worker
-runs a block, never changes a number. Every backend yields blocks of records as they finish.
+The unit of work is a preset's module-level ``fit(*job) -> records`` (e.g. the least-squares
+:func:`~attnmoe.estimation.study.run.fit_block`, which fits all the seeds of a job as ONE batched
+program). A record depends only on ``(setting, n, seed)`` and the options, so how seeds are
+grouped into jobs, and which worker runs a job, never changes a number. Every backend yields
+the jobs' results as they finish.
 """
 
 from __future__ import annotations
@@ -13,73 +13,9 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any
 
-from attnmoe.estimation.options import FitOptions
-from attnmoe.estimation.study.plan import Job
-from attnmoe.estimation.study.records import Record, jsonable
-from attnmoe.estimation.truth import Setting, make_setting
-
-__all__ = ["BACKENDS", "call_with_threads", "fit_block", "fit_one", "map_jobs", "run_blocks", "setting_from_spec",
-           "setting_spec"]
+__all__ = ["BACKENDS", "call_with_threads", "map_jobs"]
 
 BACKENDS: tuple[str, ...] = ("process", "ray")
-
-FitFn = Callable[..., list[Record]]
-
-
-def fit_block(
-    setting: Setting | dict[str, Any],
-    n: int,
-    seeds: Sequence[int],
-    options: FitOptions,
-    threads: int | None = None,
-) -> list[Record]:
-    """Fit ``seeds`` replicates of ``setting`` at sample size ``n`` as one batched program.
-
-    Pure: the records depend only on ``(setting, n, seed, options)``. ``threads`` (if given)
-    sets torch's intra-op thread count first (the caller's choice of parallelism); ``setting``
-    may be the picklable :func:`setting_spec` of a setting.
-    """
-    import torch
-
-    from attnmoe.estimation.experiment import fit_and_score
-
-    if threads is not None:
-        torch.set_num_threads(threads)
-    records = fit_and_score(setting_from_spec(setting), int(n), [int(s) for s in seeds], options)
-    return [jsonable(r) for r in records]
-
-
-def fit_one(setting: Setting, n: int, seed: int, options: FitOptions) -> Record:
-    """The unit of work ``(setting, n, seed) -> record`` (a block of one seed)."""
-    return fit_block(setting, n, [seed], options)[0]
-
-
-def setting_spec(setting: Setting) -> dict[str, Any]:
-    """A picklable description of ``setting`` for worker processes (``Setting.to_dict()``).
-
-    ``Setting`` holds its true parameters in a read-only mapping, which pickle refuses; workers
-    rebuild the identical setting with :func:`setting_from_spec`.
-    """
-    return setting.to_dict()
-
-
-def setting_from_spec(spec: Setting | dict[str, Any]) -> Setting:
-    """Inverse of :func:`setting_spec` (a ``Setting`` passes through)."""
-    if isinstance(spec, Setting):
-        return spec
-    return make_setting(
-        spec["gate"],
-        spec["expert"],
-        spec["k_true"],
-        spec["k_fit"],
-        spec["dim"],
-        params=spec["params"],
-        input_distribution=spec["input_distribution"],
-        input_scale=spec["input_scale"],
-        noise_std=spec["noise_std"],
-        name=spec["name"],
-        normalization=spec.get("normalization", "softmax"),
-    )
 
 
 def call_with_threads(fn: Callable[..., Any], threads: int | None, job: tuple) -> Any:
@@ -97,7 +33,7 @@ def map_jobs(
 ) -> Iterator[Any]:
     """``fn(*job)`` for every job, on ``backend`` (``"process"`` with ``workers == 1``: in this
     process), yielding each result as it finishes (in order of completion). The one job runner of
-    every study (least squares, likelihood, hmoe); ``fn`` must be module-level (it is pickled)."""
+    every study (:func:`~attnmoe.estimation.study.engine.run_plan`); ``fn`` must be module-level (it is pickled)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "ray":
@@ -105,15 +41,6 @@ def map_jobs(
     if workers == 1:
         return _run_inline(fn, jobs, threads)
     return _run_pool(fn, jobs, workers, threads)
-
-
-def run_blocks(
-    jobs: list[Job], options: FitOptions, *, backend: str, workers: int, threads: int, fit: FitFn
-) -> Iterator[list[Record]]:
-    """Run the least-squares ``jobs`` on ``backend`` and yield their records (:func:`map_jobs`)."""
-    inline = backend == "process" and workers == 1  # no pickling: the settings themselves
-    args = [(j.setting if inline else setting_spec(j.setting), j.n, j.seeds, options) for j in jobs]
-    return map_jobs(fit, args, backend=backend, workers=workers, threads=threads)
 
 
 def _run_inline(fn: Callable[..., Any], jobs: Sequence[tuple], threads: int) -> Iterator[Any]:

@@ -40,15 +40,13 @@ __all__ = [
     "MAX_REPLICATES",
     "available_memory",
     "check_block_memory",
-    "PRESETS",
-    "Job",
+    "LEAST_SQUARES_PRESETS",
     "Preset",
     "check_positive_int",
     "core_setting_names",
     "default_threads",
     "default_workers",
     "log_grid",
-    "plan_jobs",
     "renormalized",
     "replicate_seeds",
     "resolve_settings",
@@ -104,7 +102,8 @@ MAX_EXPERTS = 32
 
 @dataclass(frozen=True)
 class Preset:
-    """A named study size. ``settings=None`` means every core setting."""
+    """A least-squares study: its size, fit options and settings (``settings=None``: every core
+    setting); ``description`` is what ``attnmoe rates --help`` says of it."""
 
     n_grid: tuple[int, ...]
     replicates: int
@@ -112,6 +111,7 @@ class Preset:
     settings: tuple[str, ...] | None = None
     noise: tuple[float, ...] | None = None  # a noise sweep (settings renamed <name>-sd<sigma>)
     full: Preset | None = None  # the committed study's size (``attnmoe rates --full``)
+    description: str = ""
 
 
 def log_grid(n_min: int, n_max: int, num: int) -> tuple[int, ...]:
@@ -121,7 +121,7 @@ def log_grid(n_min: int, n_max: int, num: int) -> tuple[int, ...]:
     return tuple(round(v) for v in np.logspace(math.log10(n_min), math.log10(n_max), num))
 
 
-def _gating_preset(settings: Sequence[str], max_iter: int) -> Preset:
+def _gating_preset(settings: Sequence[str], max_iter: int, description: str) -> Preset:
     """A gating-family preset (docs/gating.md): quick n = 10^3..1.6 10^4, 4 replicates; full
     (``--full``) 7 sizes to 10^5, 40 replicates, a 5,000-iteration cap. Each replicate is fitted
     from a near-truth and a displaced start (the split copies moved +-0.3 apart along their flat
@@ -133,6 +133,7 @@ def _gating_preset(settings: Sequence[str], max_iter: int) -> Preset:
         replicates=4,
         fit=FitOptions(max_iter=max_iter, n_test=4000, bound=10.0, init=start),
         settings=tuple(settings),
+        description=description,
         full=Preset(
             n_grid=log_grid(1000, 100_000, 7),
             replicates=40,
@@ -142,13 +143,14 @@ def _gating_preset(settings: Sequence[str], max_iter: int) -> Preset:
     )
 
 
-PRESETS: dict[str, Preset] = {
+LEAST_SQUARES_PRESETS: dict[str, Preset] = {
     # All 8 core settings in under 5 minutes on 2 shared CPU cores (timed: docs/rates.md).
     # (the cap keeps it short: over-specified fits are reported unconverged, not hidden)
     "quick": Preset(
         n_grid=(1000, 2000, 4000, 8000),
         replicates=4,
         fit=FitOptions(max_iter=150, n_test=4000),
+        description="the 8 core settings, n = 1e3..8e3, 4 replicates (arXiv 2410.11222)",
     ),
     # The scale of the simulations in this literature: n up to 1e5, 40 replicates; a cap high
     # enough for the over-specified fits to converge (docs/rates.md, "Protocol").
@@ -156,6 +158,7 @@ PRESETS: dict[str, Preset] = {
         n_grid=log_grid(1000, 100_000, 9),
         replicates=40,
         fit=FitOptions(max_iter=5000, n_test=20_000, bound=10.0),
+        description="the 8 core settings at the literature's scale: n to 1e5, 40 replicates",
     ),
     # The over-specified settings at n = 1000 over four decades of noise (sigma^2/n is what
     # matters, docs/rates.md), each replicate from a near-truth AND a displaced start: the
@@ -167,17 +170,22 @@ PRESETS: dict[str, Preset] = {
         settings=("monomial-linear-over", "monomial-sigmoid-over", "polynomial-linear-over",
                   "polynomial-sigmoid-over"),
         noise=(1e-2, 1e-3, 1e-4, 1e-5),
+        description="over-specified settings at n = 1e3 over four decades of noise, near-truth and displaced starts",
     ),
     # Sigmoid vs softmax gating (arXiv 2405.13997) on the same f* and data, regimes r1 (slope
     # != 0) and r2 (slope = 0), linear and GELU experts (estimation/gating_truths.py,
     # docs/gating.md). Quick: wall time measured in docs/gating.md.
-    "sigmoid-gating": _gating_preset(SIGMOID_GATING_SETTINGS, max_iter=1000),
+    "sigmoid-gating": _gating_preset(SIGMOID_GATING_SETTINGS, max_iter=1000,
+                                     description="sigmoid vs softmax gating on the same truth (arXiv 2405.13997)"),
     # The same contrast with each gate on its own natural k* = 2 truth (the paper's comparison).
-    "sigmoid-gating-natural": _gating_preset(SIGMOID_GATING_NATURAL_SETTINGS, max_iter=1000),
+    "sigmoid-gating-natural": _gating_preset(SIGMOID_GATING_NATURAL_SETTINGS, max_iter=1000,
+                                             description="sigmoid vs softmax gating, each on its own truth"),
     # Cosine vs perturbed-cosine router, softmax (arXiv 2405.14131; the autograd objective).
-    "cosine-router": _gating_preset(COSINE_ROUTER_SETTINGS, max_iter=500),
+    "cosine-router": _gating_preset(COSINE_ROUTER_SETTINGS, max_iter=500,
+                                    description="cosine vs perturbed-cosine router (arXiv 2405.14131)"),
     # Sigmoid vs softmax weights on the quadratic polynomial gate (arXiv 2502.00281).
-    "sigmoid-attention": _gating_preset(SIGMOID_ATTENTION_SETTINGS, max_iter=500),
+    "sigmoid-attention": _gating_preset(SIGMOID_ATTENTION_SETTINGS, max_iter=500,
+                                        description="sigmoid vs softmax weights on the quadratic gate (arXiv 2502.00281)"),
 }
 
 
@@ -349,37 +357,10 @@ def default_workers(n_jobs: int, threads: int) -> int:
 
 
 # --------------------------------------------------------------------------------------------
-# Jobs
+# Seeds
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Job:
-    """Seeds of one ``(setting, n)`` fitted together as one batched call."""
-
-    setting: Setting
-    n: int
-    seeds: tuple[int, ...]
 
 
 def replicate_seeds(replicates: int, base_seed: int = 0) -> list[int]:
     """Seeds of the replicates: ``base_seed, base_seed+1, ...`` (the same at every n)."""
     return list(range(base_seed, base_seed + replicates))
-
-
-def plan_jobs(
-    settings: Sequence[Setting],
-    n_grid: Sequence[int],
-    seeds: Sequence[int],
-    done: set[tuple[str, int, int]],
-    block_size: int,
-) -> list[Job]:
-    """Blocks of the ``(setting, n, seed)`` not in ``done``; largest n first (load balance)."""
-    check_positive_int(block_size, "--block-size")
-    jobs = []
-    for n in sorted(n_grid, reverse=True):
-        for s in settings:
-            todo = [sd for sd in seeds if (s.name, int(n), int(sd)) not in done]
-            for i in range(0, len(todo), block_size):
-                jobs.append(Job(s, int(n), tuple(todo[i : i + block_size])))
-    return jobs

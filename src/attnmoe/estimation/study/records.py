@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 
-from attnmoe.estimation.options import FitOptions
 from attnmoe.utils import atomic_write_text
 
 __all__ = [
@@ -38,7 +37,10 @@ __all__ = [
     "BadLine",
     "RecordWriter",
     "atomic_write",
-    "check_or_write_config",
+    "check_identity",
+    "identity_of",
+    "read_config",
+    "stamp",
     "check_records_file",
     "jsonable",
     "read_records",
@@ -211,10 +213,6 @@ def atomic_write(path: Path, text: str) -> None:
 STUDY_VERSION = 3
 
 
-def study_config(options: FitOptions) -> dict[str, Any]:
-    return {"fit": options.to_dict(), "version": STUDY_VERSION}
-
-
 def read_config(out: Path) -> dict[str, Any] | None:
     """The ``study.json`` of ``out`` (None if there is none).
 
@@ -276,27 +274,3 @@ def check_identity(records: Sequence[Record], identity: str, path: Path, *, conf
     if legacy and not config_on_file:
         raise ValueError(f"{path} holds {legacy} record(s) without an options hash and there is no "
                          f"{STUDY_FILE} saying what options made them; restore {STUDY_FILE} or use another --out")
-
-
-def check_or_write_config(out: Path, options: FitOptions, *, write: bool = True) -> None:
-    """Refuse a resume with other fit options or an unreadable ``study.json``; else record them.
-
-    With ``write=False`` only the checks run (called before anything is written).
-    """
-    config = study_config(options)
-    previous = read_config(out)
-    if previous is not None:
-        if previous["fit"] != config["fit"]:
-            there, here = previous["fit"], config["fit"]
-            fields = "; ".join(f"{k}: {there.get(k)!r} there, {here.get(k)!r} here"
-                               for k in sorted(set(there) | set(here)) if there.get(k) != here.get(k))
-            raise ValueError(f"{out} holds a study fitted with other options ({fields}); resume with the "
-                             "same options or use another --out")
-        if previous.get("version", 1) != config["version"]:
-            raise ValueError(
-                f"{out} holds a study written by fitting-code version {previous.get('version', 1)}, this "
-                f"is version {config['version']}; resume with the version that wrote it or use another --out"
-            )
-        return
-    if write:
-        atomic_write(Path(out) / STUDY_FILE, json.dumps(config, indent=2, sort_keys=True) + "\n")

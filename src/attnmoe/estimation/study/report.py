@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +21,39 @@ from attnmoe.estimation.study.records import (
     SUMMARY_MD,
     Record,
     atomic_write,
+    jsonable,
 )
 from attnmoe.estimation.study.summary import loss_value
 
-__all__ = ["plot_rates", "summary_markdown", "write_outputs"]
+__all__ = ["StudySummary", "plot_rates", "summary_markdown", "write_outputs"]
 
 
-def write_outputs(out: Path, summary: dict[str, Any], records: Sequence[Record]) -> None:
-    """Write ``summary.json``, ``summary.md`` and ``rates.png`` (each atomically)."""
-    atomic_write(out / SUMMARY_JSON, json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    atomic_write(out / SUMMARY_MD, summary_markdown(summary))
-    plot_rates(records, summary, out / FIGURE_FILE)
+@dataclass(frozen=True)
+class StudySummary:
+    """A study's summary as a preset makes it (what :func:`write_outputs` writes).
+
+    Args:
+        summary: the content of ``summary.json`` (JSON-ready after
+            :func:`~attnmoe.estimation.study.records.jsonable`).
+        markdown: the content of ``summary.md``, also what ``attnmoe rates`` prints.
+        plotted: the losses ``rates.png`` draws (None: every loss).
+        sort_keys: ``summary.json`` with its keys sorted (False: in the summary's own order, as
+            the likelihood studies have always written it).
+    """
+
+    summary: dict[str, Any]
+    markdown: str
+    plotted: Callable[[str], bool] | None = None
+    sort_keys: bool = True
+
+
+def write_outputs(out: Path, summary: StudySummary, records: Sequence[Record]) -> None:
+    """Write ``summary.json``, ``summary.md`` and ``rates.png`` (each atomically): the one
+    writer of every study's summary files."""
+    text = json.dumps(jsonable(summary.summary), indent=2, sort_keys=summary.sort_keys) + "\n"
+    atomic_write(out / SUMMARY_JSON, text)
+    atomic_write(out / SUMMARY_MD, summary.markdown)
+    plot_rates(records, summary.summary, out / FIGURE_FILE, keep=summary.plotted)
 
 
 def _fmt_slope(entry: dict[str, Any]) -> str:
