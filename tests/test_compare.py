@@ -159,3 +159,89 @@ def test_compare_cli_tiny_real_runs(tmp_path: Path) -> None:
     assert (tmp_path / "softmax" / "seed0" / "metrics.json").stat().st_mtime_ns == stamp
     bad = CliRunner().invoke(app, [*args[:5], "softmax,bogus", *args[6:]])
     assert bad.exit_code == 2 and "bogus" in bad.output
+
+
+def test_exact_paired_permutation_p_by_enumeration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``p_exact`` = share of the 2^k sign patterns of the per-seed differences whose |sum| is at
+    least the observed one, enumerated here by hand; Holm-adjusted like the t-test p."""
+    import itertools
+
+    table = {"softmax": [0.40, 0.42, 0.41, 0.43, 0.39],
+             "active-gelu": [0.38, 0.385, 0.39, 0.44, 0.37],  # 4 of 5 below softmax
+             "sigmoid": [0.45, 0.40, 0.50, 0.46, 0.41]}
+    monkeypatch.setitem(TABLE, "softmax", table["softmax"])
+    monkeypatch.setitem(TABLE, "active-gelu", table["active-gelu"])
+    monkeypatch.setitem(TABLE, "sigmoid", table["sigmoid"])
+    monkeypatch.setattr(cmp, "run_one", _fake_run_one([]))
+    summary = cmp.run_comparison(BASE, list(table), list(range(5)), tmp_path, progress=False)
+    raw = {}
+    for v in ("active-gelu", "sigmoid"):
+        d = [x - y for x, y in zip(table[v], table["softmax"])]
+        observed = abs(sum(d))
+        hits = sum(abs(sum(s * x for s, x in zip(signs, d))) >= observed - 1e-15
+                   for signs in itertools.product((1, -1), repeat=len(d)))
+        pair = summary["variants"][v]["metrics"]["test_mse"]["paired_vs_softmax"]
+        assert pair["p_exact"] == pytest.approx(hits / 2 ** len(d), rel=1e-12)
+        assert pair["exact"] == "exact" and pair["p_exact"] >= 2 / 2**5
+        assert pair["n_negative"] + pair["n_positive"] == 5
+        raw[v] = pair["p_exact"]
+    lo, hi = sorted(raw.values())
+    for v, p in raw.items():  # Holm with m = 2
+        want = 2 * lo if p == lo else max(2 * lo, hi)
+        got = summary["variants"][v]["metrics"]["test_mse"]["paired_vs_softmax"]["p_exact_holm"]
+        assert got == pytest.approx(min(1.0, want))
+    md = (tmp_path / "summary.md").read_text()
+    assert "| exact p | Holm (exact) |" in md
+
+
+def test_reuse_takes_committed_runs_of_the_same_recipe_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--reuse``: seeds 0-1 of a committed summary are taken (not retrained) and seed 2 is
+    trained; the extended summary holds the committed values exactly; a summary of another
+    recipe is refused before anything is written; an existing run directory is never overwritten."""
+    calls: list[tuple[str, int, bool]] = []
+    monkeypatch.setattr(cmp, "run_one", _fake_run_one(calls))
+    variants = ["softmax", "active-gelu"]
+    first = tmp_path / "first"
+    cmp.run_comparison(BASE, variants, [0, 1], first, progress=False)
+    committed = tmp_path / "committed.json"
+    committed.write_text((first / "summary.json").read_text())
+    calls.clear()
+
+    extended = tmp_path / "extended"
+    lines: list[str] = []
+    summary = cmp.run_comparison(BASE, variants, [0, 1, 2], extended, progress=False, reuse=committed,
+                                 report=lines.append)
+    assert calls == [(v, 2, False) for v in variants]  # only the new seed trained
+    assert sum("reused" in line for line in lines) == 4
+    for v in variants:
+        runs = {r["seed"]: r for r in summary["variants"][v]["runs"]}
+        assert [runs[s]["test_mse"] for s in (0, 1, 2)] == TABLE[v]
+        assert runs[0]["reused_from"]["file"] == str(committed) and "reused_from" not in runs[2]
+        saved = json.loads((extended / v / "seed0" / "reused.json").read_text())
+        assert saved["spec"]["attention"] == v and saved["spec"]["seed"] == 0
+    assert "| softmax | 0 *reused* |" in (extended / "summary.md").read_text()
+
+    # reusing again (or a second extension) changes nothing on disk
+    stamp = (extended / "softmax" / "seed2" / "metrics.json").stat().st_mtime_ns
+    cmp.run_comparison(BASE, variants, [0, 1, 2], extended, progress=False, reuse=committed)
+    assert (extended / "softmax" / "seed2" / "metrics.json").stat().st_mtime_ns == stamp
+    assert len(calls) == 2
+
+    # another recipe: refused, naming the field, before the directory is created
+    other = tmp_path / "other"
+    with pytest.raises(ValueError, match="horizon: 96 -> 336"):
+        cmp.run_comparison(resolve_spec("forecast", "ETTh1", horizon=336), variants, [0], other,
+                           progress=False, reuse=committed)
+    with pytest.raises(ValueError, match="epochs"):
+        cmp.run_comparison(resolve_spec("forecast", "ETTh1", horizon=96, overrides={"epochs": 2}),
+                           variants, [0], other, progress=False, reuse=committed)
+    assert not other.exists()
+    # an older summary (task/dataset/horizon/overrides, no spec) is checked the same way
+    old = json.loads(committed.read_text())
+    old.pop("spec", None)
+    old.update({"horizon": 96, "overrides": {"epochs": 2.0}})
+    committed.write_text(json.dumps(old))
+    with pytest.raises(ValueError, match="epochs: 2.0 -> 10"):
+        cmp.run_comparison(BASE, variants, [0], other, progress=False, reuse=committed)
+    with pytest.raises(ValueError, match="no such file"):
+        cmp.run_comparison(BASE, variants, [0], other, progress=False, reuse=tmp_path / "missing.json")

@@ -62,7 +62,7 @@ def smallest_holm(docs: Path) -> tuple[float, str, str]:
         d = json.loads(path.read_text())
         for v, vd in d["variants"].items():
             pv = vd.get("metrics", {}).get(d["primary_metric"], {}).get("paired_vs_softmax")
-            if pv and pv.get("p_holm") is not None:
+            if pv and pv.get("p_holm") is not None and pv.get("n_pairs") == 3:  # 3-seed comparisons only
                 best.append((pv["p_holm"], path.parent.name, v))
     return min(best)
 

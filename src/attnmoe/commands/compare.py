@@ -10,7 +10,9 @@ run not trained is named on stderr with the reason (finished, diverged, held by 
 process). A diverged run is recorded as such and the comparison goes on. Writes
 ``summary.md``, ``summary.json`` and ``curves.png`` in ``--out`` (after every run, so a
 comparison cut short still has a summary of what finished). ``--summary-only`` rewrites the
-summary without training. See ``attnmoe.train.compare``.
+summary without training. ``--reuse <summary.json>`` takes the finished runs of a committed
+comparison of the same recipe (refused otherwise) instead of retraining them, e.g. to extend
+a 3-seed comparison to 10 seeds. See ``attnmoe.train.compare``.
 """
 
 from __future__ import annotations
@@ -87,20 +89,24 @@ def compare_command(
     summary_only: Annotated[bool, typer.Option(
         "--summary-only", metavar=FLAG,
         help="Only rewrite summary.md/json and curves.png from finished runs.")] = False,
+    reuse: Annotated[Path | None, typer.Option(
+        "--reuse", metavar="<summary.json>",
+        help="Take the finished runs of this committed comparison summary (same recipe, else "
+             "refused) instead of training them; the others are trained.", show_default=False)] = None,
 ) -> None:
     """Train every variant x seed (skipping finished runs); write summary.md, summary.json, curves.png."""
     with clean_exit(out if out is not None and str(out).strip() and str(out) != "." else None):
         main, summary = _compare(out, task, dataset, attention, seeds, data_dir, horizon, features, target,
                                  steps, epochs, batch_size, lr, eval_interval, checkpoint_interval,
                                  patience, precision, model, device, compile, tensorboard, progress,
-                                 threads, summary_only)
+                                 threads, summary_only, reuse)
     if main and summary:
         typer.echo((out / "summary.md").read_text())
 
 
 def _compare(out, task, dataset, attention, seeds, data_dir, horizon, features, target, steps, epochs,
              batch_size, lr, eval_interval, checkpoint_interval, patience, precision, model, device,
-             compile, tensorboard, progress, threads, summary_only) -> tuple[bool, object]:
+             compile, tensorboard, progress, threads, summary_only, reuse=None) -> tuple[bool, object]:
     """The body of :func:`compare_command` (its options in order): ``(is rank 0, summary)``."""
     from attnmoe.tasks import resolve_spec
     from attnmoe.train.compare import (
@@ -135,7 +141,7 @@ def _compare(out, task, dataset, attention, seeds, data_dir, horizon, features, 
             command = "attnmoe " + " ".join(shlex.quote(a) for a in sys.argv[1:])
             summary = run_comparison(base, variants, seed_list, out, data_dir=data_dir,
                                      device=device, progress=progress, command=command,
-                                     compile=compile, tensorboard=tensorboard,
+                                     compile=compile, tensorboard=tensorboard, reuse=reuse,
                                      report=(lambda line: typer.echo(line, err=True)) if main else None)
     except ERRORS as err:
         raise fail(err) from None

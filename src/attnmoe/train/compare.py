@@ -16,8 +16,15 @@
   unequal-variance t-test against ``softmax`` (``scipy.stats.ttest_ind(..., equal_var=False)``):
   ``t = (m_a - m_b) / sqrt(s_a^2/n_a + s_b^2/n_b)`` with Welch-Satterthwaite degrees of
   freedom, two-sided p-value; reported only when both groups have ``n >= 2``; the paired
-  t-test over common seeds with Holm's correction; and the diverged and unfinished runs.
-  The headline metric is the task's ``primary_metric`` (``attnmoe.tasks.task_entry``).
+  t-test over common seeds and, beside it, the exact paired permutation p (the sign-flip test of
+  :func:`attnmoe.claims.stats.sign_flip_p`, the ledger's own definition: all 2^k sign patterns
+  of the k per-seed differences), each with Holm's correction over the variants; and the
+  diverged and unfinished runs. The headline metric is the task's ``primary_metric``
+  (``attnmoe.tasks.task_entry``).
+* :func:`reuse_runs` (``attnmoe compare --reuse <summary.json>``) copies the finished runs of a
+  committed summary whose recipe is the comparison's own into the run directories that do not
+  exist yet, so a comparison is extended to more seeds without retraining the committed ones (a
+  record depends only on its key: spec, variant, seed). A summary of another recipe is refused.
 """
 
 from __future__ import annotations
@@ -35,13 +42,16 @@ from scipy import stats
 
 from attnmoe.tasks.spec import MAX_SEED, RunSpec
 from attnmoe.train import distributed
-from attnmoe.train.lock import RunBusy
+from attnmoe.train.lock import LOCK_FILE, RunBusy, run_lock
 from attnmoe.train.loop import TrainingDiverged, is_diverged, read_json, read_log, read_metrics
+from attnmoe.train.rundir import METRICS_FILE
 from attnmoe.train.run import run_one
 from attnmoe.utils import atomic_write_json, atomic_write_text
 
 BASELINE = "softmax"
 COMPARISON_FILE = "comparison.json"
+REUSED_FILE = "reused.json"
+"""In a run directory filled by :func:`reuse_runs`: where its ``metrics.json`` came from."""
 MAX_SEEDS = 1000
 """The most seeds a comparison may list: each is a full training run per variant, so more is a typo
 (``--seeds 1000000000`` once built a billion-entry list before anything ran)."""
@@ -133,6 +143,7 @@ def run_comparison(
     report: Callable[[str], None] | None = None,
     compile: bool = False,
     tensorboard: bool = False,
+    reuse: Path | None = None,
 ) -> dict[str, Any]:
     """Train every variant x seed of ``base`` (skipping, and naming, runs not to train) and summarise.
 
@@ -141,16 +152,22 @@ def run_comparison(
         variants, seeds: what varies.
         out: the comparison directory.
         report: called with one line per run that is not trained (and why) and per diverged run.
+        reuse: a committed ``summary.json`` of the same recipe whose finished runs are taken
+            instead of retrained (:func:`reuse_runs`).
 
     Returns:
         The summary (what ``summary.json`` holds), plus ``"skipped"``: ``{run: reason}`` for the
         runs this call did not train.
     """
     out = Path(out)
+    if reuse is not None:
+        source = load_reusable(reuse, base)  # refused before anything is written
     out.mkdir(parents=True, exist_ok=True)
     say = report or (lambda line: None)
-    _record_comparison(out, base, variants, seeds, command)
     main = distributed.info().is_main
+    _record_comparison(out, base, variants, seeds, command)
+    if reuse is not None and main:
+        reuse_runs(out, base, variants, seeds, source, reuse)
     skipped: dict[str, str] = {}
     summary: dict[str, Any] = {}
     plan = [(seed, variant) for seed in seeds for variant in variants]
@@ -159,7 +176,8 @@ def run_comparison(
         name = f"{variant}/seed{seed}"
         reason = None
         if read_metrics(where) is not None:
-            reason = "finished earlier"
+            reused = (where / REUSED_FILE).is_file()
+            reason = f"reused ({read_json(where / REUSED_FILE).get('from')})" if reused else "finished earlier"
         elif (record := is_diverged(where)) is not None:
             reason = f"diverged earlier (step {record.get('step')}); remove {where} to retry"
         if reason is None:
@@ -182,6 +200,79 @@ def run_comparison(
     return {**summary, "skipped": skipped}
 
 
+def _summary_spec(summary: dict[str, Any], path: Path) -> RunSpec:
+    """The recipe (attention softmax, seed 0) of a comparison's ``summary.json``: its ``spec``, or,
+    for a summary written before specs were stored, the reference recipe of its task, data set
+    and horizon with its recorded ``overrides``."""
+    from attnmoe.tasks import resolve_spec
+
+    if isinstance(summary.get("spec"), dict):
+        return RunSpec.from_dict({**summary["spec"], "attention": BASELINE, "seed": 0})
+    if not all(k in summary for k in ("task", "dataset", "overrides")):
+        raise ValueError(f"{path} records neither a run spec nor task/dataset/overrides, so its "
+                         "recipe cannot be checked; it cannot be reused")
+    return resolve_spec(summary["task"], summary["dataset"], attention=BASELINE, seed=0,
+                        horizon=summary.get("horizon"), overrides=dict(summary["overrides"]))
+
+
+def load_reusable(path: Path, base: RunSpec) -> dict[str, Any]:
+    """A committed ``summary.json`` whose runs may stand for runs of ``base``: the same recipe.
+
+    Raises:
+        ValueError: the file is missing or damaged, or its recipe differs from ``base`` (the
+            differing fields named).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"--reuse {path}: no such file")
+    summary = read_json(path, hint="give another --reuse")
+    if not isinstance(summary, dict) or not isinstance(summary.get("variants"), dict):
+        raise ValueError(f"--reuse {path} is not a comparison summary (no 'variants')")
+    diffs = _summary_spec(summary, path).differences(replace(base, attention=BASELINE, seed=0))
+    if diffs:
+        raise ValueError(f"--reuse {path} holds runs of another recipe ({'; '.join(diffs)}); "
+                         "its runs cannot stand for this comparison's")
+    return summary
+
+
+def reuse_runs(out: Path, base: RunSpec, variants: Sequence[str], seeds: Sequence[int],
+               summary: dict[str, Any], source: Path) -> list[str]:
+    """Fill the run directories of ``out`` that do not exist yet (or are empty) from the finished
+    runs of ``summary`` (checked by :func:`load_reusable`); returns the runs filled.
+
+    Each filled directory gets ``reused.json`` (source file, its SHA-256, the run's spec), then
+    ``metrics.json`` (the run's record as the summary holds it), both written atomically, under
+    the run's lock: a directory another process holds, or one holding anything (a finished,
+    diverged or partial run), is left alone.
+    """
+    import hashlib
+
+    digest = hashlib.sha256(Path(source).read_bytes()).hexdigest()
+    filled = []
+    for seed in seeds:
+        for variant in variants:
+            runs = summary["variants"].get(variant, {}).get("runs", [])
+            record = next((r for r in runs if r.get("seed") == seed), None)
+            where = run_dir(out, variant, seed)
+            if record is None or (where.is_dir() and any(p.name != LOCK_FILE for p in where.iterdir())):
+                continue
+            where.mkdir(parents=True, exist_ok=True)
+            try:
+                with run_lock(where):
+                    if any(p.name != LOCK_FILE for p in where.iterdir()):
+                        continue
+                    metrics = {k: v for k, v in record.items() if k not in ("seed", "reused_from")}
+                    first = record.get("reused_from") or {}  # a run reused twice names its first source
+                    atomic_write_json(where / REUSED_FILE, {
+                        "from": first.get("file") or str(source), "sha256": first.get("sha256") or digest,
+                        "spec": replace(base, attention=variant, seed=seed).to_dict()})
+                    atomic_write_json(where / METRICS_FILE, metrics)
+            except RunBusy:
+                continue
+            filled.append(f"{variant}/seed{seed}")
+    return filled
+
+
 def welch(a: Sequence[float], b: Sequence[float]) -> dict[str, float] | None:
     """Welch's t-test of ``a`` against ``b`` (two-sided); ``None`` when a group has n < 2."""
     if len(a) < 2 or len(b) < 2:
@@ -192,9 +283,18 @@ def welch(a: Sequence[float], b: Sequence[float]) -> dict[str, float] | None:
     return {"t": float(result.statistic), "p": float(result.pvalue), "df": float(result.df)}
 
 
-def paired(a: dict[int, float], b: dict[int, float]) -> dict[str, float] | None:
-    """Paired t-test of ``a - b`` over the seeds both have (same seed = same initialisation
-    stream and data order); ``None`` with fewer than 2 pairs."""
+def paired(a: dict[int, float], b: dict[int, float]) -> dict[str, Any] | None:
+    """Paired tests of ``a - b`` over the seeds both have (same seed = same initialisation
+    stream and data order); ``None`` with fewer than 2 pairs.
+
+    ``p``: the paired t-test (scipy ``ttest_rel``). ``p_exact``: the exact paired permutation
+    test, :func:`attnmoe.claims.stats.sign_flip_p` of the k differences about 0 (statistic
+    |Σ d|, all 2^k sign patterns enumerated, so ``p_exact >= 2/2^k``; ``exact`` names the method,
+    a seeded Monte Carlo beyond ``EXACT_SIGN_FLIP_MAX`` pairs) — the same function the claims
+    ledger uses, so the two report one number.
+    """
+    from attnmoe.claims.stats import sign_flip_p  # here: attnmoe.claims imports this module
+
     common = sorted(set(a) & set(b))
     if len(common) < 2:
         return None
@@ -203,8 +303,10 @@ def paired(a: dict[int, float], b: dict[int, float]) -> dict[str, float] | None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         result = stats.ttest_rel(x, y)
+    p_exact, how = sign_flip_p(x - y, 0.0)
     return {"mean_diff": float(np.mean(x - y)), "t": float(result.statistic),
-            "p": float(result.pvalue), "n_pairs": len(common)}
+            "p": float(result.pvalue), "p_exact": p_exact, "exact": how, "n_pairs": len(common),
+            "n_negative": int(np.sum(x - y < 0)), "n_positive": int(np.sum(x - y > 0))}
 
 
 def holm(pvalues: dict[str, float | None]) -> dict[str, float | None]:
@@ -234,6 +336,9 @@ def _finished_runs(out: Path, variant: str) -> list[tuple[int, dict[str, Any]]]:
     for seed, path in _seed_dirs(out, variant):
         metrics = read_metrics(path)
         if metrics is not None:
+            if (path / REUSED_FILE).is_file():
+                reused = read_json(path / REUSED_FILE)
+                metrics = {**metrics, "reused_from": {"file": reused.get("from"), "sha256": reused.get("sha256")}}
             runs.append((seed, metrics))
     return runs
 
@@ -295,12 +400,13 @@ def summarize_comparison(out: Path, *, plot: bool = True) -> dict[str, Any]:
                 item["paired_vs_softmax"] = paired(by_seed, baseline.get(name, {}))
             entry["metrics"][name] = item
         variants[variant] = entry
-    for test in ("welch_vs_softmax", "paired_vs_softmax"):  # the family: every variant vs softmax
+    for test, key in (("welch_vs_softmax", "p"), ("paired_vs_softmax", "p"),
+                      ("paired_vs_softmax", "p_exact")):  # the family: every variant vs softmax
         tests = {v: e["metrics"].get(primary, {}).get(test) for v, e in variants.items() if v != BASELINE}
-        adjusted = holm({v: (t["p"] if t else None) for v, t in tests.items()})
+        adjusted = holm({v: (t[key] if t else None) for v, t in tests.items()})
         for v, t in tests.items():
             if t is not None:
-                t["p_holm"] = adjusted[v]
+                t[f"{key}_holm"] = adjusted[v]
     summary = {**spec, "primary_metric": primary, "metrics": names, "variants": variants}
     atomic_write_json(out / "summary.json", summary)
     atomic_write_text(out / "summary.md", _markdown(summary))
@@ -318,7 +424,9 @@ def _fmt(item: dict[str, Any] | None, digits: int = 4) -> str:
 
 def _markdown(summary: dict[str, Any]) -> str:
     primary = summary["primary_metric"]
-    names = [n for n in summary["metrics"] if not n.startswith("n_")]
+    all_runs = [r for e in summary["variants"].values() for r in e["runs"]]
+    # the columns: metrics every finished run has (a diagnostic newer runs add stays in the JSON)
+    names = [n for n in summary["metrics"] if not n.startswith("n_") and all(n in r for r in all_runs)]
     horizon = f", horizon {summary['horizon']}" if summary.get("horizon") else ""
     lines = [
         f"# {summary['task']} / {summary['dataset']}{horizon}: attention variants",
@@ -326,36 +434,47 @@ def _markdown(summary: dict[str, Any]) -> str:
         (f"Seeds requested: {summary['seeds']}. Mean ± sample std (ddof=1) over the finished seeds "
         f"(n); Welch's t-test of each variant against `{BASELINE}` on `{primary}` "
         "(two-sided, scipy `ttest_ind(equal_var=False)`; only when both n ≥ 2). Runs with the "
-        "same seed share the initialisation stream and the data order, so the paired t-test "
-        "on the per-seed differences (scipy `ttest_rel`) is also shown: Δ = variant − "
-        f"{BASELINE}, mean over the common seeds. *Holm* = the paired p-value after the "
-        f"Holm-Bonferroni correction over the variants compared with {BASELINE} on `{primary}`."),
+        "same seed share the initialisation stream and the data order, so the paired tests "
+        "on the k per-seed differences are also shown: Δ = variant − "
+        f"{BASELINE}, mean over the common seeds; *t p* = paired t-test (scipy `ttest_rel`); "
+        "*exact p* = exact paired permutation test (sign flips: |Σ Δ| against all 2^k sign "
+        "patterns, `attnmoe.claims.stats.sign_flip_p`, never below 2/2^k); *Holm* = each after "
+        f"the Holm-Bonferroni correction over the variants compared with {BASELINE} on `{primary}`."),
         "",
     ]
     if summary.get("command"):
         lines += ["```", summary["command"], "```", ""]
     lines.append("| variant | n | params | " + " | ".join(names)
-                 + f" | Welch t ({primary}) | Welch p | paired Δ | paired p | Holm | wall s/run |")
-    lines.append("|---|---|---|" + "---|" * len(names) + "---|---|---|---|---|---|")
+                 + f" | Welch t ({primary}) | Welch p | paired Δ | t p | Holm (t) | exact p | Holm (exact) "
+                   "| wall s/run |")
+    lines.append("|---|---|---|" + "---|" * len(names) + "---|---|---|---|---|---|---|---|")
+
+    def num(value: float | None) -> str:
+        return f"{value:.3g}" if value is not None and not math.isnan(value) else "-"
+
     for variant, entry in summary["variants"].items():
         metrics = entry["metrics"]
         test = metrics.get(primary, {}).get("welch_vs_softmax")
         t_text, p_text = (f"{test['t']:.2f}", f"{test['p']:.3g}") if test else ("-", "-")
-        pair = metrics.get(primary, {}).get("paired_vs_softmax")
-        d_text, pp_text = (f"{pair['mean_diff']:+.4f}", f"{pair['p']:.3g}") if pair else ("-", "-")
-        holm_p = pair.get("p_holm") if pair else None
-        h_text = f"{holm_p:.3g}" if holm_p is not None and not math.isnan(holm_p) else "-"
+        pair = metrics.get(primary, {}).get("paired_vs_softmax") or {}
+        d_text = f"{pair['mean_diff']:+.4f}" if pair else "-"
         wall = entry.get("wall_time_s_mean")
         wall_text = f"{wall:.0f}" if wall is not None and not math.isnan(wall) else "-"
         cells = " | ".join(_fmt(metrics.get(n)) for n in names)
         lines.append(f"| {variant} | {entry['n']} | {entry.get('n_params') or '-'} | {cells} | "
-                     f"{t_text} | {p_text} | {d_text} | {pp_text} | {h_text} | {wall_text} |")
-    lines += ["", "Per run:", "", "| variant | seed | " + " | ".join(names) + " | steps | wall s |",
+                     f"{t_text} | {p_text} | {d_text} | {num(pair.get('p'))} | {num(pair.get('p_holm'))} | "
+                     f"{num(pair.get('p_exact'))} | {num(pair.get('p_exact_holm'))} | {wall_text} |")
+    reused = sorted({r["reused_from"]["file"] for r in all_runs if isinstance(r.get("reused_from"), dict)})
+    lines += ["", "Per run" + (" (*reused*: the record of an earlier comparison of the same recipe, "
+                               f"`attnmoe compare --reuse`: {', '.join(f'`{f}`' for f in reused)}; its "
+                               "wall time is that session's)" if reused else "") + ":", "",
+              "| variant | seed | " + " | ".join(names) + " | steps | wall s |",
               "|---|---|" + "---|" * len(names) + "---|---|"]
     for variant, entry in summary["variants"].items():
         for run in entry["runs"]:
             cells = " | ".join(f"{run[n]:.4f}" if n in run else "-" for n in names)
-            lines.append(f"| {variant} | {run['seed']} | {cells} | {run.get('steps', '-')} | "
+            mark = " *reused*" if run.get("reused_from") else ""
+            lines.append(f"| {variant} | {run['seed']}{mark} | {cells} | {run.get('steps', '-')} | "
                          f"{run.get('wall_time_s', math.nan):.0f} |")
     diverged = [f"{v}/seed{s} (step {step})" for v, e in summary["variants"].items()
                 for s, step in sorted(e.get("diverged", {}).items())]
