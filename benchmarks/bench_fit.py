@@ -15,7 +15,7 @@
 (c) achieved GFLOP/s of the batched fit: hand-counted FLOPs of one loss + gradient evaluation
     (``numpy_moe.flops_per_eval``) times the evaluations the optimiser reports, over the wall
     time, against the measured float64 matmul GFLOP/s of this machine at the same thread count.
-(d) the closed-form objective (``attnmoe.estimation.objective``, the default) against the autograd
+(d) the closed-form objective (``attnmoe.estimation.families.least_squares.objective``, the default) against the autograd
     path it replaces, same fits.
 
 (h) the closed-form Hessian assembly's FLOP rate against a plain one-thread float64 GEMM measured
@@ -61,10 +61,10 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from numpy_moe import NumpyMoE, flops_per_eval
 
-from attnmoe.estimation.fit import fit_least_squares
-from attnmoe.estimation.init import near_truth_init
-from attnmoe.estimation.objective import LeastSquaresObjective
-from attnmoe.estimation.truth import get_setting, sample
+from attnmoe.estimation.families.least_squares.fit import fit_least_squares
+from attnmoe.estimation.families.least_squares.init import near_truth_init
+from attnmoe.estimation.families.least_squares.objective import LeastSquaresObjective
+from attnmoe.estimation.families.least_squares.truth import get_setting, sample
 
 _clock = time.perf_counter  # --clock cpu: time.process_time
 

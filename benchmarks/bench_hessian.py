@@ -27,13 +27,13 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from attnmoe.estimation import hmoe
-from attnmoe.estimation.derivatives import batched_hessian
-from attnmoe.estimation.fit import least_squares_objective
-from attnmoe.estimation.likelihood.objective import LikelihoodObjective
-from attnmoe.estimation.likelihood.settings import SETTINGS as LIK_SETTINGS
-from attnmoe.estimation.likelihood.settings import sample_data, start_points
-from attnmoe.estimation.truth import named_settings, sample
+from attnmoe.estimation.families import hmoe
+from attnmoe.estimation.solvers.derivatives import batched_hessian
+from attnmoe.estimation.families.least_squares.fit import least_squares_objective
+from attnmoe.estimation.families.likelihood.objective import LikelihoodObjective
+from attnmoe.estimation.families.likelihood.settings import SETTINGS as LIK_SETTINGS
+from attnmoe.estimation.families.likelihood.settings import sample_data, start_points
+from attnmoe.estimation.families.least_squares.truth import named_settings, sample
 from attnmoe.moe.hierarchical import HierarchicalLayout, hierarchical_forward, tokens_last
 
 Case = tuple[str, int, Callable[[], Tensor], Callable[[], Tensor]]

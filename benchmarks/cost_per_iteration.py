@@ -14,9 +14,9 @@ import time
 
 import torch
 
-from attnmoe.estimation.fit import fit_least_squares
-from attnmoe.estimation.init import near_truth_init
-from attnmoe.estimation.truth import get_setting, sample
+from attnmoe.estimation.families.least_squares.fit import fit_least_squares
+from attnmoe.estimation.families.least_squares.init import near_truth_init
+from attnmoe.estimation.families.least_squares.truth import get_setting, sample
 
 OVER = ("monomial-linear-over", "monomial-sigmoid-over", "polynomial-linear-over", "polynomial-sigmoid-over")
 

@@ -5,9 +5,9 @@ setting, wall time, converged count, iterations and stopping reasons; records to
 """
 import sys, time, json, torch
 torch.set_num_threads(1)
-from attnmoe.estimation.truth import get_setting
-from attnmoe.estimation.options import FitOptions
-from attnmoe.estimation.experiment import fit_and_score
+from attnmoe.estimation.families.least_squares.truth import get_setting
+from attnmoe.estimation.families.least_squares.options import FitOptions
+from attnmoe.estimation.families.least_squares.experiment import fit_and_score
 n = int(sys.argv[1]); seeds = list(range(int(sys.argv[2]))); out = sys.argv[3]
 settings = sys.argv[4].split(",") if len(sys.argv) > 4 else ["monomial-linear-over", "monomial-sigmoid-over", "polynomial-linear-over", "polynomial-sigmoid-over"]
 maxit = int(sys.argv[5]) if len(sys.argv) > 5 else 5000

@@ -24,9 +24,9 @@ import time
 
 import torch
 
-from attnmoe.estimation.experiment import fit_and_score
-from attnmoe.estimation.options import FitOptions
-from attnmoe.estimation.truth import get_setting
+from attnmoe.estimation.families.least_squares.experiment import fit_and_score
+from attnmoe.estimation.families.least_squares.options import FitOptions
+from attnmoe.estimation.families.least_squares.truth import get_setting
 from attnmoe.utils import atomic_write_text
 
 

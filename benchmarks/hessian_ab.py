@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from attnmoe.estimation import objective as new_objective
-from attnmoe.estimation.init import near_truth_init
-from attnmoe.estimation.truth import get_setting, sample
+from attnmoe.estimation.families.least_squares import objective as new_objective
+from attnmoe.estimation.families.least_squares.init import near_truth_init
+from attnmoe.estimation.families.least_squares.truth import get_setting, sample
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ import time
 import torch
 
 from attnmoe.estimation import FitOptions, fit_and_score, get_setting
-from attnmoe.estimation.truth import with_noise
+from attnmoe.estimation.families.least_squares.truth import with_noise
 
 
 def main() -> None:

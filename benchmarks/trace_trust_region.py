@@ -1,6 +1,6 @@
 """Per-iteration trace of the plain trust-region Newton iteration on ONE over-specified fit.
 
-Re-runs the iteration of :func:`attnmoe.estimation.optim.trust_region` with ``extrapolate=0``
+Re-runs the iteration of :func:`attnmoe.estimation.solvers.optim.trust_region` with ``extrapolate=0``
 (same helpers: scaling, eigenbasis, exact subproblem, radius rule, decrement test) for one
 replicate of a core setting, paper options (box |theta| <= 10, near-truth:0.1 start, dtol =
 1e-8), and prints every ``--every`` iterations: loss, Newton decrement / (L/n), smallest and
@@ -19,10 +19,10 @@ import time
 
 import torch
 
-from attnmoe.estimation import newton as O
-from attnmoe.estimation.fit import _Box, least_squares_objective
-from attnmoe.estimation.init import near_truth_init
-from attnmoe.estimation.truth import get_setting, sample, with_noise
+from attnmoe.estimation.solvers import newton as O
+from attnmoe.estimation.families.least_squares.fit import _Box, least_squares_objective
+from attnmoe.estimation.families.least_squares.init import near_truth_init
+from attnmoe.estimation.families.least_squares.truth import get_setting, sample, with_noise
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
-from attnmoe.estimation.likelihood import GaussianMoERegressor
+from attnmoe.estimation.sklearn import GaussianMoERegressor
 
 GATES = ["softmax", "temperature", "activation", "cosine", "perturbed-cosine", "monomial", "polynomial"]
 

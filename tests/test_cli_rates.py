@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from attnmoe.cli import app
 from attnmoe.estimation import study
-from attnmoe.estimation.truth import get_setting
+from attnmoe.estimation.families.least_squares.truth import get_setting
 
 runner = CliRunner()
 TINY = ["--n-grid", "200,400", "--replicates", "2", "--max-iter", "5", "--no-progress"]

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attnmoe.estimation.autograd_objective import AutogradLeastSquaresObjective
-from attnmoe.estimation.fit import least_squares_objective
-from attnmoe.estimation.objective import LeastSquaresObjective
-from attnmoe.estimation.truth import make_setting
-from attnmoe.estimation.voronoi import voronoi_losses
+from attnmoe.estimation.families.least_squares.autograd_objective import AutogradLeastSquaresObjective
+from attnmoe.estimation.families.least_squares.fit import least_squares_objective
+from attnmoe.estimation.families.least_squares.objective import LeastSquaresObjective
+from attnmoe.estimation.families.least_squares.truth import make_setting
+from attnmoe.estimation.families.least_squares.voronoi import voronoi_losses
 from attnmoe.moe import ParameterLayout, make_gate
 from attnmoe.moe.gates import PERTURBED_COSINE_TAU, CosineGate
 

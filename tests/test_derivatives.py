@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attnmoe.estimation.derivatives import batched_hessian
+from attnmoe.estimation.solvers.derivatives import batched_hessian
 
 
 def _row_loss(z: torch.Tensor, A: torch.Tensor) -> torch.Tensor:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from attnmoe.estimation.experiment import fit_and_score
-from attnmoe.estimation.options import FitOptions
-from attnmoe.estimation.truth import get_setting
+from attnmoe.estimation.families.least_squares.experiment import fit_and_score
+from attnmoe.estimation.families.least_squares.options import FitOptions
+from attnmoe.estimation.families.least_squares.truth import get_setting
 
 REFERENCE = Path(__file__).parent.parent / "docs" / "rates" / "engine-v2-reference" / "exact"
 

@@ -12,7 +12,7 @@ from sklearn.linear_model import LinearRegression, Ridge
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from attnmoe.estimation import MoERegressor, make_setting, sample
-from attnmoe.estimation.estimator import QuadraticGatingMoERegressor
+from attnmoe.estimation.sklearn.regressor import QuadraticGatingMoERegressor
 
 SETTING = make_setting(
     "monomial", "linear", 2, 2, noise_std=0.0, input_scale=2.0,

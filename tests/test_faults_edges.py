@@ -32,7 +32,7 @@ from typer.testing import CliRunner
 
 from attnmoe.cli import app
 from attnmoe.estimation import MoERegressor
-from attnmoe.estimation.likelihood.estimators import GaussianMoERegressor, MoEClassifier
+from attnmoe.estimation.sklearn.likelihood import GaussianMoERegressor, MoEClassifier
 
 runner = CliRunner()
 
@@ -63,7 +63,7 @@ def test_regressor_fits_just_below_the_bound() -> None:
 
 
 def test_regressor_never_reports_success_with_a_non_finite_loss(monkeypatch: pytest.MonkeyPatch) -> None:
-    import attnmoe.estimation.estimator as est
+    import attnmoe.estimation.sklearn.regressor as est
 
     real = est.lbfgs
 
@@ -88,7 +88,7 @@ def test_likelihood_estimators_refuse_overflowing_scales(estimator) -> None:
 
 
 def test_likelihood_fit_with_only_non_finite_starts_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    import attnmoe.estimation.likelihood.estimators as lik
+    import attnmoe.estimation.sklearn.likelihood as lik
 
     real = lik.fit_likelihood
 
@@ -104,7 +104,7 @@ def test_likelihood_fit_with_only_non_finite_starts_is_an_error(monkeypatch: pyt
 
 
 def test_one_torch_thread_per_fit_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
-    import attnmoe.estimation.estimator as est
+    import attnmoe.estimation.sklearn.regressor as est
 
     seen: list[int] = []
     real = est.lbfgs

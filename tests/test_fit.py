@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from attnmoe.estimation import fit_and_score, get_setting, make_setting, sample
-from attnmoe.estimation.fit import fit_least_squares, fit_restarts, least_squares_objective
-from attnmoe.estimation.init import near_truth_init, random_init, split_atoms
-from attnmoe.estimation.optim import lbfgs, value_and_grad
-from attnmoe.estimation.options import FitOptions
+from attnmoe.estimation.families.least_squares.fit import fit_least_squares, fit_restarts, least_squares_objective
+from attnmoe.estimation.families.least_squares.init import near_truth_init, random_init, split_atoms
+from attnmoe.estimation.solvers.optim import lbfgs, value_and_grad
+from attnmoe.estimation.families.least_squares.options import FitOptions
 from attnmoe.moe import ParameterLayout
 
 

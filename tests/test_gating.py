@@ -12,12 +12,12 @@ import torch
 from typer.testing import CliRunner
 
 from attnmoe.cli import app
-from attnmoe.estimation.experiment import fit_and_score
-from attnmoe.estimation.objective import LeastSquaresObjective
-from attnmoe.estimation.options import FitOptions
+from attnmoe.estimation.families.least_squares.experiment import fit_and_score
+from attnmoe.estimation.families.least_squares.objective import LeastSquaresObjective
+from attnmoe.estimation.families.least_squares.options import FitOptions
 from attnmoe.estimation.study import resolve_settings
-from attnmoe.estimation.truth import get_setting, make_setting, sample, setting_from_dict
-from attnmoe.estimation.voronoi import voronoi_losses
+from attnmoe.estimation.families.least_squares.truth import get_setting, make_setting, sample, setting_from_dict
+from attnmoe.estimation.families.least_squares.voronoi import voronoi_losses
 from attnmoe.moe import make_expert, make_gate
 
 #: a sigmoid-gated truth (k* = 2, d = 2) whose gating slopes are all nonzero (regime 1)
@@ -152,7 +152,7 @@ def test_gating_presets_name_resolvable_settings_and_full_sizes() -> None:
 
 
 def test_sigmoid_gating_pair_has_the_same_regression_function_and_data() -> None:
-    from attnmoe.estimation.gating_truths import sigmoid_gating_pair
+    from attnmoe.estimation.families.least_squares.gating_truths import sigmoid_gating_pair
 
     for regime in ("r1", "r2"):
         sig, soft = sigmoid_gating_pair(regime, "gelu")
@@ -169,8 +169,8 @@ def test_sigmoid_gating_pair_has_the_same_regression_function_and_data() -> None
 def test_natural_truths_are_each_gates_own_mixture() -> None:
     """f* of the natural truths written out by hand: sigmoid weights on both atoms' own gating;
     softmax over (0, b_1^T x + c_1); same experts; the extra fitted atom copies atom 1."""
-    from attnmoe.estimation.gating_truths import sigmoid_gating_natural
-    from attnmoe.estimation.init import split_source
+    from attnmoe.estimation.families.least_squares.gating_truths import sigmoid_gating_natural
+    from attnmoe.estimation.families.least_squares.init import split_source
 
     for regime, slope in (("r1", 1.0), ("r2", 0.0)):
         sig, soft = sigmoid_gating_natural(regime, "gelu")

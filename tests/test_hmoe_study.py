@@ -1,4 +1,4 @@
-"""The gate-position study of attnmoe.estimation.hmoe (preset ``hmoe``)."""
+"""The gate-position study of attnmoe.estimation.study.presets.hmoe (preset ``hmoe``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import torch
 from typer.testing import CliRunner
 
 from attnmoe.cli import app
-from attnmoe.estimation import hmoe
+from attnmoe.estimation.families import hmoe
+from attnmoe.estimation.study.presets.hmoe import run_hmoe
 from attnmoe.estimation.study import registry
 from attnmoe.estimation.study.engine import StudyArgs
 from attnmoe.moe import HierarchicalLayout
@@ -102,7 +103,7 @@ def test_level_losses_vanish_on_the_flat_set_and_ignore_head_order() -> None:
 
 
 def test_preset_is_registered_resumes_and_refuses_bad_input(tmp_path: Path) -> None:
-    assert "hmoe" in registry.presets()
+    assert "hmoe" in registry.preset_table()
     out = tmp_path / "run"
     bad = CliRunner().invoke(app, ["rates", "--preset", "hmoe", "--out", str(out), "--n-grid", "10,40",
                                    "--no-progress"])
@@ -110,15 +111,15 @@ def test_preset_is_registered_resumes_and_refuses_bad_input(tmp_path: Path) -> N
     cfg = hmoe.HMoEConfig(n_test=100, max_iter=20)
     settings = hmoe.hmoe_settings(["plain"], [2])
     args = StudyArgs(out=out, n_grid=(40, 60), replicates=2, progress=False)
-    first = hmoe.run_hmoe(args, cfg, settings)
+    first = run_hmoe(args, cfg, settings)
     assert first.fitted == 4 and first.reused == 0
-    again = hmoe.run_hmoe(args, cfg, settings)
+    again = run_hmoe(args, cfg, settings)
     assert again.fitted == 0 and again.reused == 4
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["settings"]) == {"plain-exact"}
     assert "converged_fraction" in summary["settings"]["plain-exact"]
     assert "| plain-exact |" in again.markdown
     with pytest.raises(ValueError, match="other options"):
-        hmoe.run_hmoe(args, hmoe.HMoEConfig(n_test=100, max_iter=21), settings)
+        run_hmoe(args, hmoe.HMoEConfig(n_test=100, max_iter=21), settings)
     with pytest.raises(ValueError, match="unknown gate position"):
         hmoe.hmoe_settings(["G6"])

@@ -1,4 +1,4 @@
-"""Likelihood MoE engine (estimation/likelihood): NLL against SciPy, derivatives against finite
+"""Likelihood MoE engine (estimation/families/likelihood): NLL against SciPy, derivatives against finite
 differences, batch-position invariance, recovery, losses, presets' bad input and resume."""
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ from scipy import stats
 from typer.testing import CliRunner
 
 from attnmoe.cli import app
-from attnmoe.estimation.likelihood import (
+from attnmoe.estimation.families.likelihood import (
     ContaminatedMoE,
     GaussianMoE,
     LikelihoodObjective,
     MultinomialLogisticMoE,
     fit_likelihood,
 )
-from attnmoe.estimation.likelihood.settings import (
+from attnmoe.estimation.families.likelihood.settings import (
     SETTINGS,
     TOPK_TRUTH,
     contaminated_setting,
@@ -28,8 +28,8 @@ from attnmoe.estimation.likelihood.settings import (
     start_points,
     topk_setting,
 )
-from attnmoe.estimation.likelihood.study import LikPreset, run_lik_study
-from attnmoe.estimation.likelihood.voronoi import hellinger, topk_voronoi_loss
+from attnmoe.estimation.study.presets.likelihood import LikPreset, run_lik_study
+from attnmoe.estimation.families.likelihood.voronoi import hellinger, topk_voronoi_loss
 from attnmoe.estimation.study.engine import StudyArgs
 
 
@@ -139,7 +139,7 @@ def test_a_replicate_is_bitwise_the_same_alone_or_in_a_batch(monkeypatch) -> Non
         alone = LikelihoodObjective(model, X[r : r + 1], y[r : r + 1]).hessian(flat[r : r + 1])
         for a, b in zip(alone, batch):
             assert torch.equal(a[0], b[r])
-    from attnmoe.estimation.likelihood import objective as lik_objective
+    from attnmoe.estimation.families.likelihood import objective as lik_objective
 
     monkeypatch.setattr(lik_objective, "CHUNK_ENTRIES", 1)  # one replicate per Hessian chunk
     chunked = LikelihoodObjective(model, X, y).hessian(flat)
@@ -274,7 +274,7 @@ import warnings  # noqa: E402
 from sklearn.exceptions import ConvergenceWarning  # noqa: E402
 from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 
-from attnmoe.estimation.likelihood.estimators import GaussianMoERegressor, MoEClassifier  # noqa: E402
+from attnmoe.estimation.sklearn.likelihood import GaussianMoERegressor, MoEClassifier  # noqa: E402
 
 
 # every scikit-learn check, short optimiser budget; ~3 min on 2 cores in all, hence slow
@@ -343,8 +343,8 @@ def test_multinomial_nll_matches_a_loop_and_its_gradient_finite_differences(inpu
 def test_fits_are_bitwise_the_same_at_every_batch_position(name: str) -> None:
     """Whole fits (odd parameter counts 13 and 9 included): replicate r alone equals replicate r
     at each place, odd and even, of a batch of 5 (n = 61, 8 trust-region iterations)."""
-    from attnmoe.estimation.likelihood.objective import fit_likelihood
-    from attnmoe.estimation.likelihood.settings import _settings, sample_data, start_points
+    from attnmoe.estimation.families.likelihood.objective import fit_likelihood
+    from attnmoe.estimation.families.likelihood.settings import _settings, sample_data, start_points
 
     torch.set_num_threads(1)
     s = _settings()[name]
@@ -360,7 +360,7 @@ def test_fits_are_bitwise_the_same_at_every_batch_position(name: str) -> None:
 def test_data_and_starts_of_a_seed_do_not_depend_on_its_block() -> None:
     """Every setting: seed 4's data and start are bitwise the same alone and second of three
     (the contaminated starts differed by 5.6e-17 before the starts were drawn seed by seed)."""
-    from attnmoe.estimation.likelihood.settings import SETTINGS, sample_data, start_points
+    from attnmoe.estimation.families.likelihood.settings import SETTINGS, sample_data, start_points
 
     for name, s in SETTINGS.items():
         X3, y3 = sample_data(s, 70, [3, 4, 5])
@@ -375,7 +375,7 @@ def test_data_and_starts_of_a_seed_do_not_depend_on_its_block() -> None:
 def test_likelihood_gates_are_the_shared_registry_bitwise(gate, top_k) -> None:
     """GaussianMoE's gate (log-density path, layout (k, n), and ``weights``, layout (R, n, k)) is
     exactly the registry's score transform followed by the shared top-K sparse softmax."""
-    from attnmoe.estimation.likelihood.families import _linear
+    from attnmoe.estimation.families.likelihood.model import _linear
     from attnmoe.moe import make_linear_score, topk_log_weights, topk_softmax
 
     gen = torch.Generator().manual_seed(6)
@@ -408,7 +408,7 @@ def test_likelihood_gates_are_the_shared_registry_bitwise(gate, top_k) -> None:
 
 @pytest.mark.parametrize("input_map", ["identity", "tanh"])
 def test_multinomial_gate_is_the_shared_input_map_bitwise(input_map) -> None:
-    from attnmoe.estimation.likelihood.families import _linear
+    from attnmoe.estimation.families.likelihood.model import _linear
     from attnmoe.moe import make_input_map
 
     gen = torch.Generator().manual_seed(7)
@@ -433,7 +433,7 @@ def test_unknown_likelihood_gate_names_are_refused_with_one_line() -> None:
 def test_near_best_width_of_an_identified_fit_is_its_local_error() -> None:
     """Exact-specified top-K: both starts reach the same MLE, so the near-best set has both fits
     and its widest loss equals the near-truth fit's loss."""
-    from attnmoe.estimation.likelihood.study import fit_block
+    from attnmoe.estimation.families.likelihood.experiment import fit_block
 
     (rec,) = fit_block("topk-exact", 2000, [0])
     assert rec["converged"] and all(v["converged"] for v in rec["starts"].values())
@@ -444,7 +444,7 @@ def test_near_best_width_of_an_identified_fit_is_its_local_error() -> None:
 
 
 def test_displaced_starts_are_farther_and_kinds_are_checked() -> None:
-    from attnmoe.estimation.likelihood.settings import SETTINGS
+    from attnmoe.estimation.families.likelihood.settings import SETTINGS
 
     s = SETTINGS["topk-over-K3"]
     base = s.start(s.batched_truth(500, 1), torch.zeros(1, s.fit_model.n_params))

@@ -13,8 +13,8 @@ import pytest
 import torch
 from scipy import stats
 
-from attnmoe.estimation.likelihood import GaussianMoE, LikelihoodObjective, fit_likelihood
-from attnmoe.estimation.likelihood.estimators import GaussianMoERegressor
+from attnmoe.estimation.families.likelihood import GaussianMoE, LikelihoodObjective, fit_likelihood
+from attnmoe.estimation.sklearn.likelihood import GaussianMoERegressor
 from attnmoe.moe.gates import PERTURBED_COSINE_TAU
 
 REGISTRY = ["linear", "polynomial", "monomial", "cosine", "perturbed-cosine"]
@@ -194,7 +194,7 @@ def test_the_documented_example_runs(tmp_path) -> None:
 
 
 def test_every_gate_declares_how_the_regressor_may_standardise_x() -> None:
-    from attnmoe.estimation.likelihood.estimators import X_STANDARDISATION
+    from attnmoe.estimation.sklearn.likelihood import X_STANDARDISATION
     from attnmoe.moe.gates import GATES, LINEAR_SCORES
 
     assert set(X_STANDARDISATION) == set(LINEAR_SCORES) | set(GATES)
@@ -253,7 +253,7 @@ def test_perturbed_cosine_fit_starts_from_a_zero_direction() -> None:
 
 
 def test_hellinger_takes_registry_gate_models() -> None:
-    from attnmoe.estimation.likelihood.voronoi import hellinger
+    from attnmoe.estimation.families.likelihood.voronoi import hellinger
 
     model = GaussianMoE(2, 1, gate="polynomial")
     flat = torch.randn(2, model.n_params, generator=torch.Generator().manual_seed(15))

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attnmoe.estimation.fit import fit_least_squares, jacobian, least_squares_objective
-from attnmoe.estimation.init import near_truth_init
-from attnmoe.estimation.objective import LeastSquaresObjective
-from attnmoe.estimation.optim import value_and_grad
-from attnmoe.estimation.truth import get_setting, sample
+from attnmoe.estimation.families.least_squares.fit import fit_least_squares, jacobian, least_squares_objective
+from attnmoe.estimation.families.least_squares.init import near_truth_init
+from attnmoe.estimation.families.least_squares.objective import LeastSquaresObjective
+from attnmoe.estimation.solvers.optim import value_and_grad
+from attnmoe.estimation.families.least_squares.truth import get_setting, sample
 from attnmoe.moe import GATES, ParameterLayout
 from attnmoe.moe.experts import EXPERTS
 from attnmoe.moe.gates import MonomialGate
@@ -79,7 +79,7 @@ def test_closed_form_fit_equals_autograd_fit() -> None:
 
 
 def test_box_gradient_is_the_chain_rule() -> None:
-    from attnmoe.estimation.fit import _Box
+    from attnmoe.estimation.families.least_squares.fit import _Box
 
     layout, X, y, theta = _problem("monomial", "sigmoid", "softmax")
     box = _Box(2.0)

@@ -9,13 +9,13 @@ import torch
 from scipy.optimize import minimize
 
 from attnmoe.estimation import FitOptions, fit_and_score, get_setting, sample
-from attnmoe.estimation.fit import _Box, fit_least_squares
-from attnmoe.estimation.init import displaced_init, near_truth_init, parse_init
-from attnmoe.estimation.objective import LeastSquaresObjective
-from attnmoe.estimation.newton import _subproblem, trust_region
-from attnmoe.estimation.optim import REASONS
-from attnmoe.estimation.truth import named_settings
-from attnmoe.estimation.voronoi import split_cell_stats
+from attnmoe.estimation.families.least_squares.fit import _Box, fit_least_squares
+from attnmoe.estimation.families.least_squares.init import displaced_init, near_truth_init, parse_init
+from attnmoe.estimation.families.least_squares.objective import LeastSquaresObjective
+from attnmoe.estimation.solvers.newton import _subproblem, trust_region
+from attnmoe.estimation.solvers.optim import REASONS
+from attnmoe.estimation.families.least_squares.truth import named_settings
+from attnmoe.estimation.families.least_squares.voronoi import split_cell_stats
 from attnmoe.moe import GATES, ParameterLayout
 from attnmoe.moe.experts import EXPERTS
 
@@ -243,8 +243,8 @@ def test_split_cell_stats_known_answer() -> None:
 
 def test_best_and_near_best_selection() -> None:
     """Best = lowest loss among converged starts; near-best = converged starts within the window."""
-    from attnmoe.estimation.experiment import _best_and_near
-    from attnmoe.estimation.fit import FitResult
+    from attnmoe.estimation.families.least_squares.experiment import _best_and_near
+    from attnmoe.estimation.families.least_squares.fit import FitResult
 
     loss = torch.tensor([1.0, 0.5, 1.05, 0.2, 1.2])  # start 3 is lowest but not converged
     conv = torch.tensor([True, False, True, False, True])
@@ -399,7 +399,7 @@ def test_scaled_eigh_survives_a_lapack_failure(monkeypatch) -> None:
 def test_closed_form_hessian_over_several_passes(gate: str, expert: str, normalization: str) -> None:
     """n spans several passes of the assembly (objective.CHUNK), the last one partial: Hessian,
     gradient and loss still equal torch.func's of the autograd loss."""
-    from attnmoe.estimation.objective import CHUNK
+    from attnmoe.estimation.families.least_squares.objective import CHUNK
 
     gen = torch.Generator().manual_seed(11)
     layout = ParameterLayout(gate, expert, 3, 2, normalization=normalization)
@@ -420,7 +420,7 @@ def test_closed_form_hessian_over_several_passes(gate: str, expert: str, normali
 def test_loss_gradient_and_hessian_do_not_depend_on_rows_or_blocks(monkeypatch) -> None:
     """Every entry point gives a replicate bitwise the same numbers alone, in the whole batch, in
     a subset (idx), and with replicate blocks of any size; the three share one loss."""
-    import attnmoe.estimation.objective as objective
+    import attnmoe.estimation.families.least_squares.objective as objective
 
     s = get_setting("monomial-sigmoid-over")
     seeds = list(range(7))

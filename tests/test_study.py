@@ -20,7 +20,7 @@ import pytest
 
 from attnmoe.estimation import study
 from attnmoe.estimation.study import FitOptions, read_records, run_study, summarize_records
-from attnmoe.estimation.truth import make_setting
+from attnmoe.estimation.families.least_squares.truth import make_setting
 
 # Real settings (typed ``Setting``), fitted by the fake unit of work below: k* = k = 2, d = 2,
 # monomial gate and linear experts have 10 free parameters.
@@ -354,7 +354,7 @@ def test_monomial_sigmoid_exact_rates_are_parametric(tmp_path: Path) -> None:
     """Issue 2 criterion: exact-specified monomial gate + sigmoid experts, D1 and L2 slopes
     within 0.15 of -1/2 (arXiv 2410.11222: parametric rates for strongly identifiable experts).
     About 4-8 minutes on one shared core; the full study is in docs/rates.md."""
-    from attnmoe.estimation.truth import get_setting
+    from attnmoe.estimation.families.least_squares.truth import get_setting
 
     res = run_study(
         [get_setting("monomial-sigmoid-exact")],

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from attnmoe.cli import app
 from attnmoe.estimation import get_setting
 from attnmoe.estimation.study import split_noise_name, sweep_summary
-from attnmoe.estimation.truth import with_noise
+from attnmoe.estimation.families.least_squares.truth import with_noise
 
 
 def test_sweep_slope_known_answer() -> None:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from attnmoe.estimation import get_setting, l2_error, voronoi_cells, voronoi_losses
-from attnmoe.estimation.init import split_atoms
+from attnmoe.estimation.families.least_squares.init import split_atoms
 
 
 def _truth(name: str = "polynomial-sigmoid-exact", R: int = 1) -> dict[str, torch.Tensor]:

@@ -65,7 +65,7 @@ def rates(
     preset: Annotated[
         str, typer.Option(
             "--preset",
-            help=f"A study preset: {', '.join(study.presets())}; an unknown name lists them all.",
+            help=f"A study preset: {', '.join(study.preset_table())}; an unknown name lists them all.",
         )
     ] = "quick",
     settings: Annotated[

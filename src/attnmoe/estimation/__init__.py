@@ -1,28 +1,32 @@
-"""attnmoe.estimation: ground truths, batched least-squares fitting, Voronoi losses, estimator.
+"""attnmoe.estimation: MoE estimators, their rate studies, and the solvers under them.
 
-Layout: ``truth`` (settings, sampling), ``objective`` (closed-form loss, gradient, Hessian),
-``optim`` (generic batched solvers: L-BFGS, Adam; re-exports ``newton.trust_region``),
-``newton`` (trust-region Newton), ``optim_base`` (the solvers' shared types),
-``derivatives`` (batched autograd Hessians), ``autograd_objective`` (least squares for gates
-without a closed form), ``init`` (starts), ``fit`` (least-squares fits), ``voronoi`` (losses),
-``options`` (the fit-option table), ``experiment`` (one study cell), ``study`` (the rates
-study), ``gating_truths`` (the gating family's truths), ``likelihood`` (maximum-likelihood
-MoE), ``hmoe`` (the gate-position study).
+Layout (lower layers never import higher ones):
+
+* ``solvers/`` -- batched trust-region Newton, L-BFGS, Adam; batched autograd Hessians;
+* ``families/`` -- one package per model family (``least_squares``, ``likelihood``, ``hmoe``),
+  each with its truths, model / objective, losses and study cell; ``common`` (records, near-best);
+* ``study/`` -- the one preset table (``registry``), the one run / resume / jobs loop
+  (``engine``), backends (process, Ray), records, summaries, the figure; ``presets/`` holds
+  each family's presets;
+* ``sklearn/`` -- the scikit-learn estimators (``MoERegressor``, ``GaussianMoERegressor``,
+  ``MoEClassifier``).
+
+This module re-exports the least-squares family's everyday names and ``MoERegressor``.
 """
 
-from attnmoe.estimation.estimator import MoERegressor
-from attnmoe.estimation.experiment import fit_and_score
-from attnmoe.estimation.fit import (
+from attnmoe.estimation.families.least_squares.experiment import fit_and_score
+from attnmoe.estimation.families.least_squares.fit import (
     FitResult,
     fit_least_squares,
     fit_restarts,
     least_squares_objective,
 )
-from attnmoe.estimation.init import displaced_init, group_init, near_truth_init, random_init
-from attnmoe.estimation.optim import OptimResult, adam, lbfgs, trust_region
-from attnmoe.estimation.options import FitOptions
-from attnmoe.estimation.truth import CORE_SETTINGS, Setting, get_setting, make_setting, sample
-from attnmoe.estimation.voronoi import l2_error, split_cell_stats, voronoi_cells, voronoi_losses
+from attnmoe.estimation.families.least_squares.init import displaced_init, group_init, near_truth_init, random_init
+from attnmoe.estimation.families.least_squares.options import FitOptions
+from attnmoe.estimation.families.least_squares.truth import CORE_SETTINGS, Setting, get_setting, make_setting, sample
+from attnmoe.estimation.families.least_squares.voronoi import l2_error, split_cell_stats, voronoi_cells, voronoi_losses
+from attnmoe.estimation.sklearn.regressor import MoERegressor
+from attnmoe.estimation.solvers.optim import OptimResult, adam, lbfgs, trust_region
 
 __all__ = [
     "CORE_SETTINGS",

@@ -63,7 +63,7 @@ EXPERT_DERIVATIVES: dict[str, Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]]
     "linear": _linear, "sigmoid": _sigmoid, "tanh": _tanh, "gelu": _gelu, "relu": _relu,
 }
 """sigma(z), sigma'(z), sigma''(z) of each expert activation in closed form (the least-squares
-objective's gradient and Hessian, :mod:`attnmoe.estimation.objective`); a new expert adds its
+objective's gradient and Hessian, :mod:`attnmoe.estimation.families.least_squares.objective`); a new expert adds its
 activation above and its derivatives here (tests compare them with autograd)."""
 
 

@@ -22,12 +22,12 @@ differs from the plain cosine by ~1e-4 and so would not separate the two regimes
 docs/gating.md). A zero vector has cosine 0 (b_i = 0 or x = 0 gives the logit c_i: the
 reference expert's fixed zero gating and the objective's zero padding points). The cosine
 logits are not linear in the gating parameters, so these gates have no closed-form objective
-(``closed_form = False``; :mod:`attnmoe.estimation.autograd_objective`).
+(``closed_form = False``; :mod:`attnmoe.estimation.families.least_squares.autograd_objective`).
 
 ``A_i`` is accepted as any ``(d, d)`` matrix; only its symmetric part enters ``x^T A_i x``
 (the estimation layer parametrises it as symmetric, see :mod:`attnmoe.moe.mixture`).
 
-Score transforms and input maps of the likelihood mixtures (:mod:`attnmoe.estimation.likelihood`;
+Score transforms and input maps of the likelihood mixtures (:mod:`attnmoe.estimation.families.likelihood`;
 not :class:`Gate` classes: they act on the linear part lin_i = beta1_i^T x of one expert, and the
 caller adds beta0_i), registered in :data:`LINEAR_SCORES` / :func:`make_linear_score`:
 

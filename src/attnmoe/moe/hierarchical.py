@@ -27,7 +27,7 @@ Everything is batched over replicates: parameters carry a leading ``R`` (natural
 flat ``(R, P)`` vector of :class:`HierarchicalLayout`), inputs are ``(R, n, T, d)``. The forward
 pass keeps the sample axis last and contracts the small axes (d, T, H) by broadcast products and
 sums (no batched matmul), so a replicate's numbers do not depend on the other replicates when
-the sample axis is padded (see :mod:`attnmoe.estimation.objective`'s PAD).
+the sample axis is padded (see :mod:`attnmoe.estimation.families.least_squares.objective`'s PAD).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ The top-K sparse softmax (arXiv 2309.13850)
     TopK_i(u) = exp(u_i) 1[i in top_K(u)] / sum_{l in top_K(u)} exp(u_l)
 
 is :func:`topk_log_weights` (log weights and the top-K mask, along a given expert axis) and
-:func:`topk_softmax` (the weights); the likelihood mixtures (:mod:`attnmoe.estimation.likelihood`)
+:func:`topk_softmax` (the weights); the likelihood mixtures (:mod:`attnmoe.estimation.families.likelihood`)
 use them. :func:`mixture_forward` does not offer it as a normalisation (yet).
 """
 

@@ -16,14 +16,14 @@ from the bottom up:
   and ``rates.png``;
 * :mod:`~attnmoe.estimation.study.engine` — THE run / resume / jobs loop of every preset;
 * :mod:`~attnmoe.estimation.study.registry` — THE table of presets of every family;
-* :mod:`~attnmoe.estimation.study.run` — the least-squares presets (:func:`run_study`,
+* :mod:`~attnmoe.estimation.study.presets.least_squares` — the least-squares presets (:func:`run_study`,
   :func:`resummarize`).
 
 Files written in ``out`` (the output contract): ``study.json``, ``records.jsonl``,
 ``summary.json``, ``rates.png``, ``summary.md``.
 """
 
-from attnmoe.estimation.options import FitOptions
+from attnmoe.estimation.families.least_squares.options import FitOptions
 from attnmoe.estimation.study.backends import BACKENDS, map_jobs
 from attnmoe.estimation.study.engine import (
     OUTPUT_FILES,
@@ -59,9 +59,9 @@ from attnmoe.estimation.study.records import (
     read_records,
     record_key,
 )
-from attnmoe.estimation.study.registry import PRESETS, StudyPreset, presets, register_preset, run_preset
+from attnmoe.estimation.study.registry import PRESETS, StudyPreset, preset_table, register_preset, run_preset
 from attnmoe.estimation.study.report import plot_rates, summary_markdown, write_outputs
-from attnmoe.estimation.study.run import fit_block, fit_one, least_squares_plan, resummarize, run_study
+from attnmoe.estimation.study.presets.least_squares import fit_block, fit_one, least_squares_plan, resummarize, run_study
 from attnmoe.estimation.study.summary import (
     ols_slope,
     setting_rng,
@@ -102,7 +102,7 @@ __all__ = [
     "map_jobs",
     "ols_slope",
     "plot_rates",
-    "presets",
+    "preset_table",
     "read_records",
     "record_key",
     "register_preset",

@@ -1,7 +1,7 @@
 """Where the blocks of a study run: in this process, on a process pool, or on a Ray cluster.
 
 The unit of work is a preset's module-level ``fit(*job) -> records`` (e.g. the least-squares
-:func:`~attnmoe.estimation.study.run.fit_block`, which fits all the seeds of a job as ONE batched
+:func:`~attnmoe.estimation.study.presets.least_squares.fit_block`, which fits all the seeds of a job as ONE batched
 program). A record depends only on ``(setting, n, seed)`` and the options, so how seeds are
 grouped into jobs, and which worker runs a job, never changes a number. Every backend yields
 the jobs' results as they finish.

@@ -24,15 +24,12 @@ flight; the same command resumes.
 from __future__ import annotations
 
 import json
-import math
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from torch import Tensor
 
 from attnmoe.estimation.study.backends import BACKENDS, map_jobs
 from attnmoe.estimation.study.plan import (
@@ -62,7 +59,7 @@ from attnmoe.estimation.study.report import StudySummary, write_outputs
 from attnmoe.utils import check_writable
 
 __all__ = ["OUTPUT_FILES", "StudyArgs", "StudyPlan", "StudyResult", "StudySummary", "check_config",
-           "near_best_set", "run_plan"]
+           "run_plan"]
 
 #: the files every study writes in its folder
 OUTPUT_FILES: tuple[str, ...] = (STUDY_FILE, RECORDS_FILE, "summary.json", "summary.md", "rates.png")
@@ -176,15 +173,6 @@ class StudyResult:
     seconds: float
     workers: int = 1
     threads: int = 1
-
-
-def near_best_set(fits: Sequence[int], loss: Tensor, converged: Tensor, window: float) -> list[int]:
-    """The near-best set of one replicate's fits ``fits`` (indices into ``loss`` / ``converged``):
-    the converged ones whose training loss is within ``window`` of the best converged one
-    (empty when none converged). The width of a study is the largest loss over this set."""
-    ok = [i for i in fits if bool(converged[i])]
-    best = min((float(loss[i]) for i in ok), default=math.nan)
-    return [i for i in ok if float(loss[i]) <= best + window]
 
 
 def check_config(out: Path, previous: dict[str, Any] | None, want: dict[str, Any], name: str) -> None:

@@ -1,7 +1,7 @@
 """What a study runs: presets, settings, validation, parallelism and the list of jobs.
 
 Everything here is checked before anything is written or allocated (``docs/rates.md``,
-"Choices"): the numbers of experts before a :class:`~attnmoe.estimation.truth.Setting` is built
+"Choices"): the numbers of experts before a :class:`~attnmoe.estimation.families.least_squares.truth.Setting` is built
 (a random truth with k experts costs O(k²) per draw), the sample sizes against
 :data:`MAX_N` and against the free parameters of every fitted model
 (:meth:`~attnmoe.moe.mixture.ParameterLayout.check_sample_size`, the one sample-size check),
@@ -17,14 +17,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from attnmoe.estimation.gating_truths import (
+from attnmoe.estimation.families.least_squares.gating_truths import (
     COSINE_ROUTER_SETTINGS,
     SIGMOID_ATTENTION_SETTINGS,
     SIGMOID_GATING_NATURAL_SETTINGS,
     SIGMOID_GATING_SETTINGS,
 )
-from attnmoe.estimation.options import FitOptions
-from attnmoe.estimation.truth import (
+from attnmoe.estimation.families.least_squares.options import FitOptions
+from attnmoe.estimation.families.least_squares.truth import (
     CORE_SETTINGS,
     Setting,
     get_setting,
@@ -173,7 +173,7 @@ LEAST_SQUARES_PRESETS: dict[str, Preset] = {
         description="over-specified settings at n = 1e3 over four decades of noise, near-truth and displaced starts",
     ),
     # Sigmoid vs softmax gating (arXiv 2405.13997) on the same f* and data, regimes r1 (slope
-    # != 0) and r2 (slope = 0), linear and GELU experts (estimation/gating_truths.py,
+    # != 0) and r2 (slope = 0), linear and GELU experts (estimation/families/least_squares/gating_truths.py,
     # docs/gating.md). Quick: wall time measured in docs/gating.md.
     "sigmoid-gating": _gating_preset(SIGMOID_GATING_SETTINGS, max_iter=1000,
                                      description="sigmoid vs softmax gating on the same truth (arXiv 2405.13997)"),
@@ -231,7 +231,7 @@ def resolve_settings(
     ``normalizers`` (``--normalizer``; default: as chosen, softmax for the core settings)
     gives every chosen setting once per normaliser: ``"sigmoid"`` rebuilds it with the same
     true parameters under sigmoid gating (name marked ``-sig``, see
-    :func:`~attnmoe.estimation.truth.make_setting`).
+    :func:`~attnmoe.estimation.families.least_squares.truth.make_setting`).
 
     Either ``names`` (core-setting names) or the product ``gates x experts x k_true x k_fit``
     (missing axes default to the core values: gates polynomial,monomial; experts
@@ -305,7 +305,7 @@ def validate_study(settings: Sequence[Setting], n_grid: Sequence[int], replicate
     """Check a study before anything is written or allocated.
 
     Raises:
-        TypeError: a setting that is not a :class:`~attnmoe.estimation.truth.Setting`.
+        TypeError: a setting that is not a :class:`~attnmoe.estimation.families.least_squares.truth.Setting`.
         ValueError: empty settings or grid, non-positive replicates, duplicate sizes,
             n > :data:`MAX_N`, k < 1, k < k*, or an n smaller than the number of free
             parameters of a fitted model.
@@ -321,7 +321,7 @@ def validate_study(settings: Sequence[Setting], n_grid: Sequence[int], replicate
         raise ValueError(f"the sample-size grid has duplicates: {list(n_grid)}")
     for s in settings:
         if not isinstance(s, Setting):
-            raise TypeError(f"settings must be attnmoe.estimation.truth.Setting, got {type(s).__name__}")
+            raise TypeError(f"settings must be attnmoe.estimation.families.least_squares.truth.Setting, got {type(s).__name__}")
         if s.k_fit < s.k_true:
             raise ValueError(f"{s.name}: k={s.k_fit} < k*={s.k_true}")
         s.fit_layout.check_sample_size(min(n_grid), f"the fitted model of {s.name}")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import math
 import os
 import warnings
 from collections.abc import Iterable, Sequence
@@ -23,8 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from attnmoe.estimation.families.common import Record, jsonable
 from attnmoe.utils import atomic_write_text
 
 __all__ = [
@@ -56,7 +54,6 @@ FIGURE_FILE = "rates.png"
 #: Keys every record must carry to be usable (others, e.g. ``train_loss``, are kept as-is).
 REQUIRED_KEYS: tuple[str, ...] = ("setting", "n", "seed", "losses", "converged", "iterations")
 
-Record = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -181,31 +178,13 @@ class RecordWriter:
             os.fsync(fh.fileno())
 
 
-def jsonable(obj: Any) -> Any:
-    """``obj`` with numpy / 0-d torch scalars as Python numbers and NaN/inf as None."""
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        v = float(obj)
-        return v if math.isfinite(v) else None  # strict JSON has no NaN/inf
-    if hasattr(obj, "item"):  # 0-d torch tensor
-        return jsonable(obj.item())
-    return obj
-
-
 def atomic_write(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically and durably (:func:`attnmoe.utils.atomic_write_text`)."""
     atomic_write_text(path, text)
 
 
 #: version of the fitting code behind a record; 2: autograd-gate (cosine router) Hessians by
-#: :func:`~attnmoe.estimation.derivatives.batched_hessian` (version 1: vmapped torch.func, equal
+#: :func:`~attnmoe.estimation.solvers.derivatives.batched_hessian` (version 1: vmapped torch.func, equal
 #: to 2e-15, so those records differ from version 1's at rounding level; closed-form gates unchanged);
 #: 3: the closed-form loss, gradient and Hessian summed in passes of ``objective.CHUNK`` samples
 #: as one coefficient x feature-product matrix product (equal to version 2's to ~1e-15 relative

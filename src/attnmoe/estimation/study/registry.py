@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from attnmoe.estimation.study.engine import StudyArgs, StudyPlan, StudyResult, run_plan
 
-__all__ = ["PRESETS", "StudyPreset", "presets", "register_preset", "run_preset"]
+__all__ = ["PRESETS", "StudyPreset", "option_flag", "preset_table", "register_preset", "run_preset"]
 
 
 @dataclass(frozen=True)
@@ -39,14 +39,14 @@ class StudyPreset:
     options: tuple[str, ...] = ()
 
 
-#: every registered preset, by name (filled by :func:`presets`)
+#: every registered preset, by name (filled by :func:`preset_table`)
 PRESETS: dict[str, StudyPreset] = {}
 
 #: modules that register presets when imported (one line per family)
 _PLUGINS: tuple[str, ...] = (
-    "attnmoe.estimation.study.run",
-    "attnmoe.estimation.likelihood.study",
-    "attnmoe.estimation.hmoe",
+    "attnmoe.estimation.study.presets.least_squares",
+    "attnmoe.estimation.study.presets.likelihood",
+    "attnmoe.estimation.study.presets.hmoe",
 )
 
 
@@ -58,7 +58,7 @@ def register_preset(preset: StudyPreset) -> StudyPreset:
     return preset
 
 
-def presets() -> dict[str, StudyPreset]:
+def preset_table() -> dict[str, StudyPreset]:
     """Every registered preset (imports the modules of :data:`_PLUGINS` first)."""
     for module in _PLUGINS:
         importlib.import_module(module)
@@ -77,7 +77,7 @@ def run_preset(name: str, args: StudyArgs) -> StudyResult:
         ValueError: an unknown preset, an option it does not take, any invalid input (one line,
             before anything is written).
     """
-    table = presets()
+    table = preset_table()
     if name not in table:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(table)}")
     preset = table[name]

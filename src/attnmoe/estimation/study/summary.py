@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from attnmoe.estimation.study.records import Record, jsonable, record_key
-from attnmoe.estimation.truth import Setting
+from attnmoe.estimation.families.least_squares.truth import Setting
 
 __all__ = ["METHOD", "loss_value", "ols_slope", "setting_rng", "slope_with_ci", "summarize_records"]
 

@@ -13,7 +13,7 @@ as the design fluctuation is negligible (checked in docs/rates.md by comparing a
 sigma with one over n). Because a seed's inputs and standard-normal noise are the same at every
 sigma (only the scale changes), the seed is again the resampling unit.
 
-Records of a sweep come from settings made by :func:`attnmoe.estimation.truth.with_noise`
+Records of a sweep come from settings made by :func:`attnmoe.estimation.families.least_squares.truth.with_noise`
 (``<base>-sd<sigma>``); each record's ``noise`` is read from the setting name.
 """
 

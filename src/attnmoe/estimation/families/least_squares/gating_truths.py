@@ -1,4 +1,4 @@
-"""Named ground truths of the gating family (issue 11), looked up by :func:`~attnmoe.estimation.truth.get_setting`.
+"""Named ground truths of the gating family (issue 11), looked up by :func:`~attnmoe.estimation.families.least_squares.truth.get_setting`.
 
 Sigmoid vs softmax gating (arXiv 2405.13997, least squares, over-specified fits). The paper's
 rates compare each gate on its own truth; a reviewer's caveat is that those truths differ. Here
@@ -41,7 +41,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from attnmoe.estimation.truth import Setting, make_setting
+from attnmoe.estimation.families.least_squares.truth import Setting, make_setting
 
 __all__ = [
     "COSINE_ROUTER_SETTINGS",
@@ -131,7 +131,7 @@ COSINE_ROUTER_SETTINGS: Mapping[str, Setting] = MappingProxyType(
 
 
 def _sigmoid_attention() -> dict[str, Setting]:
-    from attnmoe.estimation.truth import CORE_SETTINGS
+    from attnmoe.estimation.families.least_squares.truth import CORE_SETTINGS
 
     out = {}
     for expert in ("sigmoid", "linear"):

@@ -2,7 +2,7 @@
 plain parameter errors of the contaminated model.
 
 Top-K Voronoi loss (arXiv 2309.13850; the exponent table of the group's public code). Masses
-and gating atoms are normalised as in :mod:`attnmoe.estimation.voronoi` (softmax is translation
+and gating atoms are normalised as in :mod:`attnmoe.estimation.families.least_squares.voronoi` (softmax is translation
 invariant): pi_i = softmax(beta0)_i, beta1_i <- beta1_i - sum_l pi_l beta1_l. Atom
 theta_i = (beta1_i, a_i, b_i, nu_i); cell V_j = fitted atoms nearest (Euclidean) to true atom j.
 
@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from attnmoe.estimation.likelihood.families import GaussianMoE, log_gaussian, log_laplace
+from attnmoe.estimation.families.likelihood.model import GaussianMoE, log_gaussian, log_laplace
 
 __all__ = ["R_BAR", "contaminated_errors", "hellinger", "topk_voronoi_loss"]
 

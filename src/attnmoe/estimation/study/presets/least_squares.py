@@ -16,7 +16,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from attnmoe.estimation.options import FitOptions
+from attnmoe.estimation.families.least_squares.options import FitOptions
 from attnmoe.estimation.study.engine import StudyArgs, StudyPlan, StudyResult, run_plan
 from attnmoe.estimation.study.plan import (
     LEAST_SQUARES_PRESETS,
@@ -33,7 +33,7 @@ from attnmoe.estimation.study.registry import StudyPreset, register_preset
 from attnmoe.estimation.study.report import StudySummary, summary_markdown
 from attnmoe.estimation.study.summary import summarize_records
 from attnmoe.estimation.study.sweep import sweep_summary
-from attnmoe.estimation.truth import Setting, setting_from_dict
+from attnmoe.estimation.families.least_squares.truth import Setting, setting_from_dict
 
 __all__ = ["OPTIONS", "fit_block", "fit_one", "least_squares_plan", "resummarize", "run_study", "study_config"]
 
@@ -61,7 +61,7 @@ def fit_block(
     """
     import torch
 
-    from attnmoe.estimation.experiment import fit_and_score
+    from attnmoe.estimation.families.least_squares.experiment import fit_and_score
 
     if threads is not None:
         torch.set_num_threads(threads)
@@ -119,7 +119,7 @@ def least_squares_plan(
     settings = list(settings)
     if summary_only:
         if any(not isinstance(s, Setting) for s in settings):
-            raise TypeError("settings must be attnmoe.estimation.truth.Setting")
+            raise TypeError("settings must be attnmoe.estimation.families.least_squares.truth.Setting")
     else:
         if options.device == "cuda" and backend == "process" and not _cuda_available():
             raise ValueError("--device cuda: no GPU is visible to torch here (torch.cuda.is_available() is False)")

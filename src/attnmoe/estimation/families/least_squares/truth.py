@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from attnmoe.estimation.families.common import derive_seed
 from attnmoe.moe import GATES, NORMALIZATIONS, ParameterLayout, make_expert, make_gate
 from attnmoe.moe.experts import EXPERTS
 
@@ -68,14 +69,6 @@ DEFAULT_TRUE_PARAMS: Mapping[str, np.ndarray] = MappingProxyType(
 #: Input law and noise of the core settings: X ~ U[-2, 2]^2, eps ~ N(0, 0.01^2).
 DEFAULT_INPUT_SCALE = 2.0
 DEFAULT_NOISE_STD = 0.01
-
-
-def derive_seed(seed: int, stream: int) -> int:
-    """An independent 32-bit seed for random stream ``stream`` of replicate ``seed``.
-
-    Streams used here: 0 = training sample, 1 = initialisation, 2 = test sample.
-    """
-    return int(np.random.SeedSequence([int(seed), int(stream)]).generate_state(1)[0])
 
 
 @dataclass(frozen=True)
@@ -319,8 +312,8 @@ def with_noise(setting: Setting, noise_std: float) -> Setting:
 
 def named_settings() -> Mapping[str, Setting]:
     """Every named setting: the core ones and the gating family's
-    (:mod:`attnmoe.estimation.gating_truths`)."""
-    from attnmoe.estimation.gating_truths import GATING_SETTINGS
+    (:mod:`attnmoe.estimation.families.least_squares.gating_truths`)."""
+    from attnmoe.estimation.families.least_squares.gating_truths import GATING_SETTINGS
 
     return {**CORE_SETTINGS, **GATING_SETTINGS}
 

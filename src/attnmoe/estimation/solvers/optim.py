@@ -7,14 +7,14 @@ exactly the iterations a run of that replicate alone performs.
 
 * :func:`trust_region` -- trust-region Newton with the exact Hessian (Nocedal & Wright Alg. 4.1,
   subproblem solved exactly in the Hessian's eigenbasis, valley extrapolation); defined and
-  documented in :mod:`attnmoe.estimation.newton`, re-exported here.
+  documented in :mod:`attnmoe.estimation.solvers.newton`, re-exported here.
 * :func:`lbfgs` -- batched L-BFGS (N&W Alg. 7.4 two-loop recursion, Alg. 3.5/3.6 strong-Wolfe
   line search with cubic interpolation), optionally preconditioned.
 * :func:`adam` -- batched Adam (Kingma & Ba, arXiv 1412.6980).
 
 The shared interface (:data:`Objective`, :func:`value_and_grad`, :data:`REASONS`,
-:class:`OptimResult`) lives in :mod:`attnmoe.estimation.optim_base` and is re-exported here,
-so ``from attnmoe.estimation.optim import ...`` reaches every solver and type.
+:class:`OptimResult`) lives in :mod:`attnmoe.estimation.solvers.base` and is re-exported here,
+so ``from attnmoe.estimation.solvers.optim import ...`` reaches every solver and type.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from attnmoe.estimation.newton import HessianFn as HessianFn
-from attnmoe.estimation.newton import trust_region
-from attnmoe.estimation.optim_base import REASONS, Objective, OptimResult, value_and_grad
+from attnmoe.estimation.solvers.newton import HessianFn as HessianFn
+from attnmoe.estimation.solvers.newton import trust_region
+from attnmoe.estimation.solvers.base import REASONS, Objective, OptimResult, value_and_grad
 
 __all__ = [
     "REASONS",

@@ -1,6 +1,6 @@
 """Batched trust-region Newton with the exact Hessian: R independent problems as ONE tensor program.
 
-Re-exported by :mod:`attnmoe.estimation.optim` (with the other batched solvers, whose
+Re-exported by :mod:`attnmoe.estimation.solvers.optim` (with the other batched solvers, whose
 conventions it shares: row r of the iterate depends only on replicate r's objective, and a
 batched run performs, per replicate, exactly the iterations a run of that replicate alone
 performs).
@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from attnmoe.estimation.optim_base import REASONS, Objective, OptimResult
+from attnmoe.estimation.solvers.base import REASONS, Objective, OptimResult
 
 __all__ = ["HessianFn", "trust_region"]
 

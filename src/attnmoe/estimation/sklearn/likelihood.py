@@ -2,7 +2,7 @@
 
 * :class:`GaussianMoERegressor` -- softmax (or top-K softmax) gated mixture of Gaussian linear
   experts, p(y | x) = sum_i w_i(x) N(y | a_i^T x + b_i, nu_i) (arXiv 2309.13850's model), with
-  any gate of :class:`~attnmoe.estimation.likelihood.families.GaussianMoE` (linear, temperature,
+  any gate of :class:`~attnmoe.estimation.families.likelihood.model.GaussianMoE` (linear, temperature,
   activation, quadratic polynomial / monomial, cosine, perturbed cosine);
   ``predict`` is the conditional mean sum_i w_i(x) (a_i^T x + b_i), ``predict_density`` p(y | x).
 * :class:`MoEClassifier` -- softmax-gated multinomial logistic MoE (arXiv 2310.14188), standard
@@ -12,7 +12,7 @@ Both standardise X (and the regressor y) with the sample mean and standard devia
 regressor only as far as its gate family allows, :data:`X_STANDARDISATION`: centring x changes a
 monomial, activation or cosine gate's model, so those gates see x scaled or raw), fit
 ``n_init`` random starts as ONE batched trust-region program
-(:func:`~attnmoe.estimation.likelihood.objective.fit_likelihood`; the starts are replicates of
+(:func:`~attnmoe.estimation.families.likelihood.objective.fit_likelihood`; the starts are replicates of
 the same data) and keep the start with the lowest NLL; a ``ConvergenceWarning`` is raised when
 that start did not converge, and a one-line ``ValueError`` when every start ended with a
 non-finite NLL or the input's scale overflows the standardisation. Fits run on ``n_threads``
@@ -32,9 +32,9 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, check_random_state, validate_data
 
-from attnmoe.estimation.estimator import check_input_scale, torch_threads
-from attnmoe.estimation.likelihood.families import GaussianMoE, MultinomialLogisticMoE
-from attnmoe.estimation.likelihood.objective import fit_likelihood
+from attnmoe.estimation.sklearn.regressor import check_input_scale, torch_threads
+from attnmoe.estimation.families.likelihood.model import GaussianMoE, MultinomialLogisticMoE
+from attnmoe.estimation.families.likelihood.objective import fit_likelihood
 
 __all__ = ["GaussianMoERegressor", "MoEClassifier"]
 
@@ -93,7 +93,7 @@ class GaussianMoERegressor(RegressorMixin, BaseEstimator):
     Args:
         n_experts: k >= 1.
         top_k: K of a top-K sparse softmax gate (None: dense softmax); 1 <= K <= k.
-        gate: the gate's name (:class:`~attnmoe.estimation.likelihood.families.GaussianMoE`):
+        gate: the gate's name (:class:`~attnmoe.estimation.families.likelihood.model.GaussianMoE`):
             ``"softmax"`` (linear scores), ``"temperature"``, ``"activation"``, ``"polynomial"``,
             ``"monomial"``, ``"cosine"``, ``"perturbed-cosine"`` (``"linear"`` = ``"softmax"``
             through the registry's gate).

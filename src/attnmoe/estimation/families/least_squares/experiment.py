@@ -30,11 +30,11 @@ from collections.abc import Sequence
 
 import torch
 
-from attnmoe.estimation.fit import FitResult, fit_starts
-from attnmoe.estimation.init import make_starts, parse_inits
-from attnmoe.estimation.options import FitOptions
-from attnmoe.estimation.truth import Setting, sample
-from attnmoe.estimation.voronoi import l2_error, split_cell_stats, voronoi_losses
+from attnmoe.estimation.families.least_squares.fit import FitResult, fit_starts
+from attnmoe.estimation.families.least_squares.init import make_starts, parse_inits
+from attnmoe.estimation.families.least_squares.options import FitOptions
+from attnmoe.estimation.families.least_squares.truth import Setting, sample
+from attnmoe.estimation.families.least_squares.voronoi import l2_error, split_cell_stats, voronoi_losses
 
 __all__ = ["fit_and_score", "score_fits"]
 

@@ -41,14 +41,14 @@ from sklearn.utils.validation import (
 )
 from torch import Tensor
 
-from attnmoe.estimation.optim import lbfgs
+from attnmoe.estimation.solvers.optim import lbfgs
 from attnmoe.moe import GATES, ParameterLayout, make_expert, make_gate, mixture_forward
 from attnmoe.moe.experts import EXPERTS
 
 __all__ = ["MoERegressor", "QuadraticGatingMoERegressor"]
 
 #: Damping of the weighted Gauss-Newton preconditioner, relative to the mean of its diagonal
-#: (the same convention as ``attnmoe.estimation.fit.gauss_newton_matrix``).
+#: (the same convention as ``attnmoe.estimation.families.least_squares.fit.gauss_newton_matrix``).
 GN_DAMPING = 1e-3
 
 #: Default ridge strength ``l2`` (see :func:`penalty_weights`).

@@ -1,8 +1,8 @@
 """The interface the batched solvers share: the objective type, its gradient, the result.
 
-:mod:`attnmoe.estimation.optim` (L-BFGS, Adam) and :mod:`attnmoe.estimation.newton`
+:mod:`attnmoe.estimation.solvers.optim` (L-BFGS, Adam) and :mod:`attnmoe.estimation.solvers.newton`
 (trust-region Newton) both take an :data:`Objective` over R replicates and return an
-:class:`OptimResult`; :mod:`attnmoe.estimation.optim` re-exports every name here.
+:class:`OptimResult`; :mod:`attnmoe.estimation.solvers.optim` re-exports every name here.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Starting points of least-squares fits, ``(R, P)`` or ``(S, R, P)`` free-parameter tensors.
 
 Every start of replicate r is drawn from ``seeds[r]`` alone (stream 1 of
-:func:`~attnmoe.estimation.truth.derive_seed`), so a start never depends on the batch.
+:func:`~attnmoe.estimation.families.common.derive_seed`), so a start never depends on the batch.
 
 * :func:`near_truth_init` -- the true atoms (split when k > k*, :func:`split_atoms`) plus an
   n-independent perturbation ``scale * N(0, 1)``: local error around the truth.

@@ -1,6 +1,6 @@
 """The fit options of a study cell: ONE table of defaults.
 
-:class:`FitOptions` is what :func:`attnmoe.estimation.experiment.fit_and_score` takes and what
+:class:`FitOptions` is what :func:`attnmoe.estimation.families.least_squares.experiment.fit_and_score` takes and what
 ``study.json`` records; presets of ``attnmoe rates`` are instances of it. Nothing else in the
 package defines a default for these fields.
 """
@@ -13,7 +13,7 @@ from typing import Any
 
 __all__ = ["DEVICES", "METHODS", "FitOptions"]
 
-#: optimisers understood by :func:`attnmoe.estimation.fit.fit_least_squares`
+#: optimisers understood by :func:`attnmoe.estimation.families.least_squares.fit.fit_least_squares`
 METHODS: tuple[str, ...] = ("trust-region", "lbfgs", "adam")
 
 #: where a batched least-squares fit can run
@@ -32,7 +32,7 @@ class FitOptions:
             training loss, estimates sigma^2 at a good fit, so the tolerance scales with the
             noise: the fit is within dtol noise variances per sample of its local minimum).
         n_test: size of the held-out sample on which the L2 error of f is estimated.
-        init: the start (:func:`~attnmoe.estimation.init.parse_init`): ``near-truth:SCALE``
+        init: the start (:func:`~attnmoe.estimation.families.least_squares.init.parse_init`): ``near-truth:SCALE``
             (truth + SCALE N(0, 1), n-independent), ``displaced:DELTA`` (split copies moved
             +-DELTA along their flat direction), ``displaced-gate:DELTA``, ``group`` (the
             research group's n-shrinking start, for comparison) or ``random``; several kinds
@@ -60,7 +60,7 @@ class FitOptions:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        from attnmoe.estimation.init import parse_inits
+        from attnmoe.estimation.families.least_squares.init import parse_inits
 
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; valid: {list(METHODS)}")

@@ -47,7 +47,7 @@ each pass's temporaries stay in cache instead of allocating (m, Q, n) arrays, an
 boundaries depend on n only. Vectorised element-wise kernels (exp, sigmoid, tanh, erf) round
 the last, partial vector of a tensor differently from the body; with every row a multiple of
 PAD long, a replicate's loss, gradient and Hessian are bitwise the same alone or at any place in
-any batch (at one intra-op thread; tests). :func:`attnmoe.estimation.optim.value_and_grad` uses
+any batch (at one intra-op thread; tests). :func:`attnmoe.estimation.solvers.optim.value_and_grad` uses
 this path when the objective provides it; the autograd path through
 :meth:`ParameterLayout.forward` is the reference the tests compare against.
 """
@@ -57,13 +57,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from attnmoe.estimation.families.common import PAD, padded
 from attnmoe.moe import ParameterLayout
 from attnmoe.moe.experts import EXPERT_DERIVATIVES
 
 __all__ = ["CHUNK", "PAD", "LeastSquaresObjective", "padded", "rowwise"]
-
-#: the sample axis is padded to a multiple of PAD (a multiple of every CPU vector width)
-PAD = 64
 
 #: samples per pass of the loss, gradient and Hessian (a multiple of PAD; module docstring)
 CHUNK = 2048
@@ -74,11 +72,6 @@ BLOCK_BYTES = {"cpu": 1 << 21, "cuda": 1 << 30}
 
 #: the feature products are kept for the whole fit when they take at most this much memory
 PRODUCT_CACHE_BYTES = 1 << 29
-
-
-def padded(length: int) -> int:
-    """``length`` rounded up to a multiple of :data:`PAD`."""
-    return -(-length // PAD) * PAD
 
 
 def rowwise(fn, x: Tensor) -> Tensor:
@@ -120,7 +113,7 @@ def _features(X: Tensor, names: list[str]) -> Tensor:
 class LeastSquaresObjective:
     """Per-replicate mean squared error of a MoE regression, value/gradient/Hessian in closed form.
 
-    Callable as an :data:`attnmoe.estimation.optim.Objective` (``flat (m, P), idx -> (m,)``).
+    Callable as an :data:`attnmoe.estimation.solvers.optim.Objective` (``flat (m, P), idx -> (m,)``).
 
     Args:
         layout: parametrisation of the fitted model.
@@ -146,7 +139,7 @@ class LeastSquaresObjective:
         if not layout.gate.closed_form:
             raise ValueError(
                 f"gate {layout.gate.name!r} has no closed-form objective; use "
-                "attnmoe.estimation.fit.least_squares_objective (its autograd path)"
+                "attnmoe.estimation.families.least_squares.fit.least_squares_objective (its autograd path)"
             )
         R, n, d = X.shape
         n_pad = padded(n)

@@ -1,6 +1,6 @@
 """The least-squares objective by automatic differentiation, for gates without a closed form.
 
-Same criterion as :mod:`attnmoe.estimation.objective` (arXiv 2410.11222),
+Same criterion as :mod:`attnmoe.estimation.families.least_squares.objective` (arXiv 2410.11222),
 
     L_r(theta) = (1/n) sum_j (f(x_rj; theta) - y_rj)^2,
 
@@ -9,10 +9,10 @@ routers of arXiv 2405.14131, ``Gate.closed_form = False``). The loss of ONE repl
 function of its ``(P,)`` parameters, its padded inputs and responses; ``torch.func.grad`` and
 ``jacfwd`` of it are vmapped over replicates, so a batch of R fits is still one tensor program
 (no Python loop over replicates); the Hessian is reverse-over-reverse autograd through that
-batched loss (:func:`~attnmoe.estimation.derivatives.batched_hessian`; 1.0-1.8x faster per
+batched loss (:func:`~attnmoe.estimation.solvers.derivatives.batched_hessian`; 1.0-1.8x faster per
 call than the former vmapped ``torch.func.hessian`` on the cosine routers, 1.5x per fit, equal
 to 2e-15; study version 2). The sample axis is padded to a multiple of
-:data:`~attnmoe.estimation.objective.PAD` with zero-weight points exactly as the closed form
+:data:`~attnmoe.estimation.families.common.PAD` with zero-weight points exactly as the closed form
 does, so a replicate's rows have the same layout wherever it sits in the batch (tested: its
 loss, gradient and Hessian alone and in a batch agree).
 """
@@ -22,8 +22,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from attnmoe.estimation.derivatives import batched_hessian
-from attnmoe.estimation.objective import LeastSquaresObjective
+from attnmoe.estimation.solvers.derivatives import batched_hessian
+from attnmoe.estimation.families.least_squares.objective import LeastSquaresObjective
 from attnmoe.moe import ParameterLayout
 
 __all__ = ["AutogradLeastSquaresObjective"]

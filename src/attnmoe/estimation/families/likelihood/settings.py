@@ -18,13 +18,13 @@ import torch
 from scipy.special import ndtri
 from torch import Tensor
 
-from attnmoe.estimation.likelihood.families import (
+from attnmoe.estimation.families.likelihood.model import (
     ContaminatedMoE,
     GaussianMoE,
     LikelihoodModel,
     MultinomialLogisticMoE,
 )
-from attnmoe.estimation.likelihood.voronoi import contaminated_errors, hellinger, topk_voronoi_loss
+from attnmoe.estimation.families.likelihood.voronoi import contaminated_errors, hellinger, topk_voronoi_loss
 
 __all__ = ["LikSetting", "SETTINGS", "contaminated_setting", "START_KINDS", "sample_data", "start_points", "topk_setting",
            "TOPK_TRUTH"]

@@ -150,7 +150,7 @@ def voronoi_losses(
     Args:
         fitted: natural params with leading ``(R, k)`` (keys among A, b, c, a, alpha).
         truth: natural params ``(k*, ...)`` or ``(R, k*, ...)``, the same keys, or a
-            :class:`~attnmoe.estimation.truth.Setting`.
+            :class:`~attnmoe.estimation.families.least_squares.truth.Setting`.
         d1_exponents: (r for single-atom cells, r for multi-atom cells) of D1.
         d2_exponents: the same for D2.
         normalization: ``"softmax"`` or ``"sigmoid"`` (the mass, module docstring); default:
@@ -247,14 +247,14 @@ def l2_error(
 
     Args:
         fitted: natural params with leading ``(R, k)`` of a model with the setting's gate/expert.
-        truth: the :class:`~attnmoe.estimation.truth.Setting` (gives f_G* and mu).
+        truth: the :class:`~attnmoe.estimation.families.least_squares.truth.Setting` (gives f_G* and mu).
         n_test: test sample size.
         seed: one seed for all replicates, or one per replicate (stream 2 of each seed).
 
     Returns:
         ``(R,)`` root mean squared difference.
     """
-    from attnmoe.estimation.truth import sample_inputs
+    from attnmoe.estimation.families.least_squares.truth import sample_inputs
 
     fitted = _batched(fitted)
     R = fitted["c"].shape[0] if "c" in fitted else fitted["a"].shape[0]

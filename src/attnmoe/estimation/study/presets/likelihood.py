@@ -19,28 +19,19 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import torch
-
-from attnmoe.estimation.likelihood.objective import fit_likelihood
-from attnmoe.estimation.likelihood.settings import SETTINGS, START_KINDS, sample_data, start_points
+from attnmoe.estimation.families.likelihood.experiment import FIT_OPTIONS, fit_block
+from attnmoe.estimation.families.likelihood.settings import SETTINGS, START_KINDS
 from attnmoe.estimation.study.engine import (
     StudyArgs,
     StudyPlan,
     StudyResult,
     StudySummary,
-    near_best_set,
     run_plan,
 )
-from attnmoe.estimation.study.records import jsonable
 from attnmoe.estimation.study.registry import StudyPreset, register_preset
 from attnmoe.estimation.study.summary import summarize_records
 
 __all__ = ["LIK_PRESETS", "LikPreset", "lik_plan", "run_lik_study"]
-
-#: fit options of every likelihood study (one definition; recorded in study.json)
-FIT_OPTIONS: dict[str, Any] = {"method": "trust-region", "max_iter": 200, "dtol": 1e-3,
-                               "starts": list(START_KINDS), "near_best": 1.0}
-
 
 @dataclass(frozen=True)
 class LikPreset:
@@ -93,41 +84,6 @@ def _check_args(preset: LikPreset, args: StudyArgs) -> tuple[tuple[int, ...], in
     if isinstance(reps, bool) or not isinstance(reps, int) or reps < 2:
         raise ValueError(f"--replicates must be an integer >= 2, got {reps!r}")
     return tuple(sorted(set(grid))), reps
-
-
-def fit_block(name: str, n: int, seeds: list[int]) -> list[dict[str, Any]]:
-    """Fit the replicates ``seeds`` of setting ``name`` at size ``n`` from every start kind as one
-    batched program and return their records (one per seed; each depends only on (name, n, seed)).
-
-    A record's ``losses`` are the near-truth fit's (the local error); ``width_<loss>`` is the
-    largest value of that loss over the near-best set: the converged fits, of either start,
-    whose mean NLL is within ``near_best / n`` of the best converged one (log-likelihood within
-    ``near_best`` of the best; for a regular model the MLE's excess NLL over the truth is
-    chi^2_P / (2n), so this keeps fits as good as the data can tell apart)."""
-    setting = SETTINGS[name]
-    X, y = sample_data(setting, n, seeds)
-    R, S = len(seeds), len(START_KINDS)
-    x0 = torch.cat([start_points(setting, n, seeds, kind) for kind in START_KINDS])  # (S*R, P)
-    fit = fit_likelihood(setting.fit_model, X.repeat(S, 1, 1), y.repeat(S, 1), x0,
-                         max_iter=FIT_OPTIONS["max_iter"], dtol=FIT_OPTIONS["dtol"])
-    losses = setting.losses(fit.params, setting.batched_truth(n, S * R))
-    records = []
-    for r, s in enumerate(seeds):
-        idx = [k * R + r for k in range(S)]
-        near = near_best_set(idx, fit.nll, fit.converged, FIT_OPTIONS["near_best"] / n)
-        rec_losses = {k: float(v[r]) for k, v in losses.items()}
-        for k, v in losses.items():
-            if near:
-                rec_losses[f"width_{k}"] = max(float(v[i]) for i in near)
-        records.append(jsonable({
-            "setting": name, "n": n, "seed": s, "losses": rec_losses,
-            "converged": bool(fit.converged[r]), "iterations": int(fit.n_iter[r]),
-            "reason": fit.reason[r], "nll": float(fit.nll[r]), "min_eig": float(fit.min_eig[r]),
-            "starts": {kind: {"converged": bool(fit.converged[i]), "nll": float(fit.nll[i])}
-                       for kind, i in zip(START_KINDS, idx)},
-            "near_best": len(near),
-        }))
-    return records
 
 
 def lik_plan(preset: LikPreset, args: StudyArgs) -> StudyPlan:

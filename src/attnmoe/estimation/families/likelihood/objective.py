@@ -8,15 +8,15 @@ For replicate r with data (x_rj, y_rj), j = 1..n, and free parameters theta_r of
 Value and gradient come from autograd on ONE replicate's function (``torch.func.grad``) mapped
 over the replicates with ``torch.func.vmap``, so no Python loop runs over replicates; the exact
 Hessian from reverse-over-reverse autograd through that batched value
-(:func:`~attnmoe.estimation.derivatives.batched_hessian`: P backward passes for all replicates,
+(:func:`~attnmoe.estimation.solvers.derivatives.batched_hessian`: P backward passes for all replicates,
 1.2-1.7x faster per call than the former vmapped ``jacfwd(jacrev)``, 1.6-2.1x per fit,
-and equal to it to 1e-13; study version 2), in chunks of replicates to bound memory. The fit is :func:`attnmoe.estimation.optim.trust_region` (exact-Hessian trust-region
+and equal to it to 1e-13; study version 2), in chunks of replicates to bound memory. The fit is :func:`attnmoe.estimation.solvers.optim.trust_region` (exact-Hessian trust-region
 Newton) on ``L_r + SHIFT``: that solver stops when the Newton decrement is <= dtol * |f|, and an
 NLL can cross zero, so the constant SHIFT makes the tolerance an absolute one
 (``dtol_abs = dtol / n`` in mean-NLL units, within +-5 % while |L| < 5).
 
-Batch-position invariance (as in :mod:`attnmoe.estimation.objective`): the sample axis is the
-last axis of every tensor and is padded to a multiple of :data:`~attnmoe.estimation.objective.PAD`
+Batch-position invariance (as in :mod:`attnmoe.estimation.families.least_squares.objective`): the sample axis is the
+last axis of every tensor and is padded to a multiple of :data:`~attnmoe.estimation.families.common.PAD`
 with zero-weight points (x = 0, y = 0: finite densities), and the models use element-wise
 products and sums, never matmul, so a replicate's value, gradient and Hessian are bitwise the same
 alone or at any place in a batch (tests).
@@ -34,10 +34,10 @@ import torch
 from torch import Tensor
 from torch.func import grad_and_value, vmap
 
-from attnmoe.estimation.derivatives import batched_hessian
-from attnmoe.estimation.objective import padded
-from attnmoe.estimation.optim import REASONS, trust_region
-from attnmoe.estimation.likelihood.families import LikelihoodModel
+from attnmoe.estimation.solvers.derivatives import batched_hessian
+from attnmoe.estimation.families.common import padded
+from attnmoe.estimation.solvers.optim import REASONS, trust_region
+from attnmoe.estimation.families.likelihood.model import LikelihoodModel
 
 __all__ = ["SHIFT", "LikelihoodFit", "LikelihoodObjective", "fit_likelihood"]
 
@@ -49,7 +49,7 @@ CHUNK_ENTRIES = 2_000_000
 
 
 class LikelihoodObjective:
-    """Mean NLL per replicate; an :data:`attnmoe.estimation.optim.Objective` with ``hessian``.
+    """Mean NLL per replicate; an :data:`attnmoe.estimation.solvers.optim.Objective` with ``hessian``.
 
     Args:
         model: the family.

@@ -5,7 +5,7 @@ atoms,  G_n in argmin_G  L_r(G) = (1/n) sum_j (y_rj - f_G(x_rj))^2,  for each re
 
 The optimiser works on a flat free-parameter tensor ``(R, P)`` (see
 :class:`attnmoe.moe.ParameterLayout`); the solvers are the generic batched ones of
-:mod:`attnmoe.estimation.optim`, the starts come from :mod:`attnmoe.estimation.init`.
+:mod:`attnmoe.estimation.solvers.optim`, the starts come from :mod:`attnmoe.estimation.families.least_squares.init`.
 
 * :func:`fit_least_squares` -- R fits from given starts: ``"trust-region"`` (Newton with the
   exact Hessian, the default: it converges at the degenerate minima of over-specified fits),
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from attnmoe.estimation.objective import LeastSquaresObjective, rowwise
-from attnmoe.estimation.optim import (
+from attnmoe.estimation.families.least_squares.objective import LeastSquaresObjective, rowwise
+from attnmoe.estimation.solvers.optim import (
     Objective,
     OptimResult,
     adam,
@@ -32,7 +32,7 @@ from attnmoe.estimation.optim import (
     trust_region,
     value_and_grad,
 )
-from attnmoe.estimation.options import METHODS
+from attnmoe.estimation.families.least_squares.options import METHODS
 from attnmoe.moe import GATES, ParameterLayout
 
 __all__ = [
@@ -52,14 +52,14 @@ def least_squares_objective(
     """Mean squared error L_r = (1/n) sum_j (y_rj - f(x_rj; theta_r))^2, per replicate.
 
     With ``closed_form`` (default) and one of the built-in gates, the returned objective is a
-    :class:`~attnmoe.estimation.objective.LeastSquaresObjective`, whose gradient and Jacobian are
+    :class:`~attnmoe.estimation.families.least_squares.objective.LeastSquaresObjective`, whose gradient and Jacobian are
     computed in closed form (by vmapped torch.func for a built-in gate without a closed form,
-    :class:`~attnmoe.estimation.autograd_objective.AutogradLeastSquaresObjective`); otherwise (or for a user-defined :class:`~attnmoe.moe.Gate`) a
+    :class:`~attnmoe.estimation.families.least_squares.autograd_objective.AutogradLeastSquaresObjective`); otherwise (or for a user-defined :class:`~attnmoe.moe.Gate`) a
     plain function whose gradient comes from autograd through ``layout.forward``.
     """
     if closed_form and type(layout.gate) is GATES.get(layout.gate.name):
         if not layout.gate.closed_form:  # built-in, logits not linear in the parameters
-            from attnmoe.estimation.autograd_objective import AutogradLeastSquaresObjective
+            from attnmoe.estimation.families.least_squares.autograd_objective import AutogradLeastSquaresObjective
 
             return AutogradLeastSquaresObjective(layout, X, y)
         return LeastSquaresObjective(layout, X, y)
@@ -105,7 +105,7 @@ class _Box:
 
     Chain rule: grad_phi = s * grad_theta with s = dtheta/dphi = 1 - (theta/B)^2, and
     H_phi = diag(s) H_theta diag(s) + diag(grad_theta * ds/dphi),  ds/dphi = -2 (theta/B^2) s.
-    tanh/atanh are applied row-wise padded (:func:`~attnmoe.estimation.objective.rowwise`), so
+    tanh/atanh are applied row-wise padded (:func:`~attnmoe.estimation.families.least_squares.objective.rowwise`), so
     a replicate's numbers do not depend on its place in the batch.
     """
 
@@ -224,7 +224,7 @@ def fit_least_squares(
         X: inputs ``(R, n, d)``; y: responses ``(R, n)``.
         init: initial free parameters ``(R, P)``.
         method: ``"trust-region"`` (default; Newton with the exact Hessian, see
-            :func:`~attnmoe.estimation.optim.trust_region`), ``"lbfgs"`` or ``"adam"``.
+            :func:`~attnmoe.estimation.solvers.optim.trust_region`), ``"lbfgs"`` or ``"adam"``.
         max_iter: iteration cap per replicate.
         tol: converged when max |gradient| <= tol (0: this test is off).
         dtol: trust-region only: converged when the Newton decrement (the decrease a Newton
@@ -234,7 +234,7 @@ def fit_least_squares(
             initial inverse Hessian, recomputed every ``refresh`` (option, default 100)
             iterations (see :func:`gauss_newton_matrix`).
         closed_form: compute gradients, Jacobians and Hessians in closed form
-            (:class:`~attnmoe.estimation.objective.LeastSquaresObjective`) rather than by
+            (:class:`~attnmoe.estimation.families.least_squares.objective.LeastSquaresObjective`) rather than by
             autograd; the two agree to rounding (tests), the closed form is faster. The
             trust-region method needs it (a built-in gate).
         bound: if given, least squares over the box |theta_p| <= bound of every free
@@ -242,9 +242,9 @@ def fit_least_squares(
             phi with theta = bound * tanh(phi / bound), so interior points are unconstrained and
             no parameter can run off. ``init`` must lie strictly inside the box. ``grad_max``
             and ``tol`` then refer to the gradient with respect to phi.
-        options: passed to the solver: :func:`~attnmoe.estimation.optim.trust_region`
-            (radius, ...), :func:`~attnmoe.estimation.optim.lbfgs` (ftol, history, ...) or
-            :func:`~attnmoe.estimation.optim.adam` (lr, ...).
+        options: passed to the solver: :func:`~attnmoe.estimation.solvers.optim.trust_region`
+            (radius, ...), :func:`~attnmoe.estimation.solvers.optim.lbfgs` (ftol, history, ...) or
+            :func:`~attnmoe.estimation.solvers.optim.adam` (lr, ...).
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; valid methods: {list(METHODS)}")
