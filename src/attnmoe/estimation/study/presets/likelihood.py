@@ -1,8 +1,9 @@
 """Likelihood-MoE rate studies, registered as family presets (``attnmoe rates --preset NAME``).
 
-A preset is a list of :class:`~.settings.LikSetting` names and a quick and a full size (n grid,
+A preset is a list of :class:`~attnmoe.estimation.families.likelihood.settings.LikSetting` names and a quick and a full size (n grid,
 replicates). For each setting and n, the missing replicate seeds are fitted as ONE batched
-trust-region program from near-truth starts (:func:`~.objective.fit_likelihood`), their losses
+trust-region program from every start kind (the family's study cell,
+:func:`~attnmoe.estimation.families.likelihood.experiment.fit_block`), their losses
 computed and appended to ``records.jsonl`` (one record per (setting, n, seed): the key alone fixes
 the data, the start and hence the record). ``study.json`` holds the preset and fit options; a
 resume with other options is refused. Slopes of log(loss) on log(n) with seed-bootstrap CIs come
@@ -32,6 +33,7 @@ from attnmoe.estimation.study.registry import StudyPreset, register_preset
 from attnmoe.estimation.study.summary import summarize_records
 
 __all__ = ["LIK_PRESETS", "LikPreset", "lik_plan", "run_lik_study"]
+
 
 @dataclass(frozen=True)
 class LikPreset:
