@@ -372,7 +372,7 @@ def test_a_non_finite_hessian_stops_only_its_replicate() -> None:
 def test_scaled_eigh_survives_a_lapack_failure(monkeypatch) -> None:
     """When LAPACK refuses one matrix of the batch, the other rows are decomposed alone (the
     same numbers) and the refused row gets NaN eigenvalues."""
-    from attnmoe.estimation import newton
+    from attnmoe.estimation.solvers import newton
 
     g = torch.Generator().manual_seed(0)
     A = torch.randn(3, 4, 4, generator=g, dtype=torch.float64)
