@@ -146,6 +146,11 @@ def rates(
     device: Annotated[
         str, typer.Option("--device", help="cpu, or cuda (float64 on a GPU; least-squares presets).")
     ] = "cpu",
+    perturb: Annotated[
+        float,
+        typer.Option("--perturb", help="Move every start by this relative amount (e.g. 1e-9, at most 1e-6): the "
+                     "solver-path robustness refit of the claims ledger, into its own folder (<study>-perturbed)."),
+    ] = 0.0,
     full: Annotated[
         bool, typer.Option("--full", help="The preset's committed-study size instead of its quick one.")
     ] = False,
@@ -173,7 +178,7 @@ def rates(
         with _interrupts_as_exit(out), _locked(out, existed, create=not summary_only):
             _rates(out, preset, settings, gates, experts, normalizer, k_true, k_fit, n_grid, replicates, backend,
                    workers, threads, max_iter, bound, method, init, starts, near_best, dtol, noise, block_size,
-                   seed, device, full, summary_only, progress)
+                   seed, device, perturb, full, summary_only, progress)
     except OSError as err:  # a full disk, a folder that vanished: what is on file stays resumable
         typer.echo(f"error: cannot write to {out}: {err.strerror or err} (records written so far are kept; "
                    "the same command resumes)", err=True)
@@ -243,8 +248,8 @@ def _rates(
     normalizer: str | None, k_true: str | None, k_fit: str | None, n_grid: str | None,
     replicates: int | None, backend: str, workers: int | None, threads: int | None, max_iter: int | None,
     bound: float | None, method: str | None, init: str | None, starts: int | None, near_best: float | None,
-    dtol: float | None, noise: str | None, block_size: int | None, seed: int, device: str, full: bool,
-    summary_only: bool, progress: bool,
+    dtol: float | None, noise: str | None, block_size: int | None, seed: int, device: str, perturb: float,
+    full: bool, summary_only: bool, progress: bool,
 ) -> None:
     """The body of :func:`rates` (inside its lock and interrupt handling): the options -> one
     :class:`~attnmoe.estimation.study.StudyArgs` -> the preset's plan -> the one loop."""
@@ -260,7 +265,7 @@ def _rates(
     args = study.StudyArgs(
         out=out, full=full, replicates=replicates, n_grid=tuple(grid) if grid else None, seed=seed,
         workers=workers, threads=threads, progress=progress, backend=backend, summary_only=summary_only,
-        device=device, options={k: v for k, v in own.items() if v is not None})
+        device=device, perturb=perturb, options={k: v for k, v in own.items() if v is not None})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
         try:

@@ -24,6 +24,7 @@ flight; the same command resumes.
 from __future__ import annotations
 
 import json
+import math
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from attnmoe.estimation.families.common import MAX_PERTURB
 from attnmoe.estimation.study.backends import BACKENDS, map_jobs
 from attnmoe.estimation.study.plan import (
     MAX_N,
@@ -83,6 +85,9 @@ class StudyArgs:
         summary_only: fit nothing; summarise the records on file (every n and seed there unless
             ``n_grid`` / ``replicates`` are given).
         device: ``"cpu"`` or ``"cuda"`` (a preset that cannot run on a GPU refuses it).
+        perturb: every start moved by this relative amount, at rounding level
+            (:func:`~attnmoe.estimation.families.common.perturb_starts`; 0: off); recorded in
+            ``study.json`` when not 0, so a perturbed study is its own study.
         options: the preset's own options, by name (e.g. ``settings``, ``max_iter``); only a
             preset that declares an option receives it (:class:`~attnmoe.estimation.study.registry.StudyPreset`).
     """
@@ -98,6 +103,7 @@ class StudyArgs:
     backend: str = "process"
     summary_only: bool = False
     device: str = "cpu"
+    perturb: float = 0.0
     options: Mapping[str, Any] = field(default_factory=dict)
 
     def check(self) -> None:
@@ -113,6 +119,9 @@ class StudyArgs:
                 check_positive_int(value, option)  # 0 or less: refused, not read as the default
         if self.n_grid and all(isinstance(n, int) for n in self.n_grid) and max(self.n_grid) > MAX_N:
             raise ValueError(f"--n-grid: every n must be at most {MAX_N}, got {max(self.n_grid)}")
+        if not (isinstance(self.perturb, (int, float)) and math.isfinite(self.perturb)
+                and 0.0 <= self.perturb <= MAX_PERTURB):
+            raise ValueError(f"--perturb must be a number in [0, {MAX_PERTURB:g}], got {self.perturb!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             # replicate seeds feed numpy's SeedSequence, which takes non-negative integers only
             raise ValueError(f"--seed must be a non-negative integer, got {self.seed!r}")

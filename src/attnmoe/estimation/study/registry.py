@@ -85,7 +85,7 @@ def run_preset(name: str, args: StudyArgs) -> StudyResult:
     if foreign:
         own = ", ".join(option_flag(k) for k in preset.options) or "none"
         raise ValueError(f"{', '.join(foreign)}: not an option of the preset {name!r} (it takes --out, --full, "
-                         "--n-grid, --replicates, --seed, --workers, --threads, --backend, --device, "
+                         "--n-grid, --replicates, --seed, --workers, --threads, --backend, --device, --perturb, "
                          f"--summary-only, and of its own: {own})")
     args.check()  # before the plan builds any seed list
     return run_plan(args, preset.plan(args))

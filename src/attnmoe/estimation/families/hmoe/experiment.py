@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from attnmoe.estimation.families.common import Record, jsonable, near_best_set
+from attnmoe.estimation.families.common import Record, jsonable, near_best_set, perturb_starts
 from attnmoe.estimation.families.hmoe.losses import l2_error, level_losses
 from attnmoe.estimation.families.hmoe.objective import HMoEObjective
 from attnmoe.estimation.families.hmoe.truth import HEADS_TRUE, START_KINDS, HMoEConfig, HMoESetting, noise, sample, start_points, true_params
@@ -25,7 +25,8 @@ def fit_block(setting: HMoESetting, n: int, seeds: Sequence[int], cfg: HMoEConfi
     X = sample(n, seeds)
     truth = {k: v.expand(R, *v.shape[1:]) for k, v in true_params(setting).items()}
     y = hierarchical_forward(setting.spec(HEADS_TRUE), truth, tokens_last(X)) + cfg.sigma * noise(n, seeds)
-    x0 = torch.cat([start_points(setting, seeds, k, cfg) for k in START_KINDS])  # (S*R, P)
+    x0 = torch.stack([start_points(setting, seeds, k, cfg) for k in START_KINDS])  # (S, R, P)
+    x0 = perturb_starts(x0, seeds, cfg.perturb).flatten(0, 1)  # (S*R, P), kind-major
     obj = HMoEObjective(layout, X.repeat(S, 1, 1, 1), y.repeat(S, 1))
     res = trust_region(obj.hessian, obj, obj.extend(x0), max_iter=cfg.max_iter, dtol=cfg.dtol / n)
     res.x = res.x[:, : layout.n_params]

@@ -58,6 +58,8 @@ class HMoEConfig:
         near_best: c of the near-best window c * sigma^2 / n.
         n_test: test inputs of the L2 error.
         block: replicate seeds fitted per batched call.
+        perturb: every start moved by this relative amount at rounding level
+            (:func:`~attnmoe.estimation.families.common.perturb_starts`; 0: off).
     """
 
     sigma: float = 0.1
@@ -68,6 +70,7 @@ class HMoEConfig:
     near_best: float = 1.0
     n_test: int = 4000
     block: int = 8
+    perturb: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 
 import torch
 
+from attnmoe.estimation.families.common import perturb_starts
 from attnmoe.estimation.families.least_squares.fit import FitResult, fit_starts
 from attnmoe.estimation.families.least_squares.init import make_starts, parse_inits
 from attnmoe.estimation.families.least_squares.options import FitOptions
@@ -84,6 +85,7 @@ def fit_and_score(
     X, y = sample(setting, n, seeds)
     inits = torch.cat([make_starts(sp, layout, setting.true_params(), seeds, n, o.starts, X, y)
                        for sp in specs])  # (S, R, P), kind-major
+    inits = perturb_starts(inits, seeds, o.perturb)
     if o.bound is not None:
         inits = inits.clamp(-0.99 * o.bound, 0.99 * o.bound)
     if o.device != "cpu" and not torch.cuda.is_available():

@@ -11,6 +11,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from attnmoe.estimation.families.common import MAX_PERTURB
+
 __all__ = ["DEVICES", "METHODS", "FitOptions"]
 
 #: optimisers understood by :func:`attnmoe.estimation.families.least_squares.fit.fit_least_squares`
@@ -46,6 +48,8 @@ class FitOptions:
             starts and scores stay on the CPU, so a record is the CPU's up to the rounding of
             the fit; ``benchmarks/gpu_rates.sh`` measures how far). Recorded in ``study.json``
             only when not ``"cpu"`` (studies written before it existed ran on the CPU).
+        perturb: every start moved by this relative amount at rounding level
+            (:func:`~attnmoe.estimation.families.common.perturb_starts`); recorded only when not 0.
     """
 
     method: str = "trust-region"
@@ -58,6 +62,7 @@ class FitOptions:
     near_best: float = 1.0
     bound: float | None = None
     device: str = "cpu"
+    perturb: float = 0.0
 
     def __post_init__(self) -> None:
         from attnmoe.estimation.families.least_squares.init import parse_inits
@@ -76,14 +81,20 @@ class FitOptions:
             isinstance(self.bound, (int, float)) and math.isfinite(self.bound) and self.bound > 0
         ):
             raise ValueError(f"bound must be a finite number > 0 or None, got {self.bound!r}")
+        if not (isinstance(self.perturb, (int, float)) and math.isfinite(self.perturb)
+                and 0.0 <= self.perturb <= MAX_PERTURB):
+            raise ValueError(f"perturb must be a number in [0, {MAX_PERTURB:g}], got {self.perturb!r}")
         if self.device not in DEVICES:
             raise ValueError(f"unknown device {self.device!r}; valid: {list(DEVICES)}")
         canonical = "+".join(str(sp) for sp in parse_inits(self.init))
         object.__setattr__(self, "init", canonical)  # canonical spelling
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields (what ``study.json`` records; ``device`` only when not the CPU)."""
+        """JSON-ready fields (what ``study.json`` records; ``device`` only when not the CPU,
+        ``perturb`` only when not 0: studies written before they existed have neither)."""
         out = asdict(self)
         if out["device"] == "cpu":
             del out["device"]
+        if out["perturb"] == 0.0:
+            del out["perturb"]
         return out

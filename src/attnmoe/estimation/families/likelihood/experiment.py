@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from attnmoe.estimation.families.common import jsonable, near_best_set
+from attnmoe.estimation.families.common import jsonable, near_best_set, perturb_starts
 from attnmoe.estimation.families.likelihood.objective import fit_likelihood
 from attnmoe.estimation.families.likelihood.settings import SETTINGS, START_KINDS, sample_data, start_points
 
@@ -21,9 +21,11 @@ FIT_OPTIONS: dict[str, Any] = {"method": "trust-region", "max_iter": 200, "dtol"
                                "starts": list(START_KINDS), "near_best": 1.0}
 
 
-def fit_block(name: str, n: int, seeds: list[int]) -> list[dict[str, Any]]:
+def fit_block(name: str, n: int, seeds: list[int], perturb: float = 0.0) -> list[dict[str, Any]]:
     """Fit the replicates ``seeds`` of setting ``name`` at size ``n`` from every start kind as one
-    batched program and return their records (one per seed; each depends only on (name, n, seed)).
+    batched program and return their records (one per seed; each depends only on (name, n, seed)
+    and ``perturb``, the rounding-level move of every start of
+    :func:`~attnmoe.estimation.families.common.perturb_starts`).
 
     A record's ``losses`` are the near-truth fit's (the local error); ``width_<loss>`` is the
     largest value of that loss over the near-best set: the converged fits, of either start,
@@ -33,7 +35,8 @@ def fit_block(name: str, n: int, seeds: list[int]) -> list[dict[str, Any]]:
     setting = SETTINGS[name]
     X, y = sample_data(setting, n, seeds)
     R, S = len(seeds), len(START_KINDS)
-    x0 = torch.cat([start_points(setting, n, seeds, kind) for kind in START_KINDS])  # (S*R, P)
+    x0 = torch.stack([start_points(setting, n, seeds, kind) for kind in START_KINDS])  # (S, R, P)
+    x0 = perturb_starts(x0, seeds, perturb).flatten(0, 1)  # (S*R, P), kind-major
     fit = fit_likelihood(setting.fit_model, X.repeat(S, 1, 1), y.repeat(S, 1), x0,
                          max_iter=FIT_OPTIONS["max_iter"], dtol=FIT_OPTIONS["dtol"])
     losses = setting.losses(fit.params, setting.batched_truth(n, S * R))

@@ -41,7 +41,7 @@ matmuls, so a replicate's fit does not depend on the other replicates in its blo
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from attnmoe.estimation.families.common import Record
@@ -65,7 +65,10 @@ FULL = _Size((250, 500, 1000, 2000, 4000, 8000, 16000), 16)
 
 
 def _config_dict(cfg: HMoEConfig) -> dict[str, Any]:
-    return {"family": "hmoe", "version": 2, "fit": asdict(cfg),
+    fit = asdict(cfg)
+    if fit["perturb"] == 0.0:  # recorded only when used: studies written before it have no such field
+        del fit["perturb"]
+    return {"family": "hmoe", "version": 2, "fit": fit,
             "truth": {"tokens": TOKENS, "dim": DIM, "heads": HEADS_TRUE, **TRUTH}}
 
 
@@ -112,6 +115,8 @@ def hmoe_plan(args: StudyArgs, cfg: HMoEConfig | None = None,
               settings: Sequence[HMoESetting] | None = None) -> StudyPlan:
     """The plan of the ``hmoe`` preset under ``args``; one-line errors on bad input."""
     cfg = cfg or HMoEConfig()
+    if args.perturb:
+        cfg = replace(cfg, perturb=args.perturb)
     settings = list(settings or hmoe_settings())
     size = FULL if args.full else QUICK
     grid = tuple(args.n_grid or size.n_grid)

@@ -223,6 +223,8 @@ def preset_plan(name: str, preset: Preset, args: StudyArgs) -> StudyPlan:
     overrides = {k: given[k] for k in _FIT_FIELDS if k in given}
     if args.device != "cpu":
         overrides["device"] = args.device
+    if args.perturb:
+        overrides["perturb"] = args.perturb
     try:
         options = replace(preset.fit, **overrides)
     except ValueError as err:  # name the option, not the field

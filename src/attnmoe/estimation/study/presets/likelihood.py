@@ -73,8 +73,9 @@ LIK_PRESETS: dict[str, LikPreset] = {
     )
 }
 
-def _config(preset: LikPreset) -> dict[str, Any]:
-    return {"preset": preset.name, "settings": list(preset.settings), "fit": FIT_OPTIONS, "version": 2}
+def _config(preset: LikPreset, perturb: float = 0.0) -> dict[str, Any]:
+    fit = FIT_OPTIONS | ({"perturb": perturb} if perturb else {})  # recorded only when used
+    return {"preset": preset.name, "settings": list(preset.settings), "fit": fit, "version": 2}
 
 
 def _check_args(preset: LikPreset, args: StudyArgs) -> tuple[tuple[int, ...], int]:
@@ -104,9 +105,9 @@ def lik_plan(preset: LikPreset, args: StudyArgs) -> StudyPlan:
                             plotted=lambda loss: not loss.startswith("width_"), sort_keys=False)
 
     return StudyPlan(
-        name=preset.name, config=_config(preset), settings=preset.settings, grid=grid,
+        name=preset.name, config=_config(preset, args.perturb), settings=preset.settings, grid=grid,
         seeds=range(args.seed, args.seed + reps), fit=fit_block,
-        split=lambda name, n, seeds: [(name, n, seeds)], summarize=summarize)
+        split=lambda name, n, seeds: [(name, n, seeds, args.perturb)], summarize=summarize)
 
 
 def run_lik_study(preset: LikPreset, args: StudyArgs) -> StudyResult:
