@@ -160,14 +160,18 @@ def test_rule_7_solver_path_robustness(synthetic: Path) -> None:
     _write(synthetic, "toy", _records("fast", -0.5, 40, rng) + _records("fast2", -0.5, 40, rng))
     _write(synthetic, "toy" + PERTURBED, _records("fast", -0.5, 40, rng) + _records("fast2", -0.25, 40, rng))
     _write(synthetic, "other", _records("fast", -0.5, 40, rng))  # no perturbed refits of this study
+    _write(synthetic, "part", _records("fast", -0.5, 40, rng))
+    _write(synthetic, "part" + PERTURBED, _records("fast", -0.5, 39, rng))  # refits of 39 of the 40 seeds
     arm = lambda s, study="toy": RateArm(study, s, "D1")
     rows = {r.claim.id: r for r in evaluate(synthetic, [
         _claim("stable", (arm("fast"),), -0.5, -0.25, overspecified=True),
         _claim("flips", (arm("fast2"),), -0.5, -0.25, overspecified=True),
         _claim("unchecked", (arm("fast", "other"),), -0.5, -0.25, overspecified=True),
-        _claim("exact", (arm("fast", "other"),), -0.5, -0.25)])}
+        _claim("exact", (arm("fast", "other"),), -0.5, -0.25),
+        _claim("partial", (arm("fast", "part"),), -0.5, -0.25, overspecified=True)])}
     assert {k: r.verdict for k, r in rows.items()} == {
-        "stable": CONFIRMED, "flips": UNDECIDED, "unchecked": UNDECIDED, "exact": CONFIRMED}
+        "stable": CONFIRMED, "flips": UNDECIDED, "unchecked": UNDECIDED, "exact": CONFIRMED, "partial": UNDECIDED}
+    assert rows["partial"].robustness.startswith("not checked")  # refits must cover every cell the claim reads
     assert rows["flips"].cause.startswith("solver-path dependent") and "contradicted" in rows["flips"].cause
     assert rows["unchecked"].cause.startswith("compute") and "other-perturbed" in rows["unchecked"].cause
     assert rows["stable"].robustness.startswith("checked") and rows["exact"].robustness.startswith("not needed")

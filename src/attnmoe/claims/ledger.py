@@ -96,6 +96,7 @@ class Row:
     command: str | None = None  # the real-data comparison's own command (its summary.json)
     robustness: str = ""  # rule 7's finding (set by :func:`evaluate`)
     seed_seconds: float | None = None  # fit seconds of one seed over the claim's cells (records' own times)
+    recorded_seconds: float | None = None  # fit seconds of all the claim's records (the refit's cost)
 
     @property
     def seeds_to_run(self) -> int | None:
@@ -273,6 +274,7 @@ def _measure(cache: _Cache, claim: Claim) -> Row:
     files: list[str] = []
     converged: float | None = None
     seed_seconds: float | None = None
+    recorded_seconds: float | None = None
     n_range = None
     direction = claim.predicted if isinstance(claim.predicted, str) else None
     metric = command = None
@@ -302,13 +304,14 @@ def _measure(cache: _Cache, claim: Claim) -> Row:
         converged = float(np.mean(conv_all)) if conv_all else None
         n_seeds = len({s for slopes in per_arm for s in slopes})
         seed_seconds = None if seconds is None or not n_seeds else seconds / n_seeds
+        recorded_seconds = seconds
         if seconds is not None and claim.overspecified and n_range and math.log10(n_range[1] / n_range[0]) < 2 - 1e-9:
             seed_seconds = _extrapolated_seed_seconds(per_setting)
     seeds = sorted(values)
     vals = [values[s] for s in seeds]
     rel = sorted({Path(f).relative_to(cache.root).as_posix() for f in files})
     row = Row(claim, vals, seeds, None, None, None, None, converged, n_range, direction, rel, metric=metric,
-              command=command, seed_seconds=seed_seconds)
+              command=command, seed_seconds=seed_seconds, recorded_seconds=recorded_seconds)
     if len(vals) >= 2:
         row.interval = stats.t_interval(vals)
         row.p_competing = stats.t_test_p(vals, claim.competing)
@@ -414,9 +417,29 @@ def _decide_all(cache: _Cache, claims: Sequence[Claim]) -> list[Row]:
     return rows
 
 
+def _cells(cache: _Cache, arm: RateArm) -> set[tuple[str, int, int]]:
+    """The (setting, n, seed) keys of ``arm``'s records (a sweep: every ``<setting>-sd<σ>`` it reads)."""
+    out = set()
+    for r in cache.records(arm)[0]:
+        name = str(r["setting"])
+        m = _SD.match(name) if arm.sweep else None
+        if (name == arm.setting and not arm.sweep) or (
+                m is not None and m["base"] == arm.setting
+                and not any(math.isclose(float(m["sd"]), d) for d in arm.drop_sd)):
+            out.add((name, int(r["n"]), int(r["seed"])))
+    return out
+
+
 def _has_perturbed(cache: _Cache, claim: Claim) -> bool:
-    arms = perturbed(claim).arms
-    return bool(arms) and all(isinstance(a, RateArm) and _records_path(cache.root, a).is_file() for a in arms)
+    """Whether the perturbed refits hold every (setting, n, seed) the claim reads (rule 7)."""
+    arms = [a for a in claim.arms if isinstance(a, RateArm)]
+    if not arms or len(arms) != len(claim.arms):
+        return False
+    for arm in arms:
+        moved = replace(arm, study=arm.study + PERTURBED)
+        if not _records_path(cache.root, moved).is_file() or not _cells(cache, arm) <= _cells(cache, moved):
+            return False
+    return True
 
 
 def _robustness(row: Row, other: Row | None) -> None:
@@ -430,7 +453,8 @@ def _robustness(row: Row, other: Row | None) -> None:
         return
     folders = ", ".join(sorted({f"{a.study}{PERTURBED}" for a in c.arms if isinstance(a, RateArm)}))
     if other is None:
-        row.robustness = f"not checked: no perturbed refits ({folders})"
+        cost = "" if row.recorded_seconds is None else f"; the refit costs ≈ {row.recorded_seconds / 3600:.2g} CPU-h"
+        row.robustness = f"not checked: no perturbed refits ({folders}{cost})"
         if row.verdict in (CONFIRMED, CONTRADICTED):
             row.cause = (f"compute: '{row.verdict}' from these records, but solver-path robustness is not checked "
                          f"(rule 7: refit the study with --perturb into {folders})")
