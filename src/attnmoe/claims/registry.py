@@ -112,6 +112,9 @@ STUDY_COMMANDS: dict[str, str] = {
                 "--workers 1 --threads 1 (+ exact settings at --n-grid 56234,100000; docs/rates.md)",
     "sweep-n1000": "python benchmarks/noise_sweep.py monomial-linear-over,polynomial-linear-over,monomial-sigmoid-over,"
                    "polynomial-sigmoid-over 1e-2,1e-3,1e-4,1e-5 near-truth:0.1 8 1000 docs/rates/sweep-n1000/near-truth.jsonl",
+    "sweep-n1000-perturbed": "python benchmarks/noise_sweep.py monomial-sigmoid-over,polynomial-sigmoid-over 1e-2,1e-3,1e-4 "
+                             "near-truth:0.1 8 1000 docs/rates/sweep-n1000-perturbed/near-truth.jsonl 1e-9 "
+                             "(engine version 3; 269 s of fits beside 4 other jobs)",
     "sigmoid-gating": "attnmoe rates --preset sigmoid-gating --out docs/rates/sigmoid-gating --workers 1",
     "sgate-natural": "attnmoe rates --preset sigmoid-gating-natural --out docs/rates/sgate-natural --workers 1",
     "sigmoid-attention": "attnmoe rates --preset sigmoid-attention --out docs/rates/sigmoid-attention --workers 1",

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from attnmoe.claims import stats
-from attnmoe.claims.ledger import MIN_CONVERGED, UNDECIDED, Row
+from attnmoe.claims.ledger import MIN_CONVERGED, PERTURBED, UNDECIDED, Row
 from attnmoe.claims.registry import FAMILIES, STUDY_COMMANDS, RateArm, RealArm
 
 __all__ = ["COMMAND", "ledger_json", "ledger_markdown", "write_ledger"]
@@ -214,6 +214,11 @@ def ledger_markdown(rows: Sequence[Row], coverage: Sequence[dict[str, Any]]) -> 
         files = sorted({f for r in rows for f in r.files if f.startswith(f"rates/{s}/")})
         links = ", ".join(f"[{Path(f).name}]({f})" for f in files)
         out.append(f"| {s} | {links} | `{STUDY_COMMANDS.get(s, '–')}` |")
+        moved = f"{s}{PERTURBED}"  # its rule-7 refits, where a row was checked against them
+        if any(r.robustness.startswith(f"checked ({moved})") for r in rows):
+            files = sorted({f.replace(f"rates/{s}/", f"rates/{moved}/", 1) for f in files})
+            links = ", ".join(f"[{Path(f).name}]({f})" for f in files)
+            out.append(f"| {moved} | {links} | `{STUDY_COMMANDS.get(moved, '–')}` |")
     results = sorted({a.result for r in rows for a in r.claim.arms if isinstance(a, RealArm)})
     for s in results:
         cmd = next((r.command for r in rows for a in r.claim.arms
