@@ -97,3 +97,17 @@ def test_hmoe_takes_perturb(tmp_path: Path) -> None:
         args = StudyArgs(out=tmp_path / folder, n_grid=(40, 60), replicates=2, progress=False, perturb=eps)
         assert run_hmoe(args, cfg, settings).fitted == 4
     _check_moved(tmp_path / "plain", tmp_path / "moved")
+
+
+def test_family_presets_take_a_subset_of_their_settings(tmp_path: Path) -> None:
+    """--settings (for the rule-7 refits of one claim's cells): only those settings are fitted and
+    recorded; an unknown one is refused in one line before anything is written."""
+    for preset, grid, name in (("temperature-gate", "200,400", "temp-activation"), ("hmoe", "60,120", "plain-exact")):
+        out = tmp_path / preset
+        res = runner.invoke(app, ["rates", "--preset", preset, "--settings", name, "--n-grid", grid, "--replicates", "2",
+                                  "--workers", "1", "--no-progress", "--out", str(out)])
+        assert res.exit_code == 0, res.output
+        assert {k[0] for k in _records(out)} == {name}
+        assert f'"{name}"' in (out / "study.json").read_text()  # the subset is part of the study's identity
+        bad = runner.invoke(app, ["rates", "--preset", preset, "--settings", "nope", "--out", str(tmp_path / "bad")])
+        assert bad.exit_code == 2 and "nope" in bad.output and not (tmp_path / "bad" / "study.json").exists()

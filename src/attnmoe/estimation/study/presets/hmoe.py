@@ -118,6 +118,14 @@ def hmoe_plan(args: StudyArgs, cfg: HMoEConfig | None = None,
     if args.perturb:
         cfg = replace(cfg, perturb=args.perturb)
     settings = list(settings or hmoe_settings())
+    config = _config_dict(cfg)
+    if args.options.get("settings"):  # a subset (e.g. the cells of one claim's rule-7 refits), recorded
+        names = [s.name for s in settings]
+        unknown = [s for s in args.options["settings"] if s not in names]
+        if unknown:
+            raise ValueError(f"--settings: {', '.join(unknown)} not in this preset; choose among {', '.join(names)}")
+        settings = [s for s in settings if s.name in args.options["settings"]]
+        config["settings"] = [s.name for s in settings]
     size = FULL if args.full else QUICK
     grid = tuple(args.n_grid or size.n_grid)
     reps = size.replicates if args.replicates is None else args.replicates
@@ -131,7 +139,7 @@ def hmoe_plan(args: StudyArgs, cfg: HMoEConfig | None = None,
     if min(grid) < n_params:
         raise ValueError(f"every n must be >= {n_params} (free parameters of the largest fitted model), got {min(grid)}")
     return StudyPlan(
-        name="hmoe", config=_config_dict(cfg), settings=[s.name for s in settings], grid=grid,
+        name="hmoe", config=config, settings=[s.name for s in settings], grid=grid,
         seeds=[args.seed + i for i in range(reps)], fit=fit_block,
         split=lambda name, n, todo: [(by_name[name], n, todo[i : i + cfg.block], cfg)
                                      for i in range(0, len(todo), cfg.block)],
@@ -150,4 +158,5 @@ HMOE_PRESET = register_preset(StudyPreset(
     "gate positions (plain, G1..G4) of an attention-shaped hierarchical MoE, exact and over-specified "
     "(arXiv 2602.01468; docs/hmoe.md)",
     hmoe_plan,
+    ("settings",),
 ))

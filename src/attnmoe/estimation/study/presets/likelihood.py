@@ -16,7 +16,8 @@ Each (setting, n) is one job; ``--workers W`` runs the jobs in W processes
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -89,9 +90,23 @@ def _check_args(preset: LikPreset, args: StudyArgs) -> tuple[tuple[int, ...], in
     return tuple(sorted(set(grid))), reps
 
 
+def _chosen(valid: Sequence[str], given: Sequence[str] | None) -> tuple[str, ...]:
+    """``given`` (a subset of ``valid``, in ``valid``'s order) or every setting; one-line error
+    naming the valid ones otherwise."""
+    if not given:
+        return tuple(valid)
+    unknown = [s for s in given if s not in valid]
+    if unknown:
+        raise ValueError(f"--settings: {', '.join(unknown)} not in this preset; choose among {', '.join(valid)}")
+    return tuple(s for s in valid if s in given)
+
+
 def lik_plan(preset: LikPreset, args: StudyArgs) -> StudyPlan:
-    """The plan of ``preset`` under ``args`` (module docstring); one-line errors on bad input."""
+    """The plan of ``preset`` under ``args`` (module docstring); one-line errors on bad input.
+    ``--settings`` (``args.options["settings"]``) runs a subset of the preset's settings, e.g. the
+    cells one claim reads for its rule-7 refits."""
     grid, reps = _check_args(preset, args)
+    preset = replace(preset, settings=_chosen(preset.settings, args.options.get("settings")))
     if args.device != "cpu":
         raise ValueError(f"--device {args.device}: the likelihood presets run on the CPU only so far; the "
                          "least-squares presets take --device cuda")
@@ -185,4 +200,4 @@ def summary_markdown(preset: LikPreset, summary: dict[str, Any]) -> str:
 
 
 for _p in LIK_PRESETS.values():
-    register_preset(StudyPreset(_p.name, _p.description, partial(lik_plan, _p)))
+    register_preset(StudyPreset(_p.name, _p.description, partial(lik_plan, _p), ("settings",)))
