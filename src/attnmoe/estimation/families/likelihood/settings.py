@@ -24,6 +24,7 @@ from attnmoe.estimation.families.likelihood.model import (
     LikelihoodModel,
     MultinomialLogisticMoE,
 )
+from attnmoe.estimation.families.likelihood.temperature import NormalisedTemperatureMoE
 from attnmoe.estimation.families.likelihood.voronoi import contaminated_errors, hellinger, topk_voronoi_loss
 
 __all__ = ["LikSetting", "SETTINGS", "contaminated_setting", "START_KINDS", "sample_data", "start_points", "topk_setting",
@@ -167,15 +168,30 @@ TEMP_X_GRID = torch.linspace(-1.0, 1.0, 129, dtype=torch.float64).unsqueeze(-1)
 TEMP_Y_GRID = torch.linspace(-10.0, 10.0, 4097, dtype=torch.float64)
 
 
-def temperature_setting(gate: str) -> LikSetting:
-    """Exact-specified (k = k* = 2) Gaussian MoE with a ``"temperature"`` or ``"activation"`` gate.
+def normalised_temperature_truth(truth: Params) -> Params:
+    """The point of the normalised chart (:mod:`.temperature`, Frobenius N) with the same
+    gamma = beta1 / tau as temperature-gate natural parameters ``truth``: beta1 / N, tau / N with
+    N the norm of the slopes (the last expert's are 0). TEMP_TRUTH: beta1 = (1, 0), tau = 0.25."""
+    norm = torch.as_tensor(truth["beta1"], dtype=torch.float64).square().sum().sqrt()
+    return {**truth, "beta1": truth["beta1"] / norm, "tau": truth["tau"] / norm}
 
-    Losses: |tau - tau*|, ||beta1 - beta1*|| (max over experts; the last is pinned at 0 in both),
-    ||beta1 / tau - beta1* / tau*|| (the temperature gate's identifiable slope), ||a - a*|| + |b - b*|
-    + |nu - nu*| summed over experts ("expert"), Hellinger. Starts: truth + 0.1 N(0, 1).
+
+def temperature_setting(gate: str, normalised: bool = False) -> LikSetting:
+    """Exact-specified (k = k* = 2) Gaussian MoE with a ``"temperature"`` or ``"activation"`` gate;
+    ``normalised``: the temperature gate in the identifiable chart N(beta1) = 1
+    (:class:`~.temperature.NormalisedTemperatureMoE`; the same data, gamma* = beta1* / tau* = 4).
+
+    Losses: |tau - tau*|, ||beta1 - beta1*|| (max over experts; the last is pinned at 0 in both;
+    not for the normalised gate with d = 1, k = 2, where beta1 = 1 is fixed), ||beta1 / tau -
+    beta1* / tau*|| (the temperature gate's identifiable slope), ||a - a*|| + |b - b*| + |nu - nu*|
+    summed over experts ("expert"), Hellinger. Starts: truth + 0.1 N(0, 1) in free coordinates.
     """
     _check_gaussian_truth(TEMP_TRUTH, 2)
-    model = GaussianMoE(2, 1, gate=gate)
+    if normalised and gate != "temperature":
+        raise ValueError(f"only the temperature gate has a normalised chart, got {gate!r}")
+    model = NormalisedTemperatureMoE(2, 1) if normalised else GaussianMoE(2, 1, gate=gate)
+    truth = normalised_temperature_truth(TEMP_TRUTH) if normalised else TEMP_TRUTH
+    with_beta1 = not (normalised and model.m == 1)
 
     def start(tr: Params, noise: Tensor) -> Tensor:
         return model.free(tr) + 0.1 * noise
@@ -185,18 +201,25 @@ def temperature_setting(gate: str) -> LikSetting:
         ratio = (fit["beta1"] / fit["tau"].view(-1, 1, 1) - tr["beta1"] / tr["tau"].view(-1, 1, 1)).norm(dim=-1).amax(-1)
         expert = ((fit["a"] - tr["a"]).norm(dim=-1) + (fit["b"] - tr["b"]).abs() + (fit["nu"] - tr["nu"]).abs()).sum(-1)
         h = hellinger(model, fit, model, {k: v[:1] for k, v in tr.items()}, TEMP_X_GRID, TEMP_Y_GRID)
-        return {"tau": (fit["tau"] - tr["tau"]).abs(), "beta1": d_beta, "beta1_over_tau": ratio,
-                "expert": expert, "hellinger": h}
+        out = {"tau": (fit["tau"] - tr["tau"]).abs(), "beta1": d_beta, "beta1_over_tau": ratio,
+               "expert": expert, "hellinger": h}
+        if not with_beta1:
+            del out["beta1"]
+        return out
 
-    if gate == "temperature":
+    if normalised:
+        theory = {"tau": -0.5, "beta1_over_tau": -0.5, "expert": -0.5, "hellinger": -0.5}
+        claim = ("temperature gate, identifiable chart N(beta1) = 1 (ours): tau~ = 1/||beta1/tau|| is a smooth "
+                 "function of the identified slope, n^-1/2 at this exact-specified truth (our derivation)")
+    elif gate == "temperature":
         theory = {"tau": None, "beta1": None, "beta1_over_tau": -0.5, "expert": -0.5, "hellinger": -0.5}
         claim = ("temperature gate: tau interacts with beta (rescaling both leaves the density unchanged "
                  "in this parametrisation): tau, beta1 not consistently estimable; slower than polynomial (paper)")
     else:
         theory = {"tau": -0.5, "beta1": -0.5, "beta1_over_tau": -0.5, "expert": -0.5, "hellinger": -0.5}
         claim = "activation gate tanh(beta1 x)/tau + beta0: gating parameters O~(n^-1/2)"
-    return LikSetting(f"temp-{gate}", model, model, lambda n: dict(TEMP_TRUTH), "uniform11", start, losses,
-                      theory, claim)
+    name = "temp-temperature-normalised" if normalised else f"temp-{gate}"
+    return LikSetting(name, model, model, lambda n: dict(truth), "uniform11", start, losses, theory, claim)
 
 
 # ---------------------------------------------------------------------------------- multinomial logistic
@@ -300,6 +323,7 @@ def _settings() -> dict[str, LikSetting]:
                      claim="over-specified k = 3, K = 2 < total cell size 3: no consistency guarantee"),
         *(contaminated_setting(c) for c in ("a", "b-i", "b-ii")),
         temperature_setting("temperature"), temperature_setting("activation"),
+        temperature_setting("temperature", normalised=True),
         mlogit_setting("identity", True), mlogit_setting("tanh", True), mlogit_setting("identity", False),
     ]
     return {s.name: s for s in out}

@@ -67,6 +67,10 @@ LIK_PRESETS: dict[str, LikPreset] = {
         LikPreset("temperature-gate", "temperature vs activation dense-to-sparse gate, arXiv 2401.13875 (d=1, k*=2)",
                   ("temp-temperature", "temp-activation"),
                   (500, 1000, 2000, 4000, 8000, 16000), 8, _log_grid(1e3, 1e5, 10), 40),
+        LikPreset("temperature-identifiable", "temperature gate, arXiv 2401.13875: our parametrisation (beta1, tau) "
+                  "beside the identifiable chart N(beta1) = 1 (d=1, k*=2; temperature-gate's sizes)",
+                  ("temp-temperature", "temp-temperature-normalised"),
+                  (500, 1000, 2000, 4000, 8000, 16000), 8, _log_grid(1e3, 1e5, 10), 40),
         LikPreset("multinomial-logistic", "softmax vs modified-softmax gated multinomial logistic MoE, "
                   "arXiv 2310.14188 (d=1, S=2, k*=2 fitted with k=3)",
                   ("mlogit-softmax-vanish", "mlogit-modified-vanish", "mlogit-softmax-full"),
