@@ -45,6 +45,8 @@ from attnmoe.moe.mixture import topk_log_weights, topk_softmax
 __all__ = [
     "EXPERT_DENSITIES",
     "ContaminatedMoE",
+    "box",
+    "unbox",
     "GaussianMoE",
     "LikelihoodModel",
     "log_gaussian",
@@ -114,6 +116,21 @@ class LikelihoodModel:
         """Responses ``(R, n)`` at inputs ``X`` ``(R, n, d)`` from uniforms ``U`` ``(R, n, 2)``
         (column 0 picks the component, column 1 the noise by inverse CDF): nested in n."""
         raise NotImplementedError
+
+
+def box(v: Tensor, bound: float | None) -> Tensor:
+    """The compact parameter box |v| < B of the theory (THE one definition; contaminated gate,
+    multinomial logistic MoE): v = B tanh(v_free / B), the identity near 0; None: unbounded."""
+    return v if bound is None else bound * torch.tanh(v / bound)
+
+
+def unbox(v: Tensor, bound: float | None, what: str = "parameters") -> Tensor:
+    """Inverse of :func:`box`: B atanh(v / B); refuses values on or outside the box."""
+    if bound is None:
+        return v
+    if bool((v.abs() >= bound).any()):
+        raise ValueError(f"{what} must lie inside |.| < {bound} (the parameter box)")
+    return bound * torch.atanh(v / bound)
 
 
 def _linear(W: Tensor, xT: Tensor) -> Tensor:
@@ -325,14 +342,10 @@ class ContaminatedMoE(LikelihoodModel):
     gate_bound: float | None = None
 
     def _box(self, v: Tensor) -> Tensor:
-        return v if self.gate_bound is None else self.gate_bound * torch.tanh(v / self.gate_bound)
+        return box(v, self.gate_bound)
 
     def _unbox(self, v: Tensor) -> Tensor:
-        if self.gate_bound is None:
-            return v
-        if bool((v.abs() >= self.gate_bound).any()):
-            raise ValueError(f"gate parameters must lie inside |.| < gate_bound = {self.gate_bound}")
-        return self.gate_bound * torch.atanh(v / self.gate_bound)
+        return unbox(v, self.gate_bound, "gate parameters")
 
     def __post_init__(self) -> None:
         if self.f0 not in EXPERT_DENSITIES:
@@ -394,12 +407,15 @@ class MultinomialLogisticMoE(LikelihoodModel):
 
     Args:
         k: experts. dim: d. n_classes: S >= 2. input_map: ``"identity"`` or ``"tanh"``.
+        bound: B of the compact parameter box |beta1|, |beta0|, |a|, |b| < B (every free
+            coordinate; the theory's compact parameter space) by :func:`box`; None: unbounded.
     """
 
     k: int
     dim: int
     n_classes: int
     input_map: str = "identity"
+    bound: float | None = None
 
     def __post_init__(self) -> None:
         if self.k < 1 or self.dim < 1:
@@ -407,6 +423,8 @@ class MultinomialLogisticMoE(LikelihoodModel):
         if self.n_classes < 2:
             raise ValueError(f"a multinomial logistic MoE needs at least 2 classes, got {self.n_classes}")
         make_input_map(self.input_map)  # refuses an unknown map with one line
+        if self.bound is not None and not (self.bound > 0 and math.isfinite(self.bound)):
+            raise ValueError(f"the parameter box needs a finite bound > 0, got {self.bound}")
 
     @property
     def blocks(self) -> tuple[tuple[str, tuple[int, ...]], ...]:
@@ -421,6 +439,7 @@ class MultinomialLogisticMoE(LikelihoodModel):
 
     def _logits(self, free: dict[str, Tensor], xT: Tensor) -> tuple[Tensor, Tensor]:
         """Gate logits ``(k, n)`` and expert class logits ``(k, S, n)`` (class 0 pinned)."""
+        free = {key: box(v, self.bound) for key, v in free.items()}  # the identity without a box
         beta1 = torch.cat([free["beta1"], free["beta1"].new_zeros(1, self.dim)], 0)
         beta0 = torch.cat([free["beta0"], free["beta0"].new_zeros(1)], 0)
         u = _linear(beta1, make_input_map(self.input_map)(xT)) + beta0.unsqueeze(-1)  # (k, n)
@@ -444,7 +463,7 @@ class MultinomialLogisticMoE(LikelihoodModel):
         return (w.unsqueeze(2) * torch.softmax(z, 2)).sum(1).transpose(1, 2)
 
     def natural(self, flat: Tensor) -> dict[str, Tensor]:
-        f = self.unpack(flat)
+        f = {key: box(v, self.bound) for key, v in self.unpack(flat).items()}
         lead = flat.shape[:-1]
         return {"beta1": torch.cat([f["beta1"], flat.new_zeros(*lead, 1, self.dim)], -2),
                 "beta0": torch.cat([f["beta0"], flat.new_zeros(*lead, 1)], -1), "a": f["a"], "b": f["b"]}
@@ -453,7 +472,8 @@ class MultinomialLogisticMoE(LikelihoodModel):
         t = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in natural.items()}
         beta1 = t["beta1"] - t["beta1"][..., -1:, :]
         beta0 = t["beta0"] - t["beta0"][..., -1:]
-        return self.pack({"beta1": beta1[..., :-1, :], "beta0": beta0[..., :-1], "a": t["a"], "b": t["b"]})
+        f = {"beta1": beta1[..., :-1, :], "beta0": beta0[..., :-1], "a": t["a"], "b": t["b"]}
+        return self.pack({key: unbox(v, self.bound, f"multinomial parameters ({key})") for key, v in f.items()})
 
     def sample(self, natural: dict[str, Tensor], X: Tensor, U: Tensor) -> Tensor:
         p = self.proba(self.free(natural), X)  # (R, n, S)

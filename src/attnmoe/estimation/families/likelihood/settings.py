@@ -226,7 +226,15 @@ def temperature_setting(gate: str, normalised: bool = False) -> LikSetting:
 MLOGIT_X_GRID = torch.linspace(-1.0, 1.0, 257, dtype=torch.float64).unsqueeze(-1)
 
 
-def mlogit_setting(input_map: str, vanish: bool) -> LikSetting:
+#: B of the multinomial fits' parameter box |beta1|, |beta0|, |a|, |b| < B (``*-box`` settings):
+#: the truth's largest free coordinate is 3 (|a*| = 3; beta1* = 2 after pinning the last copy,
+#: b* = +-1), so B = 5 holds it inside with a margin of 2 (at the truth the box map's slope
+#: 1 - (3/5)^2 = 0.64 > 0: the information stays regular) and is the contaminated study's B
+#: (docs/likelihood.md, "Multinomial logistic MoE inside a parameter box")
+MLOGIT_BOUND = 5.0
+
+
+def mlogit_setting(input_map: str, vanish: bool, bound: float | None = None) -> LikSetting:
     """Multinomial logistic MoE (arXiv 2310.14188), d = 1, S = 2 classes, X ~ U[-1, 1], k* = 2,
     fitted over-specified with k = 3 (our truth and protocol; docs/likelihood.md).
 
@@ -235,12 +243,16 @@ def mlogit_setting(input_map: str, vanish: bool) -> LikSetting:
     half its mass, + 0.1 N(0, 1). Losses: the Voronoi loss with exponent 1 everywhere on
     (beta1, a, b) ("voronoi1", the mass-weighted distance of the fitted atoms to their cells) and
     the total-variation distance of P(Y | x), averaged over a grid of x ("tv").
+
+    ``bound``: the fit (and truth) model boxes every free coordinate in |.| < bound
+    (:func:`~.families.box`); the setting's name gets ``-box`` and a loss ``box_max`` = max |coordinate|
+    / bound of the fit (1 at the wall).
     """
     truth = {k: torch.tensor(v, dtype=torch.float64) for k, v in {
         "beta1": [[2.0], [0.0]], "beta0": [0.0, 0.0], "a": [[[0.0 if vanish else -3.0]], [[3.0]]], "b": [[1.0], [-1.0]],
     }.items()}
-    truth_model = MultinomialLogisticMoE(2, 1, 2, input_map)
-    model = MultinomialLogisticMoE(3, 1, 2, input_map)
+    truth_model = MultinomialLogisticMoE(2, 1, 2, input_map, bound=bound)
+    model = MultinomialLogisticMoE(3, 1, 2, input_map, bound=bound)
 
     def start(tr: Params, noise: Tensor) -> Tensor:
         p = {key: v[:, [1, 0, 0]] for key, v in tr.items()}  # copies of expert 1 last (pinned one)
@@ -256,10 +268,18 @@ def mlogit_setting(input_map: str, vanish: bool) -> LikSetting:
         Xg = MLOGIT_X_GRID.unsqueeze(0).expand(R, -1, -1)
         p_fit = model.proba(model.free(fit), Xg)
         p_true = truth_model.proba(truth_model.free(tr), Xg)
-        return {"voronoi1": vor, "tv": 0.5 * (p_fit - p_true).abs().sum(-1).mean(-1)}
+        out = {"voronoi1": vor, "tv": 0.5 * (p_fit - p_true).abs().sum(-1).mean(-1)}
+        if bound is not None:  # the free slopes / intercepts (last gate pinned at 0, class 0 of each expert)
+            coords = torch.cat([fit["beta1"][:, :-1].flatten(1), fit["beta0"][:, :-1], fit["a"].flatten(1),
+                                fit["b"].flatten(1)], 1)
+            out["box_max"] = coords.abs().amax(1) / bound
+        return out
 
     name = f"mlogit-{'modified' if input_map == 'tanh' else 'softmax'}-{'vanish' if vanish else 'full'}"
+    name += "-box" if bound is not None else ""
     theory: dict[str, float | None] = {"voronoi1": None, "tv": -0.5}
+    if bound is not None:
+        theory["box_max"] = None
     claim = ("standard gate, an expert's slope a* = 0: parameter rates slower than polynomial" if input_map ==
              "identity" and vanish else "modified gate M = tanh: polynomial parameter rates" if vanish else
              "standard gate, no vanishing expert parameter (control)")
@@ -325,6 +345,7 @@ def _settings() -> dict[str, LikSetting]:
         temperature_setting("temperature"), temperature_setting("activation"),
         temperature_setting("temperature", normalised=True),
         mlogit_setting("identity", True), mlogit_setting("tanh", True), mlogit_setting("identity", False),
+        *(mlogit_setting(m, v, MLOGIT_BOUND) for m, v in (("identity", True), ("tanh", True), ("identity", False))),
     ]
     return {s.name: s for s in out}
 

@@ -75,6 +75,10 @@ LIK_PRESETS: dict[str, LikPreset] = {
                   "arXiv 2310.14188 (d=1, S=2, k*=2 fitted with k=3)",
                   ("mlogit-softmax-vanish", "mlogit-modified-vanish", "mlogit-softmax-full"),
                   (500, 1000, 2000, 4000, 8000), 6, _log_grid(1e3, 1e5, 10), 40),
+        LikPreset("multinomial-logistic-box", "multinomial-logistic inside the compact parameter box |theta| < 5 "
+                  "(the theory's compact parameter space), arXiv 2310.14188",
+                  ("mlogit-softmax-vanish-box", "mlogit-modified-vanish-box", "mlogit-softmax-full-box"),
+                  (500, 1000, 2000, 4000, 8000), 6, _log_grid(1e3, 1e5, 10), 40),
     )
 }
 
