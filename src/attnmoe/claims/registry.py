@@ -96,6 +96,8 @@ FAMILIES: dict[str, str] = {
     "tk": "2309.13850 top-K density and parameter rates",
     "ct-a": "2505.18455 distinguishable case, four parameters",
     "tg": "2401.13875 activation gate and densities",
+    "tg-identifiable": "2401.13875 temperature gate in the identifiable chart N(beta1) = 1 (project derivation, "
+                       "issue 22 item 3)",
     "ml": "2310.14188 multinomial logistic densities and the modified gate",
     "real-reference": "real data, reference recipes: 4 tasks x {active-GELU, active-ReLU, G1, sigmoid} vs softmax",
     "real-short": "real data, short budgets: the same 16 tests",
@@ -122,6 +124,8 @@ STUDY_COMMANDS: dict[str, str] = {
     "topk-gaussian-full": "attnmoe rates --preset topk-gaussian --full --out docs/rates/topk-gaussian-full",
     "contaminated-full": "attnmoe rates --preset contaminated --full --out docs/rates/contaminated-full",
     "temperature-gate-full": "attnmoe rates --preset temperature-gate --full --out docs/rates/temperature-gate-full",
+    "temperature-identifiable-full": "attnmoe rates --preset temperature-identifiable --full --out "
+                                     "docs/rates/temperature-identifiable-full --workers 1 --threads 1 --no-progress",
     "multinomial-logistic-full": "attnmoe rates --preset multinomial-logistic --full --out runs/multinomial-logistic-full --workers 2",
     "hmoe-full": "attnmoe rates --preset hmoe --full --out docs/rates/hmoe-full --workers 2 --no-progress",
 }
@@ -310,18 +314,22 @@ def _likelihood() -> list[Claim]:
                      (), "less", 0.0, "none",
                      testable="no committed study of this model (constant weight; docs/likelihood.md), and its "
                               "rates are minimax statements"))
-    src, tg = "2401.13875", "temperature-gate-full"
+    src, tg, ti = "2401.13875", "temperature-gate-full", "temperature-identifiable-full"
     out.append(_rate("tg-temperature-tau", src, "temperature gate: tau (and beta1) slower than any polynomial",
-                     RateArm(tg, "temp-temperature", "tau"), "less", 0.0, "none",
-                     testable="not identifiable in our parametrisation: (beta1, tau) -> (c beta1, c tau) leaves the "
-                              "density unchanged, so tau cannot converge by construction",
-                     decide="an identifiable temperature parametrisation (new fits, not in this ledger)"))
+                     RateArm(ti, "temp-temperature-normalised", "tau"), "less", 0.0, "none",
+                     testable="a local-minimax lower bound ('as slow as 1/log n'): no fixed-truth study can contradict "
+                              "or confirm it; in our chart tau is not identified at all ((beta1, tau) -> (c beta1, c tau)), "
+                              "in the identifiable chart N(beta1) = 1 tau~ is measured by tg-temperature-normalised-tau"))
+    out.append(_rate("tg-temperature-normalised-tau", "project",
+                     "identifiable chart N(beta1) = 1: tau~ = 1/||beta1/tau|| at n^-1/2 at an exact-specified truth "
+                     "(our derivation, docs/likelihood.md; not a paper claim)",
+                     RateArm(ti, "temp-temperature-normalised", "tau"), -0.5, 0.0, "tg-identifiable"))
     for loss, name in (("tau", "tau"), ("beta1", "beta1"), ("expert", "experts")):
         out.append(_rate(f"tg-activation-{loss}", src, f"activation gate: {name} at n^-1/2 (polynomial, not slower)",
                          RateArm(tg, "temp-activation", loss), -0.5, 0.0, "tg"))
-    for gate in ("temperature", "activation"):
-        out.append(_rate(f"tg-{gate}-density", src, f"{gate} gate: density (Hellinger) at n^-1/2",
-                         RateArm(tg, f"temp-{gate}", "hellinger"), -0.5, -0.25, "tg"))
+    for gate, arm in (("temperature", RateArm(ti, "temp-temperature-normalised", "hellinger")),
+                      ("activation", RateArm(tg, "temp-activation", "hellinger"))):
+        out.append(_rate(f"tg-{gate}-density", src, f"{gate} gate: density (Hellinger) at n^-1/2", arm, -0.5, -0.25, "tg"))
     src, ml = "2310.14188", "multinomial-logistic-full"
     for s in ("mlogit-softmax-vanish", "mlogit-modified-vanish", "mlogit-softmax-full"):
         out.append(_rate(f"ml-tv-{s[7:]}", src, f"{s}: class probabilities (TV) at n^-1/2",
