@@ -109,3 +109,16 @@ def test_over_specified_boxed_fits_keep_the_bounds_and_the_density() -> None:
     assert (losses["box_max"] <= 1.0).all() and (losses["tv"] < 0.05).all()
     for key in ("beta1", "beta0", "a", "b"):
         assert float(fit.params[key].abs().max()) <= MLOGIT_BOUND
+
+
+def test_losses_of_a_fit_on_the_wall_of_the_box() -> None:
+    """A fit whose coordinates reach |.| = B in floating point (tanh saturates) has no boxed free
+    point; its losses go through the unbounded model at the natural parameters (box_max = 1)."""
+    s = SETTINGS["mlogit-softmax-vanish-box"]
+    truth = s.batched_truth(500, 1)
+    fit = s.fit_model.natural(s.fit_model.free({key: v[:, [1, 0, 0]] for key, v in truth.items()}))
+    fit["a"] = fit["a"].clone()
+    fit["a"][0, 0, 0, 0] = MLOGIT_BOUND  # exactly on the wall
+    losses = s.losses(fit, truth)
+    assert float(losses["box_max"][0]) == 1.0 and torch.isfinite(losses["tv"]).all()
+

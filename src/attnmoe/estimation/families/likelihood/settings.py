@@ -253,6 +253,7 @@ def mlogit_setting(input_map: str, vanish: bool, bound: float | None = None) -> 
     }.items()}
     truth_model = MultinomialLogisticMoE(2, 1, 2, input_map, bound=bound)
     model = MultinomialLogisticMoE(3, 1, 2, input_map, bound=bound)
+    plain, plain_truth = MultinomialLogisticMoE(3, 1, 2, input_map), MultinomialLogisticMoE(2, 1, 2, input_map)
 
     def start(tr: Params, noise: Tensor) -> Tensor:
         p = {key: v[:, [1, 0, 0]] for key, v in tr.items()}  # copies of expert 1 last (pinned one)
@@ -266,8 +267,10 @@ def mlogit_setting(input_map: str, vanish: bool, bound: float | None = None) -> 
                              "b": p["b"][..., 0], "nu": torch.ones(R, k, dtype=torch.float64)}
         vor = topk_voronoi_loss(flat(fit, 3), flat(tr, 2), r_bar=(0.0, 1.0, 1.0, 1.0))["voronoi"]
         Xg = MLOGIT_X_GRID.unsqueeze(0).expand(R, -1, -1)
-        p_fit = model.proba(model.free(fit), Xg)
-        p_true = truth_model.proba(truth_model.free(tr), Xg)
+        # through the unbounded models: a fit on the box's wall (|.| = B in floating point) has no
+        # boxed free coordinates, and the class probabilities of natural parameters need none
+        p_fit = plain.proba(plain.free(fit), Xg)
+        p_true = plain_truth.proba(plain_truth.free(tr), Xg)
         out = {"voronoi1": vor, "tv": 0.5 * (p_fit - p_true).abs().sum(-1).mean(-1)}
         if bound is not None:  # the free slopes / intercepts (last gate pinned at 0, class 0 of each expert)
             coords = torch.cat([fit["beta1"][:, :-1].flatten(1), fit["beta0"][:, :-1], fit["a"].flatten(1),
