@@ -1,6 +1,6 @@
 """The multinomial logistic MoE inside the compact parameter box |theta| < B (issue 22 item 3;
 ``MultinomialLogisticMoE(bound=B)``, settings ``mlogit-*-box``, docs/likelihood.md): the one box
-definition (:func:`~attnmoe.estimation.likelihood.families.box`), the density against a loop at
+definition (:func:`~attnmoe.estimation.families.likelihood.model.box`), the density against a loop at
 the boxed natural parameters, bounds that hold for any free point and for fits, and large-n
 recovery of an exact-specified boxed truth."""
 
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from attnmoe.estimation.likelihood import ContaminatedMoE, LikelihoodObjective, MultinomialLogisticMoE, fit_likelihood
-from attnmoe.estimation.likelihood.families import box, unbox
-from attnmoe.estimation.likelihood.settings import MLOGIT_BOUND, SETTINGS, sample_data, start_points
+from attnmoe.estimation.families.likelihood import ContaminatedMoE, LikelihoodObjective, MultinomialLogisticMoE, fit_likelihood
+from attnmoe.estimation.families.likelihood.model import box, unbox
+from attnmoe.estimation.families.likelihood.settings import MLOGIT_BOUND, SETTINGS, sample_data, start_points
 
 pytestmark = pytest.mark.usefixtures("float64_default")
 
