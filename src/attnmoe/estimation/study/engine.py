@@ -60,11 +60,22 @@ from attnmoe.estimation.study.records import (
 from attnmoe.estimation.study.report import StudySummary, write_outputs
 from attnmoe.utils import check_writable
 
-__all__ = ["OUTPUT_FILES", "StudyArgs", "StudyPlan", "StudyResult", "StudySummary", "check_config",
+__all__ = ["OUTPUT_FILES", "StudyArgs", "StudyPlan", "StudyResult", "StudySummary", "check_config", "choose_settings",
            "run_plan"]
 
 #: the files every study writes in its folder
 OUTPUT_FILES: tuple[str, ...] = (STUDY_FILE, RECORDS_FILE, "summary.json", "summary.md", "rates.png")
+
+
+def choose_settings(valid: Sequence[str], given: Sequence[str] | None) -> tuple[str, ...]:
+    """``--settings`` of a preset: ``given`` (a subset of ``valid``, in ``valid``'s order), or every
+    setting when none is given; a one-line error naming the valid ones otherwise."""
+    if not given:
+        return tuple(valid)
+    unknown = [s for s in given if s not in valid]
+    if unknown:
+        raise ValueError(f"--settings: {', '.join(unknown)} not in this preset; choose among {', '.join(valid)}")
+    return tuple(s for s in valid if s in given)
 
 
 @dataclass(frozen=True)

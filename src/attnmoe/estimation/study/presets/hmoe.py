@@ -46,7 +46,7 @@ from typing import Any
 
 from attnmoe.estimation.families.common import Record
 from attnmoe.estimation.families.hmoe import DIM, HEADS_TRUE, TOKENS, TRUTH, HMoEConfig, HMoESetting, fit_block, hmoe_settings
-from attnmoe.estimation.study.engine import StudyArgs, StudyPlan, StudyResult, StudySummary, run_plan
+from attnmoe.estimation.study.engine import StudyArgs, StudyPlan, StudyResult, StudySummary, choose_settings, run_plan
 from attnmoe.estimation.study.registry import StudyPreset, register_preset
 from attnmoe.estimation.study.summary import summarize_records
 from attnmoe.moe.hierarchical import HierarchicalLayout
@@ -120,12 +120,9 @@ def hmoe_plan(args: StudyArgs, cfg: HMoEConfig | None = None,
     settings = list(settings or hmoe_settings())
     config = _config_dict(cfg)
     if args.options.get("settings"):  # a subset (e.g. the cells of one claim's rule-7 refits), recorded
-        names = [s.name for s in settings]
-        unknown = [s for s in args.options["settings"] if s not in names]
-        if unknown:
-            raise ValueError(f"--settings: {', '.join(unknown)} not in this preset; choose among {', '.join(names)}")
-        settings = [s for s in settings if s.name in args.options["settings"]]
-        config["settings"] = [s.name for s in settings]
+        chosen = choose_settings([s.name for s in settings], args.options["settings"])
+        settings = [s for s in settings if s.name in chosen]
+        config["settings"] = list(chosen)
     size = FULL if args.full else QUICK
     grid = tuple(args.n_grid or size.n_grid)
     reps = size.replicates if args.replicates is None else args.replicates

@@ -16,7 +16,6 @@ Each (setting, n) is one job; ``--workers W`` runs the jobs in W processes
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
@@ -25,6 +24,7 @@ from attnmoe.estimation.families.likelihood.experiment import FIT_OPTIONS, fit_b
 from attnmoe.estimation.families.likelihood.settings import SETTINGS, START_KINDS
 from attnmoe.estimation.study.engine import (
     StudyArgs,
+    choose_settings,
     StudyPlan,
     StudyResult,
     StudySummary,
@@ -98,23 +98,12 @@ def _check_args(preset: LikPreset, args: StudyArgs) -> tuple[tuple[int, ...], in
     return tuple(sorted(set(grid))), reps
 
 
-def _chosen(valid: Sequence[str], given: Sequence[str] | None) -> tuple[str, ...]:
-    """``given`` (a subset of ``valid``, in ``valid``'s order) or every setting; one-line error
-    naming the valid ones otherwise."""
-    if not given:
-        return tuple(valid)
-    unknown = [s for s in given if s not in valid]
-    if unknown:
-        raise ValueError(f"--settings: {', '.join(unknown)} not in this preset; choose among {', '.join(valid)}")
-    return tuple(s for s in valid if s in given)
-
-
 def lik_plan(preset: LikPreset, args: StudyArgs) -> StudyPlan:
     """The plan of ``preset`` under ``args`` (module docstring); one-line errors on bad input.
     ``--settings`` (``args.options["settings"]``) runs a subset of the preset's settings, e.g. the
     cells one claim reads for its rule-7 refits."""
     grid, reps = _check_args(preset, args)
-    preset = replace(preset, settings=_chosen(preset.settings, args.options.get("settings")))
+    preset = replace(preset, settings=choose_settings(preset.settings, args.options.get("settings")))
     if args.device != "cpu":
         raise ValueError(f"--device {args.device}: the likelihood presets run on the CPU only so far; the "
                          "least-squares presets take --device cuda")
