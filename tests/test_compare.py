@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from attnmoe.cli import app
 from attnmoe.tasks import resolve_spec
 from attnmoe.train import compare as cmp
+from attnmoe.train.stats import holm
 from attnmoe.train.lock import run_lock
 
 BASE = resolve_spec("forecast", "ETTh1", horizon=96)  # the names only: no data is read
@@ -50,10 +51,10 @@ def _fake_run_one(calls: list[tuple[str, int, bool]]):
 
 def test_holm_adjustment_on_a_hand_example() -> None:
     # m = 3 tests: 3 x 0.01 = 0.03; 2 x 0.03 = 0.06; 1 x 0.04 = 0.04 -> running max 0.06
-    got = cmp.holm({"a": 0.01, "b": 0.04, "c": 0.03, "d": None})
+    got = holm({"a": 0.01, "b": 0.04, "c": 0.03, "d": None})
     assert got["a"] == pytest.approx(0.03) and got["b"] == pytest.approx(0.06)
     assert got["c"] == pytest.approx(0.06) and got["d"] is None
-    assert cmp.holm({"a": 0.6, "b": 0.7}) == {"a": 1.0, "b": 1.0}
+    assert holm({"a": 0.6, "b": 0.7}) == {"a": 1.0, "b": 1.0}
 
 
 def _welch_by_hand(a: list[float], b: list[float]) -> tuple[float, float, float]:

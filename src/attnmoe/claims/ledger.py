@@ -44,7 +44,7 @@ import numpy as np
 
 from attnmoe.claims import stats
 from attnmoe.claims.registry import CLAIMS, NO_FAMILY, Claim, RateArm, RealArm
-from attnmoe.train.compare import holm
+from attnmoe.train.stats import holm
 
 __all__ = [
     "CONFIRMED", "CONTRADICTED", "MIN_CONVERGED", "NOT_TESTABLE", "PERTURBED", "UNDECIDED", "VERDICTS",
