@@ -130,6 +130,11 @@ STUDY_COMMANDS: dict[str, str] = {
     "multinomial-logistic-box": "attnmoe rates --preset multinomial-logistic-box --n-grid 500,1000,2000,4000,8000,16000,32000 "
                                 "--replicates 6 --out docs/rates/multinomial-logistic-box --workers 1 --threads 1",
     "hmoe-full": "attnmoe rates --preset hmoe --full --out docs/rates/hmoe-full --workers 2 --no-progress",
+    # rule-7 refits (started 2026-12-07; the same command resumes)
+    "topk-gaussian-full-perturbed": "attnmoe rates --preset topk-gaussian --full --settings topk-over-K3 --perturb 1e-9 "
+                                    "--workers 1 --threads 1 --no-progress --out docs/rates/topk-gaussian-full-perturbed",
+    "hmoe-full-perturbed": "attnmoe rates --preset hmoe --full --settings G1-over,G2-over --perturb 1e-9 --workers 1 "
+                           "--threads 1 --no-progress --out docs/rates/hmoe-full-perturbed",
 }
 
 _DECIDE_SWEEP = ("the same sweep with >= 24 seeds and the sigma = 1e-5 cell run to convergence (or dropped), "

@@ -57,10 +57,15 @@ _PENDING = """\
 * **Solver-path robustness** (issue 22 item 4: between solver versions that differ at rounding
   level, 8-62 % of the over-specified quick records of a study moved by > 10 %, no exact-specified
   one by > 1 %): rule 7 re-evaluates every over-specified row from the study refitted with
-  `--perturb` (`docs/rates/<study>-perturbed/`); the robustness column names the refits a row waits for.
-* **Temperature gate**: an identifiable parametrisation (τ is not identified in ours) and its runs.
-* **Multinomial logistic**: the study inside a compact parameter box.
-* **Sigmoid gating, regime 1 linear**: a loss whose mass accounts for null experts.
+  `--perturb` (`docs/rates/<study>-perturbed/`); the robustness column names the refits a row waits
+  for and their cost. Done: `sweep-n1000-perturbed` (the two sigmoid-expert rows without σ = 1e-5).
+  Started, resumable (commands in `attnmoe/claims/registry.py` `STUDY_COMMANDS`):
+  `topk-gaussian-full-perturbed` (topk-over-K3), then `hmoe-full-perturbed` (G1-over, G2-over).
+  Not started: `multinomial-logistic-full-perturbed` and every other over-specified study.
+* **The paper preset's over-specified half at 40 seeds, n = 10³…10⁵** with the version-3 engine
+  (`docs/rates/paper-over-v3/`, resumable; status in docs/rates.md): the `qg-*-over` rows read
+  `paper-40` until it is complete.
+* **Multinomial logistic in a box** at full size (8.1 CPU-h projected; docs/likelihood.md).
 * **The decisive runs**: the seeds and decades of the table above (at least 24 seeds and two
   decades of n for the over-specified contrasts; the displaced-gate start for monomial vs
   polynomial; ≥ 10 seeds per variant on ETTh1, where a run costs about a minute: done at the
