@@ -27,7 +27,9 @@ from dataclasses import dataclass, field
 
 __all__ = ["CLAIMS", "FAMILIES", "NO_FAMILY", "STUDY_COMMANDS", "Claim", "RateArm", "RealArm"]
 
-LESS, GREATER = "less", "greater"  # predicted direction of a contrast (first arm vs second)
+LESS, GREATER = "less", "greater"
+#: the paper preset's over-specified half at 40 seeds, n = 1e3..1e5, engine version 3 (issue 21)
+PAPER_OVER = "paper-over-v3"  # predicted direction of a contrast (first arm vs second)
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,10 @@ class Claim:
 FAMILIES: dict[str, str] = {
     "qg-exact": "2410.11222 exact-specified parameter rates, 4 core settings",
     "qg-L2": "2410.11222 regression-function rate, 8 core settings",
-    "qg-over": "2410.11222 over-specified sigmoid-expert rates (paper-40 atom, sweep expert part)",
+    "qg-over": "2410.11222 over-specified sigmoid-expert rates (paper-over-v3 atom, sweep expert part)",
+    "qg-paper-contrasts": "2410.11222 gate-type and expert-type contrasts in the paper preset's over-specified half "
+                          "(paper-over-v3, 40 seeds, n = 1e3..1e5); declared after that study's summary was written "
+                          "(2026-12-07), so a family of its own",
     "qg-over-cells": "2410.11222 the two sweep rows of qg-over without the sigma = 1e-5 cell (added after issue 22 "
                      "item 5 flagged that cell; a sensitivity family of its own)",
     "qg-contrasts": "2410.11222 contrasts in the noise sweep (expert type, gate type)",
@@ -110,6 +115,9 @@ NO_FAMILY = "none"
 
 #: The command that produced each study's records (from the result pages).
 STUDY_COMMANDS: dict[str, str] = {
+    PAPER_OVER: "attnmoe rates --preset paper --settings monomial-linear-over,monomial-sigmoid-over,"
+                "polynomial-linear-over,polynomial-sigmoid-over --block-size 8 --workers 2 --out docs/rates/paper-over-v3 "
+                "(engine version 3; 2026-12-06/07, resumed across two sessions)",
     "paper-40": "attnmoe rates --preset paper --out runs/rates-paper --n-grid 1000,1778,3162,5623,10000,17783,31623 "
                 "--workers 1 --threads 1 (+ exact settings at --n-grid 56234,100000; docs/rates.md)",
     "sweep-n1000": "python benchmarks/noise_sweep.py monomial-linear-over,polynomial-linear-over,monomial-sigmoid-over,"
@@ -160,13 +168,13 @@ def _qg() -> list[Claim]:
     for g, e in core:
         for spec in ("exact", "over"):
             out.append(_rate(f"qg-L2-{g}-{e}-{spec}", src, f"{g}-{e}-{spec}: regression function at n^-1/2 (L2)",
-                             RateArm("paper-40", f"{g}-{e}-{spec}", "L2", records="records.jsonl.gz"),
+                             RateArm("paper-40", f"{g}-{e}-{spec}", "L2", records="records.jsonl.gz") if spec == "exact"
+                             else RateArm(PAPER_OVER, f"{g}-{e}-{spec}", "L2"),
                              -0.5, -0.25, "qg-L2", overspecified=spec == "over"))
     out.append(_rate("qg-over-monomial-sigmoid-atom", src,
                      "over-specified monomial gate + sigmoid experts: atoms of a split cell at n^-1/4",
-                     RateArm("paper-40", "monomial-sigmoid-over", "atom", records="records.jsonl.gz"),
-                     -0.25, 0.0, "qg-over", overspecified=True,
-                     decide="n to 1e5 with fits run to convergence (the engine of issue 'One study engine'), >= 24 seeds"))
+                     RateArm(PAPER_OVER, "monomial-sigmoid-over", "atom"),
+                     -0.25, 0.0, "qg-over", overspecified=True))
     for g in ("monomial", "polynomial"):
         out.append(_rate(f"qg-sweep-{g}-sigmoid-expert", src,
                          f"over-specified {g} gate + sigmoid experts: expert part of the distance at n^-1/4",
@@ -193,8 +201,20 @@ def _qg() -> list[Claim]:
                              RateArm("sweep-n1000", f"polynomial-{e}-over", "gate", sweep=True, records="near-truth.jsonl"),
                              LESS, "qg-contrasts", contradictable=False, overspecified=True,
                              decide="the displaced-gate start (b +- dv, A - d^2 vv^T/2) at larger n/sigma^2, >= 24 seeds"))
+    for e in ("linear", "sigmoid"):  # the paper run's own contrasts (rows added after its summary was seen)
+        out.append(_contrast(f"qg-paper-monomial-faster-{e}", src,
+                             f"{e} experts, n = 1e3..1e5: monomial gate estimated faster than polynomial gate (gate part)",
+                             RateArm(PAPER_OVER, f"monomial-{e}-over", "gate"),
+                             RateArm(PAPER_OVER, f"polynomial-{e}-over", "gate"),
+                             LESS, "qg-paper-contrasts", contradictable=False, overspecified=True))
+    for g in ("monomial", "polynomial"):
+        out.append(_contrast(f"qg-paper-nonlinear-faster-{g}", src,
+                             f"{g} gate, n = 1e3..1e5: sigmoid experts estimated faster than linear experts (expert part)",
+                             RateArm(PAPER_OVER, f"{g}-sigmoid-over", "expert"),
+                             RateArm(PAPER_OVER, f"{g}-linear-over", "expert"),
+                             LESS, "qg-paper-contrasts", contradictable=False, overspecified=True))
     out.append(_rate("qg-polynomial-slow", src, "over-specified polynomial gate: parameters as slow as 1/log^tau n",
-                     RateArm("paper-40", "polynomial-linear-over", "D1", records="records.jsonl.gz"),
+                     RateArm(PAPER_OVER, "polynomial-linear-over", "D1"),
                      "less", 0.0, "none", overspecified=True,
                      testable="a local-minimax lower bound: no fixed-truth study can contradict or confirm it"))
     return out
