@@ -143,6 +143,9 @@ STUDY_COMMANDS: dict[str, str] = {
                                     "--workers 1 --threads 1 --no-progress --out docs/rates/topk-gaussian-full-perturbed",
     "hmoe-full-perturbed": "attnmoe rates --preset hmoe --full --settings G1-over,G2-over --perturb 1e-9 --workers 1 "
                            "--threads 1 --no-progress --out docs/rates/hmoe-full-perturbed",
+    "paper-over-v3-perturbed": "attnmoe rates --preset paper --settings monomial-linear-over,monomial-sigmoid-over,"
+                               "polynomial-linear-over,polynomial-sigmoid-over --block-size 8 --workers 2 --no-progress "
+                               "--perturb 1e-9 --out docs/rates/paper-over-v3-perturbed",
 }
 
 _DECIDE_SWEEP = ("the same sweep with >= 24 seeds and the sigma = 1e-5 cell run to convergence (or dropped), "

@@ -59,12 +59,10 @@ _PENDING = """\
   one by > 1 %): rule 7 re-evaluates every over-specified row from the study refitted with
   `--perturb` (`docs/rates/<study>-perturbed/`); the robustness column names the refits a row waits
   for and their cost. Done: `sweep-n1000-perturbed` (the two sigmoid-expert rows without σ = 1e-5).
-  Started, resumable (commands in `attnmoe/claims/registry.py` `STUDY_COMMANDS`):
-  `topk-gaussian-full-perturbed` (topk-over-K3), then `hmoe-full-perturbed` (G1-over, G2-over).
+  Done: `topk-gaussian-full-perturbed` (topk-over-K3). Started, resumable (commands in
+  `attnmoe/claims/registry.py` `STUDY_COMMANDS`): `paper-over-v3-perturbed` (the refit that decides
+  the nine `qg` rows read from `paper-over-v3`), `hmoe-full-perturbed` (G1-over, G2-over).
   Not started: `multinomial-logistic-full-perturbed` and every other over-specified study.
-* **The paper preset's over-specified half at 40 seeds, n = 10³…10⁵** with the version-3 engine
-  (`docs/rates/paper-over-v3/`, resumable; status in docs/rates.md): the `qg-*-over` rows read
-  `paper-40` until it is complete.
 * **Multinomial logistic in a box** at full size (8.1 CPU-h projected; docs/likelihood.md).
 * **The decisive runs**: the seeds and decades of the table above (at least 24 seeds and two
   decades of n for the over-specified contrasts; the displaced-gate start for monomial vs
