@@ -61,8 +61,8 @@ _PENDING = """\
   for and their cost. Done: `sweep-n1000-perturbed` (the two sigmoid-expert rows without σ = 1e-5).
   Done: `topk-gaussian-full-perturbed` (topk-over-K3). Started, resumable (commands in
   `attnmoe/claims/registry.py` `STUDY_COMMANDS`): `paper-over-v3-perturbed` (the refit that decides
-  the nine `qg` rows read from `paper-over-v3`), `hmoe-full-perturbed` (G1-over, G2-over).
-  Not started: `multinomial-logistic-full-perturbed` and every other over-specified study.
+  the nine `qg` rows read from `paper-over-v3`). Not started (command there): `hmoe-full-perturbed`
+  (G1-over, G2-over, 0.7 CPU-h); `multinomial-logistic-full-perturbed` and every other over-specified study.
 * **Multinomial logistic in a box** at full size (8.1 CPU-h projected; docs/likelihood.md).
 * **The decisive runs**: the seeds and decades of the table above (at least 24 seeds and two
   decades of n for the over-specified contrasts; the displaced-gate start for monomial vs
