@@ -35,7 +35,7 @@ import gzip
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -201,36 +201,42 @@ class _Cache:
         return self.results[path], path
 
 
-def _arm_slopes(cache: _Cache, arm: RateArm) -> tuple[dict[int, float], list[bool], tuple[float, float], str,
-                                                      tuple[float | None, list[tuple[float, float]]]]:
-    recs, path = cache.records(arm)
-    points: dict[int, list[tuple[float, float]]] = {}
-    conv, xs = [], []
-    seconds: float | None = 0.0
-    timing: list[tuple[float, float]] = []  # (n, fit seconds) of every timed record
-    for r in recs:
+def _arm_records(cache: _Cache, arm: RateArm) -> Iterator[tuple[dict[str, Any], float]]:
+    """The records ``arm`` reads, each with its x: n, or n/σ² for a sweep (every
+    ``<setting>-sd<σ>`` except the σ of ``drop_sd``)."""
+    for r in cache.records(arm)[0]:
         name, n = str(r["setting"]), float(r["n"])
         if arm.sweep:
             m = _SD.match(name)
             if m is None or m["base"] != arm.setting or any(math.isclose(float(m["sd"]), d) for d in arm.drop_sd):
                 continue
-            x = n / float(m["sd"]) ** 2
+            yield r, n / float(m["sd"]) ** 2
         elif name == arm.setting:
-            x = n
-        else:
-            continue
+            yield r, n
+
+
+def _arm_slopes(cache: _Cache, arm: RateArm) -> tuple[dict[int, float], list[bool], tuple[float, float], str,
+                                                      list[tuple[float, float]] | None]:
+    """Per-seed slopes, convergence flags, x range, records path and the (n, fit seconds) of every
+    record the arm reads (None when a record carries no time)."""
+    path = cache.records(arm)[1]
+    points: dict[int, list[tuple[float, float]]] = {}
+    conv, xs = [], []
+    timing: list[tuple[float, float]] | None = []
+    for r, x in _arm_records(cache, arm):
         conv.append(bool(r.get("converged", True)))
         sec = r.get("seconds")
-        seconds = seconds + float(sec) if seconds is not None and isinstance(sec, (int, float)) else None
-        if seconds is not None and not arm.sweep:
-            timing.append((n, float(sec)))
+        if not isinstance(sec, (int, float)):
+            timing = None
+        elif timing is not None:
+            timing.append((float(r["n"]), float(sec)))
         v = r["losses"].get(arm.loss)
         if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0:
             points.setdefault(int(r["seed"]), []).append((math.log(x), math.log(v)))
             xs.append(x)
     if not xs:
         raise ValueError(f"{path}: no usable '{arm.loss}' values for setting {arm.setting!r}")
-    return stats.per_seed_slopes(points), conv, (min(xs), max(xs)), str(path), (seconds, timing)
+    return stats.per_seed_slopes(points), conv, (min(xs), max(xs)), str(path), timing
 
 
 def _real_values(cache: _Cache, arm: RealArm) -> tuple[dict[int, float], str, str, str, str | None]:
@@ -286,15 +292,10 @@ def _measure(cache: _Cache, claim: Claim) -> Row:
         direction = better
     else:
         per_arm, conv_all = [], []
-        seconds: float | None = 0.0
-        timed = set()  # each (records file, setting) timed once
-        per_setting: list[list[tuple[float, float]]] = []
+        per_setting: dict[tuple[str, str], list[tuple[float, float]] | None] = {}  # each (file, setting) once
         for arm in claim.arms:
-            slopes, conv, rng_, f, (sec, cells) = _arm_slopes(cache, arm)
-            if (f, arm.setting) not in timed:
-                timed.add((f, arm.setting))
-                seconds = None if seconds is None or sec is None else seconds + sec
-                per_setting.append(cells)
+            slopes, conv, rng_, f, cells = _arm_slopes(cache, arm)
+            per_setting[(f, arm.setting)] = cells
             per_arm.append(slopes)
             conv_all += conv
             files.append(f)
@@ -303,10 +304,11 @@ def _measure(cache: _Cache, claim: Claim) -> Row:
         values = {s: per_arm[0][s] - (per_arm[1][s] if len(per_arm) > 1 else 0.0) for s in common}
         converged = float(np.mean(conv_all)) if conv_all else None
         n_seeds = len({s for slopes in per_arm for s in slopes})
-        seed_seconds = None if seconds is None or not n_seeds else seconds / n_seeds
-        recorded_seconds = seconds
-        if seconds is not None and claim.overspecified and n_range and math.log10(n_range[1] / n_range[0]) < 2 - 1e-9:
-            seed_seconds = _extrapolated_seed_seconds(per_setting)
+        if all(cells is not None for cells in per_setting.values()):
+            recorded_seconds = sum(t for cells in per_setting.values() for _, t in cells)
+            seed_seconds = recorded_seconds / n_seeds if n_seeds else None
+            if claim.overspecified and n_range and math.log10(n_range[1] / n_range[0]) < 2 - 1e-9:
+                seed_seconds = _extrapolated_seed_seconds(list(per_setting.values()))
     seeds = sorted(values)
     vals = [values[s] for s in seeds]
     rel = sorted({Path(f).relative_to(cache.root).as_posix() for f in files})
@@ -418,28 +420,16 @@ def _decide_all(cache: _Cache, claims: Sequence[Claim]) -> list[Row]:
 
 
 def _cells(cache: _Cache, arm: RateArm) -> set[tuple[str, int, int]]:
-    """The (setting, n, seed) keys of ``arm``'s records (a sweep: every ``<setting>-sd<σ>`` it reads)."""
-    out = set()
-    for r in cache.records(arm)[0]:
-        name = str(r["setting"])
-        m = _SD.match(name) if arm.sweep else None
-        if (name == arm.setting and not arm.sweep) or (
-                m is not None and m["base"] == arm.setting
-                and not any(math.isclose(float(m["sd"]), d) for d in arm.drop_sd)):
-            out.add((name, int(r["n"]), int(r["seed"])))
-    return out
+    """The (setting, n, seed) keys of the records ``arm`` reads."""
+    return {(str(r["setting"]), int(r["n"]), int(r["seed"])) for r, _ in _arm_records(cache, arm)}
 
 
 def _has_perturbed(cache: _Cache, claim: Claim) -> bool:
     """Whether the perturbed refits hold every (setting, n, seed) the claim reads (rule 7)."""
-    arms = [a for a in claim.arms if isinstance(a, RateArm)]
-    if not arms or len(arms) != len(claim.arms):
+    if not claim.arms or not all(isinstance(a, RateArm) for a in claim.arms):
         return False
-    for arm in arms:
-        moved = replace(arm, study=arm.study + PERTURBED)
-        if not _records_path(cache.root, moved).is_file() or not _cells(cache, arm) <= _cells(cache, moved):
-            return False
-    return True
+    return all(_records_path(cache.root, moved).is_file() and _cells(cache, arm) <= _cells(cache, moved)
+               for arm, moved in zip(claim.arms, perturbed(claim).arms))
 
 
 def _robustness(row: Row, other: Row | None) -> None:
