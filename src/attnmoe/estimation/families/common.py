@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["MAX_PERTURB", "PAD", "PERTURB_STREAM", "Record", "derive_seed", "jsonable", "near_best_set", "padded",
+__all__ = ["MAX_PERTURB", "PAD", "PERTURB_STREAM", "Record", "check_perturb", "derive_seed", "jsonable", "near_best_set", "padded",
            "perturb_starts"]
 
 #: the sample axis of every objective is padded to a multiple of PAD (a multiple of every CPU
@@ -46,6 +46,13 @@ PERTURB_STREAM = 97
 MAX_PERTURB = 1e-6
 
 
+def check_perturb(eps: object, name: str = "--perturb") -> None:
+    """One-line error unless ``eps`` is a number in [0, :data:`MAX_PERTURB`] (every carrier of the
+    option checks it here)."""
+    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and 0.0 <= eps <= MAX_PERTURB):
+        raise ValueError(f"{name} must be a number in [0, {MAX_PERTURB:g}], got {eps!r}")
+
+
 def perturb_starts(x0: Tensor, seeds: Sequence[int], eps: float) -> Tensor:
     """Starts ``x0`` ``(S, R, P)`` (start kind, replicate seed, parameter) moved at rounding level:
 
@@ -56,8 +63,7 @@ def perturb_starts(x0: Tensor, seeds: Sequence[int], eps: float) -> Tensor:
     the claims ledger (rule 7, ``attnmoe rates --perturb 1e-9``): an over-specified fit whose
     record moves under such a change reports where its solver's path went, not the estimator.
     ``eps == 0`` returns ``x0`` itself (no draw)."""
-    if not (math.isfinite(eps) and 0.0 <= eps <= MAX_PERTURB):
-        raise ValueError(f"--perturb must be in [0, {MAX_PERTURB:g}], got {eps!r}")
+    check_perturb(eps)
     if eps == 0.0:
         return x0
     S, R, P = x0.shape

@@ -24,7 +24,6 @@ flight; the same command resumes.
 from __future__ import annotations
 
 import json
-import math
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -32,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from attnmoe.estimation.families.common import MAX_PERTURB
+from attnmoe.estimation.families.common import check_perturb
 from attnmoe.estimation.study.backends import BACKENDS, map_jobs
 from attnmoe.estimation.study.plan import (
     MAX_N,
@@ -130,9 +129,7 @@ class StudyArgs:
                 check_positive_int(value, option)  # 0 or less: refused, not read as the default
         if self.n_grid and all(isinstance(n, int) for n in self.n_grid) and max(self.n_grid) > MAX_N:
             raise ValueError(f"--n-grid: every n must be at most {MAX_N}, got {max(self.n_grid)}")
-        if not (isinstance(self.perturb, (int, float)) and math.isfinite(self.perturb)
-                and 0.0 <= self.perturb <= MAX_PERTURB):
-            raise ValueError(f"--perturb must be a number in [0, {MAX_PERTURB:g}], got {self.perturb!r}")
+        check_perturb(self.perturb)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             # replicate seeds feed numpy's SeedSequence, which takes non-negative integers only
             raise ValueError(f"--seed must be a non-negative integer, got {self.seed!r}")

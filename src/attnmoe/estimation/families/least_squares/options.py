@@ -11,7 +11,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from attnmoe.estimation.families.common import MAX_PERTURB
+from attnmoe.estimation.families.common import check_perturb
 
 __all__ = ["DEVICES", "METHODS", "FitOptions"]
 
@@ -81,9 +81,7 @@ class FitOptions:
             isinstance(self.bound, (int, float)) and math.isfinite(self.bound) and self.bound > 0
         ):
             raise ValueError(f"bound must be a finite number > 0 or None, got {self.bound!r}")
-        if not (isinstance(self.perturb, (int, float)) and math.isfinite(self.perturb)
-                and 0.0 <= self.perturb <= MAX_PERTURB):
-            raise ValueError(f"perturb must be a number in [0, {MAX_PERTURB:g}], got {self.perturb!r}")
+        check_perturb(self.perturb, "perturb")
         if self.device not in DEVICES:
             raise ValueError(f"unknown device {self.device!r}; valid: {list(DEVICES)}")
         canonical = "+".join(str(sp) for sp in parse_inits(self.init))
