@@ -79,14 +79,64 @@ def cache_choices(names: list[str], R: int = 64) -> None:
         O.PRODUCT_CACHE_BYTES, O.BLOCK_BYTES = default_cache, default_block
 
 
+def ceiling(names: list[str], R: int = 64) -> None:
+    A = torch.randn(1024, 1024, dtype=torch.float64)
+    for name in names:
+        for n in (1000, 10000):
+            s = get_setting(name)
+            X, y = sample(s, n, list(range(R)))
+            flat = near_truth_init(s.fit_layout, s.true_params(), list(range(R)), 0.3)
+            obj = O.LeastSquaresObjective(s.fit_layout, X, y)
+            G, E = obj._matrices(flat)
+            Q, U, L = obj.qi.numel(), obj.U, min(O.CHUNK, obj.xi.shape[1])
+            size = max(1, O.BLOCK_BYTES["cpu"] // (8 * L * max(Q, U)))
+            C = torch.randn(R, Q, L, dtype=torch.float64)
+            layout = s.fit_layout
+
+            def logits() -> None:
+                for lo in range(0, obj.xi.shape[1], O.CHUNK):
+                    xi = obj.xi[:, lo : lo + O.CHUNK].transpose(1, 2)
+                    u, z = torch.bmm(G, xi), torch.bmm(E, xi)
+                    torch.softmax(u, 1) if layout.normalization == "softmax" else torch.sigmoid(u)
+                    O._activation(layout.expert.name, z, second=True)
+
+            def product() -> None:
+                for b in range(0, R, size):
+                    for lo in range(0, obj.xi.shape[1], O.CHUNK):
+                        p = obj.products[b : b + size, lo : lo + O.CHUNK]
+                        torch.bmm(C[b : b + size, :, : p.shape[1]], p)
+
+            parts = {"call": lambda: obj.hessian(flat), "logits": logits, "product": product, "gemm": lambda: A @ A}
+            best = {k: float("inf") for k in parts}
+            for f in parts.values():
+                f()
+            for _ in range(5):
+                for k, f in parts.items():
+                    t0 = time.perf_counter()
+                    f()
+                    best[k] = min(best[k], time.perf_counter() - t0)
+            gemm = 2 * 1024**3 / best["gemm"] / 1e9
+            F, k = obj.xi.shape[-1], layout.n_experts
+            flops = 2 * obj.xi.shape[1] * (Q * U + (2 * k - layout.n_ref) * F + 2 * k * F) * R
+            floor = best["logits"] + best["product"]
+            print(f"{name} n={n} Q={Q} U={U}: call {1e3 * best['call'] / R:.3f} ms/fit = "
+                  f"{100 * flops / best['call'] / 1e9 / gemm:.1f} % of GEMM ({gemm:.0f} GFLOP/s); logits "
+                  f"{1e3 * best['logits'] / R:.3f} + product {1e3 * best['product'] / R:.3f} ms/fit "
+                  f"(product {2 * obj.xi.shape[1] * Q * U * R / best['product'] / 1e9:.1f} GFLOP/s) -> ceiling "
+                  f"{best['call'] / floor:.2f}x = {100 * flops / floor / 1e9 / gemm:.1f} % of GEMM", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--settings", default="monomial-sigmoid-exact,polynomial-sigmoid-over")
+    ap.add_argument("--ceiling-only", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(1)
     print(f"load average at start: {open('/proc/loadavg').read().split()[:3]}")
-    bmm_rates()
-    cache_choices(args.settings.split(","))
+    if not args.ceiling_only:
+        bmm_rates()
+        cache_choices(args.settings.split(","))
+    ceiling(args.settings.split(",") + ["polynomial-linear-exact"])
     print(f"load average at end: {open('/proc/loadavg').read().split()[:3]}")
 
 
