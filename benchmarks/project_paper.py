@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from attnmoe.estimation.study.plan import LEAST_SQUARES_PRESETS as PRESETS
+from attnmoe.estimation.study.presets.least_squares import LEAST_SQUARES_PRESETS as PRESETS
 
 ROOT = Path(__file__).resolve().parent.parent / "docs" / "rates" / "solver"
 OVER = ("monomial-linear-over", "monomial-sigmoid-over", "polynomial-linear-over", "polynomial-sigmoid-over")

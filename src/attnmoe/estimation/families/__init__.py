@@ -6,7 +6,9 @@ losses, and the study cell that fits a block of replicate seeds into records.
 * :mod:`.likelihood` -- Gaussian / Laplace / multinomial-logistic MoE by maximum likelihood
   (top-K, temperature, contaminated);
 * :mod:`.hmoe` -- the attention-shaped hierarchical MoE of the gate-position study;
-* :mod:`.common` -- what every family's study cell shares (JSON-ready records, near-best set).
+* :mod:`.common` -- what every family's study cell shares (JSON-ready records, near-best set);
+* :mod:`.options` -- ONE table of every family's fit defaults (:data:`~.options.FIT_DEFAULTS`) and
+  why they differ.
 
 Families import the solvers and :mod:`attnmoe.moe`, never the study engine.
 """

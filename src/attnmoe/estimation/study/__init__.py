@@ -6,7 +6,7 @@ grows, by fitting many replicates on a grid of n and regressing log(loss) on log
 from the bottom up:
 
 * :mod:`~attnmoe.estimation.study.plan` — limits, validation (before anything is written),
-  default workers and threads, the least-squares presets and settings;
+  default workers and threads, the least-squares settings;
 * :mod:`~attnmoe.estimation.study.records` — ``records.jsonl`` (read back with bad lines
   skipped and named, appended block by block), ``study.json`` and the records' identity;
 * :mod:`~attnmoe.estimation.study.backends` — where jobs run: this process, a process pool, Ray;
@@ -16,8 +16,10 @@ from the bottom up:
   and ``rates.png``;
 * :mod:`~attnmoe.estimation.study.engine` — THE run / resume / jobs loop of every preset;
 * :mod:`~attnmoe.estimation.study.registry` — THE table of presets of every family;
-* :mod:`~attnmoe.estimation.study.presets.least_squares` — the least-squares presets (:func:`run_study`,
-  :func:`resummarize`).
+* :mod:`~attnmoe.estimation.study.presets.least_squares` — the least-squares preset table
+  (:data:`LEAST_SQUARES_PRESETS`) and entries (:func:`run_study`, :func:`resummarize`).
+
+Every family's fit defaults are ONE table, :data:`attnmoe.estimation.families.options.FIT_DEFAULTS`.
 
 Files written in ``out`` (the output contract): ``study.json``, ``records.jsonl``,
 ``summary.json``, ``rates.png``, ``summary.md``.
@@ -34,10 +36,8 @@ from attnmoe.estimation.study.engine import (
     run_plan,
 )
 from attnmoe.estimation.study.plan import (
-    LEAST_SQUARES_PRESETS,
     MAX_EXPERTS,
     MAX_N,
-    Preset,
     core_setting_names,
     default_threads,
     default_workers,
@@ -61,7 +61,15 @@ from attnmoe.estimation.study.records import (
 )
 from attnmoe.estimation.study.registry import PRESETS, StudyPreset, preset_table, register_preset, run_preset
 from attnmoe.estimation.study.report import plot_rates, summary_markdown, write_outputs
-from attnmoe.estimation.study.presets.least_squares import fit_block, fit_one, least_squares_plan, resummarize, run_study
+from attnmoe.estimation.study.presets.least_squares import (
+    LEAST_SQUARES_PRESETS,
+    Preset,
+    fit_block,
+    fit_one,
+    least_squares_plan,
+    resummarize,
+    run_study,
+)
 from attnmoe.estimation.study.summary import (
     ols_slope,
     setting_rng,

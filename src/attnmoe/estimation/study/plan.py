@@ -1,4 +1,4 @@
-"""What a study runs: presets, settings, validation, parallelism and the list of jobs.
+"""What a study runs: settings, validation, parallelism and the list of jobs.
 
 Everything here is checked before anything is written or allocated (``docs/rates.md``,
 "Choices"): the numbers of experts before a :class:`~attnmoe.estimation.families.least_squares.truth.Setting` is built
@@ -13,17 +13,9 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 
-from attnmoe.estimation.families.least_squares.gating_truths import (
-    COSINE_ROUTER_SETTINGS,
-    SIGMOID_ATTENTION_SETTINGS,
-    SIGMOID_GATING_NATURAL_SETTINGS,
-    SIGMOID_GATING_SETTINGS,
-)
-from attnmoe.estimation.families.least_squares.options import FitOptions
 from attnmoe.estimation.families.least_squares.truth import (
     CORE_SETTINGS,
     Setting,
@@ -40,8 +32,6 @@ __all__ = [
     "MAX_REPLICATES",
     "available_memory",
     "check_block_memory",
-    "LEAST_SQUARES_PRESETS",
-    "Preset",
     "check_positive_int",
     "core_setting_names",
     "default_threads",
@@ -54,8 +44,8 @@ __all__ = [
     "with_noise_grid",
 ]
 
-#: Largest sample size a study accepts. A fit holds several (R, k, n) float64 tensors: at
-#: replicate seeds of one study: far beyond any study here (40-4096), and a list of them is cheap
+#: Largest number of replicate seeds of one study: far beyond any study here (40-4096), and a
+#: list of them is cheap
 MAX_REPLICATES = 10**6
 
 #: bytes a fit holds per sample and replicate (inputs, features, their products, the passes'
@@ -89,6 +79,7 @@ def check_block_memory(block_size: int, starts: int, n_max: int, workers: int, n
                          "use a smaller --block-size, fewer --workers or smaller --n-grid")
 
 
+#: Largest sample size a study accepts. A fit holds several (R, k, n) float64 tensors: at
 #: n = 10^7, k = 4 and a block of 40 replicates that is ~13 GB per tensor, so larger n is a typo
 #: (``--n-grid 1000,1e12`` would ask for terabytes) rather than a study this code can run.
 MAX_N = 10**7
@@ -100,93 +91,11 @@ MAX_N = 10**7
 MAX_EXPERTS = 32
 
 
-@dataclass(frozen=True)
-class Preset:
-    """A least-squares study: its size, fit options and settings (``settings=None``: every core
-    setting); ``description`` is what ``attnmoe rates --help`` says of it."""
-
-    n_grid: tuple[int, ...]
-    replicates: int
-    fit: FitOptions = field(default_factory=FitOptions)
-    settings: tuple[str, ...] | None = None
-    noise: tuple[float, ...] | None = None  # a noise sweep (settings renamed <name>-sd<sigma>)
-    full: Preset | None = None  # the committed study's size (``attnmoe rates --full``)
-    description: str = ""
-
-
 def log_grid(n_min: int, n_max: int, num: int) -> tuple[int, ...]:
     """``num`` log-spaced integer sample sizes from ``n_min`` to ``n_max`` inclusive."""
     if not (1 <= n_min < n_max) or num < 2:
         raise ValueError(f"need 1 <= n_min < n_max and num >= 2, got {n_min}, {n_max}, {num}")
     return tuple(round(v) for v in np.logspace(math.log10(n_min), math.log10(n_max), num))
-
-
-def _gating_preset(settings: Sequence[str], max_iter: int, description: str) -> Preset:
-    """A gating-family preset (docs/gating.md): quick n = 10^3..1.6 10^4, 4 replicates; full
-    (``--full``) 7 sizes to 10^5, 40 replicates, a 5,000-iteration cap. Each replicate is fitted
-    from a near-truth and a displaced start (the split copies moved +-0.3 apart along their flat
-    direction): the near-truth fit's local error and the near-best width (session 7; before,
-    near-truth only)."""
-    start = "near-truth:0.1+displaced:0.3"
-    return Preset(
-        n_grid=(1000, 4000, 16000),
-        replicates=4,
-        fit=FitOptions(max_iter=max_iter, n_test=4000, bound=10.0, init=start),
-        settings=tuple(settings),
-        description=description,
-        full=Preset(
-            n_grid=log_grid(1000, 100_000, 7),
-            replicates=40,
-            fit=FitOptions(max_iter=5000, n_test=20_000, bound=10.0, init=start),
-            settings=tuple(settings),
-        ),
-    )
-
-
-LEAST_SQUARES_PRESETS: dict[str, Preset] = {
-    # All 8 core settings in under 5 minutes on 2 shared CPU cores (timed: docs/rates.md).
-    # (the cap keeps it short: over-specified fits are reported unconverged, not hidden)
-    "quick": Preset(
-        n_grid=(1000, 2000, 4000, 8000),
-        replicates=4,
-        fit=FitOptions(max_iter=150, n_test=4000),
-        description="the 8 core settings, n = 1e3..8e3, 4 replicates (arXiv 2410.11222)",
-    ),
-    # The scale of the simulations in this literature: n up to 1e5, 40 replicates; a cap high
-    # enough for the over-specified fits to converge (docs/rates.md, "Protocol").
-    "paper": Preset(
-        n_grid=log_grid(1000, 100_000, 9),
-        replicates=40,
-        fit=FitOptions(max_iter=5000, n_test=20_000, bound=10.0),
-        description="the 8 core settings at the literature's scale: n to 1e5, 40 replicates",
-    ),
-    # The over-specified settings at n = 1000 over four decades of noise (sigma^2/n is what
-    # matters, docs/rates.md), each replicate from a near-truth AND a displaced start: the
-    # near-truth start's local error and the near-best width, as slopes on log(n / sigma^2).
-    "identifiability": Preset(
-        n_grid=(1000,),
-        replicates=4,
-        fit=FitOptions(max_iter=5000, n_test=4000, bound=10.0, init="near-truth:0.1+displaced:0.3"),
-        settings=("monomial-linear-over", "monomial-sigmoid-over", "polynomial-linear-over",
-                  "polynomial-sigmoid-over"),
-        noise=(1e-2, 1e-3, 1e-4, 1e-5),
-        description="over-specified settings at n = 1e3 over four decades of noise, near-truth and displaced starts",
-    ),
-    # Sigmoid vs softmax gating (arXiv 2405.13997) on the same f* and data, regimes r1 (slope
-    # != 0) and r2 (slope = 0), linear and GELU experts (estimation/families/least_squares/gating_truths.py,
-    # docs/gating.md). Quick: wall time measured in docs/gating.md.
-    "sigmoid-gating": _gating_preset(SIGMOID_GATING_SETTINGS, max_iter=1000,
-                                     description="sigmoid vs softmax gating on the same truth (arXiv 2405.13997)"),
-    # The same contrast with each gate on its own natural k* = 2 truth (the paper's comparison).
-    "sigmoid-gating-natural": _gating_preset(SIGMOID_GATING_NATURAL_SETTINGS, max_iter=1000,
-                                             description="sigmoid vs softmax gating, each on its own truth"),
-    # Cosine vs perturbed-cosine router, softmax (arXiv 2405.14131; the autograd objective).
-    "cosine-router": _gating_preset(COSINE_ROUTER_SETTINGS, max_iter=500,
-                                    description="cosine vs perturbed-cosine router (arXiv 2405.14131)"),
-    # Sigmoid vs softmax weights on the quadratic polynomial gate (arXiv 2502.00281).
-    "sigmoid-attention": _gating_preset(SIGMOID_ATTENTION_SETTINGS, max_iter=500,
-                                        description="sigmoid vs softmax weights on the quadratic gate (arXiv 2502.00281)"),
-}
 
 
 def with_noise_grid(settings: Sequence[Setting], noise: Sequence[float] | None) -> list[Setting]:

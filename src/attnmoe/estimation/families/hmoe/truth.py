@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from attnmoe.estimation.families.common import derive_seed
+from attnmoe.estimation.families.options import FIT_DEFAULTS
 from attnmoe.moe.hierarchical import HierarchicalLayout, HierarchicalSpec
 
 __all__ = ["DIM", "HEADS_TRUE", "POSITIONS", "START_KINDS", "TOKENS", "TRUTH", "HMoEConfig", "HMoESetting",
@@ -44,10 +45,13 @@ TOKENS, DIM, HEADS_TRUE = 3, 2, 2
 GATE_NAMES = {"outer": ("beta", "beta0"), "value_gate": ("theta_v", "tau_v"),
                "score_gate": ("theta_s", "tau_s")}
 
+_DEFAULT = FIT_DEFAULTS["hmoe"]
+
 
 @dataclass(frozen=True)
 class HMoEConfig:
-    """Fit options of the study (one definition; recorded in ``study.json``).
+    """Fit options of the study (recorded in ``study.json``); defaults: the ``"hmoe"`` entry of
+    the one table of fit defaults, :data:`attnmoe.estimation.families.options.FIT_DEFAULTS`.
 
     Args:
         sigma: noise standard deviation.
@@ -62,15 +66,15 @@ class HMoEConfig:
             (:func:`~attnmoe.estimation.families.common.perturb_starts`; 0: off).
     """
 
-    sigma: float = 0.1
-    near_truth: float = 0.1
-    displaced: float = 0.3
-    max_iter: int = 500
-    dtol: float = 1e-8
-    near_best: float = 1.0
-    n_test: int = 4000
-    block: int = 8
-    perturb: float = 0.0
+    sigma: float = _DEFAULT["sigma"]
+    near_truth: float = _DEFAULT["near_truth"]
+    displaced: float = _DEFAULT["displaced"]
+    max_iter: int = _DEFAULT["max_iter"]
+    dtol: float = _DEFAULT["dtol"]
+    near_best: float = _DEFAULT["near_best"]
+    n_test: int = _DEFAULT["n_test"]
+    block: int = _DEFAULT["block"]
+    perturb: float = _DEFAULT["perturb"]
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from attnmoe.estimation.solvers.optim import (
     value_and_grad,
 )
 from attnmoe.estimation.families.least_squares.options import METHODS
+from attnmoe.estimation.families.options import FIT_DEFAULTS
 from attnmoe.moe import GATES, ParameterLayout
 
 __all__ = [
@@ -44,6 +45,9 @@ __all__ = [
     "jacobian",
     "least_squares_objective",
 ]
+
+#: the solver's keyword defaults are the study's (the one table of fit defaults)
+_DEFAULT = FIT_DEFAULTS["least_squares"]
 
 
 def least_squares_objective(
@@ -208,10 +212,10 @@ def fit_least_squares(
     y: Tensor,
     init: Tensor,
     *,
-    method: str = "trust-region",
-    max_iter: int = 500,
-    tol: float = 0.0,
-    dtol: float = 1e-8,
+    method: str = _DEFAULT["method"],
+    max_iter: int = _DEFAULT["max_iter"],
+    tol: float = _DEFAULT["tol"],
+    dtol: float = _DEFAULT["dtol"],
     precondition: bool = True,
     closed_form: bool = True,
     bound: float | None = None,

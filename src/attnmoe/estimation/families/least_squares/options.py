@@ -1,8 +1,10 @@
-"""The fit options of a study cell: ONE table of defaults.
+"""The fit options of a least-squares study cell.
 
 :class:`FitOptions` is what :func:`attnmoe.estimation.families.least_squares.experiment.fit_and_score` takes and what
-``study.json`` records; presets of ``attnmoe rates`` are instances of it. Nothing else in the
-package defines a default for these fields.
+``study.json`` records; presets of ``attnmoe rates`` are instances of it. Its defaults are the
+``"least_squares"`` entry of the one table of every family's fit defaults,
+:data:`attnmoe.estimation.families.options.FIT_DEFAULTS` (which says why they differ from the
+other families'); this class adds the checks and the JSON form.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from attnmoe.estimation.families.common import check_perturb
+from attnmoe.estimation.families.options import FIT_DEFAULTS
 
 __all__ = ["DEVICES", "METHODS", "FitOptions"]
 
@@ -21,10 +24,13 @@ METHODS: tuple[str, ...] = ("trust-region", "lbfgs", "adam")
 #: where a batched least-squares fit can run
 DEVICES: tuple[str, ...] = ("cpu", "cuda")
 
+_DEFAULT = FIT_DEFAULTS["least_squares"]
+
 
 @dataclass(frozen=True)
 class FitOptions:
-    """Options of one batched fit-and-score call (see ``docs/rates.md``, "Choices").
+    """Options of one batched fit-and-score call (see ``docs/rates.md``, "Choices"); defaults:
+    ``FIT_DEFAULTS["least_squares"]``.
 
     Args:
         method: solver (:data:`METHODS`); ``"trust-region"`` is Newton with the exact Hessian.
@@ -52,17 +58,17 @@ class FitOptions:
             (:func:`~attnmoe.estimation.families.common.perturb_starts`); recorded only when not 0.
     """
 
-    method: str = "trust-region"
-    max_iter: int = 500
-    tol: float = 0.0
-    dtol: float = 1e-8
-    n_test: int = 20_000
-    init: str = "near-truth:0.1"
-    starts: int = 1
-    near_best: float = 1.0
-    bound: float | None = None
-    device: str = "cpu"
-    perturb: float = 0.0
+    method: str = _DEFAULT["method"]
+    max_iter: int = _DEFAULT["max_iter"]
+    tol: float = _DEFAULT["tol"]
+    dtol: float = _DEFAULT["dtol"]
+    n_test: int = _DEFAULT["n_test"]
+    init: str = _DEFAULT["init"]
+    starts: int = _DEFAULT["starts"]
+    near_best: float = _DEFAULT["near_best"]
+    bound: float | None = _DEFAULT["bound"]
+    device: str = _DEFAULT["device"]
+    perturb: float = _DEFAULT["perturb"]
 
     def __post_init__(self) -> None:
         from attnmoe.estimation.families.least_squares.init import parse_inits

@@ -1,7 +1,9 @@
 """One cell of a likelihood rate study: fit a block of replicate seeds from every start kind.
 
-:data:`FIT_OPTIONS` are the fit options of every likelihood study (one definition; recorded in
-``study.json`` by :mod:`attnmoe.estimation.study.presets.likelihood`).
+:data:`FIT_OPTIONS` are the fit options of every likelihood study (recorded in ``study.json`` by
+:mod:`attnmoe.estimation.study.presets.likelihood`): the ``"likelihood"`` entry of the one table of
+fit defaults, :data:`attnmoe.estimation.families.options.FIT_DEFAULTS`, and the start kinds
+(:data:`~attnmoe.estimation.families.likelihood.settings.START_KINDS`).
 """
 
 from __future__ import annotations
@@ -13,12 +15,17 @@ import torch
 from attnmoe.estimation.families.common import jsonable, near_best_set, perturb_starts
 from attnmoe.estimation.families.likelihood.objective import fit_likelihood
 from attnmoe.estimation.families.likelihood.settings import SETTINGS, START_KINDS, sample_data, start_points
+from attnmoe.estimation.families.options import defaults
 
 __all__ = ["FIT_OPTIONS", "fit_block"]
 
-#: fit options of every likelihood study (one definition; recorded in study.json)
-FIT_OPTIONS: dict[str, Any] = {"method": "trust-region", "max_iter": 200, "dtol": 1e-3,
-                               "starts": list(START_KINDS), "near_best": 1.0}
+_DEFAULT = defaults("likelihood")
+
+#: fit options of every likelihood study (recorded in study.json): the table's defaults and the
+#: start kinds every cell fits from (keys in the order the first studies wrote them)
+FIT_OPTIONS: dict[str, Any] = {"method": _DEFAULT["method"], "max_iter": _DEFAULT["max_iter"],
+                               "dtol": _DEFAULT["dtol"], "starts": list(START_KINDS),
+                               "near_best": _DEFAULT["near_best"]}
 
 
 def fit_block(name: str, n: int, seeds: list[int], perturb: float = 0.0) -> list[dict[str, Any]]:

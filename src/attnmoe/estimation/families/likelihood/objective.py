@@ -38,6 +38,7 @@ from attnmoe.estimation.solvers.derivatives import batched_hessian
 from attnmoe.estimation.families.common import padded
 from attnmoe.estimation.solvers.optim import REASONS, trust_region
 from attnmoe.estimation.families.likelihood.model import LikelihoodModel
+from attnmoe.estimation.families.options import FIT_DEFAULTS
 
 __all__ = ["SHIFT", "LikelihoodFit", "LikelihoodObjective", "fit_likelihood"]
 
@@ -129,8 +130,8 @@ def fit_likelihood(
     y: Tensor,
     init: Tensor,
     *,
-    max_iter: int = 200,
-    dtol: float = 1e-3,
+    max_iter: int = FIT_DEFAULTS["likelihood"]["max_iter"],
+    dtol: float = FIT_DEFAULTS["likelihood"]["dtol"],
     radius: float = 1.0,
 ) -> LikelihoodFit:
     """Maximum-likelihood fits of R replicates from starts ``init`` ``(R, P)`` (trust region).

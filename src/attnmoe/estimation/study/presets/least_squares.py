@@ -1,28 +1,36 @@
 """The least-squares presets: settings x sample sizes x replicate seeds through the one loop.
 
-:func:`least_squares_plan` turns settings, a grid, replicates and :class:`FitOptions` into a
+:data:`LEAST_SQUARES_PRESETS` is the table of the least-squares presets (a :class:`Preset` each:
+grid, replicates, :class:`FitOptions`, settings, description; the options' defaults are
+:data:`attnmoe.estimation.families.options.FIT_DEFAULTS`). :func:`least_squares_plan` turns
+settings, a grid, replicates and :class:`FitOptions` into a
 :class:`~attnmoe.estimation.study.engine.StudyPlan` whose unit of work is :func:`fit_block`
 (all the seeds of a block fitted as ONE batched program); :func:`run_study` and
 :func:`resummarize` are the programmatic entries, and every preset of
-:data:`~attnmoe.estimation.study.plan.LEAST_SQUARES_PRESETS` is registered in the one preset
-table with the options of its own that ``attnmoe rates`` takes (:data:`OPTIONS`).
+:data:`LEAST_SQUARES_PRESETS` is registered in the one preset table with the options of its own
+that ``attnmoe rates`` takes (:data:`OPTIONS`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+from attnmoe.estimation.families.least_squares.gating_truths import (
+    COSINE_ROUTER_SETTINGS,
+    SIGMOID_ATTENTION_SETTINGS,
+    SIGMOID_GATING_NATURAL_SETTINGS,
+    SIGMOID_GATING_SETTINGS,
+)
 from attnmoe.estimation.families.least_squares.options import FitOptions
 from attnmoe.estimation.study.engine import StudyArgs, StudyPlan, StudyResult, run_plan
 from attnmoe.estimation.study.plan import (
-    LEAST_SQUARES_PRESETS,
-    Preset,
     check_block_memory,
     check_positive_int,
+    log_grid,
     replicate_seeds,
     resolve_settings,
     validate_study,
@@ -35,7 +43,8 @@ from attnmoe.estimation.study.summary import summarize_records
 from attnmoe.estimation.study.sweep import sweep_summary
 from attnmoe.estimation.families.least_squares.truth import Setting, setting_from_dict
 
-__all__ = ["OPTIONS", "fit_block", "fit_one", "least_squares_plan", "resummarize", "run_study", "study_config"]
+__all__ = ["LEAST_SQUARES_PRESETS", "OPTIONS", "Preset", "fit_block", "fit_one", "least_squares_plan", "resummarize",
+           "run_study", "study_config"]
 
 #: the options of its own a least-squares preset takes (``attnmoe rates --NAME``): the settings
 #: (names, or a product of gates x experts x k), the noise sweep, every field of FitOptions but
@@ -45,6 +54,88 @@ OPTIONS: tuple[str, ...] = ("settings", "gates", "experts", "normalizer", "k_tru
 
 #: the options of :data:`OPTIONS` that are :class:`FitOptions` fields
 _FIT_FIELDS = ("max_iter", "bound", "method", "init", "starts", "near_best", "dtol")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A least-squares study: its size, fit options and settings (``settings=None``: every core
+    setting); ``description`` is what ``attnmoe rates --help`` says of it."""
+
+    n_grid: tuple[int, ...]
+    replicates: int
+    fit: FitOptions = field(default_factory=FitOptions)
+    settings: tuple[str, ...] | None = None
+    noise: tuple[float, ...] | None = None  # a noise sweep (settings renamed <name>-sd<sigma>)
+    full: Preset | None = None  # the committed study's size (``attnmoe rates --full``)
+    description: str = ""
+
+
+def _gating_preset(settings: Sequence[str], max_iter: int, description: str) -> Preset:
+    """A gating-family preset (docs/gating.md): quick n = 10^3..1.6 10^4, 4 replicates; full
+    (``--full``) 7 sizes to 10^5, 40 replicates, a 5,000-iteration cap. Each replicate is fitted
+    from a near-truth and a displaced start (the split copies moved +-0.3 apart along their flat
+    direction): the near-truth fit's local error and the near-best width (session 7; before,
+    near-truth only)."""
+    start = "near-truth:0.1+displaced:0.3"
+    return Preset(
+        n_grid=(1000, 4000, 16000),
+        replicates=4,
+        fit=FitOptions(max_iter=max_iter, n_test=4000, bound=10.0, init=start),
+        settings=tuple(settings),
+        description=description,
+        full=Preset(
+            n_grid=log_grid(1000, 100_000, 7),
+            replicates=40,
+            fit=FitOptions(max_iter=5000, n_test=20_000, bound=10.0, init=start),
+            settings=tuple(settings),
+        ),
+    )
+
+
+LEAST_SQUARES_PRESETS: dict[str, Preset] = {
+    # All 8 core settings in under 5 minutes on 2 shared CPU cores (timed: docs/rates.md).
+    # (the cap keeps it short: over-specified fits are reported unconverged, not hidden)
+    "quick": Preset(
+        n_grid=(1000, 2000, 4000, 8000),
+        replicates=4,
+        fit=FitOptions(max_iter=150, n_test=4000),
+        description="the 8 core settings, n = 1e3..8e3, 4 replicates (arXiv 2410.11222)",
+    ),
+    # The scale of the simulations in this literature: n up to 1e5, 40 replicates; a cap high
+    # enough for the over-specified fits to converge (docs/rates.md, "Protocol").
+    "paper": Preset(
+        n_grid=log_grid(1000, 100_000, 9),
+        replicates=40,
+        fit=FitOptions(max_iter=5000, n_test=20_000, bound=10.0),
+        description="the 8 core settings at the literature's scale: n to 1e5, 40 replicates",
+    ),
+    # The over-specified settings at n = 1000 over four decades of noise (sigma^2/n is what
+    # matters, docs/rates.md), each replicate from a near-truth AND a displaced start: the
+    # near-truth start's local error and the near-best width, as slopes on log(n / sigma^2).
+    "identifiability": Preset(
+        n_grid=(1000,),
+        replicates=4,
+        fit=FitOptions(max_iter=5000, n_test=4000, bound=10.0, init="near-truth:0.1+displaced:0.3"),
+        settings=("monomial-linear-over", "monomial-sigmoid-over", "polynomial-linear-over",
+                  "polynomial-sigmoid-over"),
+        noise=(1e-2, 1e-3, 1e-4, 1e-5),
+        description="over-specified settings at n = 1e3 over four decades of noise, near-truth and displaced starts",
+    ),
+    # Sigmoid vs softmax gating (arXiv 2405.13997) on the same f* and data, regimes r1 (slope
+    # != 0) and r2 (slope = 0), linear and GELU experts (estimation/families/least_squares/gating_truths.py,
+    # docs/gating.md). Quick: wall time measured in docs/gating.md.
+    "sigmoid-gating": _gating_preset(SIGMOID_GATING_SETTINGS, max_iter=1000,
+                                     description="sigmoid vs softmax gating on the same truth (arXiv 2405.13997)"),
+    # The same contrast with each gate on its own natural k* = 2 truth (the paper's comparison).
+    "sigmoid-gating-natural": _gating_preset(SIGMOID_GATING_NATURAL_SETTINGS, max_iter=1000,
+                                             description="sigmoid vs softmax gating, each on its own truth"),
+    # Cosine vs perturbed-cosine router, softmax (arXiv 2405.14131; the autograd objective).
+    "cosine-router": _gating_preset(COSINE_ROUTER_SETTINGS, max_iter=500,
+                                    description="cosine vs perturbed-cosine router (arXiv 2405.14131)"),
+    # Sigmoid vs softmax weights on the quadratic polynomial gate (arXiv 2502.00281).
+    "sigmoid-attention": _gating_preset(SIGMOID_ATTENTION_SETTINGS, max_iter=500,
+                                        description="sigmoid vs softmax weights on the quadratic gate (arXiv 2502.00281)"),
+}
 
 
 def fit_block(
