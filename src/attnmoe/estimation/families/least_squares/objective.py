@@ -71,13 +71,11 @@ import torch
 from torch import Tensor
 
 from attnmoe.estimation.families.common import PAD, padded
+from attnmoe.estimation.families.least_squares.options import ASSEMBLIES
 from attnmoe.moe import ParameterLayout
 from attnmoe.moe.experts import EXPERT_DERIVATIVES
 
 __all__ = ["ASSEMBLIES", "CHUNK", "PAD", "LeastSquaresObjective", "padded", "rowwise"]
-
-#: how :meth:`LeastSquaresObjective.hessian` assembles (module docstring, "Assembly")
-ASSEMBLIES: tuple[str, ...] = ("torch", "numba")
 
 #: samples per pass of the loss, gradient and Hessian (a multiple of PAD; module docstring)
 CHUNK = 2048
