@@ -75,7 +75,7 @@ BLOCK = 64
 ROWS_PER_PASS = 5
 
 #: the polynomial exp is within this many ulp of numpy.exp on [-700, 700] (module docstring)
-EXP_ULP = 2
+EXP_ULP = 1
 
 #: numba's floating-point flags: none, strict IEEE (module docstring)
 FASTMATH: bool | set[str] = False
