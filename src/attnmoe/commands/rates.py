@@ -142,6 +142,11 @@ def rates(
     block_size: Annotated[
         int | None, typer.Option("--block-size", help="Seeds fitted per batched call.")
     ] = None,
+    assembly: Annotated[
+        str | None,
+        typer.Option("--assembly", help="torch (default) or numba: the generated kernel for the trust region's "
+                     "Hessian (least-squares presets; softmax, linear/sigmoid experts, CPU; needs numba)."),
+    ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the first replicate.")] = 0,
     device: Annotated[
         str, typer.Option("--device", help="cpu, or cuda (float64 on a GPU; least-squares presets).")
@@ -178,7 +183,7 @@ def rates(
         with _interrupts_as_exit(out), _locked(out, existed, create=not summary_only):
             _rates(out, preset, settings, gates, experts, normalizer, k_true, k_fit, n_grid, replicates, backend,
                    workers, threads, max_iter, bound, method, init, starts, near_best, dtol, noise, block_size,
-                   seed, device, perturb, full, summary_only, progress)
+                   assembly, seed, device, perturb, full, summary_only, progress)
     except OSError as err:  # a full disk, a folder that vanished: what is on file stays resumable
         typer.echo(f"error: cannot write to {out}: {err.strerror or err} (records written so far are kept; "
                    "the same command resumes)", err=True)
@@ -248,8 +253,8 @@ def _rates(
     normalizer: str | None, k_true: str | None, k_fit: str | None, n_grid: str | None,
     replicates: int | None, backend: str, workers: int | None, threads: int | None, max_iter: int | None,
     bound: float | None, method: str | None, init: str | None, starts: int | None, near_best: float | None,
-    dtol: float | None, noise: str | None, block_size: int | None, seed: int, device: str, perturb: float,
-    full: bool, summary_only: bool, progress: bool,
+    dtol: float | None, noise: str | None, block_size: int | None, assembly: str | None, seed: int, device: str,
+    perturb: float, full: bool, summary_only: bool, progress: bool,
 ) -> None:
     """The body of :func:`rates` (inside its lock and interrupt handling): the options -> one
     :class:`~attnmoe.estimation.study.StudyArgs` -> the preset's plan -> the one loop."""
@@ -260,7 +265,7 @@ def _rates(
            "k_true": _ints(k_true, "--k-true"), "k_fit": _ints(k_fit, "--k-fit"),
            "noise": _floats(noise, "--noise") if noise is not None else None, "max_iter": max_iter,
            "bound": bound, "method": method, "init": init, "starts": starts, "near_best": near_best,
-           "dtol": dtol, "block_size": block_size}
+           "dtol": dtol, "block_size": block_size, "assembly": assembly}
     grid = _ints(n_grid, "--n-grid")
     args = study.StudyArgs(
         out=out, full=full, replicates=replicates, n_grid=tuple(grid) if grid else None, seed=seed,

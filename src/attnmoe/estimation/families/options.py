@@ -43,7 +43,9 @@ All three families fit by trust-region Newton with the exact Hessian; why their 
   per batched call (no document gives a reason for 8); the likelihood's starts are its start
   kinds (``likelihood.settings.START_KINDS``), not a number. ``perturb`` (0: off) moves every
   start at rounding level (:func:`~attnmoe.estimation.families.common.perturb_starts`) and is
-  recorded only when not 0.
+  recorded only when not 0. Least squares' ``assembly`` ("torch"; "numba" is the opt-in generated
+  kernel of :mod:`~attnmoe.estimation.families.least_squares.numba_assembly`) is recorded only
+  when not "torch", so the committed studies keep their options and hashes.
 
 Fields are in the order the options objects declare them (the order of ``asdict``).
 """
@@ -61,7 +63,7 @@ FIT_DEFAULTS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
     "least_squares": MappingProxyType({
         "method": "trust-region", "max_iter": 500, "tol": 0.0, "dtol": 1e-8, "n_test": 20_000,
         "init": "near-truth:0.1", "starts": 1, "near_best": 1.0, "bound": None, "device": "cpu",
-        "perturb": 0.0,
+        "perturb": 0.0, "assembly": "torch",
     }),
     "likelihood": MappingProxyType({
         "method": "trust-region", "max_iter": 200, "dtol": 1e-3, "near_best": 1.0,

@@ -92,7 +92,7 @@ def fit_and_score(
         raise ValueError(f"--device {o.device}: no GPU is visible to torch (torch.cuda.is_available() is False)")
     dev = torch.device(o.device)
     res = fit_starts(layout, X.to(dev), y.to(dev), inits.to(dev), method=o.method, max_iter=o.max_iter,
-                     tol=o.tol, dtol=o.dtol, bound=o.bound).to("cpu")  # fit s * R + r: start s of replicate r
+                     tol=o.tol, dtol=o.dtol, bound=o.bound, assembly=o.assembly).to("cpu")  # fit s * R + r: start s of replicate r
     scores = score_fits(setting, res.params)  # (S*R,) each
     window = o.near_best * setting.noise_std**2 / n
     records = []

@@ -51,7 +51,7 @@ _DEFAULT = FIT_DEFAULTS["least_squares"]
 
 
 def least_squares_objective(
-    layout: ParameterLayout, X: Tensor, y: Tensor, closed_form: bool = True
+    layout: ParameterLayout, X: Tensor, y: Tensor, closed_form: bool = True, assembly: str = _DEFAULT["assembly"]
 ) -> Objective:
     """Mean squared error L_r = (1/n) sum_j (y_rj - f(x_rj; theta_r))^2, per replicate.
 
@@ -59,14 +59,19 @@ def least_squares_objective(
     :class:`~attnmoe.estimation.families.least_squares.objective.LeastSquaresObjective`, whose gradient and Jacobian are
     computed in closed form (by vmapped torch.func for a built-in gate without a closed form,
     :class:`~attnmoe.estimation.families.least_squares.autograd_objective.AutogradLeastSquaresObjective`); otherwise (or for a user-defined :class:`~attnmoe.moe.Gate`) a
-    plain function whose gradient comes from autograd through ``layout.forward``.
+    plain function whose gradient comes from autograd through ``layout.forward``. ``assembly``
+    (``"torch"`` or ``"numba"``) is passed to the closed-form objective; ``"numba"`` needs it.
     """
+    if assembly != "torch" and not (closed_form and type(layout.gate) is GATES.get(layout.gate.name)
+                                    and layout.gate.closed_form):
+        raise ValueError(f"assembly {assembly!r} needs the closed-form objective (a built-in gate with a closed "
+                         f"form), got gate {layout.gate.name!r} with closed_form={closed_form}")
     if closed_form and type(layout.gate) is GATES.get(layout.gate.name):
         if not layout.gate.closed_form:  # built-in, logits not linear in the parameters
             from attnmoe.estimation.families.least_squares.autograd_objective import AutogradLeastSquaresObjective
 
             return AutogradLeastSquaresObjective(layout, X, y)
-        return LeastSquaresObjective(layout, X, y)
+        return LeastSquaresObjective(layout, X, y, assembly=assembly)
 
     def objective(flat: Tensor, idx: Tensor | None = None) -> Tensor:
         Xi, yi = (X, y) if idx is None else (X[idx], y[idx])
@@ -219,6 +224,7 @@ def fit_least_squares(
     precondition: bool = True,
     closed_form: bool = True,
     bound: float | None = None,
+    assembly: str = _DEFAULT["assembly"],
     **options: float,
 ) -> FitResult:
     """Least-squares fits of R replicates from initial free parameters ``init`` ``(R, P)``.
@@ -246,6 +252,9 @@ def fit_least_squares(
             phi with theta = bound * tanh(phi / bound), so interior points are unconstrained and
             no parameter can run off. ``init`` must lie strictly inside the box. ``grad_max``
             and ``tol`` then refer to the gradient with respect to phi.
+        assembly: ``"torch"`` (default) or ``"numba"``: how the closed-form objective assembles
+            the trust region's loss, gradient and Hessian
+            (:mod:`~attnmoe.estimation.families.least_squares.numba_assembly`; trust-region only).
         options: passed to the solver: :func:`~attnmoe.estimation.solvers.optim.trust_region`
             (radius, ...), :func:`~attnmoe.estimation.solvers.optim.lbfgs` (ftol, history, ...) or
             :func:`~attnmoe.estimation.solvers.optim.adam` (lr, ...).
@@ -255,7 +264,9 @@ def fit_least_squares(
     _check_data(X, y, layout)
     if init.shape != (X.shape[0], layout.n_params):
         raise ValueError(f"init must be (R, P) = ({X.shape[0]}, {layout.n_params}), got {tuple(init.shape)}")
-    base = least_squares_objective(layout, X, y.to(X.dtype), closed_form)  # a function of theta
+    if assembly != "torch" and method != "trust-region":
+        raise ValueError(f"assembly {assembly!r} is for method 'trust-region', got {method!r}")
+    base = least_squares_objective(layout, X, y.to(X.dtype), closed_form, assembly)  # a function of theta
     if method == "trust-region" and not isinstance(base, LeastSquaresObjective):
         raise ValueError("method 'trust-region' needs the closed-form objective (a built-in gate)")
     start = time.perf_counter()

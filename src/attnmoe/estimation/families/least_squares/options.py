@@ -16,13 +16,16 @@ from typing import Any
 from attnmoe.estimation.families.common import check_perturb
 from attnmoe.estimation.families.options import FIT_DEFAULTS
 
-__all__ = ["DEVICES", "METHODS", "FitOptions"]
+__all__ = ["ASSEMBLIES", "DEVICES", "METHODS", "FitOptions"]
 
 #: optimisers understood by :func:`attnmoe.estimation.families.least_squares.fit.fit_least_squares`
 METHODS: tuple[str, ...] = ("trust-region", "lbfgs", "adam")
 
 #: where a batched least-squares fit can run
 DEVICES: tuple[str, ...] = ("cpu", "cuda")
+
+#: how the trust region assembles loss, gradient and Hessian (LeastSquaresObjective's ``assembly``)
+ASSEMBLIES: tuple[str, ...] = ("torch", "numba")
 
 _DEFAULT = FIT_DEFAULTS["least_squares"]
 
@@ -56,6 +59,11 @@ class FitOptions:
             only when not ``"cpu"`` (studies written before it existed ran on the CPU).
         perturb: every start moved by this relative amount at rounding level
             (:func:`~attnmoe.estimation.families.common.perturb_starts`); recorded only when not 0.
+        assembly: how the trust region assembles loss, gradient and Hessian (:data:`ASSEMBLIES`):
+            ``"torch"`` or ``"numba"``, the opt-in generated kernel
+            (:mod:`~attnmoe.estimation.families.least_squares.numba_assembly`: trust-region, CPU,
+            softmax gates with a closed form, linear/sigmoid experts; same fits to rounding).
+            Recorded only when not ``"torch"`` (studies written before it existed used torch).
     """
 
     method: str = _DEFAULT["method"]
@@ -69,6 +77,7 @@ class FitOptions:
     bound: float | None = _DEFAULT["bound"]
     device: str = _DEFAULT["device"]
     perturb: float = _DEFAULT["perturb"]
+    assembly: str = _DEFAULT["assembly"]
 
     def __post_init__(self) -> None:
         from attnmoe.estimation.families.least_squares.init import parse_inits
@@ -90,15 +99,23 @@ class FitOptions:
         check_perturb(self.perturb, "perturb")
         if self.device not in DEVICES:
             raise ValueError(f"unknown device {self.device!r}; valid: {list(DEVICES)}")
+        if self.assembly not in ASSEMBLIES:
+            raise ValueError(f"unknown assembly {self.assembly!r}; valid: {list(ASSEMBLIES)}")
+        if self.assembly == "numba" and (self.method != "trust-region" or self.device != "cpu"):
+            raise ValueError(f"assembly 'numba' needs method 'trust-region' on the cpu, got method "
+                             f"{self.method!r} on {self.device!r}")
         canonical = "+".join(str(sp) for sp in parse_inits(self.init))
         object.__setattr__(self, "init", canonical)  # canonical spelling
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields (what ``study.json`` records; ``device`` only when not the CPU,
-        ``perturb`` only when not 0: studies written before they existed have neither)."""
+        ``perturb`` only when not 0, ``assembly`` only when not torch: studies written before they
+        existed have none of them)."""
         out = asdict(self)
         if out["device"] == "cpu":
             del out["device"]
         if out["perturb"] == 0.0:
             del out["perturb"]
+        if out["assembly"] == "torch":
+            del out["assembly"]
         return out

@@ -50,10 +50,11 @@ __all__ = ["LEAST_SQUARES_PRESETS", "OPTIONS", "Preset", "fit_block", "fit_one",
 #: (names, or a product of gates x experts x k), the noise sweep, every field of FitOptions but
 #: the device (a run option), and the block size
 OPTIONS: tuple[str, ...] = ("settings", "gates", "experts", "normalizer", "k_true", "k_fit", "noise",
-                            "max_iter", "bound", "method", "init", "starts", "near_best", "dtol", "block_size")
+                            "max_iter", "bound", "method", "init", "starts", "near_best", "dtol", "assembly",
+                            "block_size")
 
 #: the options of :data:`OPTIONS` that are :class:`FitOptions` fields
-_FIT_FIELDS = ("max_iter", "bound", "method", "init", "starts", "near_best", "dtol")
+_FIT_FIELDS = ("max_iter", "bound", "method", "init", "starts", "near_best", "dtol", "assembly")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,370 @@
+"""Opt-in numba assembly of the least-squares loss, gradient and Hessian (``assembly="numba"``).
+
+The formulas are those of :mod:`attnmoe.estimation.families.least_squares.objective` (its module
+docstring, from arXiv 2410.11222's least-squares criterion): per replicate and sample j, the
+logits u_j = G xi_j and z_j = E xi_j, w = softmax(u) (reference rows fixed at u = 0), h = sigma(z),
+the residual r_j = f_j - y_j, e_j = (2/n) r_j, v_j = [s_j; t_j], the (Q,) pair coefficients
+C_j = v (x) (c v - a) - a (x) v + e D_j and the (U,) feature products xi_jp xi_jq; then
+
+    grad = sum_j e_j v_j (x) xi_j,     M = sum_j C_j (x) (xi_j xi_j^T)_{p <= q}   (Q, U)
+
+and the same gathers (``grad_index``, ``hess_index``) into the (P,) gradient and (P, P) Hessian.
+The torch path forms C and the products as (m, Q, L) and (m, L, U) tensors and multiplies them
+with ``bmm``; at these sizes (Q, U ~ 15..30) it runs at about a tenth of a GEMM's rate, the
+element-wise passes and their memory traffic dominating. Here one compiled loop per replicate
+keeps a block of :data:`BLOCK` samples in L1 and goes through it phase by phase:
+
+    logits (u - max u, -z) -> exp of the block (polynomial below) -> w, h, h', h'', f, r, v, C
+    -> feature products P (L, UP) -> gradient (8-lane partial sums) -> M (Q, UP) += C (Q, L) @ P,
+    :data:`ROWS_PER_PASS` rows of M per pass over the block, the UP-wide inner loop vectorised.
+
+Why the code is generated. LLVM vectorises and unrolls a loop only when its trip count and
+strides are known; with k, n_ref, F, Q, U and the pair tables (qi, ql, ua, ub, diag_pairs) as
+constants in the source, every per-sample loop over experts, pairs and features is unrolled into
+straight-line code over the block (structure of arrays), and the M update is a constant-width
+loop. A generic kernel with these sizes as arguments ran 2-4x slower than this one (the
+feasibility prototype's variants with runtime sizes, same run). Measured speed:
+``benchmarks/bench_assembly.py``, ``docs/rates/solver/assembly_numba.txt`` (2.3-2.4x the torch
+assembly, 23-26 % of a one-thread GEMM at R = 64, n = 1e3 and 1e4). The source is
+generated per layout and compiled once per process (about 6 s; :func:`compiled` caches by
+source text).
+
+The exponential. ``math.exp`` does not vectorise in numba, so exp is evaluated by own code:
+x clamped to [-700, 700] (NaN passes through), x = t ln2 + r with t = round(x / ln2) and
+r = (x - t LN2HI) - t LN2LO (Cody-Waite: LN2HI has 21 trailing zero bits, so t LN2HI is exact
+for |t| <= 1010), exp(r) by the degree-13 Taylor polynomial in Horner form on |r| <= ln2/2
+(truncation error r^14 / 14! <= 4.3e-18, below a twentieth of an ulp of exp(r) >= 0.70), and 2^t
+built from its exponent bits (exact; 2^t is normal for |t| <= 1010). The result is within
+:data:`EXP_ULP` ulp of numpy.exp on [-700, 700] (measured: max 1.0, mean 0.11 ulp on a 1e-3 grid;
+tests/test_numba_assembly.py). Outside, the clamp gives exp(-700) ~ 1e-304 instead of a smaller
+number: a softmax weight or sigmoid value off by at most 1e-304 absolute.
+
+Floating-point mode: strict IEEE (``fastmath=False``). ``fastmath={"contract"}`` (FMA
+contraction only) was tried: the same accuracy (max relative error 1.9e-15 to 5.3e-15 against the
+torch path either way) and no measurable speed-up (0.070 against 0.073 ms per fit at R = 64,
+n = 1000; 0.684 against 0.697 at n = 10 000, monomial-sigmoid-exact), while without contraction
+the loss kernel (:meth:`NumbaAssembly.loss`, the text of the assembly up to the residual) is
+guaranteed bitwise equal to the assembly's loss, which the trust region needs (objective.py,
+"Assembly"). Since every replicate runs the same code on its own data, a replicate's outputs are
+bitwise the same alone or anywhere in a batch (tests).
+
+Scope: softmax normalisation, every gate with ``closed_form`` (logits linear in the features:
+linear, polynomial, monomial), experts ``linear`` and ``sigmoid``; float64 on the CPU, one
+thread per call (studies run one process per core). Anything else is refused by
+:func:`check_supported` with a one-line ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["BLOCK", "EXPERTS", "EXP_ULP", "NumbaAssembly", "check_supported", "compiled", "kernel_source",
+           "poly_exp"]
+
+#: expert activations the kernel implements (sigma, sigma', sigma'')
+EXPERTS: tuple[str, ...] = ("linear", "sigmoid")
+
+#: samples per block (= attnmoe.estimation.families.common.PAD, so the padded n is a multiple)
+BLOCK = 64
+
+#: rows of M updated per pass over a block (prototype: 3 to 5 within noise, 5 best)
+ROWS_PER_PASS = 5
+
+#: the polynomial exp is within this many ulp of numpy.exp on [-700, 700] (module docstring)
+EXP_ULP = 1
+
+#: numba's floating-point flags: none, strict IEEE (module docstring)
+FASTMATH: bool | set[str] = False
+
+_INSTALL = "assembly='numba' needs numba: pip install numba (or pip install 'attnmoe[fast]')"
+
+
+def _numba() -> Any:
+    """The numba module, imported on first use (a one-line ImportError naming the extra)."""
+    try:
+        import numba
+    except ImportError as err:
+        raise ImportError(_INSTALL) from err
+    return numba
+
+
+def check_supported(layout: Any, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64) -> None:
+    """Raise a one-line ``ValueError`` unless the numba assembly covers ``layout`` on ``device``
+    in ``dtype`` (module docstring, "Scope")."""
+    what = "assembly='numba' supports softmax gates with a closed form, experts linear/sigmoid, float64 on the CPU"
+    if torch.device(device).type != "cpu":
+        raise ValueError(f"{what}; got device {torch.device(device).type!r} (use assembly='torch' on a GPU)")
+    if dtype != torch.float64:
+        raise ValueError(f"{what}; got dtype {dtype}")
+    if layout.normalization != "softmax":
+        raise ValueError(f"{what}; got normalization {layout.normalization!r}")
+    if not layout.gate.closed_form:
+        raise ValueError(f"{what}; got gate {layout.gate.name!r}")
+    if layout.expert.name not in EXPERTS:
+        raise ValueError(f"{what}; got expert {layout.expert.name!r}")
+
+
+# ---------------------------------------------------------------- exp (module docstring)
+
+_EXP = """\
+for i in range({N}):
+    xx = ARG[i]
+    xx = -700.0 if xx < -700.0 else xx
+    xx = 700.0 if xx > 700.0 else xx
+    t = math.floor(xx * 1.44269504088896338700e+00 + 0.5)
+    rr = (xx - t * 6.93147180369123816490e-01) - t * 1.90821492927058770002e-10
+    p = 1.0 / 6227020800.0
+    p = p * rr + 1.0 / 479001600.0
+    p = p * rr + 1.0 / 39916800.0
+    p = p * rr + 1.0 / 3628800.0
+    p = p * rr + 1.0 / 362880.0
+    p = p * rr + 1.0 / 40320.0
+    p = p * rr + 1.0 / 5040.0
+    p = p * rr + 1.0 / 720.0
+    p = p * rr + 1.0 / 120.0
+    p = p * rr + 1.0 / 24.0
+    p = p * rr + 1.0 / 6.0
+    p = p * rr + 0.5
+    p = p * rr + 1.0
+    p = p * rr + 1.0
+    EX[i] = p
+    BITS[i] = (np.int64(t) + 1023) << 52
+for i in range({N}):
+    EX[i] = EX[i] * FO[i]
+"""
+
+
+def _indent(text: str, spaces: int) -> str:
+    return "\n".join(" " * spaces + line if line else line for line in text.splitlines())
+
+
+def poly_exp(x: np.ndarray) -> np.ndarray:
+    """The kernel's exp (the same generated text, :data:`_EXP`) over a 1-D float64 array: the
+    function tests/test_numba_assembly.py checks against numpy.exp."""
+    src = ("def poly_exp(ARG):\n    N = ARG.shape[0]\n    EX = np.empty(N)\n"
+           "    BITS = np.empty(N, dtype=np.int64)\n    FO = BITS.view(np.float64)\n"
+           + _indent(_EXP.format(N="N"), 4) + "\n    return EX\n")
+    return compiled(src, "poly_exp")(np.ascontiguousarray(x, dtype=np.float64))
+
+
+# ---------------------------------------------------------------- the generated kernel
+
+_KERNEL = """\
+def kern(rows, xiT, xiN, y, mask, G, E, c, invn, loss, grad, M):
+    n_pad = xiT.shape[2]
+    ARG = np.empty(2 * {K} * {L})
+    EX = np.empty(2 * {K} * {L})
+    BITS = np.zeros(2 * {K} * {L}, dtype=np.int64)
+    FO = BITS.view(np.float64)
+    RES = np.empty({L})
+    EV = np.empty(({KV}, {L}))
+    C = np.empty(({Q}, {L}))
+    P = np.zeros(({L}, {UP}))
+    Ml = np.empty(({Q}, {UP}))
+    GL = np.empty(({KV}, {F}, 8))
+    for r in range(rows.shape[0]):
+        d = rows[r]
+        Ml[:, :] = 0.0
+        GL[:, :, :] = 0.0
+        lo = 0.0
+        for j0 in range(0, n_pad, {L}):
+            # logits: ARG[i L + j] = u_i - max u, ARG[(K + i) L + j] = -z_i
+            for j in range({L}):
+{LOGITS}
+            # exp of the block (vectorised polynomial; module docstring)
+{EXP}
+            # w, h, h', h'', f, r, v, C (element-wise over the block)
+            for j in range({L}):
+{COEFFS}
+            for j in range({L}):
+                lo += RES[j] * RES[j]
+            # feature products xi_p xi_q, p <= q
+            for j in range({L}):
+{PRODUCTS}
+            # gradient: 8-lane partial sums
+            for jb in range(0, {L}, 8):
+{GRAD}
+            # M += C @ P
+{MUPDATE}
+        loss[r] = lo * invn
+        for q in range({Q}):
+            for uu in range({UP}):
+                M[r, q, uu] = Ml[q, uu]
+        for a in range({KV}):
+            for p in range({F}):
+                s = 0.0
+                for lane in range(8):
+                    s += GL[a, p, lane]
+                grad[r, a, p] = s
+"""
+
+
+_LOSS = """\
+def loss_kern(rows, xiT, y, mask, G, E, invn, loss):
+    n_pad = xiT.shape[2]
+    ARG = np.empty(2 * {K} * {L})
+    EX = np.empty(2 * {K} * {L})
+    BITS = np.zeros(2 * {K} * {L}, dtype=np.int64)
+    FO = BITS.view(np.float64)
+    RES = np.empty({L})
+    for r in range(rows.shape[0]):
+        d = rows[r]
+        lo = 0.0
+        for j0 in range(0, n_pad, {L}):
+            for j in range({L}):
+{LOGITS}
+{EXP}
+            for j in range({L}):
+{COEFFS}
+            for j in range({L}):
+                lo += RES[j] * RES[j]
+        loss[r] = lo * invn
+"""
+
+
+def kernel_source(k: int, n_ref: int, F: int, gate_cols: list[int], expert_cols: list[int], qi: list[int],
+                  ql: list[int], ua: list[int], ub: list[int], diag_pairs: list[int], expert: str,
+                  loss_only: bool = False) -> str:
+    """The numba source of the assembly for one layout (every size and table a constant); with
+    ``loss_only`` the loss kernel: the same text up to the residual, so its losses are bitwise
+    the assembly's (strict IEEE arithmetic, no contraction).
+
+    Args:
+        k, n_ref: experts and reference (fixed-logit) gate rows; F: columns of xi.
+        gate_cols, expert_cols: the columns of xi the gate and the experts read.
+        qi, ql: the Q pairs i <= l of v's rows; ua, ub: the U pairs p <= q of xi's columns.
+        diag_pairs: the pairs receiving the second-order diagonals (objective.py).
+        expert: ``"linear"`` or ``"sigmoid"``.
+    """
+    L, kg = BLOCK, k - n_ref
+    kv, Q, U = kg + k, len(qi), len(ua)
+    UP = -(-U // 8) * 8  # M's row width, a multiple of the vector width
+    x = "xiT[d, {p}, j0 + j]"
+    lg = []
+    for i in range(k):
+        lg.append(f"u{i} = " + (" + ".join(f"G[r, {i}, {p}] * " + x.format(p=p) for p in gate_cols)
+                                if i >= n_ref else "0.0"))
+        lg.append(f"z{i} = " + " + ".join(f"E[r, {i}, {p}] * " + x.format(p=p) for p in expert_cols))
+    lg.append("m = u0")
+    lg += [f"m = u{i} if u{i} > m else m" for i in range(1, k)]
+    for i in range(k):
+        lg += [f"ARG[{i * L} + j] = u{i} - m", f"ARG[{(k + i) * L} + j] = -z{i}"]
+    cf = [f"x{i} = EX[{i * L} + j]" for i in range(k)]
+    cf.append("S = " + " + ".join(f"x{i}" for i in range(k)))
+    for i in range(k):
+        cf.append(f"w{i} = x{i} / S")
+        if expert == "sigmoid":  # h = 1 / (1 + e^-z), h' = h (1 - h), h'' = h' (1 - 2 h)
+            cf += [f"h{i} = 1.0 / (1.0 + EX[{(k + i) * L} + j])", f"dh{i} = h{i} * (1.0 - h{i})",
+                   f"d2{i} = dh{i} * (1.0 - 2.0 * h{i})"]
+        else:  # h = z, h' = 1, h'' = 0
+            cf += [f"h{i} = -ARG[{(k + i) * L} + j]", f"dh{i} = 1.0", f"d2{i} = 0.0"]
+    cf.append("f = " + " + ".join(f"w{i} * h{i}" for i in range(k)))
+    cf += ["res = (f - y[d, j0 + j]) * mask[j0 + j]", "RES[j] = res"]
+    n_exp = (2 if expert == "sigmoid" else 1) * k * L  # linear experts need no exp(-z)
+    if loss_only:
+        return _LOSS.format(K=k, L=L, LOGITS=_indent("\n".join(lg), 16), EXP=_indent(_EXP.format(N=n_exp), 12),
+                            COEFFS=_indent("\n".join(cf), 16))
+    cf.append("e = c * res")
+    cf += [f"v{i} = w{n_ref + i} * (h{n_ref + i} - f)" for i in range(kg)]  # s_i
+    cf += [f"v{kg + i} = w{i} * dh{i}" for i in range(k)]  # t_i
+    cf += [f"EV[{a}, j] = e * v{a}" for a in range(kv)]
+    cf += [f"a{i} = e * w{n_ref + i}" for i in range(kg)]
+    cf += [f"y{l_} = c * v{l_}" + (f" - a{l_}" if l_ < kg else "") for l_ in range(kv)]
+    # second-order diagonals, in diag_pairs' order: [v[:kg], v[kg + n_ref:], w * h'']
+    diag = [f"v{i}" for i in range(kg)] + [f"v{i}" for i in range(kg + n_ref, kv)] + \
+           [f"(w{i} * d2{i})" for i in range(k)]
+    extra: dict[int, list[str]] = {}
+    for term, q in zip(diag, diag_pairs):
+        extra.setdefault(q, []).append(f" + e * {term}")
+    for q, (i, l_) in enumerate(zip(qi, ql)):
+        ex = f"v{i} * y{l_}" + (f" - a{i} * v{l_}" if i < kg else "")
+        for t in extra.get(q, []):
+            ex = f"({ex}){t}"
+        cf.append(f"C[{q}, j] = {ex}")
+    pr = [f"P[j, {u}] = xiN[d, j0 + j, {a}] * xiN[d, j0 + j, {b}]" for u, (a, b) in enumerate(zip(ua, ub))]
+    gd = [f"for lane in range(8):\n    GL[{a}, {p}, lane] += EV[{a}, jb + lane] * xiT[d, {p}, j0 + jb + lane]"
+          for a in range(kv) for p in range(F)]
+    mu = []
+    for q0 in range(0, Q, ROWS_PER_PASS):
+        qs = range(q0, min(q0 + ROWS_PER_PASS, Q))
+        mu.append(f"for j in range({L}):")
+        mu += [f"    c{t} = C[{q}, j]" for t, q in enumerate(qs)]
+        mu += [f"    for uu in range({UP}):", "        pu = P[j, uu]"]
+        mu += [f"        Ml[{q}, uu] += c{t} * pu" for t, q in enumerate(qs)]
+    return _KERNEL.format(
+        K=k, KV=kv, Q=Q, UP=UP, F=F, L=L, LOGITS=_indent("\n".join(lg), 16),
+        EXP=_indent(_EXP.format(N=n_exp), 12), COEFFS=_indent("\n".join(cf), 16),
+        PRODUCTS=_indent("\n".join(pr), 16), GRAD=_indent("\n".join(gd), 16), MUPDATE=_indent("\n".join(mu), 12))
+
+
+#: compiled functions by source text (one compile per layout and process)
+_COMPILED: dict[str, Callable[..., Any]] = {}
+
+
+def compiled(source: str, name: str = "kern") -> Callable[..., Any]:
+    """``name`` from the generated ``source``, compiled by numba (cached by source text; the
+    first call of a new function compiles it, about 6 s for a kernel)."""
+    if source not in _COMPILED:
+        numba = _numba()
+        namespace: dict[str, Any] = {"np": np, "math": math}
+        exec(compile(source, f"<attnmoe numba assembly {name}>", "exec"), namespace)  # noqa: S102
+        _COMPILED[source] = numba.njit(fastmath=FASTMATH, error_model="numpy", nogil=True)(namespace[name])
+    return _COMPILED[source]
+
+
+class NumbaAssembly:
+    """Loss, gradient and Hessian of a :class:`LeastSquaresObjective` by the generated kernel.
+
+    Args:
+        objective: a ``LeastSquaresObjective`` (its data, pair tables and gathers are reused).
+    """
+
+    def __init__(self, objective: Any) -> None:
+        layout = objective.layout
+        check_supported(layout, objective.xi.device, objective.xi.dtype)
+        self.objective = objective
+        tables = [t.tolist() for t in (objective.gate_cols, objective.expert_cols, objective.qi, objective.ql,
+                                       objective.ua, objective.ub, objective.diag_pairs)]
+        args = (layout.n_experts, layout.n_ref, objective.xi.shape[-1], *tables)
+        self.source = kernel_source(*args, expert=layout.expert.name)
+        self.kernel = compiled(self.source)
+        self.loss_kernel = compiled(kernel_source(*args, expert=layout.expert.name, loss_only=True), "loss_kern")
+        self.xiN = objective.xi.contiguous().numpy()  # (R, n_pad, F)
+        self.xiT = objective.xi.transpose(1, 2).contiguous().numpy()  # (R, F, n_pad)
+        self.y, self.mask = objective.y.contiguous().numpy(), objective.mask.contiguous().numpy()
+        U = objective.U
+        self.UP = -(-U // 8) * 8
+        hi = objective.hess_index  # into (Q, U) flattened -> into (Q, UP) flattened
+        self.hess_index = (hi // U) * self.UP + hi % U
+        self.kv = 2 * layout.n_experts - layout.n_ref
+
+    def _inputs(self, flat: Tensor, idx: Tensor | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rows of the data ``(m,)`` and the gate and expert matrices ``(m, k, F)`` as numpy."""
+        G, E = self.objective._matrices(flat.detach())  # (m, k, F) each
+        rows = np.arange(flat.shape[0], dtype=np.int64) if idx is None else idx.detach().numpy().astype(np.int64)
+        return rows, G.contiguous().numpy(), E.contiguous().numpy()
+
+    def loss(self, flat: Tensor, idx: Tensor | None = None) -> Tensor:
+        """Losses ``(m,)``, bitwise those of :meth:`__call__` (the same generated arithmetic)."""
+        rows, G, E = self._inputs(flat, idx)
+        out = np.empty(flat.shape[0])
+        self.loss_kernel(rows, self.xiT, self.y, self.mask, G, E, 1.0 / self.objective.n, out)
+        return torch.from_numpy(out)
+
+    def __call__(self, flat: Tensor, idx: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Losses ``(m,)``, gradients ``(m, P)``, Hessians ``(m, P, P)`` of replicates ``idx``
+        (all when None) at ``flat`` ``(m, P)``; float64 on the CPU."""
+        rows, G, E = self._inputs(flat, idx)
+        m, F = flat.shape[0], self.xiN.shape[-1]
+        Q = self.objective.qi.numel()
+        loss, grad, M = np.empty(m), np.empty((m, self.kv, F)), np.empty((m, Q, self.UP))
+        n = self.objective.n
+        self.kernel(rows, self.xiT, self.xiN, self.y, self.mask, G, E, 2.0 / n, 1.0 / n, loss, grad, M)
+        grad_t, M_t = torch.from_numpy(grad).flatten(1), torch.from_numpy(M).flatten(1)
+        return torch.from_numpy(loss), grad_t[:, self.objective.grad_index], M_t[:, self.hess_index]
