@@ -195,7 +195,7 @@ def check_numpy_second_order(setting) -> float:
 
 
 def bench_second_order(setting, n: int, R: int, dtol: float, max_iter: int, scipy_tol: float,
-                       rel_target: float) -> dict:
+                       rel_target: float, assembly: str = "torch") -> dict:
     """(e) attnmoe trust-region (batched, R fits in one program) vs SciPy per fit, same starts
     and data: least_squares "trf" (analytic Jacobian) and minimize "trust-exact" (analytic
     gradient and Hessian), both on the NumPy callables of numpy_moe.py.
@@ -205,7 +205,7 @@ def bench_second_order(setting, n: int, R: int, dtol: float, max_iter: int, scip
     its loss first came within ``rel_target * L / n`` of ours (a lower bound on what any
     stopping rule reaching our loss could cost it)."""
     layout, X, y, init = _data(setting, n, R)
-    kw = {"method": "trust-region", "max_iter": max_iter, "tol": 0.0, "dtol": dtol}
+    kw = {"method": "trust-region", "max_iter": max_iter, "tol": 0.0, "dtol": dtol, "assembly": assembly}
     fit_least_squares(layout, X[:2], y[:2], init[:2], **{**kw, "max_iter": 2})  # warm-up
     t0 = _clock()
     ours = fit_least_squares(layout, X, y, init, **kw)
@@ -279,11 +279,11 @@ def matmul_gflops(size: int = 1024, repeats: int = 5) -> float:
     return 2 * size**3 / best / 1e9
 
 
-def bench_hessian(setting, n: int, R: int, repeats: int) -> dict:
+def bench_hessian(setting, n: int, R: int, repeats: int, assembly: str = "torch") -> dict:
     """(h) seconds per fit of one closed-form loss + gradient + Hessian call and its FLOP rate,
     interleaved with a 1024^3 float64 GEMM (best of ``repeats`` each)."""
     layout, X, y, init = _data(setting, n, R)
-    obj = LeastSquaresObjective(layout, X, y)
+    obj = LeastSquaresObjective(layout, X, y, assembly=assembly)
     theta = near_truth_init(layout, setting.true_params(), list(range(R)), 0.3)
     a = torch.randn(1024, 1024, dtype=torch.float64)
     obj.hessian(theta)
@@ -329,6 +329,8 @@ def _parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="(e): ftol = xtol = gtol of least_squares, gtol of trust-exact")
     p.add_argument("--target", type=float, default=1e-9,
                    help="(e): SciPy 'reached' when its loss <= ours * (1 + target / n)")
+    p.add_argument("--assembly", choices=("torch", "numba"), default="torch",
+                   help="(e), (h): the Hessian assembly of our fits (numba: the opt-in generated kernel)")
     p.add_argument("--json", metavar="PATH", help="write every measured ratio here (atomic)")
     p.add_argument("--repeats", type=int, default=5, help="(h): best of this many interleaved calls")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
@@ -375,11 +377,11 @@ def main(argv: list[str] | None = None) -> None:
     report: dict = {
         "setting": setting.name, "replicates": R, "threads": args.threads, "clock": args.clock,
         "torch": torch.__version__, "numpy": np.__version__, "scipy": scipy.__version__,
-        "cores": os.cpu_count(), "loadavg_start": list(load0), "parts": args.parts,
+        "cores": os.cpu_count(), "loadavg_start": list(load0), "parts": args.parts, "assembly": args.assembly,
     }
     print(f"setting {setting.name} (gate {setting.gate}, expert {setting.expert}, d={d}, k={k}, "
           f"P={setting.n_free_params}), R={R}, torch {torch.__version__}, scipy {scipy.__version__}, "
-          f"{args.threads} thread(s), {os.cpu_count()} cores, {args.clock} clock, "
+          f"{args.threads} thread(s), {os.cpu_count()} cores, {args.clock} clock, assembly {args.assembly}, "
           f"load average {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}")
     if "a" in args.parts or "b" in args.parts:
         print(f"NumPy gradient vs torch autograd, max abs diff: {check_numpy_gradient(setting):.2e}")
@@ -447,7 +449,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"{'t-exact full':>12} {'reach':>8} {'it':>5} | {'ratio full':>10} {'ratio reach':>11} | "
                   f"{'max rel dloss trf/t-exact':>26} {'not reached':>11}")
             for n in sizes:
-                r = bench_second_order(st, n, R, args.dtol, args.max_iter, args.scipy_tol, args.target)
+                r = bench_second_order(st, n, R, args.dtol, args.max_iter, args.scipy_tol, args.target, args.assembly)
                 a, b = r["trf"], r["trust-exact"]
                 print(f"{n:>7} {r['ours_s']:>8.4f} {r['ours_iters']:>5.1f} {r['ours_converged']:>5.2f} | "
                       f"{a['full_s']:>9.4f} {a['reach_s']:>8.4f} {a['iters']:>5.1f} | "
@@ -469,7 +471,7 @@ def main(argv: list[str] | None = None) -> None:
         report["h"] = []
         for st in args.e_settings:
             for n in sizes:
-                r = bench_hessian(st, n, R, args.repeats)
+                r = bench_hessian(st, n, R, args.repeats, args.assembly)
                 print(f"{st.name:>24} {n:>6} {r['P']:>3} {1e3 * r['seconds_per_fit']:>7.3f} {r['gflops']:>8.2f} "
                       f"{r['gn_gflops']:>9.2f} {r['gemm_gflops']:>6.1f} {r['fraction_of_gemm']:>8.1%} "
                       f"{r['gn_fraction_of_gemm']:>10.1%}")
