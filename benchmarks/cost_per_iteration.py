@@ -5,6 +5,9 @@ replicates and divides the process CPU time by (R x mean iterations performed). 
 the `paper` preset's run time from measured iteration counts (docs/rates.md).
 
     python benchmarks/cost_per_iteration.py --sizes 1000,10000,100000 --replicates 8 --iters 10
+
+``--assemblies torch,numba`` times each (setting, n) with each Hessian assembly back to back (same
+data and starts; the numba kernels are compiled by a warm-up fit first), one line each.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="1000,10000,100000")
     ap.add_argument("--replicates", type=int, default=8)
     ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--assemblies", default="torch", help="comma list of torch, numba")
     a = ap.parse_args()
     torch.set_num_threads(1)
     seeds = list(range(a.replicates))
@@ -35,12 +39,16 @@ def main() -> None:
         for n in (int(v) for v in a.sizes.split(",")):
             X, y = sample(st, n, seeds)
             x0 = near_truth_init(st.fit_layout, st.true_params(), seeds, 0.1).clamp(-9.9, 9.9)
-            t = time.process_time()
-            res = fit_least_squares(st.fit_layout, X, y, x0, max_iter=a.iters, bound=10.0)
-            cpu = time.process_time() - t
-            its = float(res.n_iter.double().mean())
-            print(f"{name} n={n} R={a.replicates} iterations/fit={its:.1f} "
-                  f"cpu s per iteration per fit={cpu / (a.replicates * its):.4g}", flush=True)
+            for assembly in a.assemblies.split(","):
+                if assembly != "torch":  # compile outside the clock
+                    fit_least_squares(st.fit_layout, X[:1], y[:1], x0[:1], max_iter=1, bound=10.0, assembly=assembly)
+                t = time.process_time()
+                res = fit_least_squares(st.fit_layout, X, y, x0, max_iter=a.iters, bound=10.0, assembly=assembly)
+                cpu = time.process_time() - t
+                its = float(res.n_iter.double().mean())
+                tag = "" if assembly == "torch" else f" assembly={assembly}"
+                print(f"{name} n={n} R={a.replicates}{tag} iterations/fit={its:.1f} "
+                      f"cpu s per iteration per fit={cpu / (a.replicates * its):.4g}", flush=True)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,12 @@ mean for n >= 10^4 -- an assumption: n > 10^4 was not run) x cost per iteration 
 interpolated in n) x 40, summed; divided by 2 for two cores.
 
     python benchmarks/project_paper.py [COSTS]   # COSTS: default docs/rates/solver/cost_per_iteration.txt
+
+With ``--records RECORDS`` (the finished run's records, e.g. docs/rates/paper-over-v3/records.jsonl.gz)
+the iterations are every record's own instead of the traced means, and each assembly found in
+COSTS (lines tagged ``assembly=NAME`` by ``cost_per_iteration.py --assemblies``) is projected:
+sum over records of iterations x cost per iteration (log-log interpolated in n), beside the
+records' own CPU seconds (their ``seconds``, a block's time shared by its fits).
 """
 
 from __future__ import annotations
@@ -32,7 +38,35 @@ def iterations(path: Path, setting: str) -> list[int]:
     raise KeyError(setting)
 
 
+def from_records(costs: Path, records: Path) -> None:
+    import gzip
+
+    cost: dict[tuple[str, str], dict[int, float]] = {}
+    for line in costs.read_text().splitlines():
+        m = re.match(r"(\S+) n=(\d+) R=\d+(?: assembly=(\S+))? .*per fit=([\d.e-]+)", line)
+        if m:
+            cost.setdefault((m[3] or "torch", m[1]), {})[int(m[2])] = float(m[4])
+    opener = gzip.open if records.suffix == ".gz" else open
+    with opener(records, "rt") as fh:
+        rows = [json.loads(line) for line in fh if line.strip()]
+    print(f"{len(rows)} records, their own CPU seconds: {sum(r['seconds'] for r in rows) / 3600:.2f} CPU h")
+    for assembly in sorted({a for a, _ in cost}):
+        total = 0.0
+        for r in rows:
+            c = cost[(assembly, r["setting"])]
+            ns = np.array(sorted(c), dtype=float)
+            cs = np.array([c[int(v)] for v in ns])
+            total += r["iterations"] * float(np.exp(np.interp(np.log(r["n"]), np.log(ns), np.log(cs))))
+        print(f"assembly {assembly}: sum of iterations x cost per iteration = {total / 3600:.2f} CPU h = "
+              f"{total / 7200:.2f} h on 2 cores")
+
+
 def main() -> None:
+    if "--records" in sys.argv:
+        i = sys.argv.index("--records")
+        rest = sys.argv[1:i] + sys.argv[i + 2 :]
+        from_records(Path(rest[0]) if rest else ROOT / "cost_per_iteration.txt", Path(sys.argv[i + 1]))
+        return
     cost: dict[str, dict[int, float]] = {}
     costs = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "cost_per_iteration.txt"
     for line in costs.read_text().splitlines():
