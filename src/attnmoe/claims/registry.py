@@ -390,19 +390,10 @@ _REAL = {  # task label -> (reference folder, short-budget folder)
     "Shakespeare": ("shakespeare-full", "shakespeare-500"),
 }
 _GATES = {"LM": ("lm-gates-full", "lm-gates-300"), "FMNIST": ("fmnist-gates-full", "fmnist-gates-e2")}
-#: Issue 22 item 4: the comparisons whose runs cost about a minute (ETTh1 at the reference recipes)
-#: get >= 10 seeds per variant; every other real-data comparison keeps its 3 seeds, and its
-#: "what would decide it" says so (the projections are measured in docs/results.md).
-_TEN_SEEDS = ("etth1-h96-full", "etth1-h336-full")
-_KEPT_AT_3 = {
-    "etth1-h96": "kept at 3 seeds (issue 22 item 4): 35 more runs for 10 seeds, projected {h96} min with one "
-                 "process (measured, docs/results.md), not run; >= 10 seeds per variant would decide it",
-    "etth1-h336": "kept at 3 seeds (issue 22 item 4): 35 more runs for 10 seeds, projected {h336} min with one "
-                  "process (measured, docs/results.md), not run; >= 10 seeds per variant would decide it",
-}
-#: Minutes for seeds 3-9 of the 2-epoch ETTh1 comparisons with one process (docs/results.md: softmax
-#: seed 0 timed under this session's load, times 7 seeds and the variants' wall-time ratios).
-_SHORT_PROJECTION_MIN = {"h96": 42, "h336": 28}
+#: Issue 22 item 4: the comparisons whose runs cost about a minute (ETTh1, both recipes and both
+#: horizons) get >= 10 seeds per variant; every other real-data comparison keeps its 3 seeds, and
+#: its "what would decide it" says so (the costs are measured in docs/results.md § Seeds).
+_TEN_SEEDS = ("etth1-h96-full", "etth1-h336-full", "etth1-h96", "etth1-h336")
 _KEPT_AT_3_SLOW = ("kept at 3 seeds (issue 22 item 4: 5-10 min per run on FMNIST / LM, hours per task for 7 more "
                    "seeds); >= 10 seeds per variant would decide it")
 
@@ -412,7 +403,7 @@ def _real_decide(folder: str) -> str:
     comparisons, else why the comparison kept 3 seeds."""
     if folder in _TEN_SEEDS:
         return ""
-    return _KEPT_AT_3.get(folder, _KEPT_AT_3_SLOW).format(**_SHORT_PROJECTION_MIN)
+    return _KEPT_AT_3_SLOW
 
 
 def _real() -> list[Claim]:
