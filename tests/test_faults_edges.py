@@ -380,10 +380,15 @@ def test_ctrl_c_in_the_first_seconds_is_one_line_and_130(tmp_path: Path, after_s
     out = tmp_path / "r"
     proc = subprocess.Popen([sys.executable, "-m", "attnmoe.cli", "train", *TINY, "--steps", "100000",
                              "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"})
     time.sleep(after_s)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:  # seen once under load 6-8: say where the child was
+        proc.send_signal(signal.SIGABRT)  # faulthandler dumps every thread's stack to stderr
+        _, err = proc.communicate(timeout=30)
+        pytest.fail(f"still running 60 s after SIGINT; its stacks:\n{err[-4000:]}")
     assert proc.returncode == 130, err
     assert "Traceback" not in err and err.count("\n") == 1 and err.startswith("interrupted"), err
 
