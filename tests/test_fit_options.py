@@ -38,6 +38,7 @@ STUDIES: dict[str, tuple[str, dict]] = {
     "cosine-router": ("cosine-router", {}),
     "hmoe": ("hmoe", {}),
     "hmoe-full": ("hmoe", {"full": True}),
+    "hmoe-full-perturbed": ("hmoe", {"full": True, "perturb": 1e-9, "options": {"settings": ["G1-over", "G2-over"]}}),
     "identifiability": ("identifiability", {}),
     "engine-v2-reference/exact": ("quick", {"options": {"settings": [
         "monomial-sigmoid-exact", "monomial-linear-exact", "polynomial-sigmoid-exact", "polynomial-linear-exact"]}}),
@@ -52,6 +53,8 @@ STUDIES: dict[str, tuple[str, dict]] = {
     "paper-over-v3": ("paper", {"options": {"block_size": 8, "settings": [
         "monomial-linear-over", "monomial-sigmoid-over", "polynomial-linear-over", "polynomial-sigmoid-over"]}}),
     "paper-over-v3-perturbed": ("paper", {"perturb": 1e-9, "options": {"block_size": 8, "settings": [
+        "monomial-linear-over", "monomial-sigmoid-over", "polynomial-linear-over", "polynomial-sigmoid-over"]}}),
+    "paper-over-numba": ("paper", {"options": {"block_size": 8, "assembly": "numba", "settings": [
         "monomial-linear-over", "monomial-sigmoid-over", "polynomial-linear-over", "polynomial-sigmoid-over"]}}),
     "sgate-natural": ("sigmoid-gating-natural", {}),
     "sigmoid-attention": ("sigmoid-attention", {}),
