@@ -61,9 +61,9 @@ _PENDING = """\
   for and their cost. Done: `sweep-n1000-perturbed` (the two sigmoid-expert rows without σ = 1e-5).
   Done: `topk-gaussian-full-perturbed` (topk-over-K3). Done: `hmoe-full-perturbed` (G1-over,
   G2-over, 224 fits: the two cell-total rows stay confirmed; the expert loss moved by > 1 % in 3
-  of 224 records, > 10 % in 1). Started, resumable (commands in `attnmoe/claims/registry.py`
-  `STUDY_COMMANDS`): `paper-over-v3-perturbed` (the refit that decides the nine `qg` rows read
-  from `paper-over-v3`). Not started (command there): `multinomial-logistic-full-perturbed`
+  of 224 records, > 10 % in 1). Done: `paper-over-v3-perturbed` (1 440 fits: the nine `qg` rows read
+  from `paper-over-v3` keep their words; 72 records moved some loss by > 1 %, 19 by > 10 %). Not
+  started (commands in `attnmoe/claims/registry.py` `STUDY_COMMANDS`): `multinomial-logistic-full-perturbed`
   (its records carry no fit times; session 8 ran the study at about 17 CPU-s per fit, so the two
   softmax settings' 800 refits are about 3.8 CPU-h) and every other over-specified study.
 * **Multinomial logistic in a box** at full size (8.1 CPU-h projected; docs/likelihood.md).
