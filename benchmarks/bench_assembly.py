@@ -60,10 +60,9 @@ def assembly(name: str, n: int, R: int, repeats: int) -> None:
             t = time.perf_counter()
             fn()
             best[key] = min(best[key], time.perf_counter() - t)
-    lay, xi = s.fit_layout, ref.xi
-    Q, U, F, k = ref.qi.numel(), ref.U, xi.shape[-1], lay.n_experts
-    kv = 2 * k - lay.n_ref
-    flops = 2 * xi.shape[1] * (Q * U + kv * F + 2 * k * F) * R
+    xi = ref.xi
+    Q, U, F = ref.qi.numel(), ref.U, xi.shape[-1]
+    flops = ref.matmul_flops(R)
     gemm = 2 * 1024**3 / best["gemm"] / 1e9
     print(f"{name} n={n} R={R} Q={Q} U={U} F={F}: GEMM {gemm:.1f} GFLOP/s; numba compile + first calls "
           f"{first:.1f} s (0 when cached), max rel. diff to torch {err:.1e}", flush=True)

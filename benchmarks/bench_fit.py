@@ -296,10 +296,8 @@ def bench_hessian(setting, n: int, R: int, repeats: int, assembly: str = "torch"
         t0 = _clock()
         a @ a
         best_g = min(best_g, _clock() - t0)
-    n_pad, P = obj.xi.shape[1], layout.n_params
-    Q, U, F, k = obj.qi.numel(), obj.U, obj.xi.shape[-1], layout.n_experts
-    kv = 2 * k - layout.n_ref
-    flops = 2 * n_pad * (Q * U + kv * F + 2 * k * F) * R
+    P, Q, U = layout.n_params, obj.qi.numel(), obj.U
+    flops = obj.matmul_flops(R)
     gemm = 2 * 1024**3 / best_g / 1e9
     gflops, gn = flops / best_h / 1e9, 2 * n * P * P * R / best_h / 1e9
     return {"n": n, "P": P, "Q": Q, "U": U, "seconds_per_fit": best_h / R, "gflops": gflops, "gn_gflops": gn,

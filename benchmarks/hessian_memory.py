@@ -116,8 +116,7 @@ def ceiling(names: list[str], R: int = 64) -> None:
                     f()
                     best[k] = min(best[k], time.perf_counter() - t0)
             gemm = 2 * 1024**3 / best["gemm"] / 1e9
-            F, k = obj.xi.shape[-1], layout.n_experts
-            flops = 2 * obj.xi.shape[1] * (Q * U + (2 * k - layout.n_ref) * F + 2 * k * F) * R
+            flops = obj.matmul_flops(R)
             floor = best["logits"] + best["product"]
             print(f"{name} n={n} Q={Q} U={U}: call {1e3 * best['call'] / R:.3f} ms/fit = "
                   f"{100 * flops / best['call'] / 1e9 / gemm:.1f} % of GEMM ({gemm:.0f} GFLOP/s); logits "

@@ -72,6 +72,7 @@ from torch import Tensor
 
 from attnmoe.estimation.families.common import PAD, padded
 from attnmoe.estimation.families.least_squares.options import ASSEMBLIES
+from attnmoe.estimation.families.options import FIT_DEFAULTS
 from attnmoe.moe import ParameterLayout
 from attnmoe.moe.experts import EXPERT_DERIVATIVES
 
@@ -149,7 +150,8 @@ class LeastSquaresObjective:
         self.mask = torch.cat([X.new_ones(n), X.new_zeros(pad)])  # (n_pad,)
         self.y = torch.cat([y.to(X.dtype), X.new_zeros(R, pad)], 1)  # (R, n_pad)
 
-    def __init__(self, layout: ParameterLayout, X: Tensor, y: Tensor, assembly: str = "torch") -> None:
+    def __init__(self, layout: ParameterLayout, X: Tensor, y: Tensor,
+                 assembly: str = FIT_DEFAULTS["least_squares"]["assembly"]) -> None:
         if assembly not in ASSEMBLIES:
             raise ValueError(f"unknown assembly {assembly!r}; valid: {list(ASSEMBLIES)}")
         if assembly == "numba":  # refuse before any work (numba itself is imported on first use)
@@ -234,6 +236,14 @@ class LeastSquaresObjective:
             return
         cache = R * n_pad * self.U * X.element_size() <= PRODUCT_CACHE_BYTES
         self.products = self._products(self.xi) if cache else None  # (R, n_pad, U)
+
+    def matmul_flops(self, m: int) -> int:
+        """FLOPs of the matrix products of one :meth:`hessian` call on ``m`` replicates:
+        2 n_pad (Q U + kv F + 2 k F) each (C x products, the gradient, the logits u and z); what
+        the benchmarks divide by the call's time to compare it with a GEMM."""
+        n_pad, F, k = self.xi.shape[1], self.xi.shape[-1], self.layout.n_experts
+        kv = 2 * k - self.n_ref
+        return 2 * n_pad * (self.qi.numel() * self.U + kv * F + 2 * k * F) * m
 
     def _products(self, xi: Tensor) -> Tensor:
         """xi_p xi_q for the pairs p <= q ``(..., U)``."""

@@ -29,6 +29,10 @@ ASSEMBLIES: tuple[str, ...] = ("torch", "numba")
 
 _DEFAULT = FIT_DEFAULTS["least_squares"]
 
+#: fields added after studies were committed: written to study.json only when not at their
+#: default, so every study written before them keeps its options and hash
+_RECORDED_WHEN_SET: tuple[str, ...] = ("device", "perturb", "assembly")
+
 
 @dataclass(frozen=True)
 class FitOptions:
@@ -112,10 +116,7 @@ class FitOptions:
         ``perturb`` only when not 0, ``assembly`` only when not torch: studies written before they
         existed have none of them)."""
         out = asdict(self)
-        if out["device"] == "cpu":
-            del out["device"]
-        if out["perturb"] == 0.0:
-            del out["perturb"]
-        if out["assembly"] == "torch":
-            del out["assembly"]
+        for name in _RECORDED_WHEN_SET:
+            if out[name] == _DEFAULT[name]:
+                del out[name]
         return out
