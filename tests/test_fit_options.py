@@ -54,8 +54,6 @@ STUDIES: dict[str, tuple[str, dict]] = {
         "monomial-linear-over", "monomial-sigmoid-over", "polynomial-linear-over", "polynomial-sigmoid-over"]}}),
     "paper-over-v3-perturbed": ("paper", {"perturb": 1e-9, "options": {"block_size": 8, "settings": [
         "monomial-linear-over", "monomial-sigmoid-over", "polynomial-linear-over", "polynomial-sigmoid-over"]}}),
-    "paper-over-numba": ("paper", {"options": {"block_size": 8, "assembly": "numba", "settings": [
-        "monomial-linear-over", "monomial-sigmoid-over", "polynomial-linear-over", "polynomial-sigmoid-over"]}}),
     "sgate-natural": ("sigmoid-gating-natural", {}),
     "sigmoid-attention": ("sigmoid-attention", {}),
     "sigmoid-gating": ("sigmoid-gating", {}),
@@ -77,6 +75,8 @@ LEGACY: dict[str, str] = {
     "paper-40": "version 1, lbfgs (no dtol / starts / near_best)",
     "v1-lbfgs500": "version 1, lbfgs, fit.scorer",
     "contaminated-wide": "version 1, one start (fit.start)",
+    "paper-over-numba": "numba kernel version 1 (no fit.assembly_version); kernel 2 rounds gradient and Hessian "
+                        "differently, so a resume is refused",
 }
 
 

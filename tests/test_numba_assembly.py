@@ -157,7 +157,17 @@ def test_cli_assembly_reaches_a_least_squares_study(tmp_path) -> None:
                                    "--n-grid", "200", "--replicates", "2", "--max-iter", "20", "--workers", "1",
                                    "--assembly", "numba", "--no-progress", "--out", str(out)])
     assert res.exit_code == 0, res.output
-    assert json.loads((out / "study.json").read_text())["fit"]["assembly"] == "numba"
+    study = json.loads((out / "study.json").read_text())
+    assert study["fit"]["assembly"] == "numba"
+    assert study["fit"]["assembly_version"] == numba_assembly.KERNEL_VERSION
+    # a study written by kernel version 1 (no assembly_version, as docs/rates/paper-over-numba) is
+    # not continued by this kernel: its gradient and Hessian round differently
+    del study["fit"]["assembly_version"]
+    (out / "study.json").write_text(json.dumps(study))
+    again = CliRunner().invoke(app, ["rates", "--preset", "quick", "--settings", "monomial-sigmoid-exact",
+                                     "--n-grid", "200", "--replicates", "2", "--max-iter", "20", "--workers", "1",
+                                     "--assembly", "numba", "--no-progress", "--out", str(out)])
+    assert again.exit_code != 0 and "assembly_version: None there, 2 here" in again.output, again.output
     bad = CliRunner().invoke(app, ["rates", "--preset", "quick", "--assembly", "nope", "--no-progress",
                                    "--out", str(tmp_path / "p")])
     assert bad.exit_code == 2 and "unknown assembly 'nope'" in bad.output
@@ -174,5 +184,22 @@ def test_trust_region_fits_converge_to_the_same_losses() -> None:
 
 
 def test_default_options_do_not_record_the_assembly() -> None:
-    assert "assembly" not in FitOptions().to_dict()
+    assert "assembly" not in FitOptions().to_dict() and "assembly_version" not in FitOptions().to_dict()
     assert FitOptions(assembly="numba").to_dict()["assembly"] == "numba"
+
+
+@pytest.mark.parametrize("name", SETTINGS)
+def test_the_kernel_forms_each_entry_the_hessian_reads_once(name: str) -> None:
+    """M's columns are the (pair, product) entries that hess_index reads, each once; every
+    Hessian entry is gathered from one of them (so no entry is left at its initial value)."""
+    fast, _ = _problem(name)
+    o, asm = fast, fast.numba
+    U = o.U
+    wanted = {(int(h) // U, int(h) % U) for h in o.hess_index.flatten()}
+    _, _, entries = numba_assembly.kernel_source(
+        o.layout.n_experts, o.layout.n_ref, o.xi.shape[-1],
+        *[t.tolist() for t in (o.gate_cols, o.expert_cols, o.qi, o.ql, o.ua, o.ub, o.diag_pairs)],
+        expert=o.layout.expert.name, needed=[sorted({u for q, u in wanted if q == qq}) for qq in range(o.qi.numel())])
+    assert len(entries) == len(set(entries)) == len(wanted) and set(entries) == wanted
+    assert asm.n_entries == len(entries)
+    assert sorted(set(asm.hess_index.flatten().tolist())) == list(range(len(entries)))

@@ -15,19 +15,35 @@ element-wise passes and their memory traffic dominating. Here one compiled loop 
 keeps a block of :data:`BLOCK` samples in L1 and goes through it phase by phase:
 
     logits (u - max u, -z) -> exp of the block (polynomial below) -> w, h, h', h'', f, r, v, C
-    -> feature products P (L, UP) -> gradient (8-lane partial sums) -> M (Q, UP) += C (Q, L) @ P,
-    :data:`ROWS_PER_PASS` rows of M per pass over the block, the UP-wide inner loop vectorised.
+    -> the block's features XB (F, L) and the products PT (NP, L) the Hessian reads
+    -> the product function: M[t] += sum_j C[q, j] PT[u, j] for the needed (q, u) entries,
+       grad[a, p] += sum_j EV[a, j] XB[p, j]
+
+Only the (pair, product) entries that the gathers read are formed: a pair of gate rows needs the
+gate features' products, a pair of expert rows the experts', a mixed pair the mixed ones (an
+exact-specified monomial-sigmoid layout: 138 of the 330 (Q, U) entries). The product function
+(:data:`_PRODUCTS`, its own compiled function) computes them as dot products over the block's
+samples, in tiles of :data:`TILE` entries sharing one loop, so that every loaded row feeds
+several products; compiled with reassociation and contraction (:data:`PRODUCT_FASTMATH`) each
+loop vectorises along the samples with FMA into register accumulators: it ran at 0.39 us per
+64-sample block for those 138 entries, about 45 GFLOP/s, where the first version's row-by-row
+update of an (Q, U) block held in memory (kernel version 1) took 1.8 us, bound by its stores.
+The order of a dot product's additions is the compiled loop's (a tree over the vector lanes),
+fixed for a given machine: a replicate's numbers are still the same alone or anywhere in a batch
+(every replicate runs the same code), but kernels of different versions, or machines with other
+vector widths, round the gradient and Hessian differently (:data:`KERNEL_VERSION` is recorded
+in ``study.json``).
 
 Why the code is generated. LLVM vectorises and unrolls a loop only when its trip count and
 strides are known; with k, n_ref, F, Q, U and the pair tables (qi, ql, ua, ub, diag_pairs) as
 constants in the source, every per-sample loop over experts, pairs and features is unrolled into
-straight-line code over the block (structure of arrays), and the M update is a constant-width
-loop. A generic kernel with these sizes as arguments ran 2-4x slower than this one (the
-feasibility prototype's variants with runtime sizes, same run). Measured speed:
-``benchmarks/bench_assembly.py``, ``docs/rates/solver/assembly_numba.txt`` (2.3-2.4x the torch
-assembly, 23-26 % of a one-thread GEMM at R = 64, n = 1e3 and 1e4). The source is
-generated per layout and compiled once per process (about 6 s; :func:`compiled` caches by
-source text).
+straight-line code over the block (structure of arrays). A generic kernel with these sizes as
+arguments ran 2-4x slower (the feasibility prototype's variants with runtime sizes, same run).
+The replicate's gate and expert coefficients are read into scalars once (LLVM cannot hoist
+array reads out of the sample loops: it cannot tell numba's arrays apart). Measured speed:
+``benchmarks/bench_assembly.py``, ``benchmarks/bench_fit.py --parts h --assembly numba``. The
+source is generated per layout and compiled once per process (a few seconds; :func:`compiled`
+caches by source text).
 
 The exponential. ``math.exp`` does not vectorise in numba, so exp is evaluated by own code:
 x clamped to [-700, 700] (NaN passes through), x = t ln2 + r with t = round(x / ln2) and
@@ -39,14 +55,15 @@ built from its exponent bits (exact; 2^t is normal for |t| <= 1010). The result 
 tests/test_numba_assembly.py). Outside, the clamp gives exp(-700) ~ 1e-304 instead of a smaller
 number: a softmax weight or sigmoid value off by at most 1e-304 absolute.
 
-Floating-point mode: strict IEEE (``fastmath=False``). ``fastmath={"contract"}`` (FMA
-contraction only) was tried: the same accuracy (max relative error 1.9e-15 to 5.3e-15 against the
-torch path either way) and no measurable speed-up (0.070 against 0.073 ms per fit at R = 64,
-n = 1000; 0.684 against 0.697 at n = 10 000, monomial-sigmoid-exact), while without contraction
-the loss kernel (:meth:`NumbaAssembly.loss`, the text of the assembly up to the residual) is
-guaranteed bitwise equal to the assembly's loss, which the trust region needs (objective.py,
-"Assembly"). Since every replicate runs the same code on its own data, a replicate's outputs are
-bitwise the same alone or anywhere in a batch (tests).
+Floating-point mode: strict IEEE (``fastmath=False``) everywhere but the product function.
+``fastmath={"contract"}`` (FMA contraction only) was tried on the whole first kernel: the same
+accuracy (max relative error 1.9e-15 to 5.3e-15 against the torch path either way) and no
+measurable speed-up, while without contraction the loss kernel (:meth:`NumbaAssembly.loss`, the
+text of the assembly up to the residual) is guaranteed bitwise equal to the assembly's loss,
+which the trust region needs (objective.py, "Assembly"): the element-wise phases and the loss's
+sequential sum stay strict, so the loss is also bitwise kernel version 1's. Since every replicate
+runs the same code on its own data, a replicate's outputs are bitwise the same alone or anywhere
+in a batch (tests).
 
 Scope: softmax normalisation, every gate with ``closed_form`` (logits linear in the features:
 linear, polynomial, monomial), experts ``linear`` and ``sigmoid``; float64 on the CPU, one
@@ -64,8 +81,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["BLOCK", "EXPERTS", "EXP_ULP", "NumbaAssembly", "check_supported", "compiled", "kernel_source",
-           "poly_exp"]
+__all__ = ["BLOCK", "EXPERTS", "EXP_ULP", "KERNEL_VERSION", "NumbaAssembly", "TILE", "check_supported", "compiled",
+           "kernel_source", "poly_exp"]
 
 #: expert activations the kernel implements (sigma, sigma', sigma'')
 EXPERTS: tuple[str, ...] = ("linear", "sigmoid")
@@ -73,14 +90,21 @@ EXPERTS: tuple[str, ...] = ("linear", "sigmoid")
 #: samples per block (= attnmoe.estimation.families.common.PAD, so the padded n is a multiple)
 BLOCK = 64
 
-#: rows of M updated per pass over a block (prototype: 3 to 5 within noise, 5 best)
-ROWS_PER_PASS = 5
+#: version of the kernel's arithmetic, recorded in study.json with assembly "numba": 1 (session
+#: 11) accumulated M row by row in sample order and the gradient in 8 lanes; 2 sums both as the
+#: product function's vectorised dot products (module docstring): the same loss bit for bit,
+#: gradient and Hessian within a few ulp (4.7e-15 of max |H| at n = 1e4)
+KERNEL_VERSION = 2
 
 #: the polynomial exp is within this many ulp of numpy.exp on [-700, 700] (module docstring)
 EXP_ULP = 1
 
 #: numba's floating-point flags: none, strict IEEE (module docstring)
 FASTMATH: bool | set[str] = False
+
+#: the product function's flags: reassociation (the block's dot products vectorise along the
+#: samples) and contraction (FMA); module docstring
+PRODUCT_FASTMATH: set[str] = {"reassoc", "contract"}
 
 _INSTALL = "assembly='numba' needs numba: pip install numba (or pip install 'attnmoe[fast]')"
 
@@ -156,7 +180,7 @@ def poly_exp(x: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- the generated kernel
 
 _KERNEL = """\
-def kern(rows, xiT, xiN, y, mask, G, E, c, invn, loss, grad, M):
+def kern(rows, xiT, y, mask, G, E, c, invn, loss, grad, M):
     n_pad = xiT.shape[2]
     ARG = np.empty(2 * {K} * {L})
     EX = np.empty(2 * {K} * {L})
@@ -165,16 +189,18 @@ def kern(rows, xiT, xiN, y, mask, G, E, c, invn, loss, grad, M):
     RES = np.empty({L})
     EV = np.empty(({KV}, {L}))
     C = np.empty(({Q}, {L}))
-    P = np.zeros(({L}, {UP}))
-    Ml = np.empty(({Q}, {UP}))
-    GL = np.empty(({KV}, {F}, 8))
+    PT = np.empty(({NP}, {L}))
+    XB = np.empty(({F}, {L}))
+    MN = np.empty({NM})
+    GL = np.empty({NG})
     for r in range(rows.shape[0]):
         d = rows[r]
-        Ml[:, :] = 0.0
-        GL[:, :, :] = 0.0
+{HOIST}
+        MN[:] = 0.0
+        GL[:] = 0.0
         lo = 0.0
         for j0 in range(0, n_pad, {L}):
-            # logits: ARG[i L + j] = u_i - max u, ARG[(K + i) L + j] = -z_i
+            # features, logits (ARG[i L + j] = u_i - max u, ARG[(K + i) L + j] = -z_i)
             for j in range({L}):
 {LOGITS}
             # exp of the block (vectorised polynomial; module docstring)
@@ -184,24 +210,22 @@ def kern(rows, xiT, xiN, y, mask, G, E, c, invn, loss, grad, M):
 {COEFFS}
             for j in range({L}):
                 lo += RES[j] * RES[j]
-            # feature products xi_p xi_q, p <= q
+            # the block's features and the products the Hessian reads, sample-contiguous
             for j in range({L}):
 {PRODUCTS}
-            # gradient: 8-lane partial sums
-            for jb in range(0, {L}, 8):
-{GRAD}
-            # M += C @ P
-{MUPDATE}
+            # M += C P^T and grad += EV XB^T over the block: tiled dot products (module docstring)
+            products(C, PT, EV, XB, MN, GL)
         loss[r] = lo * invn
-        for q in range({Q}):
-            for uu in range({UP}):
-                M[r, q, uu] = Ml[q, uu]
-        for a in range({KV}):
-            for p in range({F}):
-                s = 0.0
-                for lane in range(8):
-                    s += GL[a, p, lane]
-                grad[r, a, p] = s
+        for t in range({NM}):
+            M[r, t] = MN[t]
+        for t in range({NG}):
+            grad[r, t] = GL[t]
+"""
+
+
+_PRODUCTS = """\
+def products(C, PT, EV, XB, MN, GL):
+{BODY}
 """
 
 
@@ -215,6 +239,7 @@ def loss_kern(rows, xiT, y, mask, G, E, invn, loss):
     RES = np.empty({L})
     for r in range(rows.shape[0]):
         d = rows[r]
+{HOIST}
         lo = 0.0
         for j0 in range(0, n_pad, {L}):
             for j in range({L}):
@@ -230,10 +255,11 @@ def loss_kern(rows, xiT, y, mask, G, E, invn, loss):
 
 def kernel_source(k: int, n_ref: int, F: int, gate_cols: list[int], expert_cols: list[int], qi: list[int],
                   ql: list[int], ua: list[int], ub: list[int], diag_pairs: list[int], expert: str,
-                  loss_only: bool = False) -> str:
-    """The numba source of the assembly for one layout (every size and table a constant); with
-    ``loss_only`` the loss kernel: the same text up to the residual, so its losses are bitwise
-    the assembly's (strict IEEE arithmetic, no contraction).
+                  needed: list[list[int]], loss_only: bool = False) -> tuple[str, str, list[tuple[int, int]]]:
+    """The numba sources of the assembly for one layout (every size and table a constant): the
+    kernel, its product function and the (pair, product) of each of the kernel's M columns; with
+    ``loss_only`` the loss kernel (and no product function): the same text up to the residual, so
+    its losses are bitwise the assembly's (strict IEEE arithmetic, no contraction).
 
     Args:
         k, n_ref: experts and reference (fixed-logit) gate rows; F: columns of xi.
@@ -241,16 +267,19 @@ def kernel_source(k: int, n_ref: int, F: int, gate_cols: list[int], expert_cols:
         qi, ql: the Q pairs i <= l of v's rows; ua, ub: the U pairs p <= q of xi's columns.
         diag_pairs: the pairs receiving the second-order diagonals (objective.py).
         expert: ``"linear"`` or ``"sigmoid"``.
+        needed: per pair q, the products u that the Hessian's entries read (sorted).
     """
     L, kg = BLOCK, k - n_ref
-    kv, Q, U = kg + k, len(qi), len(ua)
-    UP = -(-U // 8) * 8  # M's row width, a multiple of the vector width
-    x = "xiT[d, {p}, j0 + j]"
-    lg = []
+    kv, Q = kg + k, len(qi)
+    # the replicate's gate and expert coefficients, read once (LLVM cannot hoist them out of the
+    # sample loops: it cannot tell the arrays apart)
+    hoist = [f"g{i}_{p} = G[r, {i}, {p}]" for i in range(n_ref, k) for p in gate_cols]
+    hoist += [f"e{i}_{p} = E[r, {i}, {p}]" for i in range(k) for p in expert_cols]
+    logit_cols = sorted(set(gate_cols) | set(expert_cols))
+    lg = [f"x{p} = xiT[d, {p}, j0 + j]" for p in logit_cols]
     for i in range(k):
-        lg.append(f"u{i} = " + (" + ".join(f"G[r, {i}, {p}] * " + x.format(p=p) for p in gate_cols)
-                                if i >= n_ref else "0.0"))
-        lg.append(f"z{i} = " + " + ".join(f"E[r, {i}, {p}] * " + x.format(p=p) for p in expert_cols))
+        lg.append(f"u{i} = " + (" + ".join(f"g{i}_{p} * x{p}" for p in gate_cols) if i >= n_ref else "0.0"))
+        lg.append(f"z{i} = " + " + ".join(f"e{i}_{p} * x{p}" for p in expert_cols))
     lg.append("m = u0")
     lg += [f"m = u{i} if u{i} > m else m" for i in range(1, k)]
     for i in range(k):
@@ -268,8 +297,8 @@ def kernel_source(k: int, n_ref: int, F: int, gate_cols: list[int], expert_cols:
     cf += ["res = (f - y[d, j0 + j]) * mask[j0 + j]", "RES[j] = res"]
     n_exp = (2 if expert == "sigmoid" else 1) * k * L  # linear experts need no exp(-z)
     if loss_only:
-        return _LOSS.format(K=k, L=L, LOGITS=_indent("\n".join(lg), 16), EXP=_indent(_EXP.format(N=n_exp), 12),
-                            COEFFS=_indent("\n".join(cf), 16))
+        return _LOSS.format(K=k, L=L, HOIST=_indent("\n".join(hoist), 8), LOGITS=_indent("\n".join(lg), 16),
+                            EXP=_indent(_EXP.format(N=n_exp), 12), COEFFS=_indent("\n".join(cf), 16)), "", []
     cf.append("e = c * res")
     cf += [f"v{i} = w{n_ref + i} * (h{n_ref + i} - f)" for i in range(kg)]  # s_i
     cf += [f"v{kg + i} = w{i} * dh{i}" for i in range(k)]  # t_i
@@ -287,35 +316,70 @@ def kernel_source(k: int, n_ref: int, F: int, gate_cols: list[int], expert_cols:
         for t in extra.get(q, []):
             ex = f"({ex}){t}"
         cf.append(f"C[{q}, j] = {ex}")
-    pr = [f"P[j, {u}] = xiN[d, j0 + j, {a}] * xiN[d, j0 + j, {b}]" for u, (a, b) in enumerate(zip(ua, ub))]
-    gd = [f"for lane in range(8):\n    GL[{a}, {p}, lane] += EV[{a}, jb + lane] * xiT[d, {p}, j0 + jb + lane]"
-          for a in range(kv) for p in range(F)]
-    mu = []
-    for q0 in range(0, Q, ROWS_PER_PASS):
-        qs = range(q0, min(q0 + ROWS_PER_PASS, Q))
-        mu.append(f"for j in range({L}):")
-        mu += [f"    c{t} = C[{q}, j]" for t, q in enumerate(qs)]
-        mu += [f"    for uu in range({UP}):", "        pu = P[j, uu]"]
-        mu += [f"        Ml[{q}, uu] += c{t} * pu" for t, q in enumerate(qs)]
-    return _KERNEL.format(
-        K=k, KV=kv, Q=Q, UP=UP, F=F, L=L, LOGITS=_indent("\n".join(lg), 16),
-        EXP=_indent(_EXP.format(N=n_exp), 12), COEFFS=_indent("\n".join(cf), 16),
-        PRODUCTS=_indent("\n".join(pr), 16), GRAD=_indent("\n".join(gd), 16), MUPDATE=_indent("\n".join(mu), 12))
+    # products the Hessian reads (PT rows) and the block's features (XB rows)
+    plist = sorted({u for need in needed for u in need})
+    prow = {u: t for t, u in enumerate(plist)}
+    pr = [f"x{p} = xiT[d, {p}, j0 + j]" for p in range(F)]
+    pr += [f"XB[{p}, j] = x{p}" for p in range(F)]
+    pr += [f"PT[{t}, j] = x{ua[u]} * x{ub[u]}" for t, u in enumerate(plist)]
+    entries, body = _tiles(needed, prow, kv, F)
+    src = _KERNEL.format(
+        K=k, KV=kv, Q=Q, NP=len(plist), F=F, NM=len(entries), NG=kv * F, L=L,
+        HOIST=_indent("\n".join(hoist), 8), LOGITS=_indent("\n".join(lg), 16),
+        EXP=_indent(_EXP.format(N=n_exp), 12), COEFFS=_indent("\n".join(cf), 16), PRODUCTS=_indent("\n".join(pr), 16))
+    return src, _PRODUCTS.format(BODY=_indent("\n".join(body), 4)), entries
+
+
+#: tile of the product function: rows (pairs q, or rows a of EV) x columns (products, or features)
+TILE = (3, 4)
+
+
+def _tiles(needed: list[list[int]], prow: dict[int, int], kv: int, F: int) -> tuple[list[tuple[int, int]], list[str]]:
+    """The product function's body: for every needed (pair q, product u) the block's dot product
+    sum_j C[q, j] PT[prow[u], j] added to MN[t], and every grad[a, p] = sum_j EV[a, j] XB[p, j]
+    added to GL[a F + p]; in tiles of :data:`TILE` dot products sharing one loop over the block
+    (each loaded row of C or PT feeds several products). Returns the (q, u) of every MN entry,
+    in order, and the lines."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for q, need in enumerate(needed):
+        if need:
+            groups.setdefault(tuple(need), []).append(q)
+    jobs = [(qs, list(us), "C", "PT") for us, qs in groups.items()] + [(list(range(kv)), list(range(F)), "EV", "XB")]
+    entries: list[tuple[int, int]] = []
+    body: list[str] = []
+    tr, tc = TILE
+    for rows, cols, left, right in jobs:
+        for i0 in range(0, len(rows), tr):
+            for c0 in range(0, len(cols), tc):
+                tile = [(q, u) for q in rows[i0 : i0 + tr] for u in cols[c0 : c0 + tc]]
+                body += [f"s{t} = 0.0" for t in range(len(tile))]
+                body.append(f"for j in range({BLOCK}):")
+                if left == "C":
+                    body += [f"    s{t} += C[{q}, j] * PT[{prow[u]}, j]" for t, (q, u) in enumerate(tile)]
+                    body += [f"MN[{len(entries) + t}] += s{t}" for t in range(len(tile))]
+                    entries += tile
+                else:
+                    body += [f"    s{t} += EV[{a}, j] * XB[{p}, j]" for t, (a, p) in enumerate(tile)]
+                    body += [f"GL[{a * F + p}] += s{t}" for t, (a, p) in enumerate(tile)]
+    return entries, body
 
 
 #: compiled functions by source text (one compile per layout and process)
-_COMPILED: dict[str, Callable[..., Any]] = {}
+_COMPILED: dict[tuple[str, str], Callable[..., Any]] = {}
 
 
-def compiled(source: str, name: str = "kern") -> Callable[..., Any]:
-    """``name`` from the generated ``source``, compiled by numba (cached by source text; the
-    first call of a new function compiles it, about 6 s for a kernel)."""
-    if source not in _COMPILED:
+def compiled(source: str, name: str = "kern", fastmath: bool | set[str] = FASTMATH,
+             helpers: dict[str, Any] | None = None) -> Callable[..., Any]:
+    """``name`` from the generated ``source``, compiled by numba with the floating-point flags
+    ``fastmath`` and the compiled ``helpers`` in its namespace (cached by source text and flags;
+    the first call of a new function compiles it, a few seconds for a kernel)."""
+    key = (source, repr(fastmath))
+    if key not in _COMPILED:
         numba = _numba()
-        namespace: dict[str, Any] = {"np": np, "math": math}
+        namespace: dict[str, Any] = {"np": np, "math": math, **(helpers or {})}
         exec(compile(source, f"<attnmoe numba assembly {name}>", "exec"), namespace)  # noqa: S102
-        _COMPILED[source] = numba.njit(fastmath=FASTMATH, error_model="numpy", nogil=True)(namespace[name])
-    return _COMPILED[source]
+        _COMPILED[key] = numba.njit(fastmath=fastmath, error_model="numpy", nogil=True)(namespace[name])
+    return _COMPILED[key]
 
 
 class NumbaAssembly:
@@ -332,16 +396,20 @@ class NumbaAssembly:
         tables = [t.tolist() for t in (objective.gate_cols, objective.expert_cols, objective.qi, objective.ql,
                                        objective.ua, objective.ub, objective.diag_pairs)]
         args = (layout.n_experts, layout.n_ref, objective.xi.shape[-1], *tables)
-        self.source = kernel_source(*args, expert=layout.expert.name)
-        self.kernel = compiled(self.source)
-        self.loss_kernel = compiled(kernel_source(*args, expert=layout.expert.name, loss_only=True), "loss_kern")
-        self.xiN = objective.xi.contiguous().numpy()  # (R, n_pad, F)
+        Q, U = objective.qi.numel(), objective.U
+        hi = objective.hess_index  # (P, P) into (Q, U) flattened
+        needed = [sorted(set((hi[hi // U == q] % U).tolist())) for q in range(Q)]
+        self.source, products, entries = kernel_source(*args, expert=layout.expert.name, needed=needed)
+        helper = compiled(products, "products", PRODUCT_FASTMATH)
+        self.kernel = compiled(self.source, helpers={"products": helper})
+        loss_source = kernel_source(*args, expert=layout.expert.name, needed=needed, loss_only=True)[0]
+        self.loss_kernel = compiled(loss_source, "loss_kern")
         self.xiT = objective.xi.transpose(1, 2).contiguous().numpy()  # (R, F, n_pad)
         self.y, self.mask = objective.y.contiguous().numpy(), objective.mask.contiguous().numpy()
-        U = objective.U
-        self.UP = -(-U // 8) * 8
-        hi = objective.hess_index  # into (Q, U) flattened -> into (Q, UP) flattened
-        self.hess_index = (hi // U) * self.UP + hi % U
+        column = {qu: t for t, qu in enumerate(entries)}
+        self.hess_index = torch.tensor([[column[(qq, uu)] for qq, uu in zip(qr, ur)]
+                                        for qr, ur in zip((hi // U).tolist(), (hi % U).tolist())])  # into M's columns
+        self.n_entries = len(entries)
         self.kv = 2 * layout.n_experts - layout.n_ref
 
     def _inputs(self, flat: Tensor, idx: Tensor | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -361,10 +429,10 @@ class NumbaAssembly:
         """Losses ``(m,)``, gradients ``(m, P)``, Hessians ``(m, P, P)`` of replicates ``idx``
         (all when None) at ``flat`` ``(m, P)``; float64 on the CPU."""
         rows, G, E = self._inputs(flat, idx)
-        m, F = flat.shape[0], self.xiN.shape[-1]
+        m, F = flat.shape[0], self.xiT.shape[1]
         Q = self.objective.qi.numel()
-        loss, grad, M = np.empty(m), np.empty((m, self.kv, F)), np.empty((m, Q, self.UP))
+        loss, grad, M = np.empty(m), np.empty((m, self.kv * F)), np.empty((m, self.n_entries))
         n = self.objective.n
-        self.kernel(rows, self.xiT, self.xiN, self.y, self.mask, G, E, 2.0 / n, 1.0 / n, loss, grad, M)
-        grad_t, M_t = torch.from_numpy(grad).flatten(1), torch.from_numpy(M).flatten(1)
+        self.kernel(rows, self.xiT, self.y, self.mask, G, E, 2.0 / n, 1.0 / n, loss, grad, M)
+        grad_t, M_t = torch.from_numpy(grad), torch.from_numpy(M)
         return torch.from_numpy(loss), grad_t[:, self.objective.grad_index], M_t[:, self.hess_index]
