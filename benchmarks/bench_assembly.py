@@ -5,8 +5,9 @@
 
 (1) One loss + gradient + Hessian evaluation (``LeastSquaresObjective.hessian``) of R replicates,
     torch vs numba, interleaved with a 1024^3 float64 GEMM (one thread) in every round; best of
-    ``--repeats``. FLOPs per evaluation as in ``bench_fit.py`` part (h): 2 n_pad (Q U + kv F + 2 k F)
-    per replicate; reported as ms per fit, GFLOP/s and % of the GEMM's rate. The kernel's compile
+    ``--repeats``. FLOPs per evaluation as in ``bench_fit.py`` part (h): 2 n_pad (E + kv F + 2 k F)
+    per replicate (E: the (pair, product) entries each path forms, LeastSquaresObjective.matmul_flops);
+    reported as ms per fit, GFLOP/s and % of the GEMM's rate. The kernel's compile
     time (first call) and its largest relative difference to the torch path are printed too.
 (2) One whole fit, ``fit_least_squares`` (trust region, near-truth:0.1 start, exact-specified),
     torch vs numba on the same data and starts (after a warm-up fit of each), with the
@@ -62,14 +63,14 @@ def assembly(name: str, n: int, R: int, repeats: int) -> None:
             best[key] = min(best[key], time.perf_counter() - t)
     xi = ref.xi
     Q, U, F = ref.qi.numel(), ref.U, xi.shape[-1]
-    flops = ref.matmul_flops(R)
+    flops = {"torch": ref.matmul_flops(R), "numba": fast.matmul_flops(R)}  # numba forms fewer entries
     gemm = 2 * 1024**3 / best["gemm"] / 1e9
     print(f"{name} n={n} R={R} Q={Q} U={U} F={F}: GEMM {gemm:.1f} GFLOP/s; numba compile + first calls "
           f"{first:.1f} s (0 when cached), max rel. diff to torch {err:.1e}", flush=True)
     for key in ("torch", "numba"):
         t = best[key]
-        print(f"   {key:6s} {1e3 * t / R:7.3f} ms/fit  {flops / t / 1e9:6.2f} GFLOP/s  "
-              f"{100 * flops / t / 1e9 / gemm:5.1f} % GEMM", flush=True)
+        print(f"   {key:6s} {1e3 * t / R:7.3f} ms/fit  {flops[key] / t / 1e9:6.2f} GFLOP/s  "
+              f"{100 * flops[key] / t / 1e9 / gemm:5.1f} % GEMM", flush=True)
     print(f"   speed-up {best['torch'] / best['numba']:.2f}x", flush=True)
 
 

@@ -474,7 +474,8 @@ def main(argv: list[str] | None = None) -> None:
                       f"{r['gn_gflops']:>9.2f} {r['gemm_gflops']:>6.1f} {r['fraction_of_gemm']:>8.1%} "
                       f"{r['gn_fraction_of_gemm']:>10.1%}")
                 report["h"].append({"setting": st.name, **r})
-        print("GFLOP/s: FLOPs of the call's matrix products (2 n_pad (Q U + kv F + 2 k F)) over the whole call's "
+        print("GFLOP/s: FLOPs of the call's matrix products (2 n_pad (E + kv F + 2 k F), E = Q U entries on the "
+              "torch path, only the entries the Hessian reads with --assembly numba) over the whole call's "
               "time (elementwise work included); GN-equiv: 2 n P^2 (the Gauss-Newton product J^T J alone) over "
               "the same time; fraction: of the same run's GEMM rate.")
 

@@ -180,8 +180,8 @@ def poly_exp(x: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- the generated kernel
 
 _KERNEL = """\
-def kern(rows, xiT, y, mask, G, E, c, invn, loss, grad, M):
-    n_pad = xiT.shape[2]
+def kern(rows, xi, y, mask, G, E, c, invn, loss, grad, M):
+    n_pad = xi.shape[1]
     ARG = np.empty(2 * {K} * {L})
     EX = np.empty(2 * {K} * {L})
     BITS = np.zeros(2 * {K} * {L}, dtype=np.int64)
@@ -200,7 +200,7 @@ def kern(rows, xiT, y, mask, G, E, c, invn, loss, grad, M):
         GL[:] = 0.0
         lo = 0.0
         for j0 in range(0, n_pad, {L}):
-            # features, logits (ARG[i L + j] = u_i - max u, ARG[(K + i) L + j] = -z_i)
+            # features (into XB), logits (ARG[i L + j] = u_i - max u, ARG[(K + i) L + j] = -z_i)
             for j in range({L}):
 {LOGITS}
             # exp of the block (vectorised polynomial; module docstring)
@@ -210,7 +210,7 @@ def kern(rows, xiT, y, mask, G, E, c, invn, loss, grad, M):
 {COEFFS}
             for j in range({L}):
                 lo += RES[j] * RES[j]
-            # the block's features and the products the Hessian reads, sample-contiguous
+            # the products the Hessian reads, sample-contiguous
             for j in range({L}):
 {PRODUCTS}
             # M += C P^T and grad += EV XB^T over the block: tiled dot products (module docstring)
@@ -230,8 +230,8 @@ def products(C, PT, EV, XB, MN, GL):
 
 
 _LOSS = """\
-def loss_kern(rows, xiT, y, mask, G, E, invn, loss):
-    n_pad = xiT.shape[2]
+def loss_kern(rows, xi, y, mask, G, E, invn, loss):
+    n_pad = xi.shape[1]
     ARG = np.empty(2 * {K} * {L})
     EX = np.empty(2 * {K} * {L})
     BITS = np.zeros(2 * {K} * {L}, dtype=np.int64)
@@ -276,7 +276,7 @@ def kernel_source(k: int, n_ref: int, F: int, gate_cols: list[int], expert_cols:
     hoist = [f"g{i}_{p} = G[r, {i}, {p}]" for i in range(n_ref, k) for p in gate_cols]
     hoist += [f"e{i}_{p} = E[r, {i}, {p}]" for i in range(k) for p in expert_cols]
     logit_cols = sorted(set(gate_cols) | set(expert_cols))
-    lg = [f"x{p} = xiT[d, {p}, j0 + j]" for p in logit_cols]
+    lg = []
     for i in range(k):
         lg.append(f"u{i} = " + (" + ".join(f"g{i}_{p} * x{p}" for p in gate_cols) if i >= n_ref else "0.0"))
         lg.append(f"z{i} = " + " + ".join(f"e{i}_{p} * x{p}" for p in expert_cols))
@@ -297,6 +297,7 @@ def kernel_source(k: int, n_ref: int, F: int, gate_cols: list[int], expert_cols:
     cf += ["res = (f - y[d, j0 + j]) * mask[j0 + j]", "RES[j] = res"]
     n_exp = (2 if expert == "sigmoid" else 1) * k * L  # linear experts need no exp(-z)
     if loss_only:
+        lg = [f"x{p} = xi[d, j0 + j, {p}]" for p in logit_cols] + lg
         return _LOSS.format(K=k, L=L, HOIST=_indent("\n".join(hoist), 8), LOGITS=_indent("\n".join(lg), 16),
                             EXP=_indent(_EXP.format(N=n_exp), 12), COEFFS=_indent("\n".join(cf), 16)), "", []
     cf.append("e = c * res")
@@ -319,9 +320,9 @@ def kernel_source(k: int, n_ref: int, F: int, gate_cols: list[int], expert_cols:
     # products the Hessian reads (PT rows) and the block's features (XB rows)
     plist = sorted({u for need in needed for u in need})
     prow = {u: t for t, u in enumerate(plist)}
-    pr = [f"x{p} = xiT[d, {p}, j0 + j]" for p in range(F)]
-    pr += [f"XB[{p}, j] = x{p}" for p in range(F)]
-    pr += [f"PT[{t}, j] = x{ua[u]} * x{ub[u]}" for t, u in enumerate(plist)]
+    # the block's features are read once, into XB, beside the logits
+    lg = [f"x{p} = xi[d, j0 + j, {p}]" for p in range(F)] + [f"XB[{p}, j] = x{p}" for p in range(F)] + lg
+    pr = [f"PT[{t}, j] = XB[{ua[u]}, j] * XB[{ub[u]}, j]" for t, u in enumerate(plist)]
     entries, body = _tiles(needed, prow, kv, F)
     src = _KERNEL.format(
         K=k, KV=kv, Q=Q, NP=len(plist), F=F, NM=len(entries), NG=kv * F, L=L,
@@ -404,7 +405,7 @@ class NumbaAssembly:
         self.kernel = compiled(self.source, helpers={"products": helper})
         loss_source = kernel_source(*args, expert=layout.expert.name, needed=needed, loss_only=True)[0]
         self.loss_kernel = compiled(loss_source, "loss_kern")
-        self.xiT = objective.xi.transpose(1, 2).contiguous().numpy()  # (R, F, n_pad)
+        self.xi = objective.xi.contiguous().numpy()  # (R, n_pad, F), a view when xi is contiguous
         self.y, self.mask = objective.y.contiguous().numpy(), objective.mask.contiguous().numpy()
         column = {qu: t for t, qu in enumerate(entries)}
         self.hess_index = torch.tensor([[column[(qq, uu)] for qq, uu in zip(qr, ur)]
@@ -422,17 +423,17 @@ class NumbaAssembly:
         """Losses ``(m,)``, bitwise those of :meth:`__call__` (the same generated arithmetic)."""
         rows, G, E = self._inputs(flat, idx)
         out = np.empty(flat.shape[0])
-        self.loss_kernel(rows, self.xiT, self.y, self.mask, G, E, 1.0 / self.objective.n, out)
+        self.loss_kernel(rows, self.xi, self.y, self.mask, G, E, 1.0 / self.objective.n, out)
         return torch.from_numpy(out)
 
     def __call__(self, flat: Tensor, idx: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Losses ``(m,)``, gradients ``(m, P)``, Hessians ``(m, P, P)`` of replicates ``idx``
         (all when None) at ``flat`` ``(m, P)``; float64 on the CPU."""
         rows, G, E = self._inputs(flat, idx)
-        m, F = flat.shape[0], self.xiT.shape[1]
+        m, F = flat.shape[0], self.xi.shape[2]
         Q = self.objective.qi.numel()
         loss, grad, M = np.empty(m), np.empty((m, self.kv * F)), np.empty((m, self.n_entries))
         n = self.objective.n
-        self.kernel(rows, self.xiT, self.y, self.mask, G, E, 2.0 / n, 1.0 / n, loss, grad, M)
+        self.kernel(rows, self.xi, self.y, self.mask, G, E, 2.0 / n, 1.0 / n, loss, grad, M)
         grad_t, M_t = torch.from_numpy(grad), torch.from_numpy(M)
         return torch.from_numpy(loss), grad_t[:, self.objective.grad_index], M_t[:, self.hess_index]

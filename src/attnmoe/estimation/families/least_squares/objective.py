@@ -239,11 +239,14 @@ class LeastSquaresObjective:
 
     def matmul_flops(self, m: int) -> int:
         """FLOPs of the matrix products of one :meth:`hessian` call on ``m`` replicates:
-        2 n_pad (Q U + kv F + 2 k F) each (C x products, the gradient, the logits u and z); what
-        the benchmarks divide by the call's time to compare it with a GEMM."""
+        2 n_pad (E + kv F + 2 k F) each (C x products, the gradient, the logits u and z), with E
+        the (pair, product) entries formed: Q U on the torch path, only those the Hessian reads
+        with ``assembly="numba"``; what the benchmarks divide by the call's time to compare it
+        with a GEMM."""
         n_pad, F, k = self.xi.shape[1], self.xi.shape[-1], self.layout.n_experts
         kv = 2 * k - self.n_ref
-        return 2 * n_pad * (self.qi.numel() * self.U + kv * F + 2 * k * F) * m
+        entries = self.qi.numel() * self.U if self.numba is None else self.numba.n_entries
+        return 2 * n_pad * (entries + kv * F + 2 * k * F) * m
 
     def _products(self, xi: Tensor) -> Tensor:
         """xi_p xi_q for the pairs p <= q ``(..., U)``."""
