@@ -148,6 +148,45 @@ def _decrement(lam: Tensor, gh: Tensor, curvature_tol: float) -> tuple[Tensor, T
     return 0.5 * (gh.square() / torch.maximum(lam, floor)).sum(-1), floor.squeeze(-1)
 
 
+def _evaluate(hessian: HessianFn, objective: Objective, trial: Tensor, idx: Tensor,
+              spec: Tensor | None) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor] | None]:
+    """Losses at the trial points ``trial`` ``(m, P)`` of replicates ``idx``; the rows where
+    ``spec`` ``(m,)`` (bool) is set are evaluated by ``hessian`` instead, whose (f, g, H) of
+    those rows (in order) is returned too (None when no row is)."""
+    k = 0 if spec is None else int(spec.sum())
+    if k == 0:
+        return objective(trial, idx), None
+    if k == spec.shape[0]:
+        guess = hessian(trial, idx)
+        return guess[0], guess
+    guess = hessian(trial[spec], idx[spec])
+    f_trial = trial.new_empty(trial.shape[0])
+    f_trial[spec] = guess[0]
+    f_trial[~spec] = objective(trial[~spec], idx[~spec])
+    return f_trial, guess
+
+
+def _derivatives(hessian: HessianFn, trial: Tensor, idx: Tensor, ok: Tensor, spec: Tensor,
+                 guess: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    """(f, g, H) at the accepted trial points ``trial[ok]`` of replicates ``idx[ok]``: the rows
+    speculated at (``spec``) from ``guess`` (:func:`_evaluate`), the others evaluated now. A
+    replicate's numbers are its own in any call, so either way they are those of
+    ``hessian(trial[ok], idx[ok])`` bit for bit."""
+    have = spec[ok]
+    kept = tuple(t[ok[spec]] for t in guess)
+    k = int(have.sum())
+    if k == have.shape[0]:
+        return kept
+    miss = ok & ~spec
+    fresh = hessian(trial[miss], idx[miss])
+    if k == 0:
+        return fresh
+    out = tuple(t.new_empty((have.shape[0], *t.shape[1:])) for t in fresh)
+    for o, a, b in zip(out, kept, fresh):
+        o[have], o[~have] = a, b
+    return out  # type: ignore[return-value]
+
+
 def trust_region(
     hessian: HessianFn,
     objective: Objective,
@@ -164,6 +203,7 @@ def trust_region(
     extrapolate: int = 10,
     straightness: float = 0.9,
     stiff_tol: float = 1e-3,
+    speculate: bool = False,
 ) -> OptimResult:
     """Minimise R independent objectives by trust-region Newton with the exact Hessian.
 
@@ -204,6 +244,16 @@ def trust_region(
             fits took hundreds to thousands of Newton iterations").
         straightness: the chord / path-length threshold above.
         stiff_tol: stiff directions: scaled-Hessian eigenvalues > stiff_tol * lam_max.
+        speculate: for a replicate whose previous trial step was accepted, evaluate
+            ``hessian`` at the trial point instead of ``objective`` and take its loss as
+            f(x + p); if the step is accepted, its gradient and Hessian are the new iterate's
+            (no second evaluation there), if rejected they are discarded. Accepted steps then
+            cost one evaluation instead of two, rejected ones a Hessian instead of a loss.
+            Valid only when ``hessian(x, idx)[0]`` is bitwise ``objective(x, idx)`` and a
+            replicate's numbers do not depend on the other rows of the call (true of
+            :class:`~attnmoe.estimation.families.least_squares.objective.LeastSquaresObjective`,
+            both assemblies, and of its box wrapper): then every result, ``n_evals`` included
+            (it counts trial points as without), is bitwise that of ``speculate=False``.
     """
     if x0.ndim != 2:
         raise ValueError(f"x0 must be (R, P), got {tuple(x0.shape)}")
@@ -257,6 +307,7 @@ def trust_region(
         lengths = x.new_zeros(R, W)  # (R, W) their step lengths
         count = torch.zeros(R, dtype=torch.long, device=dev)  # accepted steps since the last reset
         rows = torch.arange(R, device=dev)
+    cut = torch.zeros(R, dtype=torch.bool, device=dev)  # the last trial cut the radius (speculate only)
     factor = torch.ones(R, dtype=x.dtype, device=dev)  # length of the next jump / of the window's path
     tries = torch.zeros(R, dtype=torch.long, device=dev)  # extrapolations tried / accepted, per replicate
     jumps = torch.zeros(R, dtype=torch.long, device=dev)
@@ -268,12 +319,13 @@ def trust_region(
         lengths[rw, slot] = (after - before).norm(dim=-1)
         count[rw] += 1
 
-    def accept(rw: Tensor, new: Tensor) -> None:
-        """Move replicates ``rw`` to ``new`` and refresh their derivatives and scaling."""
+    def accept(rw: Tensor, new: Tensor, derivatives: tuple[Tensor, Tensor, Tensor] | None = None) -> None:
+        """Move replicates ``rw`` to ``new`` and refresh their derivatives (``hessian(new, rw)``
+        unless given) and scaling."""
         if W:
             remember(rw, x[rw], new)
         x[rw] = new
-        f_a, g_a, H_a = hessian(new, rw)
+        f_a, g_a, H_a = hessian(new, rw) if derivatives is None else derivatives
         f[rw], g[rw], H[rw] = f_a, g_a, H_a
         D[rw] = _scaling(H_a, D[rw], scaled)
         lam[rw], Q[rw] = _scaled_eigh(H_a, D[rw], pad)
@@ -320,22 +372,29 @@ def trust_region(
         p_hat, pred = _subproblem(lam[idx], gh, delta[idx])
         step = (Q[idx] * p_hat.unsqueeze(-2)).sum(-1) / D[idx]  # D^-1 Q p_hat  (m, P)
         trial = x[idx] + step
-        f_trial = objective(trial, idx)
+        pn = p_hat.norm(dim=-1)
+        d = delta[idx]
+        # speculate where acceptance is likely (docstring): a step inside the region, or one in a
+        # region the replicate's last trial cut
+        spec = (pn < 0.99 * d) | cut[idx] if speculate else None
+        f_trial, guess = _evaluate(hessian, objective, trial, idx, spec)
         n_evals[idx] += 1
         n_iter[idx] += 1
         rho = (f[idx] - f_trial) / pred.clamp_min(1e-300)
         ok = torch.isfinite(f_trial) & (rho > eta) & (pred > 0)
-        pn = p_hat.norm(dim=-1)
-        d = delta[idx]
-        d = torch.where(~ok | (rho < 0.25), 0.25 * pn, d)
-        d = torch.where(ok & (rho > 0.75) & (pn >= 0.99 * delta[idx]), (2.0 * d).clamp(max=max_radius), d)
+        shrink = ~ok | (rho < 0.25)
+        d_old = d
+        d = torch.where(shrink, 0.25 * pn, d)
+        d = torch.where(ok & (rho > 0.75) & (pn >= 0.99 * d_old), (2.0 * d).clamp(max=max_radius), d)
         delta[idx] = d
         stalled = d < 1e-14 * (1.0 + x[idx].norm(dim=-1))
         reason[idx] = torch.where(stalled, REASONS.index("stalled"), reason[idx])
         active[idx] = active[idx] & ~stalled
+        if speculate:
+            cut[idx] = shrink
         acc = idx[ok]
         if acc.numel():
-            accept(acc, trial[ok])
+            accept(acc, trial[ok], None if guess is None else _derivatives(hessian, trial, idx, ok, spec, guess))
     dec, _ = _decrement(lam, scaled_grad(torch.arange(R, device=dev)), curvature_tol)
     converged = (reason == REASONS.index("gradient")) | (reason == REASONS.index("decrement"))
     return OptimResult(
