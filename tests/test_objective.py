@@ -131,3 +131,32 @@ def test_every_expert_has_closed_form_derivatives_equal_to_autograd() -> None:
         torch.testing.assert_close(h, act(z), rtol=1e-14, atol=1e-15)
         torch.testing.assert_close(dh, d1, rtol=1e-12, atol=1e-14)
         torch.testing.assert_close(d2h, d2, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("d", [1, 2, 3, 5])
+def test_features_and_products_are_bitwise_the_indexed_formulas(d: int) -> None:
+    """xi (written in place, column runs) and the feature products (one broadcast product per
+    row of the upper triangle) hold bitwise the numbers of the concatenation / advanced-index
+    formulas they replaced: X[..., iu0] * X[..., iu1] * (1 or 2), x, 1, zero padding."""
+    from attnmoe.estimation.families.least_squares.objective import PAD, padded
+
+    gen = torch.Generator().manual_seed(d)
+    R, n = 3, 2 * PAD + 5
+    X = torch.randn(R, n, d, generator=gen, dtype=torch.float64) * 1e3
+    y = torch.randn(R, n, generator=gen, dtype=torch.float64)
+    for gate in ("polynomial", "monomial", "linear"):
+        obj = LeastSquaresObjective(ParameterLayout(gate, "sigmoid", 3, d), X, y)
+        names = list(dict.fromkeys({"a": "b", "alpha": "c"}.get(v, v) for v in
+                                   obj.layout.gate.param_names + obj.layout.expert.param_names))
+        iu = torch.triu_indices(d, d)
+        make = {"A": lambda: X[..., iu[0]] * X[..., iu[1]] * torch.where(iu[0] == iu[1], 1.0, 2.0).to(X),
+                "b": lambda: X, "c": lambda: X.new_ones(R, n, 1)}
+        xi = torch.cat([make[v]() for v in names], -1)
+        xi = torch.cat([xi, xi.new_zeros(R, n, xi.shape[-1] % 2)], -1)
+        xi = torch.cat([xi, xi.new_zeros(R, padded(n) - n, xi.shape[-1])], 1)
+        assert obj.xi.shape == xi.shape and obj.xi.is_contiguous()
+        assert torch.equal(obj.xi.view(torch.int64), xi.view(torch.int64)), (gate, d)
+        want = xi[..., obj.ua] * xi[..., obj.ub]
+        got = obj._products(xi)
+        assert got.stride() == want.stride() and torch.equal(got.view(torch.int64), want.view(torch.int64))
+        assert torch.equal(obj.products, want)

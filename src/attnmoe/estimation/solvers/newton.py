@@ -29,6 +29,14 @@ __all__ = ["HessianFn", "trust_region"]
 HessianFn = Callable[[Tensor, "Tensor | None"], tuple[Tensor, Tensor, Tensor]]
 
 
+#: speculate (``trust_region(speculate=True)``) in an iteration where at least this share of the
+#: replicates' trial steps are likely accepted (see ``trust_region``)
+SPECULATE_SHARE = 0.5
+
+_GRADIENT, _DECREMENT, _STALLED, _NONFINITE = (REASONS.index(v) for v in ("gradient", "decrement", "stalled",
+                                                                          "nonfinite"))
+
+
 def _subproblem(lam: Tensor, gh: Tensor, radius: Tensor, iters: int = 40) -> tuple[Tensor, Tensor]:
     """Exact trust-region step in the eigenbasis of H, per replicate.
 
@@ -37,33 +45,43 @@ def _subproblem(lam: Tensor, gh: Tensor, radius: Tensor, iters: int = 40) -> tup
     mu >= max(0, -lam_1) and mu (radius - ||p||) = 0. mu is found by Newton's method on the
     secular equation 1/||p(mu)|| = 1/radius, which converges monotonically from the left (N&W
     Alg. 4.3); in the hard case (gh orthogonal to the lowest eigenvector(s)) the step is
-    completed along the lowest eigenvector to the boundary.
+    completed along the lowest eigenvector to the boundary. When every row's Newton step lies
+    inside its region, that step is the answer and the boundary search is skipped (its result
+    would be discarded for each of those rows).
 
     Returns the step ``(m, P)`` (eigenbasis) and the model decrease -m(p) ``(m,)``.
     """
     scale = lam.abs().amax(-1).clamp_min(1e-300)  # (m,)
-    lo = (-lam[:, 0]).clamp_min(0.0)  # (m,) smallest admissible shift
-    newton_ok = lam[:, 0] > 1e-14 * scale
-    p_newton = -gh / torch.where(newton_ok.unsqueeze(-1), lam, 1.0)
+    lam0 = lam[:, 0]
+    lo = (-lam0).clamp_min(0.0)  # (m,) smallest admissible shift
+    newton_ok = lam0 > 1e-14 * scale
+    neg = -gh
+    p_newton = neg / torch.where(newton_ok.unsqueeze(-1), lam, 1.0)
     interior = newton_ok & (p_newton.norm(dim=-1) <= radius)
-    # boundary solution: start just right of the pole, Newton on 1/||p|| - 1/radius
-    mu = lo + 1e-12 * scale
+    if bool(interior.all()):
+        p = p_newton
+        return p, -((gh * p).sum(-1) + 0.5 * (lam * p.square()).sum(-1))
+    # boundary solution: start just right of the pole, Newton on 1/||p|| - 1/radius; mu, the
+    # norms and the radius as (m, 1) columns
+    rad = radius.unsqueeze(-1)
+    mu = (lo + 1e-12 * scale).unsqueeze(-1)
+    tight, gh2 = rad * (1.0 + 1e-10), gh.square()
     for _ in range(iters):
-        den = lam + mu.unsqueeze(-1)
-        p = -gh / den
-        pn2 = p.square().sum(-1)
+        den = lam + mu
+        p = neg / den
+        pn2 = p.square().sum(-1, keepdim=True)
         pn = pn2.sqrt()
         # left of the root: move right (monotone). A row within 1e-10 of its radius is done and
         # no longer changes, so stopping once every row is done gives each row the same mu
         # alone as in any batch (and saves most of the 40 iterations' tensor-call overhead)
-        move = pn > radius * (1.0 + 1e-10)
+        move = pn > tight
         if not bool(move.any()):
             break
-        q = (gh.square() / den.pow(3)).sum(-1).clamp_min(1e-300)
-        step = (pn / radius - 1.0) * pn2 / q
+        q = (gh2 / den.pow(3)).sum(-1, keepdim=True).clamp_min(1e-300)
+        step = (pn / rad - 1.0) * pn2 / q
         mu = torch.where(move, mu + step, mu)
-    den = lam + mu.unsqueeze(-1)
-    p = -gh / den
+    else:  # mu moved after the last p
+        p = neg / (lam + mu)
     pn = p.norm(dim=-1)
     # hard case: even at the pole ||p|| < radius -> add tau * (lowest eigenvector) to reach it
     hard = ~interior & (pn < radius * (1 - 1e-6))
@@ -74,8 +92,8 @@ def _subproblem(lam: Tensor, gh: Tensor, radius: Tensor, iters: int = 40) -> tup
         tau = (radius.square() - p_h.square().sum(-1)).clamp_min(0.0).sqrt()
         p_h[:, 0] = p_h[:, 0] + tau
         p = torch.where(hard.unsqueeze(-1), p_h, p)
+        pn = p.norm(dim=-1)
     # feasibility: never leave the region because of rounding in mu
-    pn = p.norm(dim=-1)
     p = p * torch.where(pn > radius, radius / pn.clamp_min(1e-300), 1.0).unsqueeze(-1)
     p = torch.where(interior.unsqueeze(-1), p_newton, p)
     decrease = -((gh * p).sum(-1) + 0.5 * (lam * p.square()).sum(-1))
@@ -105,12 +123,16 @@ def _scaled_eigh(H: Tensor, D: Tensor, dummy: bool = False) -> tuple[Tensor, Ten
     # a non-finite matrix, or one LAPACK cannot decompose (seen: an over-specified top-K fit
     # from a displaced start), gets NaN eigenvalues, which stop that replicate as "nonfinite";
     # the other rows are decomposed as usual (a row alone is bitwise the row in a batch)
-    ok = torch.isfinite(M).flatten(1).all(-1)  # (m,)
-    if not bool(ok.all()):
+    if bool(torch.isfinite(M).all()):
+        ok = None  # every row: the eigenvalues as they come
+    else:
+        ok = torch.isfinite(M).flatten(1).all(-1)  # (m,)
         M = torch.where(ok[:, None, None], M, torch.eye(M.shape[-1], dtype=M.dtype, device=M.device))
     try:
         lam, Q = torch.linalg.eigh(M)
     except torch.linalg.LinAlgError:
+        if ok is None:
+            ok = torch.ones(M.shape[0], dtype=torch.bool, device=M.device)
         lam, Q = M.new_empty(M.shape[:-1]), torch.empty_like(M)
         for i in range(M.shape[0]):
             try:
@@ -118,22 +140,25 @@ def _scaled_eigh(H: Tensor, D: Tensor, dummy: bool = False) -> tuple[Tensor, Ten
             except torch.linalg.LinAlgError:
                 ok[i] = False
                 lam[i], Q[i] = 0.0, torch.eye(M.shape[-1], dtype=M.dtype, device=M.device)
-    return torch.where(ok[:, None], lam, torch.nan), Q
+    return (lam if ok is None else torch.where(ok[:, None], lam, torch.nan)), Q
+
+
+def _rotate(Q: Tensor, g: Tensor, D: Tensor) -> Tensor:
+    """Q^T D^-1 g ``(m, P)``: the gradient in the eigenbasis of the scaled Hessian."""
+    return (Q * (g / D).unsqueeze(-1)).sum(-2)
 
 
 def _pad_to_even(hessian: HessianFn, objective: Objective, P: int) -> tuple[HessianFn, Objective]:
     """The problem in P + 1 variables: the objective ignores the last one, whose gradient is 0
     and whose Hessian row is (0, ..., 0, max_i H_ii) (decoupled; the value keeps the scaling's
     floor unchanged)."""
+    pad = torch.nn.functional.pad
 
     def padded_hessian(x: Tensor, idx: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         f, g, H = hessian(x[:, :P].contiguous(), idx)
-        m = g.shape[0]
-        g_p = torch.cat([g, g.new_zeros(m, 1)], -1)
-        H_p = H.new_zeros(m, P + 1, P + 1)
-        H_p[:, :P, :P] = H
+        H_p = pad(H, (0, 1, 0, 1))  # zeros in the new row and column
         H_p[:, P, P] = torch.diagonal(H, dim1=-2, dim2=-1).amax(-1)
-        return f, g_p, H_p
+        return f, pad(g, (0, 1)), H_p
 
     def padded_objective(x: Tensor, idx: Tensor | None) -> Tensor:
         return objective(x[:, :P].contiguous(), idx)
@@ -164,6 +189,7 @@ def trust_region(
     extrapolate: int = 10,
     straightness: float = 0.9,
     stiff_tol: float = 1e-3,
+    speculate: bool = False,
 ) -> OptimResult:
     """Minimise R independent objectives by trust-region Newton with the exact Hessian.
 
@@ -204,6 +230,25 @@ def trust_region(
             fits took hundreds to thousands of Newton iterations").
         straightness: the chord / path-length threshold above.
         stiff_tol: stiff directions: scaled-Hessian eigenvalues > stiff_tol * lam_max.
+        speculate: in an iteration where most trial steps are likely accepted, evaluate
+            ``hessian`` at the trial points instead of ``objective``, take its losses as
+            f(x + p) and, for the accepted steps, its gradients and Hessians as the new
+            iterates' (no second evaluation); rejected rows' are discarded. Valid only when
+            ``hessian(x, idx)[0]`` is bitwise ``objective(x, idx)`` and a replicate's numbers
+            do not depend on the other rows of a call (true of
+            :class:`~attnmoe.estimation.families.least_squares.objective.LeastSquaresObjective`,
+            both assemblies, and of the box wrapper of ``fit_least_squares``): then every
+            result, ``n_evals`` included (it counts trial points as without), is bitwise that
+            of ``speculate=False``; only the cost changes. An iteration speculates when at
+            least :data:`SPECULATE_SHARE` of its rows have a step strictly inside the region
+            (a Newton step) or had their last trial accepted with rho < 1/4 (the region was
+            cut to a quarter of a step that worked). Measured on traces of exact- and
+            over-specified fits (n = 1000, 10 000), such steps were accepted 85-100 % of the
+            time, boundary steps of a region kept or enlarged 35-70 %, and a Hessian costs 4-9
+            losses (benchmarks/bench_speculate.py). The choice is per iteration, all rows or
+            none, never two evaluation calls where there was one: at n = 1000 a call's fixed
+            cost is worth about 7 (numba) rows of loss, and per-row speculation (up to three
+            calls an iteration) made over-specified fits 5-10 % slower.
     """
     if x0.ndim != 2:
         raise ValueError(f"x0 must be (R, P), got {tuple(x0.shape)}")
@@ -223,32 +268,32 @@ def trust_region(
     # spherical region in the variables D x; Q, lam are the eigenpairs of D^-1 H D^-1
     D = _scaling(H, None, scaled)
     lam, Q = _scaled_eigh(H, D, pad)
+    # Tensor layouts matter below: a reduction over P (the sums over Q's rows or columns) rounds
+    # differently on a row-major and a column-major Q, so Q keeps eigh's layout (indexing Q[idx]
+    # keeps it too) and gh, the scaled gradient Q^T D^-1 g at every current iterate, is computed
+    # once per accepted move and read back from here (a row's values do not depend on the rows
+    # it was computed with).
+    gh = _rotate(Q, g, D)
     dev = x.device  # every tensor of the iteration lives on the device of x0 (CPU or GPU)
-    n_evals = torch.ones(R, dtype=torch.long, device=dev)
-    n_iter = torch.zeros(R, dtype=torch.long, device=dev)
+    counts = torch.zeros(2, R, dtype=torch.long, device=dev)  # n_evals, n_iter
+    counts[0] = 1
     delta = torch.full((R,), float(radius), dtype=x.dtype, device=dev)
     reason = torch.full((R,), REASONS.index("max_iter"), dtype=torch.long, device=dev)
     active = torch.ones(R, dtype=torch.bool, device=dev)
 
-    def scaled_grad(idx: Tensor) -> Tensor:
-        """Q^T D^-1 g ``(m, P)``: the gradient in the eigenbasis of the scaled Hessian."""
-        return (Q[idx] * (g[idx] / D[idx]).unsqueeze(-1)).sum(-2)
+    def check(rw: Tensor, f_r: Tensor, g_r: Tensor, lam_r: Tensor, gh_r: Tensor) -> None:
+        """Stopping tests at the current iterates of replicates ``rw`` (their f, g, lam, gh)."""
+        dec, floor = _decrement(lam_r, gh_r, curvature_tol)
+        lam0 = lam_r[:, 0]
+        convex = lam0 >= -floor
+        by_dec = convex & (dec <= dtol * f_r.abs())
+        by_grad = g_r.abs().amax(-1) <= gtol
+        bad = ~torch.isfinite(f_r) | ~torch.isfinite(lam0)
+        code = torch.where(by_grad, _GRADIENT, torch.where(by_dec, _DECREMENT, reason[rw]))
+        reason[rw] = torch.where(bad, _NONFINITE, code)
+        active[rw] = ~(by_grad | by_dec | bad)
 
-    def check(idx: Tensor) -> None:
-        """Stopping tests at the current iterates of replicates ``idx``."""
-        nonlocal active, reason
-        dec, floor = _decrement(lam[idx], scaled_grad(idx), curvature_tol)
-        convex = lam[idx, 0] >= -floor
-        by_dec = convex & (dec <= dtol * f[idx].abs())
-        by_grad = g[idx].abs().amax(-1) <= gtol
-        bad = ~torch.isfinite(f[idx]) | ~torch.isfinite(lam[idx, 0])
-        code = torch.where(by_grad, REASONS.index("gradient"),
-                           torch.where(by_dec, REASONS.index("decrement"), reason[idx]))
-        code = torch.where(bad, REASONS.index("nonfinite"), code)
-        reason[idx] = code
-        active[idx] = ~(by_grad | by_dec | bad)
-
-    check(torch.arange(R, device=dev))
+    check(torch.arange(R, device=dev), f, g, lam, gh)
     W = int(extrapolate)
     if W < 0:
         raise ValueError(f"extrapolate must be >= 0, got {extrapolate!r}")
@@ -257,32 +302,39 @@ def trust_region(
         lengths = x.new_zeros(R, W)  # (R, W) their step lengths
         count = torch.zeros(R, dtype=torch.long, device=dev)  # accepted steps since the last reset
         rows = torch.arange(R, device=dev)
+        jump_evals = torch.tensor([[2], [1]], device=dev)  # a try: two evaluations, one iteration
     factor = torch.ones(R, dtype=x.dtype, device=dev)  # length of the next jump / of the window's path
     tries = torch.zeros(R, dtype=torch.long, device=dev)  # extrapolations tried / accepted, per replicate
     jumps = torch.zeros(R, dtype=torch.long, device=dev)
+    # speculate only: the replicate's last trial was accepted with rho < 1/4
+    eager = torch.zeros(R, dtype=torch.bool, device=dev)
 
-    def remember(rw: Tensor, before: Tensor, after: Tensor) -> None:
-        """Record the accepted move before -> after of replicates ``rw`` in the window."""
-        slot = count[rw] % W
-        ring[rw, slot] = before
-        lengths[rw, slot] = (after - before).norm(dim=-1)
-        count[rw] += 1
-
-    def accept(rw: Tensor, new: Tensor) -> None:
-        """Move replicates ``rw`` to ``new`` and refresh their derivatives and scaling."""
+    def accept(rw: Tensor, new: Tensor, derivatives: tuple[Tensor, Tensor, Tensor] | None = None) -> None:
+        """Move replicates ``rw`` to ``new`` (recorded in the window), refresh their derivatives
+        (``hessian(new, rw)`` unless given), scaling and eigenpairs, and check them."""
         if W:
-            remember(rw, x[rw], new)
+            c_rw, before = count[rw], x[rw]
+            slot = c_rw % W
+            ring[rw, slot] = before
+            lengths[rw, slot] = (new - before).norm(dim=-1)
+            count[rw] = c_rw + 1
         x[rw] = new
-        f_a, g_a, H_a = hessian(new, rw)
-        f[rw], g[rw], H[rw] = f_a, g_a, H_a
-        D[rw] = _scaling(H_a, D[rw], scaled)
-        lam[rw], Q[rw] = _scaled_eigh(H_a, D[rw], pad)
-        check(rw)
+        f_a, g_a, H_a = hessian(new, rw) if derivatives is None else derivatives
+        f[rw], g[rw] = f_a, g_a
+        D_a = _scaling(H_a, D[rw], scaled)
+        D[rw] = D_a
+        lam_a, Q_a = _scaled_eigh(H_a, D_a, pad)
+        lam[rw], Q[rw] = lam_a, Q_a
+        # Q[rw] has Q's layout; Q_a has it too unless eigh fell back to row-by-row
+        gh_a = _rotate(Q_a if Q_a.stride()[1:] == Q.stride()[1:] else Q[rw], g_a, D_a)
+        gh[rw] = gh_a
+        check(rw, f_a, g_a, lam_a, gh_a)
 
-    for _ in range(max_iter):
-        if not bool(active.any()):
+    for it in range(max_iter):
+        idx = active.nonzero().squeeze(-1)
+        if not idx.numel():
             break
-        if W:
+        if W and it >= W:  # before W iterations no replicate has W accepted steps
             oldest = ring[rows, count % W]  # (R, P) the iterate W accepted steps ago
             chord = (x - oldest).norm(dim=-1)
             jump = active & (count >= W) & (chord >= straightness * lengths.sum(-1)) & (chord > 0)
@@ -292,14 +344,13 @@ def trust_region(
                 _, g_y, H_y = hessian(y, J)
                 D_y = _scaling(H_y, D[J], scaled)
                 lam_y, Q_y = _scaled_eigh(H_y, D_y, pad)
-                gh_y = (Q_y * (g_y / D_y).unsqueeze(-1)).sum(-2)
+                gh_y = _rotate(Q_y, g_y, D_y)
                 # back to the valley floor: a Newton step in the stiff directions only
                 stiff = lam_y > stiff_tol * lam_y.abs().amax(-1, keepdim=True)
                 p_y = torch.where(stiff, -gh_y / torch.where(stiff, lam_y, 1.0), 0.0)
                 z = y + (Q_y * p_y.unsqueeze(-2)).sum(-1) / D_y
                 f_z = objective(z, J)
-                n_evals[J] += 2
-                n_iter[J] += 1
+                counts[:, J] += jump_evals
                 good = torch.isfinite(f_z) & (f_z < f[J])
                 tries[J] += 1
                 jumps[J[good]] += 1
@@ -311,35 +362,42 @@ def trust_region(
                 factor[give_up] = 1.0
                 if bool(good.any()):
                     accept(J[good], z[good])
-            idx = (active & ~jump).nonzero().squeeze(-1)
-            if not idx.numel():
-                continue
+                idx = (active & ~jump).nonzero().squeeze(-1)
+                if not idx.numel():
+                    continue
+        m = idx.numel()
+        d, x_i = delta[idx], x[idx]
+        p_hat, pred = _subproblem(lam[idx], gh[idx], d)
+        trial = x_i + (Q[idx] * p_hat.unsqueeze(-2)).sum(-1) / D[idx]  # x + D^-1 Q p_hat  (m, P)
+        pn = p_hat.norm(dim=-1)
+        boundary = pn >= 0.99 * d
+        guess = None  # the derivatives at the trial points, when speculated
+        if speculate and int((~boundary | eager[idx]).sum()) >= SPECULATE_SHARE * m:
+            guess = hessian(trial, idx)
+            f_trial = guess[0]
         else:
-            idx = active.nonzero().squeeze(-1)
-        gh = scaled_grad(idx)
-        p_hat, pred = _subproblem(lam[idx], gh, delta[idx])
-        step = (Q[idx] * p_hat.unsqueeze(-2)).sum(-1) / D[idx]  # D^-1 Q p_hat  (m, P)
-        trial = x[idx] + step
-        f_trial = objective(trial, idx)
-        n_evals[idx] += 1
-        n_iter[idx] += 1
+            f_trial = objective(trial, idx)
+        counts[:, idx] += 1
         rho = (f[idx] - f_trial) / pred.clamp_min(1e-300)
         ok = torch.isfinite(f_trial) & (rho > eta) & (pred > 0)
-        pn = p_hat.norm(dim=-1)
-        d = delta[idx]
-        d = torch.where(~ok | (rho < 0.25), 0.25 * pn, d)
-        d = torch.where(ok & (rho > 0.75) & (pn >= 0.99 * delta[idx]), (2.0 * d).clamp(max=max_radius), d)
-        delta[idx] = d
-        stalled = d < 1e-14 * (1.0 + x[idx].norm(dim=-1))
-        reason[idx] = torch.where(stalled, REASONS.index("stalled"), reason[idx])
-        active[idx] = active[idx] & ~stalled
+        d_new = torch.where(~ok | (rho < 0.25), 0.25 * pn, d)
+        d_new = torch.where(ok & (rho > 0.75) & boundary, (2.0 * d_new).clamp(max=max_radius), d_new)
+        delta[idx] = d_new
+        stalled = d_new < 1e-14 * (1.0 + x_i.norm(dim=-1))
+        reason[idx] = torch.where(stalled, _STALLED, reason[idx])
+        active[idx] = ~stalled  # every row of idx was active
+        if speculate:
+            eager[idx] = ok & (rho < 0.25)
         acc = idx[ok]
-        if acc.numel():
-            accept(acc, trial[ok])
-    dec, _ = _decrement(lam, scaled_grad(torch.arange(R, device=dev)), curvature_tol)
-    converged = (reason == REASONS.index("gradient")) | (reason == REASONS.index("decrement"))
+        n_acc = acc.numel()
+        if n_acc == m:  # every step accepted: no row to pick
+            accept(idx, trial, guess)
+        elif n_acc:
+            accept(acc, trial[ok], None if guess is None else tuple(t[ok] for t in guess))
+    dec, _ = _decrement(lam, gh, curvature_tol)
+    converged = (reason == _GRADIENT) | (reason == _DECREMENT)
     return OptimResult(
-        x[:, : P - 1].clone() if pad else x, f, g.abs().amax(-1), converged, n_iter, n_evals,
+        x[:, : P - 1].clone() if pad else x, f, g.abs().amax(-1), converged, counts[1].clone(), counts[0].clone(),
         reason=reason, min_eig=lam[:, 0].clone(), decrement=dec,
         extra={"extrapolations": tries, "jumps": jumps},
     )

@@ -279,8 +279,11 @@ def fit_least_squares(
         init = box.to_free(init)
     res: OptimResult
     if method == "trust-region":
+        # speculation (Hessian at trial points) is exact here: LeastSquaresObjective.hessian's loss
+        # is bitwise its __call__'s (objective.py, "Assembly"), and _BoxObjective maps phi to theta
+        # by the same rowwise tanh in both; every replicate's numbers are its own (batch-invariant)
         res = trust_region(objective.hessian, objective, init, max_iter=max_iter, gtol=tol,
-                           dtol=dtol / X.shape[1], **options)
+                           dtol=dtol / X.shape[1], **{"speculate": True, **options})
     elif method == "lbfgs":
         if precondition:
             def inverse_gauss_newton(z: Tensor, idx: Tensor | None) -> Tensor:

@@ -112,17 +112,53 @@ def _activation(name: str, z: Tensor, second: bool = False) -> tuple[Tensor, ...
 _FEATURE_OF = {"A": "A", "b": "b", "c": "c", "a": "b", "alpha": "c"}
 
 
-def _features(X: Tensor, names: list[str]) -> Tensor:
-    """The distinct features ``names`` of inputs ``X`` ``(R, n, d)``, concatenated ``(R, n, F)``:
-    "A" the upper-triangle products (off-diagonal ones doubled), "b" x, "c" 1."""
+def _width(name: str, d: int) -> int:
+    """Columns of feature ``name`` for d inputs: "A" the upper triangle, "b" x, "c" 1."""
+    return 1 if name == "c" else (d * (d + 1) // 2 if name == "A" else d)
+
+
+def _runs(ua: list[int], ub: list[int]) -> list[tuple[int, int, int, int]]:
+    """The pairs (ua[u], ub[u]) as maximal runs (u0, p, q0, w): pairs u0 .. u0 + w - 1 are
+    (p, q0), (p, q0 + 1), ... (the upper triangle row by row: one run per row)."""
+    runs: list[tuple[int, int, int, int]] = []
+    for u, (p, q) in enumerate(zip(ua, ub)):
+        if runs and runs[-1][1] == p and runs[-1][2] + runs[-1][3] == q:
+            runs[-1] = runs[-1][:3] + (runs[-1][3] + 1,)
+        else:
+            runs.append((u, p, q, 1))
+    return runs
+
+
+def _pair_products(src: Tensor, runs: list[tuple[int, int, int, int]], out: Tensor) -> Tensor:
+    """``out[..., u] = src[..., ua[u]] * src[..., ub[u]]`` for the pairs of :func:`_runs`: one
+    broadcast product src_p * src_{q0 .. q0 + w - 1} per run, written in place; the same
+    products as the advanced index ``src[..., ua] * src[..., ub]``, which was 3-4x slower."""
+    for u0, p, q0, w in runs:
+        torch.mul(src[..., p : p + 1], src[..., q0 : q0 + w], out=out[..., u0 : u0 + w])
+    return out
+
+
+def _features(X: Tensor, names: list[str], rows: int, width: int) -> Tensor:
+    """The distinct features ``names`` of inputs ``X`` ``(R, n, d)``, side by side in a zero
+    tensor ``(R, rows, width)`` (rows >= n, width >= their columns; the rest stays 0): "A" the
+    upper-triangle products X_p X_q, off-diagonal ones doubled ((X_p * X_q) * 2), "b" x, "c" 1.
+    Written in place, no concatenation copies."""
     R, n, d = X.shape
-    iu = torch.triu_indices(d, d, device=X.device)
-    make = {
-        "A": lambda: X[..., iu[0]] * X[..., iu[1]] * torch.where(iu[0] == iu[1], 1.0, 2.0).to(X),
-        "b": lambda: X,
-        "c": lambda: X.new_ones(R, n, 1),
-    }
-    return torch.cat([make[name]() for name in names], -1)
+    xi = X.new_zeros(R, rows, width)
+    col = 0
+    for name in names:
+        w = _width(name, d)
+        out = xi[:, :n, col : col + w]
+        if name == "A":
+            ua, ub = zip(*[(p, q) for p in range(d) for q in range(p, d)])  # torch.triu_indices' order
+            coef = torch.tensor([1.0 if p == q else 2.0 for p, q in zip(ua, ub)], dtype=X.dtype, device=X.device)
+            _pair_products(X, _runs(ua, ub), out).mul_(coef)
+        elif name == "b":
+            out.copy_(X)
+        else:
+            out.fill_(1.0)
+        col += w
+    return xi
 
 
 class LeastSquaresObjective:
@@ -147,8 +183,9 @@ class LeastSquaresObjective:
         self.layout, self.n_ref = layout, layout.n_ref
         R, n, _ = X.shape
         self.n, pad = n, padded(n) - n
-        self.mask = torch.cat([X.new_ones(n), X.new_zeros(pad)])  # (n_pad,)
-        self.y = torch.cat([y.to(X.dtype), X.new_zeros(R, pad)], 1)  # (R, n_pad)
+        self.mask = X.new_zeros(n + pad)  # (n_pad,)
+        self.mask[:n] = 1.0
+        self.y = torch.nn.functional.pad(y.to(X.dtype), (0, pad))  # (R, n_pad)
 
     def __init__(self, layout: ParameterLayout, X: Tensor, y: Tensor,
                  assembly: str = FIT_DEFAULTS["least_squares"]["assembly"]) -> None:
@@ -168,16 +205,15 @@ class LeastSquaresObjective:
         n_pad = padded(n)
         gate_names, expert_names = layout.gate.param_names, layout.expert.param_names
         names = list(dict.fromkeys(_FEATURE_OF[name] for name in gate_names + expert_names))
-        xi = _features(X, names)  # (R, n, F)
+        width = {name: _width(name, d) for name in names}
+        F = sum(width.values())
+        # xi (R, n_pad, F + F % 2). F even: with kv F or Q U odd, every other replicate's output
+        # block of a batched matmul starts off a 16-byte boundary and is rounded differently (a
+        # zero column fixes it); zero rows on the padding: the padding's logits are 0 and its
+        # feature products vanish
+        self.xi = _features(X, names, n_pad, F + F % 2)
         with torch.device("cpu"):  # the index tables; moved to the data's device below
-            width = {name: 1 if name == "c" else (d * (d + 1) // 2 if name == "A" else d) for name in names}
             offset = dict(zip(names, torch.tensor([0] + [width[v] for v in names]).cumsum(0).tolist()))
-            F = xi.shape[-1]
-            # F even: with kv F or Q U odd, every other replicate's output block of a batched
-            # matmul starts off a 16-byte boundary and is rounded differently (a zero column fixes it)
-            self.xi = torch.cat([xi, xi.new_zeros(R, n, F % 2)], -1)  # (R, n, F)
-            self.xi = torch.cat([self.xi, self.xi.new_zeros(R, n_pad - n, self.xi.shape[-1])], 1)
-            # zero rows on the padding: the padding's logits are 0 and its feature products vanish
 
             def columns(param_names: tuple[str, ...]) -> Tensor:
                 return torch.cat([offset[_FEATURE_OF[v]] + torch.arange(width[_FEATURE_OF[v]])
@@ -213,6 +249,7 @@ class LeastSquaresObjective:
             if ua.numel() % 2:  # even U (see above); the extra product is never read
                 ua, ub = torch.cat([ua, ua[:1]]), torch.cat([ub, ub[:1]])
             self.ua, self.ub, self.U = ua, ub, ua.numel()
+            self._pair_runs = _runs(ua.tolist(), ub.tolist())
             self.hess_index = pair[row][:, row] * self.U + uu[col][:, col]  # (P, P) into (Q, U)
             # the second-order diagonals (module docstring): pairs (g, g), (g, kg + g + n_ref), (x, x)
             g, x = torch.arange(kg), torch.arange(k)
@@ -250,7 +287,7 @@ class LeastSquaresObjective:
 
     def _products(self, xi: Tensor) -> Tensor:
         """xi_p xi_q for the pairs p <= q ``(..., U)``."""
-        return xi[..., self.ua] * xi[..., self.ub]
+        return _pair_products(xi, self._pair_runs, xi.new_empty(*xi.shape[:-1], self.U))
 
     def _matrices(self, flat: Tensor) -> tuple[Tensor, Tensor]:
         """Gate and expert matrices over xi's columns ``(m, k, F)`` (zeros where unused)."""
