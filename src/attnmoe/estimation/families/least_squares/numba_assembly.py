@@ -55,15 +55,19 @@ built from its exponent bits (exact; 2^t is normal for |t| <= 1010). The result 
 tests/test_numba_assembly.py). Outside, the clamp gives exp(-700) ~ 1e-304 instead of a smaller
 number: a softmax weight or sigmoid value off by at most 1e-304 absolute.
 
-Floating-point mode: strict IEEE (``fastmath=False``) everywhere but the product function.
-``fastmath={"contract"}`` (FMA contraction only) was tried on the whole first kernel: the same
-accuracy (max relative error 1.9e-15 to 5.3e-15 against the torch path either way) and no
-measurable speed-up, while without contraction the loss kernel (:meth:`NumbaAssembly.loss`, the
-text of the assembly up to the residual) is guaranteed bitwise equal to the assembly's loss,
-which the trust region needs (objective.py, "Assembly"): the element-wise phases and the loss's
-sequential sum stay strict, so the loss is also bitwise kernel version 1's. Since every replicate
-runs the same code on its own data, a replicate's outputs are bitwise the same alone or anywhere
-in a batch (tests).
+Floating-point mode. The kernel is compiled with contraction (``fastmath={"contract"}``: a * b + c
+may become one FMA) and without reassociation, so every sum keeps its order; the product
+function adds reassociation (above). Contraction made the kernel 12-15 % faster at n = 1e4 (and
+its exp's Horner steps single-rounded). It is safe for the trust region because the loss at
+trial points comes from the same kernel as the loss at the current point (:meth:`NumbaAssembly.loss`
+runs the whole kernel and keeps the loss; objective.py, "Assembly"): near convergence f - f_trial
+is a few ulp of f, so the two must be one arithmetic, and a separate loss-only kernel (kernel
+version 1 had one, strict IEEE so that its text up to the residual rounded as the assembly's) is
+not guaranteed that with contraction, since LLVM fuses a product into a sum depending on the
+product's other uses. The trust region evaluates the whole kernel at every trial point anyway
+(it speculates: ``fit_least_squares`` passes ``speculate_share=0`` with this assembly), so the
+accepted points' derivatives cost nothing more. Since every replicate runs the same code on its
+own data, a replicate's outputs are bitwise the same alone or anywhere in a batch (tests).
 
 Scope: softmax normalisation, every gate with ``closed_form`` (logits linear in the features:
 linear, polynomial, monomial), experts ``linear`` and ``sigmoid``; float64 on the CPU, one
@@ -91,16 +95,16 @@ EXPERTS: tuple[str, ...] = ("linear", "sigmoid")
 BLOCK = 64
 
 #: version of the kernel's arithmetic, recorded in study.json with assembly "numba": 1 (session
-#: 11) accumulated M row by row in sample order and the gradient in 8 lanes; 2 sums both as the
-#: product function's vectorised dot products (module docstring): the same loss bit for bit,
-#: gradient and Hessian within a few ulp (4.7e-15 of max |H| at n = 1e4)
+#: 11) strict IEEE, M accumulated row by row in sample order, the gradient in 8 lanes, a separate
+#: loss kernel; 2 sums both as the product function's vectorised dot products and contracts
+#: a * b + c to FMA (module docstring): loss, gradient and Hessian within a few ulp of version 1
 KERNEL_VERSION = 2
 
 #: the polynomial exp is within this many ulp of numpy.exp on [-700, 700] (module docstring)
 EXP_ULP = 1
 
-#: numba's floating-point flags: none, strict IEEE (module docstring)
-FASTMATH: bool | set[str] = False
+#: the kernel's floating-point flags: contraction (FMA) only, no reassociation (module docstring)
+FASTMATH: bool | set[str] = {"contract"}
 
 #: the product function's flags: reassociation (the block's dot products vectorise along the
 #: samples) and contraction (FMA); module docstring
@@ -229,37 +233,11 @@ def products(C, PT, EV, XB, MN, GL):
 """
 
 
-_LOSS = """\
-def loss_kern(rows, xi, y, mask, G, E, invn, loss):
-    n_pad = xi.shape[1]
-    ARG = np.empty(2 * {K} * {L})
-    EX = np.empty(2 * {K} * {L})
-    BITS = np.zeros(2 * {K} * {L}, dtype=np.int64)
-    FO = BITS.view(np.float64)
-    RES = np.empty({L})
-    for r in range(rows.shape[0]):
-        d = rows[r]
-{HOIST}
-        lo = 0.0
-        for j0 in range(0, n_pad, {L}):
-            for j in range({L}):
-{LOGITS}
-{EXP}
-            for j in range({L}):
-{COEFFS}
-            for j in range({L}):
-                lo += RES[j] * RES[j]
-        loss[r] = lo * invn
-"""
-
-
 def kernel_source(k: int, n_ref: int, F: int, gate_cols: list[int], expert_cols: list[int], qi: list[int],
                   ql: list[int], ua: list[int], ub: list[int], diag_pairs: list[int], expert: str,
-                  needed: list[list[int]], loss_only: bool = False) -> tuple[str, str, list[tuple[int, int]]]:
+                  needed: list[list[int]]) -> tuple[str, str, list[tuple[int, int]]]:
     """The numba sources of the assembly for one layout (every size and table a constant): the
-    kernel, its product function and the (pair, product) of each of the kernel's M columns; with
-    ``loss_only`` the loss kernel (and no product function): the same text up to the residual, so
-    its losses are bitwise the assembly's (strict IEEE arithmetic, no contraction).
+    kernel, its product function and the (pair, product) of each of the kernel's M columns.
 
     Args:
         k, n_ref: experts and reference (fixed-logit) gate rows; F: columns of xi.
@@ -275,7 +253,6 @@ def kernel_source(k: int, n_ref: int, F: int, gate_cols: list[int], expert_cols:
     # sample loops: it cannot tell the arrays apart)
     hoist = [f"g{i}_{p} = G[r, {i}, {p}]" for i in range(n_ref, k) for p in gate_cols]
     hoist += [f"e{i}_{p} = E[r, {i}, {p}]" for i in range(k) for p in expert_cols]
-    logit_cols = sorted(set(gate_cols) | set(expert_cols))
     lg = []
     for i in range(k):
         lg.append(f"u{i} = " + (" + ".join(f"g{i}_{p} * x{p}" for p in gate_cols) if i >= n_ref else "0.0"))
@@ -296,10 +273,6 @@ def kernel_source(k: int, n_ref: int, F: int, gate_cols: list[int], expert_cols:
     cf.append("f = " + " + ".join(f"w{i} * h{i}" for i in range(k)))
     cf += ["res = (f - y[d, j0 + j]) * mask[j0 + j]", "RES[j] = res"]
     n_exp = (2 if expert == "sigmoid" else 1) * k * L  # linear experts need no exp(-z)
-    if loss_only:
-        lg = [f"x{p} = xi[d, j0 + j, {p}]" for p in logit_cols] + lg
-        return _LOSS.format(K=k, L=L, HOIST=_indent("\n".join(hoist), 8), LOGITS=_indent("\n".join(lg), 16),
-                            EXP=_indent(_EXP.format(N=n_exp), 12), COEFFS=_indent("\n".join(cf), 16)), "", []
     cf.append("e = c * res")
     cf += [f"v{i} = w{n_ref + i} * (h{n_ref + i} - f)" for i in range(kg)]  # s_i
     cf += [f"v{kg + i} = w{i} * dh{i}" for i in range(k)]  # t_i
@@ -403,8 +376,6 @@ class NumbaAssembly:
         self.source, products, entries = kernel_source(*args, expert=layout.expert.name, needed=needed)
         helper = compiled(products, "products", PRODUCT_FASTMATH)
         self.kernel = compiled(self.source, helpers={"products": helper})
-        loss_source = kernel_source(*args, expert=layout.expert.name, needed=needed, loss_only=True)[0]
-        self.loss_kernel = compiled(loss_source, "loss_kern")
         self.xi = objective.xi.contiguous().numpy()  # (R, n_pad, F), a view when xi is contiguous
         self.y, self.mask = objective.y.contiguous().numpy(), objective.mask.contiguous().numpy()
         column = {qu: t for t, qu in enumerate(entries)}
@@ -420,11 +391,9 @@ class NumbaAssembly:
         return rows, G.contiguous().numpy(), E.contiguous().numpy()
 
     def loss(self, flat: Tensor, idx: Tensor | None = None) -> Tensor:
-        """Losses ``(m,)``, bitwise those of :meth:`__call__` (the same generated arithmetic)."""
-        rows, G, E = self._inputs(flat, idx)
-        out = np.empty(flat.shape[0])
-        self.loss_kernel(rows, self.xi, self.y, self.mask, G, E, 1.0 / self.objective.n, out)
-        return torch.from_numpy(out)
+        """Losses ``(m,)``: those of :meth:`__call__` (the whole kernel runs: one arithmetic for
+        the trust region's current and trial points; module docstring)."""
+        return self(flat, idx)[0]
 
     def __call__(self, flat: Tensor, idx: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Losses ``(m,)``, gradients ``(m, P)``, Hessians ``(m, P, P)`` of replicates ``idx``
