@@ -288,9 +288,10 @@ def trust_region(
         convex = lam0 >= -floor
         by_dec = convex & (dec <= dtol * f_r.abs())
         by_grad = g_r.abs().amax(-1) <= gtol
-        bad = ~torch.isfinite(f_r) | ~torch.isfinite(lam0)
-        code = torch.where(by_grad, _GRADIENT, torch.where(by_dec, _DECREMENT, reason[rw]))
-        reason[rw] = torch.where(bad, _NONFINITE, code)
+        bad = ~(torch.isfinite(f_r) & torch.isfinite(lam0))
+        # priority: nonfinite, gradient, decrement, the reason so far
+        reason[rw] = reason[rw].masked_fill_(by_dec, _DECREMENT).masked_fill_(by_grad, _GRADIENT).masked_fill_(
+            bad, _NONFINITE)
         active[rw] = ~(by_grad | by_dec | bad)
 
     check(torch.arange(R, device=dev), f, g, lam, gh)
@@ -384,7 +385,7 @@ def trust_region(
         d_new = torch.where(ok & (rho > 0.75) & boundary, (2.0 * d_new).clamp(max=max_radius), d_new)
         delta[idx] = d_new
         stalled = d_new < 1e-14 * (1.0 + x_i.norm(dim=-1))
-        reason[idx] = torch.where(stalled, _STALLED, reason[idx])
+        reason[idx] = reason[idx].masked_fill_(stalled, _STALLED)
         active[idx] = ~stalled  # every row of idx was active
         if speculate:
             eager[idx] = ok & (rho < 0.25)

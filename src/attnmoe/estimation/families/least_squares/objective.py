@@ -58,7 +58,10 @@ relative of this path, 2-3x faster; softmax, closed-form gates, linear/sigmoid e
 CPU), and :meth:`__call__` then uses its loss kernel. Both, because the trust region compares the
 loss :meth:`hessian` returns at the current point with :meth:`__call__` at trial points
 (``rho = (f - f_trial) / pred``): near convergence f - f_trial is a few ulp of f, so the two must
-come from the same arithmetic. The kernel's losses are bitwise equal to its loss kernel's (tested)
+come from the same arithmetic. The same equality (:meth:`hessian`'s loss bitwise :meth:`__call__`'s,
+both assemblies, tests) lets the trust region evaluate :meth:`hessian` at a trial point instead of
+the loss (``trust_region(speculate=True)``, what ``fit_least_squares`` runs) without changing any
+number. The kernel's losses are bitwise equal to its loss kernel's (tested)
 and within 1e-14 relative of this path's; taking this path's loss in :meth:`hessian` instead
 would have cost about half of the kernel's time again (R = 64, n = 1000).
 :meth:`value_and_grad` and :meth:`jacobian` (L-BFGS, Adam) stay on this path, so the option is
@@ -92,10 +95,8 @@ PRODUCT_CACHE_BYTES = 1 << 29
 def rowwise(fn, x: Tensor) -> Tensor:
     """``fn`` applied element-wise to ``x`` ``(m, P)`` with each row padded to a multiple of
     :data:`PAD`, so row r's values do not depend on m or on r (see the module docstring)."""
-    m, P = x.shape
-    wide = x.new_zeros(m, padded(P))
-    wide[:, :P] = x
-    return fn(wide)[:, :P]
+    P = x.shape[1]
+    return fn(torch.nn.functional.pad(x, (0, padded(P) - P)))[:, :P]
 
 
 def _activation(name: str, z: Tensor, second: bool = False) -> tuple[Tensor, ...]:
@@ -262,8 +263,9 @@ class LeastSquaresObjective:
             self.ex_index = torch.full((k, Fx), P, dtype=torch.long)
             self.ex_index[:, self.expert_cols] = self.e_index
             # the feature products, kept when small (bitwise the same as computing them per pass)
+            self._gx_flat, self._ex_flat = self.gx_index.flatten(), self.ex_index.flatten()
             for name in ("gate_cols", "expert_cols", "grad_index", "qi", "ql", "ua", "ub", "hess_index",
-                         "diag_pairs", "gx_index", "ex_index"):
+                         "diag_pairs", "gx_index", "ex_index", "_gx_flat", "_ex_flat"):
                 setattr(self, name, getattr(self, name).to(X.device))
         self.assembly, self.numba = assembly, None
         if assembly == "numba":  # the kernel reads xi itself: no product cache
@@ -293,8 +295,10 @@ class LeastSquaresObjective:
         """Gate and expert matrices over xi's columns ``(m, k, F)`` (zeros where unused)."""
         if flat.ndim != 2 or flat.shape[1] != self.layout.n_params:
             raise ValueError(f"flat must be (m, {self.layout.n_params}), got {tuple(flat.shape)}")
-        ext = torch.cat([flat, flat.new_zeros(flat.shape[0], 1)], 1)
-        return ext[:, self.gx_index], ext[:, self.ex_index]
+        m, (k, F) = flat.shape[0], self.gx_index.shape
+        ext = torch.nn.functional.pad(flat, (0, 1))  # (m, P + 1), a zero last
+        return (ext.index_select(1, self._gx_flat).view(m, k, F),
+                ext.index_select(1, self._ex_flat).view(m, k, F))
 
     def _blocks(self, flat: Tensor, idx: Tensor | None, order: int):
         """Replicate blocks (rows of ``flat``) small enough for a pass's temporaries to stay in
