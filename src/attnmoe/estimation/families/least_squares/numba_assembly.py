@@ -58,16 +58,16 @@ number: a softmax weight or sigmoid value off by at most 1e-304 absolute.
 Floating-point mode. The kernel is compiled with contraction (``fastmath={"contract"}``: a * b + c
 may become one FMA) and without reassociation, so every sum keeps its order; the product
 function adds reassociation (above). Contraction made the kernel 12-15 % faster at n = 1e4 (and
-its exp's Horner steps single-rounded). It is safe for the trust region because the loss at
-trial points comes from the same kernel as the loss at the current point (:meth:`NumbaAssembly.loss`
-runs the whole kernel and keeps the loss; objective.py, "Assembly"): near convergence f - f_trial
-is a few ulp of f, so the two must be one arithmetic, and a separate loss-only kernel (kernel
-version 1 had one, strict IEEE so that its text up to the residual rounded as the assembly's) is
-not guaranteed that with contraction, since LLVM fuses a product into a sum depending on the
-product's other uses. The trust region evaluates the whole kernel at every trial point anyway
-(it speculates: ``fit_least_squares`` passes ``speculate_share=0`` with this assembly), so the
-accepted points' derivatives cost nothing more. Since every replicate runs the same code on its
-own data, a replicate's outputs are bitwise the same alone or anywhere in a batch (tests).
+its exp's Horner steps single-rounded). The trust region compares the loss at the current point
+(from :meth:`NumbaAssembly.__call__`) with losses at trial points (:meth:`NumbaAssembly.loss`):
+near convergence f - f_trial is a few ulp of f, so the two must be one arithmetic (objective.py,
+"Assembly"). A separate loss-only kernel (kernel version 1 had one, strict IEEE so that its text
+up to the residual rounded as the assembly's) would not be that under contraction, since LLVM fuses
+a product into a sum depending on the product's other uses; so the loss is the same compiled kernel
+with ``derivs=False``: every block computes the same element-wise phase with the same uses (C and
+EV are formed either way) and only the products after it are skipped (the loss costs about 60 %
+of the whole kernel). Since every replicate runs the same code on its own data, a replicate's
+outputs are bitwise the same alone or anywhere in a batch (tests).
 
 Scope: softmax normalisation, every gate with ``closed_form`` (logits linear in the features:
 linear, polynomial, monomial), experts ``linear`` and ``sigmoid``; float64 on the CPU, one
@@ -96,8 +96,8 @@ BLOCK = 64
 
 #: version of the kernel's arithmetic, recorded in study.json with assembly "numba": 1 (session
 #: 11) strict IEEE, M accumulated row by row in sample order, the gradient in 8 lanes, a separate
-#: loss kernel; 2 sums both as the product function's vectorised dot products and contracts
-#: a * b + c to FMA (module docstring): loss, gradient and Hessian within a few ulp of version 1
+#: loss kernel; 2 sums both as the product function's vectorised dot products, contracts a * b + c
+#: to FMA and takes the loss from the same kernel (module docstring): within a few ulp of version 1
 KERNEL_VERSION = 2
 
 #: the polynomial exp is within this many ulp of numpy.exp on [-700, 700] (module docstring)
@@ -184,7 +184,7 @@ def poly_exp(x: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- the generated kernel
 
 _KERNEL = """\
-def kern(rows, xi, y, mask, G, E, c, invn, loss, grad, M):
+def kern(rows, xi, y, mask, G, E, c, invn, derivs, loss, grad, M):
     n_pad = xi.shape[1]
     ARG = np.empty(2 * {K} * {L})
     EX = np.empty(2 * {K} * {L})
@@ -214,16 +214,18 @@ def kern(rows, xi, y, mask, G, E, c, invn, loss, grad, M):
 {COEFFS}
             for j in range({L}):
                 lo += RES[j] * RES[j]
-            # the products the Hessian reads, sample-contiguous
-            for j in range({L}):
+            if derivs:
+                # the products the Hessian reads, sample-contiguous
+                for j in range({L}):
 {PRODUCTS}
-            # M += C P^T and grad += EV XB^T over the block: tiled dot products (module docstring)
-            products(C, PT, EV, XB, MN, GL)
+                # M += C P^T and grad += EV XB^T over the block: tiled dot products (module docstring)
+                products(C, PT, EV, XB, MN, GL)
         loss[r] = lo * invn
-        for t in range({NM}):
-            M[r, t] = MN[t]
-        for t in range({NG}):
-            grad[r, t] = GL[t]
+        if derivs:
+            for t in range({NM}):
+                M[r, t] = MN[t]
+            for t in range({NG}):
+                grad[r, t] = GL[t]
 """
 
 
@@ -300,7 +302,7 @@ def kernel_source(k: int, n_ref: int, F: int, gate_cols: list[int], expert_cols:
     src = _KERNEL.format(
         K=k, KV=kv, Q=Q, NP=len(plist), F=F, NM=len(entries), NG=kv * F, L=L,
         HOIST=_indent("\n".join(hoist), 8), LOGITS=_indent("\n".join(lg), 16),
-        EXP=_indent(_EXP.format(N=n_exp), 12), COEFFS=_indent("\n".join(cf), 16), PRODUCTS=_indent("\n".join(pr), 16))
+        EXP=_indent(_EXP.format(N=n_exp), 12), COEFFS=_indent("\n".join(cf), 16), PRODUCTS=_indent("\n".join(pr), 20))
     return src, _PRODUCTS.format(BODY=_indent("\n".join(body), 4)), entries
 
 
@@ -391,18 +393,21 @@ class NumbaAssembly:
         return rows, G.contiguous().numpy(), E.contiguous().numpy()
 
     def loss(self, flat: Tensor, idx: Tensor | None = None) -> Tensor:
-        """Losses ``(m,)``: those of :meth:`__call__` (the whole kernel runs: one arithmetic for
-        the trust region's current and trial points; module docstring)."""
-        return self(flat, idx)[0]
+        """Losses ``(m,)``, bitwise those of :meth:`__call__`: the same compiled kernel, told to
+        skip the products after each block's loss (module docstring, "Floating-point mode")."""
+        rows, G, E = self._inputs(flat, idx)
+        loss, none = np.empty(flat.shape[0]), np.empty((0, 0))
+        self.kernel(rows, self.xi, self.y, self.mask, G, E, 2.0 / self.objective.n, 1.0 / self.objective.n,
+                    False, loss, none, none)
+        return torch.from_numpy(loss)
 
     def __call__(self, flat: Tensor, idx: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Losses ``(m,)``, gradients ``(m, P)``, Hessians ``(m, P, P)`` of replicates ``idx``
         (all when None) at ``flat`` ``(m, P)``; float64 on the CPU."""
         rows, G, E = self._inputs(flat, idx)
         m, F = flat.shape[0], self.xi.shape[2]
-        Q = self.objective.qi.numel()
         loss, grad, M = np.empty(m), np.empty((m, self.kv * F)), np.empty((m, self.n_entries))
         n = self.objective.n
-        self.kernel(rows, self.xi, self.y, self.mask, G, E, 2.0 / n, 1.0 / n, loss, grad, M)
+        self.kernel(rows, self.xi, self.y, self.mask, G, E, 2.0 / n, 1.0 / n, True, loss, grad, M)
         grad_t, M_t = torch.from_numpy(grad), torch.from_numpy(M)
         return torch.from_numpy(loss), grad_t[:, self.objective.grad_index], M_t[:, self.hess_index]
