@@ -279,8 +279,10 @@ def trust_region(
     # it was computed with).
     gh = _rotate(Q, g, D)
     dev = x.device  # every tensor of the iteration lives on the device of x0 (CPU or GPU)
-    counts = torch.zeros(2, R, dtype=torch.long, device=dev)  # n_evals, n_iter
-    counts[0] = 1
+    # iterations per replicate (trial steps and extrapolation tries); n_evals = 1 + n_iter + tries
+    # (the first point, one loss per trial, two evaluations per try: y and z)
+    n_iter = torch.zeros(R, dtype=torch.long, device=dev)
+    ones = torch.ones(R, dtype=torch.long, device=dev)
     delta = torch.full((R,), float(radius), dtype=x.dtype, device=dev)
     reason = torch.full((R,), REASONS.index("max_iter"), dtype=torch.long, device=dev)
     active = torch.ones(R, dtype=torch.bool, device=dev)
@@ -307,7 +309,6 @@ def trust_region(
         lengths = x.new_zeros(R, W)  # (R, W) their step lengths
         count = torch.zeros(R, dtype=torch.long, device=dev)  # accepted steps since the last reset
         rows = torch.arange(R, device=dev)
-        jump_evals = torch.tensor([[2], [1]], device=dev)  # a try: two evaluations, one iteration
     factor = torch.ones(R, dtype=x.dtype, device=dev)  # length of the next jump / of the window's path
     tries = torch.zeros(R, dtype=torch.long, device=dev)  # extrapolations tried / accepted, per replicate
     jumps = torch.zeros(R, dtype=torch.long, device=dev)
@@ -355,7 +356,7 @@ def trust_region(
                 p_y = torch.where(stiff, -gh_y / torch.where(stiff, lam_y, 1.0), 0.0)
                 z = y + (Q_y * p_y.unsqueeze(-2)).sum(-1) / D_y
                 f_z = objective(z, J)
-                counts[:, J] += jump_evals
+                n_iter[J] += 1
                 good = torch.isfinite(f_z) & (f_z < f[J])
                 tries[J] += 1
                 jumps[J[good]] += 1
@@ -382,7 +383,7 @@ def trust_region(
             f_trial = guess[0]
         else:
             f_trial = objective(trial, idx)
-        counts[:, idx] += 1
+        n_iter.index_add_(0, idx, ones[:m])
         rho = (f[idx] - f_trial) / pred.clamp_min(1e-300)
         ok = torch.isfinite(f_trial) & (rho > eta) & (pred > 0)
         d_new = torch.where(~ok | (rho < 0.25), 0.25 * pn, d)
@@ -402,7 +403,7 @@ def trust_region(
     dec, _ = _decrement(lam, gh, curvature_tol)
     converged = (reason == _GRADIENT) | (reason == _DECREMENT)
     return OptimResult(
-        x[:, : P - 1].clone() if pad else x, f, g.abs().amax(-1), converged, counts[1].clone(), counts[0].clone(),
+        x[:, : P - 1].clone() if pad else x, f, g.abs().amax(-1), converged, n_iter, n_iter + tries + 1,
         reason=reason, min_eig=lam[:, 0].clone(), decrement=dec,
         extra={"extrapolations": tries, "jumps": jumps},
     )
