@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from attnmoe.estimation import get_setting, sample
-from attnmoe.estimation.families.least_squares.fit import _Box
+from attnmoe.estimation.families.least_squares.fit import _Box, fit_least_squares
 from attnmoe.estimation.families.least_squares.init import near_truth_init
 from attnmoe.estimation.families.least_squares.objective import LeastSquaresObjective
 from attnmoe.estimation.solvers.newton import trust_region
@@ -85,3 +85,17 @@ def test_speculation_changes_no_number(case: str) -> None:
     assert int(plain.n_evals.sum()) == R + f0 + int(tries.sum())  # loss rows: trials + tries
     # each speculated row is a Hessian row instead of a loss row, and if accepted, one Hessian row fewer
     assert f1 < f0 and h1 >= h0 and f1 + h1 <= f0 + h0
+
+
+def test_fit_least_squares_speculates_without_changing_a_fit() -> None:
+    """fit_least_squares speculates by default; speculate=False (passed to the solver) gives
+    bitwise the same FitResult (odd P, box, near-truth starts)."""
+    s = get_setting("polynomial-linear-exact")
+    seeds = [0, 1, 2]
+    X, y = sample(s, 150, seeds)
+    x0 = near_truth_init(s.fit_layout, s.true_params(), seeds, 0.2)
+    a = fit_least_squares(s.fit_layout, X, y, x0, bound=10.0)
+    b = fit_least_squares(s.fit_layout, X, y, x0, bound=10.0, speculate=False)
+    for k in ("flat", "loss", "grad_max", "converged", "n_iter", "n_evals", "min_eig", "decrement", "at_bound"):
+        assert torch.equal(getattr(a, k), getattr(b, k)), k
+    assert a.reason == b.reason
