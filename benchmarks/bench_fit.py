@@ -30,7 +30,9 @@
     (``--scipy-tol``). SciPy's time is reported for its whole run and up to the first
     evaluation whose loss is within ``--target`` * L / n of ours; the loss differences say
     whether all three reached the same minimum. Ratio = faster SciPy method / ours, per fit
-    (ours: the batched time over R). Each ``--e-settings`` entry is reported separately.
+    (ours: the batched time over R). Each ``--e-settings`` entry is reported separately. "no
+    spec": ours again right after with ``speculate=False`` (no Hessians at trial points; the
+    same fits bit for bit, checked).
 
 ``--json PATH`` writes every measured number and ratio (atomic: temp file + rename), with the
 load average at the start and the end.
@@ -210,9 +212,13 @@ def bench_second_order(setting, n: int, R: int, dtol: float, max_iter: int, scip
     t0 = _clock()
     ours = fit_least_squares(layout, X, y, init, **kw)
     t_ours = (_clock() - t0) / R
+    t0 = _clock()  # the same fits without the solver's speculative Hessians (bitwise the same result)
+    plain = fit_least_squares(layout, X, y, init, speculate=False, **kw)
+    t_plain = (_clock() - t0) / R
+    assert torch.equal(plain.flat, ours.flat) and torch.equal(plain.n_evals, ours.n_evals)
     Xn, yn, x0 = X.numpy(), y.numpy(), init.numpy()
     target = ours.loss.numpy() * (1.0 + rel_target / n)
-    out = {"n": n, "ours_s": t_ours, "ours_iters": float(ours.n_iter.double().mean()),
+    out = {"n": n, "ours_s": t_ours, "ours_nospec_s": t_plain, "ours_iters": float(ours.n_iter.double().mean()),
            "ours_converged": float(ours.converged.double().mean())}
     for name in ("trf", "trust-exact"):
         losses, iters, full, reach = [], [], [], []
@@ -443,20 +449,22 @@ def main(argv: list[str] | None = None) -> None:
         for st in args.e_settings:
             print(f"{st.name} (P={st.n_free_params}); NumPy Jacobian/Hessian vs attnmoe closed form, "
                   f"max abs diff: {check_numpy_second_order(st):.1e}")
-            print(f"{'n':>7} {'ours s':>8} {'it':>5} {'conv':>5} | {'trf full':>9} {'reach':>8} {'nfev':>5} | "
+            print(f"{'n':>7} {'ours s':>8} {'no spec':>8} {'it':>5} {'conv':>5} | {'trf full':>9} {'reach':>8} {'nfev':>5} | "
                   f"{'t-exact full':>12} {'reach':>8} {'it':>5} | {'ratio full':>10} {'ratio reach':>11} | "
                   f"{'max rel dloss trf/t-exact':>26} {'not reached':>11}")
             for n in sizes:
                 r = bench_second_order(st, n, R, args.dtol, args.max_iter, args.scipy_tol, args.target, args.assembly)
                 a, b = r["trf"], r["trust-exact"]
-                print(f"{n:>7} {r['ours_s']:>8.4f} {r['ours_iters']:>5.1f} {r['ours_converged']:>5.2f} | "
+                print(f"{n:>7} {r['ours_s']:>8.4f} {r['ours_nospec_s']:>8.4f} {r['ours_iters']:>5.1f} "
+                      f"{r['ours_converged']:>5.2f} | "
                       f"{a['full_s']:>9.4f} {a['reach_s']:>8.4f} {a['iters']:>5.1f} | "
                       f"{b['full_s']:>12.4f} {b['reach_s']:>8.4f} {b['iters']:>5.1f} | "
                       f"{r['ratio_full']:>9.1f}x {r['ratio_reach']:>10.1f}x | "
                       f"{a['max_rel_dloss']:>12.1e} /{b['max_rel_dloss']:>12.1e} "
                       f"{a['not_reached']:>5d}/{b['not_reached']:<5d}")
                 report["e"].append({"setting": st.name, **r})
-        print("ratio = (faster SciPy method's mean seconds per fit) / (ours: batched seconds / R); "
+        print("no spec = ours with trust_region(speculate=False), run right after (the same fits bit for bit); "
+              "ratio = (faster SciPy method's mean seconds per fit) / (ours: batched seconds / R); "
               "rel dloss = |ours - scipy| / scipy training loss; it = iterations (ours, trust-exact), "
               "nfev = residual evaluations (trf); conv = fraction of our fits converged.")
 

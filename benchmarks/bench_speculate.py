@@ -8,8 +8,8 @@ Each (setting, n, assembly) fits the same data from the same starts with every p
 ``original_code.py`` (``original``: the code before the speculation / setup / overhead work;
 ``plain``: today's with ``speculate=False``; ``speculate``: today's default), ``--repeats``
 rounds, the order of the paths rotated each round; reported: the median seconds per fit of the
-whole ``fit_least_squares`` call (objective setup included) and each path's time over the
-original's. Exact-specified settings as ``bench_fit.py --parts e`` runs them (near-truth 0.1, no
+whole ``fit_least_squares`` call (objective setup included) and each path's time over the first
+path's (``--kinds``; the original by default). Exact-specified settings as ``bench_fit.py --parts e`` runs them (near-truth 0.1, no
 box, dtol 1e-10, R = ``--replicates``), over-specified ones as the paper preset (near-truth 0.1,
 box 10, dtol 1e-8, max_iter 5000, n = 1000, R = ``--over-replicates``). Also: the objective's
 setup alone (``LeastSquaresObjective(...)``), original against today's.
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     sizes = [int(v) for v in a.sizes.split(",") if v]
     print(f"torch {torch.__version__}, 1 thread, {a.clock} clock, reference {a.ref}, load average "
           f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}; median of {a.repeats} interleaved rounds")
-    head = " ".join(f"{k + ' ms':>13}" for k in kinds) + " " + " ".join(f"{k + '/orig':>14}" for k in kinds[1:])
+    head = " ".join(f"{k + ' ms':>13}" for k in kinds) + " " + " ".join(f"{k + '/' + kinds[0][:4]:>14}" for k in kinds[1:])
     print(f"{'setting':>24} {'n':>6} {'R':>3} {'assembly':>8} {'iters':>6} {head}")
     jobs = [(s, n, a.replicates, None, 1e-10, 500) for s in a.exact.split(",") if s for n in sizes]
     jobs += [(s, a.over_n, a.over_replicates, 10.0, 1e-8, 5000) for s in a.over.split(",") if s]

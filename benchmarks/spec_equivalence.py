@@ -12,8 +12,11 @@ at_bound, ...) must be bitwise equal (floating tensors compared as their bit pat
 compare too). The cases cover exact- and over-specified settings, odd and even P, softmax and
 sigmoid gates, linear / sigmoid / gelu experts, R = 1, 7, 13, 64, the paper's box and no box,
 near-truth starts at 0.1 (paper) up to 1.0 (more rejected steps, extrapolations) and displaced
-starts. Also printed: the Hessian and loss rows each path evaluated. Exit status 1 on any
-difference.
+starts. Also printed: the Hessian and loss rows each path evaluated. First, problems run by
+``trust_region`` directly (original against today's, speculation off and on) reach the paths
+fits rarely do: indefinite starts, P = 1 and odd P unscaled, a Hessian turning NaN, a kink where
+the radius collapses ("stalled"), LAPACK refusing matrices (the row-by-row fallback). Exit status
+1 on any difference.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from original_code import BASE, KINDS, fit_path, load_original
 
 from attnmoe.estimation.families.least_squares.fit import fit_least_squares
+from attnmoe.estimation.solvers import newton
 from attnmoe.estimation.families.least_squares.init import displaced_init, near_truth_init
 from attnmoe.estimation.families.least_squares.truth import get_setting, sample
 
@@ -55,6 +59,123 @@ CASES = [
 
 #: numba: softmax gates, linear/sigmoid experts only
 QUICK = [c for c in CASES if c[1] <= 1000 and c[2] <= 13][:6]
+
+
+def _solver_cases():
+    """(name, hessian, objective, x0, keywords, flaky eigh) of problems run by trust_region
+    directly; each hessian returns objective(x) as its loss (so speculation is valid). They reach
+    the paths the fits above rarely do: indefinite starts (Rosenbrock), odd P and P = 1 unscaled,
+    valley extrapolation, a Hessian that turns NaN ("nonfinite"), a kink where steps keep failing
+    ("stalled"), and LAPACK refusing some matrices (row-by-row fallback)."""
+    dt = torch.float64
+
+    def rosen(x, idx=None):
+        return 100 * (x[:, 1] - x[:, 0] ** 2) ** 2 + (1 - x[:, 0]) ** 2
+
+    def rosen_h(x, idx=None):
+        a, b = x[:, 0], x[:, 1]
+        g = torch.stack([-400 * a * (b - a**2) - 2 * (1 - a), 200 * (b - a**2)], -1)
+        H = torch.stack([torch.stack([1200 * a**2 - 400 * b + 2, -400 * a], -1),
+                         torch.stack([-400 * a, torch.full_like(a, 200.0)], -1)], -2)
+        return rosen(x), g, H
+
+    def valley(x, idx=None):
+        return 100.0 * (x[:, 1] + 0.1 * x[:, 0] ** 2) ** 2 + 1e-4 * (x[:, 0] - 10.0) ** 2
+
+    def valley_h(x, idx=None):
+        u, v = x[:, 0], x[:, 1]
+        r = v + 0.1 * u**2
+        g = torch.stack([40.0 * u * r + 2e-4 * (u - 10.0), 200.0 * r], -1)
+        H = torch.stack([torch.stack([40.0 * r + 8.0 * u * u + 2e-4, 40.0 * u], -1),
+                         torch.stack([40.0 * u, torch.full_like(u, 200.0)], -1)], -2)
+        return valley(x), g, H
+
+    gen = torch.Generator().manual_seed(3)
+    cases = [("rosenbrock", rosen_h, rosen, torch.tensor([[-1.2, 1.0], [0.0, 1.0], [2.0, -1.0], [0.5, 3.0]], dtype=dt),
+              {"max_iter": 300, "gtol": 1e-10, "dtol": 0.0}, False),
+             ("valley", valley_h, valley, torch.tensor([[0.0, 0.0], [1.0, -0.1], [-5.0, -2.5]], dtype=dt),
+              {"max_iter": 3000, "gtol": 1e-9, "dtol": 0.0}, False)]
+    for P in (1, 5, 8):  # quartic bowls, odd P padded, unscaled and scaled
+        A = torch.randn(7, P, P, generator=gen, dtype=dt)
+        A = A @ A.mT + 0.1 * torch.eye(P, dtype=dt)
+        c = torch.randn(7, P, generator=gen, dtype=dt)
+
+        def bowl(x, idx=None, A=A, c=c):
+            Ai, ci = (A, c) if idx is None else (A[idx], c[idx])
+            e = x - ci
+            q = (e.unsqueeze(-2) @ Ai @ e.unsqueeze(-1)).squeeze((-1, -2))
+            return 0.5 * q + 0.25 * q**2
+
+        def bowl_h(x, idx=None, A=A, c=c, bowl=bowl):
+            Ai, ci = (A, c) if idx is None else (A[idx], c[idx])
+            e = x - ci
+            Ae = (Ai @ e.unsqueeze(-1)).squeeze(-1)
+            q = (e * Ae).sum(-1)
+            g = (1.0 + q).unsqueeze(-1) * Ae
+            H = (1.0 + q)[:, None, None] * Ai + 2.0 * Ae.unsqueeze(-1) * Ae.unsqueeze(-2)
+            return bowl(x, idx), g, H
+
+        x0 = 3.0 * torch.randn(7, P, generator=gen, dtype=dt)
+        cases.append((f"quartic P={P}", bowl_h, bowl, x0, {"max_iter": 200, "scaled": P != 5}, False))
+        cases.append((f"quartic P={P} flaky eigh", bowl_h, bowl, x0, {"max_iter": 200}, True))
+    cn = torch.tensor([[-1.0, 0.5], [1.0, 1.0], [0.3, -0.2]], dtype=dt)
+
+    def nf(x, idx=None):
+        cc = cn if idx is None else cn[idx]
+        return ((x - cc) ** 2).sum(-1) + 1.0
+
+    def nf_h(x, idx=None):
+        cc = cn if idx is None else cn[idx]
+        H = 2.0 * torch.eye(2, dtype=x.dtype).expand(x.shape[0], 2, 2).clone()
+        H[x[:, 0] > 0.5] = torch.nan
+        return nf(x, idx), 2.0 * (x - cc), H
+
+    cases.append(("nonfinite Hessian", nf_h, nf, torch.zeros(3, 2, dtype=dt), {"max_iter": 50, "radius": 0.3}, False))
+
+    def kink(x, idx=None):
+        return (x - 0.3).abs().sum(-1) + 1e-3 * x.square().sum(-1)
+
+    def kink_h(x, idx=None):
+        g = torch.sign(x - 0.3) + 2e-3 * x
+        H = 2e-3 * torch.eye(x.shape[1], dtype=x.dtype).expand(x.shape[0], -1, -1).clone()
+        return kink(x), g, H
+
+    cases.append(("kink (stalls)", kink_h, kink, torch.tensor([[2.0, -1.0, 0.5], [0.0, 0.0, 0.0]], dtype=dt),
+                  {"max_iter": 400, "dtol": 0.0}, False))
+    return cases
+
+
+def _flaky_eigh(real):
+    """torch.linalg.eigh refusing any batch holding a matrix whose M[0, 0] has its 3rd decimal
+    digit 7 (deterministic: the same matrices are refused in every path)."""
+    def eigh(M):
+        if bool(((M[..., 0, 0].abs() * 1e3).floor() % 10 == 7).any()):
+            raise torch.linalg.LinAlgError("refused")
+        return real(M)
+    return eigh
+
+
+def run_solver_cases(original) -> tuple[int, int]:
+    """Each solver case with the original trust_region and today's (speculate off and on)."""
+    n_ok = 0
+    cases = _solver_cases()
+    for name, hess, obj, x0, kw, flaky in cases:
+        real = torch.linalg.eigh
+        if flaky:
+            torch.linalg.eigh = _flaky_eigh(real)
+        try:
+            want = original["newton"].trust_region(hess, obj, x0, **kw)
+            got = {sp: newton.trust_region(hess, obj, x0, speculate=sp, **kw) for sp in (False, True)}
+        finally:
+            torch.linalg.eigh = real
+        bad = {sp: [k for k, v in _fields(want).items() if not _same(v, getattr(r, k))] for sp, r in got.items()}
+        ok = not any(bad.values())
+        n_ok += ok
+        reasons = dict(sorted(__import__("collections").Counter(want.reasons()).items()))
+        print(f"{'solver: ' + name:>32} R={x0.shape[0]} P={x0.shape[1]} it={want.n_iter.double().mean():6.1f} "
+              f"jumps={int(want.extra['jumps'].sum()):3d} reasons {reasons} "
+              + ("bitwise equal" if ok else f"DIFFER {bad}"), flush=True)
+    return n_ok, len(cases)
 
 
 def _start(setting, seeds: list[int], start: str, bound: float | None) -> torch.Tensor:
@@ -127,7 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     original = load_original(args.ref)
     cases = QUICK if args.quick else CASES
-    t0, n_ok, n_fits, n_cases = time.perf_counter(), 0, 0, 0
+    t0 = time.perf_counter()
+    n_ok, n_cases = run_solver_cases(original)
+    n_fits = 0
     for assembly in args.assemblies.split(","):
         for case in cases:
             setting = get_setting(case[0])
@@ -138,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
             n_cases += 1
             n_ok += ok
             n_fits += R
-    print(f"{n_ok}/{n_cases} cases bitwise equal ({n_fits} fits, each run 3 ways: {', '.join(KINDS)}; "
+    print(f"{n_ok}/{n_cases} cases bitwise equal ({n_fits} fits of fit_least_squares and the solver cases, each run 3 "
+          f"ways: {', '.join(KINDS)}; "
           f"reference {args.ref}); {time.perf_counter() - t0:.0f} s")
     return 0 if n_ok == n_cases else 1
 

@@ -243,16 +243,22 @@ def trust_region(
             of ``speculate=False``; only the cost changes. An iteration speculates when at
             least :data:`SPECULATE_SHARE` of its rows have a step strictly inside the region
             (a Newton step) or had their last trial accepted with rho < 1/4 (the region was
-            cut to a quarter of a step that worked). Measured on traces of exact- and
-            over-specified fits (n = 1000, 10 000), such steps were accepted 85-100 % of the
-            time, boundary steps of a region kept or enlarged 35-70 %, and a Hessian costs 4-9
-            losses (benchmarks/bench_speculate.py). The choice is per iteration, all rows or
-            none, never two evaluation calls where there was one: at n = 1000 a call's fixed
-            cost is worth about 7 (numba) rows of loss, and per-row speculation (up to three
-            calls an iteration) made over-specified fits 5-10 % slower.
+            cut to a quarter of a step that worked). Measured on traces of the four core
+            settings, exact- and over-specified (n = 1000 and 10 000, R = 16): such steps were
+            accepted 85-100 % of the time, boundary steps of a region kept or enlarged 35-70 %
+            (the first step, from radius 1, almost never); a Hessian call costs 4-9 loss calls
+            (R = 8 to 64, both assemblies). The choice is per iteration, all rows or none, never
+            two evaluation calls where there was one: at n = 1000 a call's fixed cost is worth
+            about 7 (numba) rows of loss, and per-row speculation (up to three calls an
+            iteration) made over-specified fits 5-10 % slower. A cost model on those traces put
+            the share 0.5 at 0 to +9 % of evaluation cost in every setting and assembly, where
+            0.2 lost up to 2 % on over-specified torch fits at n = 10 000 (a Hessian ~9 losses);
+            with a Hessian at ~2 losses (a faster kernel) 0.2 would save 2-4 points more. Timing:
+            benchmarks/bench_speculate.py.
         speculate_share: that share (default :data:`SPECULATE_SHARE`); 0 speculates in every
-            iteration, the right choice when ``objective`` costs as much as ``hessian`` (the numba
-            assembly, whose loss is its whole kernel's).
+            iteration, the right choice when ``objective`` costs as much as ``hessian``. (The
+            numba assembly's kernel version 2 takes its loss from the whole kernel without the
+            products, ~60 % of a Hessian call: ``fit_least_squares`` keeps the default there.)
     """
     if x0.ndim != 2:
         raise ValueError(f"x0 must be (R, P), got {tuple(x0.shape)}")

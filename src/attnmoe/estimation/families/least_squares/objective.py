@@ -262,8 +262,8 @@ class LeastSquaresObjective:
             self.gx_index[self.n_ref :, self.gate_cols] = self.g_index
             self.ex_index = torch.full((k, Fx), P, dtype=torch.long)
             self.ex_index[:, self.expert_cols] = self.e_index
+            self._gx_flat, self._ex_flat = self.gx_index.flatten(), self.ex_index.flatten()  # for index_select
             # the feature products, kept when small (bitwise the same as computing them per pass)
-            self._gx_flat, self._ex_flat = self.gx_index.flatten(), self.ex_index.flatten()
             for name in ("gate_cols", "expert_cols", "grad_index", "qi", "ql", "ua", "ub", "hess_index",
                          "diag_pairs", "gx_index", "ex_index", "_gx_flat", "_ex_flat"):
                 setattr(self, name, getattr(self, name).to(X.device))
