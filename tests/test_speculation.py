@@ -13,24 +13,7 @@ from attnmoe.estimation.families.least_squares.fit import _Box, fit_least_square
 from attnmoe.estimation.families.least_squares.init import near_truth_init
 from attnmoe.estimation.families.least_squares.objective import LeastSquaresObjective
 from attnmoe.estimation.solvers.newton import trust_region
-
-
-def _parabola_valley(K: float = 100.0, c: float = 0.1, eps: float = 1e-4, u_star: float = 10.0):
-    """L(u, v) = K (v + c u^2)^2 + eps (u - u*)^2 (tests/test_optim.py): a long curved valley
-    along which the solver extrapolates; its hessian returns obj(x) as the loss."""
-    def obj(x: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
-        u, v = x[:, 0], x[:, 1]
-        return K * (v + c * u**2) ** 2 + eps * (u - u_star) ** 2
-
-    def hess(x: torch.Tensor, idx: torch.Tensor | None = None):
-        u, v = x[:, 0], x[:, 1]
-        r = v + c * u**2
-        g = torch.stack([4 * K * c * u * r + 2 * eps * (u - u_star), 2 * K * r], -1)
-        H = torch.stack([torch.stack([4 * K * c * r + 8 * K * c * c * u * u + 2 * eps, 4 * K * c * u], -1),
-                         torch.stack([4 * K * c * u, torch.full_like(u, 2 * K)], -1)], -2)
-        return obj(x), g, H
-
-    return obj, hess
+from test_optim import _parabola_valley  # tests/ is on sys.path (pytest's rootdir import)
 
 
 def _counted(fn, rows: list[int]):
@@ -59,7 +42,7 @@ def test_speculation_changes_no_number(case: str) -> None:
     2 per extrapolation try (the loss-only evaluations of the plain run plus the first Hessian
     and each try's Hessian at y)."""
     if case == "valley":  # extrapolating fits, hessian(x)[0] is objective(x)
-        obj, hess = _parabola_valley(u_star=10.0)
+        obj, hess, _ = _parabola_valley(u_star=10.0)
         x0 = torch.tensor([[0.0, 0.0], [1.0, -0.1], [-5.0, -2.5], [3.0, 1.0]], dtype=torch.float64)
         kw = {"max_iter": 3000, "gtol": 1e-9, "dtol": 0.0}
     else:
