@@ -256,9 +256,11 @@ def trust_region(
             with a Hessian at ~2 losses (a faster kernel) 0.2 would save 2-4 points more. Timing:
             benchmarks/bench_speculate.py.
         speculate_share: that share (default :data:`SPECULATE_SHARE`); 0 speculates in every
-            iteration, the right choice when ``objective`` costs as much as ``hessian``. (The
-            numba assembly's kernel version 2 takes its loss from the whole kernel without the
-            products, ~60 % of a Hessian call: ``fit_least_squares`` keeps the default there.)
+            iteration, the right choice when ``objective`` costs nearly as much as ``hessian``:
+            the numba assembly's kernel version 2 takes its loss from the whole kernel without the
+            products (~60 % of a Hessian call), and 0 was 3-15 % faster than 0.5 there on exact-
+            and over-specified fits (benchmarks/speculate_share.py), so ``fit_least_squares``
+            passes 0 with it.
     """
     if x0.ndim != 2:
         raise ValueError(f"x0 must be (R, P), got {tuple(x0.shape)}")
