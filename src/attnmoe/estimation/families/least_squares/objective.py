@@ -54,7 +54,7 @@ this path when the objective provides it; the autograd path through
 Assembly. ``assembly="numba"`` (opt-in, :data:`ASSEMBLIES`) computes :meth:`hessian`'s gradient
 and Hessian with the generated numba kernel of
 :mod:`~attnmoe.estimation.families.least_squares.numba_assembly` (same formulas; within 1e-12
-relative of this path, 4-5x faster; softmax, closed-form gates, linear/sigmoid experts, float64
+relative of this path, about 6x faster; softmax, closed-form gates, linear/sigmoid experts, float64
 CPU), and :meth:`__call__` then runs the same kernel without its products (its loss mode). Both,
 because the trust region compares the loss :meth:`hessian` returns at the current point with
 :meth:`__call__` at trial points (``rho = (f - f_trial) / pred``): near convergence f - f_trial is a
