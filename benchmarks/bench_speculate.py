@@ -2,12 +2,13 @@
 
     python benchmarks/bench_speculate.py [--exact SETTINGS] [--over SETTINGS] [--sizes 1000,10000]
         [--replicates 64] [--over-replicates 16] [--assemblies torch,numba] [--repeats 3]
-        [--clock cpu|wall] [--kinds original,plain,speculate]
+        [--clock cpu|wall] [--stat median|min] [--kinds original,plain,speculate]
 
 Each (setting, n, assembly) fits the same data from the same starts with every path of
 ``original_code.py`` (``original``: the code before the speculation / setup / overhead work;
 ``plain``: today's with ``speculate=False``; ``speculate``: today's default), ``--repeats``
-rounds, the order of the paths rotated each round; reported: the median seconds per fit of the
+rounds, the order of the paths rotated each round; reported: the median (``--stat min``: the
+least, what load from other jobs can only raise) seconds per fit of the
 whole ``fit_least_squares`` call (objective setup included) and each path's time over the first
 path's (``--kinds``; the original by default). Exact-specified settings as ``bench_fit.py --parts e`` runs them (near-truth 0.1, no
 box, dtol 1e-10, R = ``--replicates``), over-specified ones as the paper preset (near-truth 0.1,
@@ -43,8 +44,8 @@ def _clock_of(name: str):
 
 
 def bench_fit(setting, n: int, R: int, assembly: str, kinds: list[str], original, repeats: int, clock,
-              bound: float | None, dtol: float, max_iter: int) -> dict[str, float]:
-    """Median seconds per fit of each path (module docstring)."""
+              bound: float | None, dtol: float, max_iter: int, stat=statistics.median) -> dict[str, float]:
+    """Seconds per fit of each path, ``stat`` over the rounds (module docstring)."""
     seeds = list(range(R))
     X, y = sample(setting, n, seeds)
     x0 = near_truth_init(setting.fit_layout, setting.true_params(), seeds, 0.1)
@@ -61,11 +62,13 @@ def bench_fit(setting, n: int, R: int, assembly: str, kinds: list[str], original
                 res = fit_least_squares(setting.fit_layout, X, y, x0, **kw)
                 times[kind].append((clock() - t0) / R)
             iters = float(res.n_iter.double().mean())
-    return {"iters": iters, **{k: statistics.median(v) for k, v in times.items()}}
+    return {"iters": iters, **{k: stat(v) for k, v in times.items()}}
 
 
-def bench_setup(setting, n: int, R: int, assembly: str, original, repeats: int, clock) -> dict[str, float]:
-    """Median seconds per fit of building the objective, original class against today's."""
+def bench_setup(setting, n: int, R: int, assembly: str, original, repeats: int, clock,
+                stat=statistics.median) -> dict[str, float]:
+    """Seconds per fit of building the objective (``stat`` over the rounds), original class
+    against today's."""
     seeds = list(range(R))
     X, y = sample(setting, n, seeds)
     classes = {"original": original["objective"].LeastSquaresObjective, "today": LeastSquaresObjective}
@@ -77,7 +80,7 @@ def bench_setup(setting, n: int, R: int, assembly: str, original, repeats: int, 
             t0 = clock()
             cls(setting.fit_layout, X, y, assembly=assembly)
             times[name].append((clock() - t0) / R)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return {k: stat(v) for k, v in times.items()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -93,22 +96,25 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--kinds", default=",".join(KINDS))
     p.add_argument("--ref", default=BASE)
     p.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
+    p.add_argument("--stat", choices=("median", "min"), default="median")
     p.add_argument("--no-setup", action="store_true", help="skip the objective-setup table")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     clock = _clock_of(a.clock)
+    stat = {"median": statistics.median, "min": min}[a.stat]
     original = load_original(a.ref)
     kinds = [k for k in a.kinds.split(",") if k]
     sizes = [int(v) for v in a.sizes.split(",") if v]
     print(f"torch {torch.__version__}, 1 thread, {a.clock} clock, reference {a.ref}, load average "
-          f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}; median of {a.repeats} interleaved rounds")
+          f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}; {a.stat} of {a.repeats} interleaved rounds")
     head = " ".join(f"{k + ' ms':>13}" for k in kinds) + " " + " ".join(f"{k + '/' + kinds[0][:4]:>14}" for k in kinds[1:])
     print(f"{'setting':>24} {'n':>6} {'R':>3} {'assembly':>8} {'iters':>6} {head}")
     jobs = [(s, n, a.replicates, None, 1e-10, 500) for s in a.exact.split(",") if s for n in sizes]
     jobs += [(s, a.over_n, a.over_replicates, 10.0, 1e-8, 5000) for s in a.over.split(",") if s]
     for name, n, R, bound, dtol, max_iter in jobs:
         for assembly in a.assemblies.split(","):
-            r = bench_fit(get_setting(name), n, R, assembly, kinds, original, a.repeats, clock, bound, dtol, max_iter)
+            r = bench_fit(get_setting(name), n, R, assembly, kinds, original, a.repeats, clock, bound, dtol, max_iter,
+                          stat)
             cells = " ".join(f"{1e3 * r[k]:>13.3f}" for k in kinds)
             ratios = " ".join(f"{r[k] / r[kinds[0]]:>14.3f}" for k in kinds[1:])
             print(f"{name:>24} {n:>6} {R:>3} {assembly:>8} {r['iters']:>6.1f} {cells} {ratios}", flush=True)
@@ -117,7 +123,8 @@ def main(argv: list[str] | None = None) -> None:
         for name in a.exact.split(","):
             for n in sizes:
                 for assembly in a.assemblies.split(","):
-                    r = bench_setup(get_setting(name), n, a.replicates, assembly, original, max(a.repeats, 5), clock)
+                    r = bench_setup(get_setting(name), n, a.replicates, assembly, original, max(a.repeats, 5), clock,
+                                    stat)
                     print(f"{name:>24} {n:>6} {assembly:>8} original {1e3 * r['original']:7.3f} today "
                           f"{1e3 * r['today']:7.3f} ratio {r['today'] / r['original']:6.3f}", flush=True)
     print(f"load average at the end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")

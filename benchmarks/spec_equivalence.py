@@ -16,7 +16,8 @@ starts. Also printed: the Hessian and loss rows each path evaluated. First, prob
 ``trust_region`` directly (original against today's, speculation off and on) reach the paths
 fits rarely do: indefinite starts, P = 1 and odd P unscaled, a Hessian turning NaN, a kink where
 the radius collapses ("stalled"), LAPACK refusing matrices (the row-by-row fallback). Exit status
-1 on any difference.
+1 on any difference. Last (not with ``--quick``), the likelihood and hmoe fits, which run the
+solver without speculation, original trust_region against today's.
 """
 
 from __future__ import annotations
@@ -178,6 +179,48 @@ def run_solver_cases(original) -> tuple[int, int]:
     return n_ok, len(cases)
 
 
+def run_family_cases(original) -> tuple[int, int]:
+    """The likelihood and hmoe fits (which call trust_region without speculation) with the
+    original trust_region patched in and with today's: every OptimResult field."""
+    from attnmoe.estimation.families import hmoe
+    from attnmoe.estimation.families.hmoe import experiment as hmoe_experiment
+    from attnmoe.estimation.families.likelihood import objective as lik
+    from attnmoe.estimation.families.likelihood.settings import _settings, sample_data, start_points
+
+    def fit_lik(name: str, n: int, seeds: list[int]):
+        s = _settings()[name]
+        X, y = sample_data(s, n, seeds)
+        lik.fit_likelihood(s.fit_model, X, y, start_points(s, n, seeds), max_iter=60)
+
+    def fit_hmoe(position: str, n: int, seeds: list[int]):
+        hmoe.fit_block(hmoe.HMoESetting(position, 3), n, seeds, hmoe.HMoEConfig(n_test=200, max_iter=60))
+
+    cases = [(f"likelihood {v}", lik, lambda v=v: fit_lik(v, 301, [0, 1, 2, 3, 4]))
+             for v in ("topk-exact", "topk-over-K3", "contaminated-a", "mlogit-softmax-full-box", "temp-temperature")]
+    cases.append(("hmoe G2", hmoe_experiment, lambda: fit_hmoe("G2", 120, [3, 4, 5])))
+    n_ok = 0
+    for name, module, run in cases:
+        got = {}
+        for kind, solver in (("original", original["newton"].trust_region), ("today", newton.trust_region)):
+            saved = module.trust_region
+
+            def rec(*a, solver=solver, kind=kind, **kw):
+                got[kind] = solver(*a, **kw)
+                return got[kind]
+
+            module.trust_region = rec
+            try:
+                run()
+            finally:
+                module.trust_region = saved
+        bad = [k for k, v in _fields(got["original"]).items() if not _same(v, getattr(got["today"], k))]
+        n_ok += not bad
+        res = got["original"]
+        print(f"{'family: ' + name:>40} R={res.x.shape[0]} P={res.x.shape[1]} it={res.n_iter.double().mean():6.1f} "
+              + ("bitwise equal" if not bad else f"DIFFER {bad}"), flush=True)
+    return n_ok, len(cases)
+
+
 def _start(setting, seeds: list[int], start: str, bound: float | None) -> torch.Tensor:
     layout = setting.fit_layout
     if start == "displaced":
@@ -250,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     cases = QUICK if args.quick else CASES
     t0 = time.perf_counter()
     n_ok, n_cases = run_solver_cases(original)
+    if not args.quick:
+        k_ok, k_cases = run_family_cases(original)
+        n_ok, n_cases = n_ok + k_ok, n_cases + k_cases
     n_fits = 0
     for assembly in args.assemblies.split(","):
         for case in cases:
