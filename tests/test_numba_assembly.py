@@ -208,3 +208,14 @@ def test_the_kernel_forms_each_entry_the_hessian_reads_once(name: str) -> None:
     assert len(entries) == len(set(entries)) == len(wanted) and set(entries) == wanted
     assert asm.n_entries == len(entries)
     assert sorted(set(asm.hess_index.flatten().tolist())) == list(range(len(entries)))
+
+
+def test_compiled_functions_are_cached_per_helper() -> None:
+    """The kernel's text names its product function only; the cache must tell two helpers apart."""
+    one = numba_assembly.compiled("def g():\n    return 1.0\n", "g")
+    two = numba_assembly.compiled("def g():\n    return 2.0\n", "g")
+    caller = "def f():\n    return g()\n"
+    assert numba_assembly.compiled(caller, "f", helpers={"g": one})() == 1.0
+    assert numba_assembly.compiled(caller, "f", helpers={"g": two})() == 2.0
+    assert numba_assembly.compiled(caller, "f", helpers={"g": one}) is numba_assembly.compiled(caller, "f",
+                                                                                               helpers={"g": one})

@@ -320,36 +320,41 @@ def _tiles(needed: list[list[int]], prow: dict[int, int], kv: int, F: int) -> tu
     for q, need in enumerate(needed):
         if need:
             groups.setdefault(tuple(need), []).append(q)
-    jobs = [(qs, list(us), "C", "PT") for us, qs in groups.items()] + [(list(range(kv)), list(range(F)), "EV", "XB")]
+    # (rows, columns, the dot product's term, where its sum goes); the gradient last
+    jobs = [(qs, list(us), lambda q, u: f"C[{q}, j] * PT[{prow[u]}, j]", None) for us, qs in groups.items()]
+    jobs.append((list(range(kv)), list(range(F)), lambda a, p: f"EV[{a}, j] * XB[{p}, j]",
+                 lambda a, p: f"GL[{a * F + p}]"))
     entries: list[tuple[int, int]] = []
     body: list[str] = []
     tr, tc = TILE
-    for rows, cols, left, right in jobs:
+    for rows, cols, term, target in jobs:
         for i0 in range(0, len(rows), tr):
             for c0 in range(0, len(cols), tc):
-                tile = [(q, u) for q in rows[i0 : i0 + tr] for u in cols[c0 : c0 + tc]]
+                tile = [(a, b) for a in rows[i0 : i0 + tr] for b in cols[c0 : c0 + tc]]
                 body += [f"s{t} = 0.0" for t in range(len(tile))]
                 body.append(f"for j in range({BLOCK}):")
-                if left == "C":
-                    body += [f"    s{t} += C[{q}, j] * PT[{prow[u]}, j]" for t, (q, u) in enumerate(tile)]
+                body += [f"    s{t} += {term(a, b)}" for t, (a, b) in enumerate(tile)]
+                if target is None:  # an M entry: the next column of MN
                     body += [f"MN[{len(entries) + t}] += s{t}" for t in range(len(tile))]
                     entries += tile
                 else:
-                    body += [f"    s{t} += EV[{a}, j] * XB[{p}, j]" for t, (a, p) in enumerate(tile)]
-                    body += [f"GL[{a * F + p}] += s{t}" for t, (a, p) in enumerate(tile)]
+                    body += [f"{target(a, b)} += s{t}" for t, (a, b) in enumerate(tile)]
     return entries, body
 
 
 #: compiled functions by source text (one compile per layout and process)
-_COMPILED: dict[tuple[str, str], Callable[..., Any]] = {}
+_COMPILED: dict[tuple[str, str, tuple[tuple[str, int], ...]], Callable[..., Any]] = {}
 
 
 def compiled(source: str, name: str = "kern", fastmath: bool | set[str] = FASTMATH,
              helpers: dict[str, Any] | None = None) -> Callable[..., Any]:
     """``name`` from the generated ``source``, compiled by numba with the floating-point flags
-    ``fastmath`` and the compiled ``helpers`` in its namespace (cached by source text and flags;
-    the first call of a new function compiles it, a few seconds for a kernel)."""
-    key = (source, repr(fastmath))
+    ``fastmath`` and the compiled ``helpers`` in its namespace (cached by source text, flags and
+    helpers; the first call of a new function compiles it, a few seconds for a kernel)."""
+    # the helpers are part of the function (the kernel's text calls ``products`` by name only);
+    # compiled helpers live in this cache for the process, so their ids identify them
+    flags = repr(sorted(fastmath)) if isinstance(fastmath, set) else repr(fastmath)
+    key = (source, flags, tuple(sorted((name, id(fn)) for name, fn in (helpers or {}).items())))
     if key not in _COMPILED:
         numba = _numba()
         namespace: dict[str, Any] = {"np": np, "math": math, **(helpers or {})}
@@ -392,22 +397,26 @@ class NumbaAssembly:
         rows = np.arange(flat.shape[0], dtype=np.int64) if idx is None else idx.detach().numpy().astype(np.int64)
         return rows, G.contiguous().numpy(), E.contiguous().numpy()
 
+    def _run(self, flat: Tensor, idx: Tensor | None, derivs: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The kernel on replicates ``idx`` at ``flat``: losses ``(m,)`` and, with ``derivs``, the
+        flat gradients ``(m, kv F)`` and M entries ``(m, n_entries)`` (empty without)."""
+        rows, G, E = self._inputs(flat, idx)
+        m, n = flat.shape[0], self.objective.n
+        if derivs:
+            grad, M = np.empty((m, self.kv * self.xi.shape[2])), np.empty((m, self.n_entries))
+        else:  # the kernel writes neither
+            grad = M = np.empty((0, 0))
+        loss = np.empty(m)
+        self.kernel(rows, self.xi, self.y, self.mask, G, E, 2.0 / n, 1.0 / n, derivs, loss, grad, M)
+        return loss, grad, M
+
     def loss(self, flat: Tensor, idx: Tensor | None = None) -> Tensor:
         """Losses ``(m,)``, bitwise those of :meth:`__call__`: the same compiled kernel, told to
         skip the products after each block's loss (module docstring, "Floating-point mode")."""
-        rows, G, E = self._inputs(flat, idx)
-        loss, none = np.empty(flat.shape[0]), np.empty((0, 0))
-        self.kernel(rows, self.xi, self.y, self.mask, G, E, 2.0 / self.objective.n, 1.0 / self.objective.n,
-                    False, loss, none, none)
-        return torch.from_numpy(loss)
+        return torch.from_numpy(self._run(flat, idx, False)[0])
 
     def __call__(self, flat: Tensor, idx: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Losses ``(m,)``, gradients ``(m, P)``, Hessians ``(m, P, P)`` of replicates ``idx``
         (all when None) at ``flat`` ``(m, P)``; float64 on the CPU."""
-        rows, G, E = self._inputs(flat, idx)
-        m, F = flat.shape[0], self.xi.shape[2]
-        loss, grad, M = np.empty(m), np.empty((m, self.kv * F)), np.empty((m, self.n_entries))
-        n = self.objective.n
-        self.kernel(rows, self.xi, self.y, self.mask, G, E, 2.0 / n, 1.0 / n, True, loss, grad, M)
-        grad_t, M_t = torch.from_numpy(grad), torch.from_numpy(M)
-        return torch.from_numpy(loss), grad_t[:, self.objective.grad_index], M_t[:, self.hess_index]
+        loss, grad, M = (torch.from_numpy(a) for a in self._run(flat, idx, True))
+        return loss, grad[:, self.objective.grad_index], M[:, self.hess_index]
