@@ -16,7 +16,10 @@ box 10, dtol 1e-8, max_iter 5000, n = 1000, R = ``--over-replicates``). Also: th
 setup alone (``LeastSquaresObjective(...)``), original against today's.
 
 One torch thread; ``--clock cpu`` (default) is this process's CPU time, steadier than wall time
-on a machine shared with other jobs. Compare paths only within one run.
+on a machine shared with other jobs. Compare paths only within one run. The torch path's times
+on over-specified fits jump by ~1.5x between runs with glibc's dynamic mmap/trim thresholds
+(docs/estimation.md); run with ``MALLOC_MMAP_THRESHOLD_=67108864
+MALLOC_TRIM_THRESHOLD_=268435456`` for comparable numbers.
 """
 
 from __future__ import annotations
