@@ -342,6 +342,16 @@ def _tiles(needed: list[list[int]], prow: dict[int, int], kv: int, F: int) -> tu
     return entries, body
 
 
+#: out[r, j] = a[r, index[j]]: the gathers of the gradient and Hessian from the kernel's outputs (a
+#: copy, so the numbers are the kernel's; ~5x faster than torch's advanced indexing at R = 64)
+_GATHER = """
+def gather(a, index, out):
+    for r in range(a.shape[0]):
+        for j in range(index.shape[0]):
+            out[r, j] = a[r, index[j]]
+"""
+
+
 #: compiled functions by source text (one compile per layout and process)
 _COMPILED: dict[tuple[str, str, tuple[tuple[str, int], ...]], Callable[..., Any]] = {}
 
@@ -389,6 +399,9 @@ class NumbaAssembly:
         self.hess_index = torch.tensor([[column[(qq, uu)] for qq, uu in zip(qr, ur)]
                                         for qr, ur in zip((hi // U).tolist(), (hi % U).tolist())])  # into M's columns
         self.n_entries = len(entries)
+        self._gather = compiled(_GATHER, "gather", False)
+        self._h_flat = self.hess_index.flatten().numpy().astype(np.int64)
+        self._g_flat = objective.grad_index.numpy().astype(np.int64)
         self.kv = 2 * layout.n_experts - layout.n_ref
 
     def _inputs(self, flat: Tensor, idx: Tensor | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -418,5 +431,9 @@ class NumbaAssembly:
     def __call__(self, flat: Tensor, idx: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Losses ``(m,)``, gradients ``(m, P)``, Hessians ``(m, P, P)`` of replicates ``idx``
         (all when None) at ``flat`` ``(m, P)``; float64 on the CPU."""
-        loss, grad, M = (torch.from_numpy(a) for a in self._run(flat, idx, True))
-        return loss, grad[:, self.objective.grad_index], M[:, self.hess_index]
+        loss, grad, M = self._run(flat, idx, True)
+        m, P = M.shape[0], self._g_flat.shape[0]
+        g, H = np.empty((m, P)), np.empty((m, P * P))
+        self._gather(grad, self._g_flat, g)
+        self._gather(M, self._h_flat, H)
+        return torch.from_numpy(loss), torch.from_numpy(g), torch.from_numpy(H).view(m, P, P)
