@@ -13,7 +13,10 @@ modes alternating:
 * ``env``: ``MALLOC_MMAP_THRESHOLD_=67108864 MALLOC_TRIM_THRESHOLD_=268435456`` in the environment;
 * ``mallopt``: the same two values set from inside Python at process start, before torch is
   imported, by ``mallopt(M_MMAP_THRESHOLD=-3, ...)`` and ``mallopt(M_TRIM_THRESHOLD=-1, ...)``
-  (glibc's ``malloc.h``); either call also turns the dynamic adjustment off.
+  (glibc's ``malloc.h``); either call also turns the dynamic adjustment off;
+* ``late``: :func:`attnmoe._malloc.fix_malloc_thresholds` (the same values) after torch and the
+  package are imported, before the data is built: what a study's unit of work does
+  (``call_with_threads``). Not in the default ``--modes``.
 
 Each process builds the data, warms up (a 2-iteration fit of 2 replicates: numba compile), then
 times ``--fits`` calls of ``fit_least_squares`` on one torch thread with ``time.process_time``.
@@ -60,6 +63,11 @@ def child(setting_name: str, n: int, R: int, assembly: str, fits: int, mode: str
     from attnmoe.estimation.families.least_squares.truth import get_setting, sample
 
     torch.set_num_threads(1)
+    if mode == "late":
+        from attnmoe._malloc import fix_malloc_thresholds
+
+        if not fix_malloc_thresholds():
+            raise RuntimeError("fix_malloc_thresholds() did not apply")
     setting = get_setting(setting_name)
     over = setting_name.endswith("-over")
     bound, dtol, max_iter = (10.0, 1e-8, 5000) if over else (None, 1e-10, 500)
