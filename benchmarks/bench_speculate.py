@@ -17,9 +17,10 @@ setup alone (``LeastSquaresObjective(...)``), original against today's.
 
 One torch thread; ``--clock cpu`` (default) is this process's CPU time, steadier than wall time
 on a machine shared with other jobs. Compare paths only within one run. The torch path's times
-on over-specified fits jump by ~1.5x between runs with glibc's dynamic mmap/trim thresholds
-(docs/estimation.md); run with ``MALLOC_MMAP_THRESHOLD_=67108864
-MALLOC_TRIM_THRESHOLD_=268435456`` for comparable numbers.
+on over-specified fits depend on glibc's dynamic mmap/trim thresholds (1.2-1.5x,
+docs/estimation.md); ``main`` fixes them first as a study worker does
+(:func:`attnmoe._malloc.fix_malloc_thresholds`, the values of ``MALLOC_MMAP_THRESHOLD_=67108864
+MALLOC_TRIM_THRESHOLD_=268435456``; those variables, if set, are left to rule).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from original_code import BASE, KINDS, fit_path, load_original
 
+from attnmoe._malloc import fix_malloc_thresholds
 from attnmoe.estimation.families.least_squares.fit import fit_least_squares
 from attnmoe.estimation.families.least_squares.init import near_truth_init
 from attnmoe.estimation.families.least_squares.objective import LeastSquaresObjective
@@ -103,6 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-setup", action="store_true", help="skip the objective-setup table")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
+    fix_malloc_thresholds()
     clock = _clock_of(a.clock)
     stat = {"median": statistics.median, "min": min}[a.stat]
     original = load_original(a.ref)

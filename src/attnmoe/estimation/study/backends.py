@@ -20,9 +20,15 @@ BACKENDS: tuple[str, ...] = ("process", "ray")
 
 def call_with_threads(fn: Callable[..., Any], threads: int | None, job: tuple) -> Any:
     """``fn(*job)`` with torch's intra-op thread count set first (when given): the one unit of
-    work every backend runs (module-level, so it pickles to worker processes)."""
+    work every backend runs (module-level, so it pickles to worker processes). It also fixes
+    glibc's malloc thresholds for the process, once (:func:`attnmoe._malloc.fix_malloc_thresholds`:
+    the torch assembly's fit times no longer depend on the process's allocation history; the
+    records are bitwise the same)."""
     import torch
 
+    from attnmoe._malloc import fix_malloc_thresholds
+
+    fix_malloc_thresholds()
     if threads is not None:
         torch.set_num_threads(threads)
     return fn(*job)
