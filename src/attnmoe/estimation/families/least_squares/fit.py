@@ -282,11 +282,14 @@ def fit_least_squares(
         # speculation (Hessian at trial points) is exact here: LeastSquaresObjective.hessian's loss
         # is bitwise its __call__'s (objective.py, "Assembly"), and _BoxObjective maps phi to theta
         # by the same rowwise tanh in both; every replicate's numbers are its own (batch-invariant)
-        # the numba kernel's loss costs ~60 % of its Hessian: speculating in every iteration was
-        # fastest, exact- and over-specified (benchmarks/speculate_share.py)
-        share = {"speculate_share": 0.0} if assembly == "numba" else {}
-        res = trust_region(objective.hessian, objective, init, max_iter=max_iter, gtol=tol,
-                           dtol=dtol / X.shape[1], **{"speculate": True, **share, **options})
+        if assembly == "numba":  # the iteration compiled, one replicate at a time (numba_loop)
+            from attnmoe.estimation.families.least_squares.numba_loop import fit_rows
+
+            res = fit_rows(base, init, None if box is None else box.bound, max_iter=max_iter, gtol=tol,
+                           dtol=dtol / X.shape[1], **options)
+        else:
+            res = trust_region(objective.hessian, objective, init, max_iter=max_iter, gtol=tol,
+                               dtol=dtol / X.shape[1], speculate=True, **options)
     elif method == "lbfgs":
         if precondition:
             def inverse_gauss_newton(z: Tensor, idx: Tensor | None) -> Tensor:
