@@ -289,7 +289,7 @@ def fit_least_squares(
                            dtol=dtol / X.shape[1], **options)
         else:
             res = trust_region(objective.hessian, objective, init, max_iter=max_iter, gtol=tol,
-                               dtol=dtol / X.shape[1], speculate=True, **options)
+                               dtol=dtol / X.shape[1], **{"speculate": True, **options})
     elif method == "lbfgs":
         if precondition:
             def inverse_gauss_newton(z: Tensor, idx: Tensor | None) -> Tensor:

@@ -85,7 +85,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["BLOCK", "EXPERTS", "EXP_ULP", "KERNEL_VERSION", "NumbaAssembly", "TILE", "check_supported", "compiled",
+__all__ = ["ASSEMBLY_VERSION", "BLOCK", "EXPERTS", "EXP_ULP", "KERNEL_VERSION", "NumbaAssembly", "TILE", "check_supported", "compiled",
            "kernel_source", "poly_exp"]
 
 #: expert activations the kernel implements (sigma, sigma', sigma'')
@@ -99,6 +99,13 @@ BLOCK = 64
 #: loss kernel; 2 sums both as the product function's vectorised dot products, contracts a * b + c
 #: to FMA and takes the loss from the same kernel (module docstring): within a few ulp of version 1
 KERNEL_VERSION = 2
+
+#: version of the numba path's arithmetic, recorded in study.json as ``assembly_version`` with
+#: assembly "numba": 1 and 2 (kernel versions 1 and 2 in the batched trust region of
+#: solvers/newton.py), 3 (session 13) kernel version 2 in the compiled per-replicate iteration of
+#: :mod:`~attnmoe.estimation.families.least_squares.numba_loop` (the same iteration, its own
+#: rounding: SciPy's LAPACK for the eigendecompositions, scalar reductions)
+ASSEMBLY_VERSION = 3
 
 #: the polynomial exp is within this many ulp of numpy.exp on [-700, 700] (module docstring)
 EXP_ULP = 1

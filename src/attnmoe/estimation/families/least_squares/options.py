@@ -114,14 +114,14 @@ class FitOptions:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields (what ``study.json`` records; ``device`` only when not the CPU,
         ``perturb`` only when not 0, ``assembly`` only when not torch: studies written before they
-        existed have none of them; with ``assembly="numba"`` also ``assembly_version``, the
-        kernel's :data:`~attnmoe.estimation.families.least_squares.numba_assembly.KERNEL_VERSION`)."""
+        existed have none of them; with ``assembly="numba"`` also ``assembly_version``, the numba
+        path's :data:`~attnmoe.estimation.families.least_squares.numba_assembly.ASSEMBLY_VERSION`)."""
         out = asdict(self)
         for name in _RECORDED_WHEN_SET:
             if out[name] == _DEFAULT[name]:
                 del out[name]
-        if self.assembly == "numba":  # its arithmetic's version: a resume never mixes two kernels
-            from attnmoe.estimation.families.least_squares.numba_assembly import KERNEL_VERSION
+        if self.assembly == "numba":  # its arithmetic's version: a resume never mixes two
+            from attnmoe.estimation.families.least_squares.numba_assembly import ASSEMBLY_VERSION
 
-            out["assembly_version"] = KERNEL_VERSION
+            out["assembly_version"] = ASSEMBLY_VERSION
         return out
