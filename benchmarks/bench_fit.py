@@ -463,7 +463,9 @@ def main(argv: list[str] | None = None) -> None:
                       f"{a['max_rel_dloss']:>12.1e} /{b['max_rel_dloss']:>12.1e} "
                       f"{a['not_reached']:>5d}/{b['not_reached']:<5d}")
                 report["e"].append({"setting": st.name, **r})
-        print("no spec = ours with trust_region(speculate=False), run right after (the same fits bit for bit); "
+        print("no spec = ours with trust_region(speculate=False), run right after (the same fits bit for bit; "
+              "with --assembly numba the compiled loop has no such switch: the same code run again, a measure "
+              "of the run-to-run noise); "
               "ratio = (faster SciPy method's mean seconds per fit) / (ours: batched seconds / R); "
               "rel dloss = |ours - scipy| / scipy training loss; it = iterations (ours, trust-exact), "
               "nfev = residual evaluations (trf); conv = fraction of our fits converged.")

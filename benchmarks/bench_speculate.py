@@ -21,6 +21,10 @@ on over-specified fits depend on glibc's dynamic mmap/trim thresholds (1.2-1.5x,
 docs/estimation.md); ``main`` fixes them first as a study worker does
 (:func:`attnmoe._malloc.fix_malloc_thresholds`, the values of ``MALLOC_MMAP_THRESHOLD_=67108864
 MALLOC_TRIM_THRESHOLD_=268435456``; those variables, if set, are left to rule).
+
+Since session 13 ``fit_least_squares(assembly="numba")`` runs the compiled per-replicate loop
+(``numba_loop.py``), not ``trust_region``: numba cases (``--assemblies torch,numba``) compare
+that loop with itself; the numbers for the batched numba path in docs/ were measured before.
 """
 
 from __future__ import annotations
@@ -96,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--over-n", type=int, default=1000)
     p.add_argument("--replicates", type=int, default=64)
     p.add_argument("--over-replicates", type=int, default=16)
-    p.add_argument("--assemblies", default="torch,numba")
+    p.add_argument("--assemblies", default="torch")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--kinds", default=",".join(KINDS))
     p.add_argument("--ref", default=BASE)

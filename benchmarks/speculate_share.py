@@ -5,7 +5,11 @@ of three (CPU clock, one thread, R = 64, near-truth:0.1 starts as bench_fit.py p
 
 The share is ``trust_region``'s ``speculate_share`` (an iteration evaluates the Hessian at the trial
 points when at least that share of its steps are likely accepted); every share gives the same
-fits bit for bit, only the time differs."""
+fits bit for bit, only the time differs.
+Historical (session 12): since session 13 ``fit_least_squares(assembly="numba")`` runs the
+compiled loop of ``numba_loop.py``, which takes ``speculate_share`` and ignores it; this script's
+output in docs/ was measured on the batched solver.
+"""
 
 from __future__ import annotations
 

@@ -96,6 +96,18 @@ def _eig(H, D, g):
 
 
 @_jit
+def _matvec(Q, p):
+    """Q p (Q in either memory order: eigh's is column-major)."""
+    out = np.zeros(Q.shape[0])
+    for i in range(Q.shape[0]):
+        acc = 0.0
+        for j in range(Q.shape[1]):
+            acc += Q[i, j] * p[j]
+        out[i] = acc
+    return out
+
+
+@_jit
 def _decrement(lam, gh, curvature_tol):
     """1/2 sum gh_i^2 / max(lam_i, c lam_max) and the floor c lam_max."""
     big = 0.0
@@ -247,7 +259,7 @@ def _loop(kern: Any) -> Any:
                     for i in range(P):
                         if lam_y[i] > stiff_tol * big:
                             p_y[i] = -gh_y[i] / lam_y[i]
-                    z = yv + (Q_y @ p_y) / D_y
+                    z = yv + _matvec(Q_y, p_y) / D_y
                     f_z, g_z, H_z = evaluate(rows, z, *args)
                     n_iter += 1
                     tries += 1
@@ -262,7 +274,7 @@ def _loop(kern: Any) -> Any:
                         continue
             if not new:
                 p_hat, pred = _subproblem(lam, gh, delta)
-                trial = x + (Q @ p_hat) / D
+                trial = x + _matvec(Q, p_hat) / D
                 pn = math.sqrt(np.sum(p_hat * p_hat))
                 boundary = pn >= 0.99 * delta
                 f_t, g_t, H_t = evaluate(rows, trial, *args)
