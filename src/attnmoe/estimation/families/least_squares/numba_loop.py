@@ -309,7 +309,8 @@ def fit_rows(objective: Any, x0: Tensor, bound: float | None, *, max_iter: int, 
              curvature_tol: float = 1e-6, radius: float = 1.0, max_radius: float = 1e3, eta: float = 1e-4,
              scaled: bool = True, extrapolate: int = 10, straightness: float = 0.9, stiff_tol: float = 1e-3,
              speculate: bool = True, speculate_share: float = 0.0) -> OptimResult:
-    """Every replicate's trust-region fit by :func:`_fit_one` (defaults: ``trust_region``'s).
+    """Every replicate's trust-region fit, one after another, by the compiled loop of the
+    objective's kernel (:func:`_loop`; defaults: ``trust_region``'s).
 
     Args:
         objective: a :class:`LeastSquaresObjective` with ``assembly="numba"`` (its kernel, data
