@@ -1,7 +1,9 @@
 """Compare two records.jsonl files per (setting, n, seed): convergence flags, iterations, and the
-largest relative difference of every loss.  python3 benchmarks/compare_records.py OLD NEW"""
-import json, sys, math
-def load(p): return {(r["setting"], r["n"], r["seed"]): r for r in map(json.loads, open(p))}
+largest relative difference of every loss.  python3 benchmarks/compare_records.py OLD NEW
+(either may be a records.jsonl.gz)"""
+import gzip, json, sys, math
+def load(p): return {(r["setting"], r["n"], r["seed"]): r
+                     for r in map(json.loads, (gzip.open(p, "rt") if p.endswith(".gz") else open(p)))}
 a, b = load(sys.argv[1]), load(sys.argv[2])
 assert a.keys() == b.keys()
 worst = {}; moved1 = moved10 = 0; conv_diff = 0; iters = []

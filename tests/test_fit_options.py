@@ -52,6 +52,8 @@ STUDIES: dict[str, tuple[str, dict]] = {
     "multinomial-logistic-full": ("multinomial-logistic", {"full": True}),
     "paper-over-v3": ("paper", {"options": {"block_size": 8, "settings": [
         "monomial-linear-over", "monomial-sigmoid-over", "polynomial-linear-over", "polynomial-sigmoid-over"]}}),
+    "paper-over-numba-v3": ("paper", {"options": {"block_size": 8, "assembly": "numba", "settings": [
+        "monomial-linear-over", "monomial-sigmoid-over", "polynomial-linear-over", "polynomial-sigmoid-over"]}}),
     "paper-over-v3-perturbed": ("paper", {"perturb": 1e-9, "options": {"block_size": 8, "settings": [
         "monomial-linear-over", "monomial-sigmoid-over", "polynomial-linear-over", "polynomial-sigmoid-over"]}}),
     "sgate-natural": ("sigmoid-gating-natural", {}),
