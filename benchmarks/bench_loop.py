@@ -27,6 +27,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("NUMBA_NUM_THREADS", "1")
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cases import EXACT, OVER, paper_fit
+
 from attnmoe.estimation.families.least_squares import fit as fit_module
 from attnmoe.estimation.families.least_squares.fit import fit_least_squares
 from attnmoe.estimation.families.least_squares.init import near_truth_init
@@ -61,7 +64,8 @@ def _case(name: str, n: int, R: int, over: bool, repeats: int) -> None:
     X, y = sample(s, n, seeds)
     layout = s.fit_layout
     init = near_truth_init(layout, s.true_params(), seeds, 0.1)
-    bound, dtol, max_iter = (10.0, 1e-8, 5000) if over else (None, 1e-10, 500)
+    paper = paper_fit()
+    bound, dtol, max_iter = (paper["bound"], paper["dtol"], paper["max_iter"]) if over else (None, 1e-10, 500)
     for path in PATHS:  # warm-up: compiles the kernel and the loop
         _run(path, layout, X[:1], y[:1], init[:1], bound, dtol, 2)
     best = {p: float("inf") for p in PATHS}
@@ -81,9 +85,8 @@ def _case(name: str, n: int, R: int, over: bool, repeats: int) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--exact", default="monomial-sigmoid-exact,polynomial-linear-exact")
-    p.add_argument("--over", default="monomial-linear-over,polynomial-linear-over,polynomial-sigmoid-over,"
-                                     "monomial-sigmoid-over")
+    p.add_argument("--exact", default=EXACT)
+    p.add_argument("--over", default=OVER)
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--replicates", type=int, default=64)
     p.add_argument("--over-replicates", type=int, default=16)

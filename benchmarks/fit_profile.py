@@ -33,6 +33,9 @@ import time
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cases import EXACT, OVER, paper_fit
+
 from attnmoe.estimation.families.least_squares.fit import fit_least_squares
 from attnmoe.estimation.families.least_squares.init import near_truth_init
 from attnmoe.estimation.families.least_squares.truth import get_setting, sample
@@ -56,7 +59,7 @@ def _run(name: str, n: int, R: int, assembly: str, over: bool) -> str:
     X, y = sample(setting, n, seeds)
     layout = setting.fit_layout
     init = near_truth_init(layout, setting.true_params(), seeds)
-    kw = dict(assembly=assembly, dtol=1e-8, max_iter=5000, bound=10.0) if over else dict(assembly=assembly, dtol=1e-10)
+    kw = dict(assembly=assembly, **paper_fit()) if over else dict(assembly=assembly, dtol=1e-10)
     fit_least_squares(layout, X[:2], y[:2], init[:2], **{**kw, "max_iter": 2})  # warm-up (compiles)
     t = time.process_time()
     res = fit_least_squares(layout, X, y, init, **kw)
@@ -80,9 +83,8 @@ def _run(name: str, n: int, R: int, assembly: str, over: bool) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--exact", default="monomial-sigmoid-exact,polynomial-linear-exact")
-    p.add_argument("--over", default="monomial-linear-over,polynomial-linear-over,polynomial-sigmoid-over,"
-                                     "monomial-sigmoid-over")
+    p.add_argument("--exact", default=EXACT)
+    p.add_argument("--over", default=OVER)
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--replicates", default="64,256")
     p.add_argument("--over-replicates", type=int, default=40)
