@@ -145,7 +145,8 @@ def rates(
     assembly: Annotated[
         str | None,
         typer.Option("--assembly", help="torch (default) or numba: the generated kernel for the trust region's "
-                     "Hessian (least-squares presets; softmax, linear/sigmoid experts, CPU; needs numba)."),
+                     "Hessian, the iteration compiled per replicate around it (least-squares presets; "
+                     "softmax, linear/sigmoid experts, CPU; needs numba)."),
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the first replicate.")] = 0,
     device: Annotated[

@@ -66,7 +66,8 @@ class FitOptions:
         assembly: how the trust region assembles loss, gradient and Hessian (:data:`ASSEMBLIES`):
             ``"torch"`` or ``"numba"``, the opt-in generated kernel
             (:mod:`~attnmoe.estimation.families.least_squares.numba_assembly`: trust-region, CPU,
-            softmax gates with a closed form, linear/sigmoid experts; same fits to rounding).
+            softmax gates with a closed form, linear/sigmoid experts; same fits to rounding), with
+            the iteration compiled per replicate around it (``numba_loop``).
             Recorded only when not ``"torch"`` (studies written before it existed used torch).
     """
 
