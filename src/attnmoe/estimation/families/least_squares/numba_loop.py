@@ -18,7 +18,7 @@ theta = B tanh(phi / B) and its chain rule (``fit._Box``) are applied here too.
 
 Not bitwise the batched solver: LAPACK's eigendecomposition through numba (SciPy's LAPACK, not
 torch's MKL) and scalar reductions round differently, so with this loop ``study.json`` records
-``"assembly_version": 3`` (:data:`LOOP_VERSION`). The two agree to rounding on exact-specified
+``"assembly_version": 3`` (:data:`~attnmoe.estimation.families.least_squares.numba_assembly.ASSEMBLY_VERSION`). The two agree to rounding on exact-specified
 fits and statistically on over-specified ones (tests, docs/rates.md).
 """
 
@@ -34,15 +34,7 @@ from torch import Tensor
 
 from attnmoe.estimation.solvers.base import REASONS, OptimResult
 
-__all__ = ["LOOP_OPTIONS", "LOOP_VERSION", "fit_rows"]
-
-#: the numba engine's version recorded in study.json: kernel version 2 + this compiled loop
-LOOP_VERSION = 3
-
-#: the trust_region options this loop takes (the others of fit_least_squares's ``options`` are
-#: refused; ``speculate``/``speculate_share`` choose only how the batched solver evaluates)
-LOOP_OPTIONS = ("curvature_tol", "radius", "max_radius", "eta", "scaled", "extrapolate", "straightness",
-                "stiff_tol", "speculate", "speculate_share")
+__all__ = ["fit_rows"]
 
 _GRADIENT, _DECREMENT, _MAX_ITER, _STALLED, _NONFINITE = (
     REASONS.index(v) for v in ("gradient", "decrement", "max_iter", "stalled", "nonfinite"))
@@ -320,6 +312,8 @@ def fit_rows(objective: Any, x0: Tensor, bound: float | None, *, max_iter: int, 
         max_iter, gtol, dtol, ...: as :func:`~attnmoe.estimation.solvers.newton.trust_region`
             (``speculate`` / ``speculate_share`` are accepted and change nothing here).
     """
+    if x0.ndim != 2:
+        raise ValueError(f"x0 must be (R, P), got {tuple(x0.shape)}")
     nb = objective.numba
     W = int(extrapolate)
     if W < 0:
