@@ -39,11 +39,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cases import fit_kwargs, problem
 from original_code import BASE, KINDS, fit_path, load_original
 
 from attnmoe._malloc import fix_malloc_thresholds
 from attnmoe.estimation.families.least_squares.fit import fit_least_squares
-from attnmoe.estimation.families.least_squares.init import near_truth_init
 from attnmoe.estimation.families.least_squares.objective import LeastSquaresObjective
 from attnmoe.estimation.families.least_squares.truth import get_setting, sample
 
@@ -52,23 +52,19 @@ def _clock_of(name: str):
     return time.process_time if name == "cpu" else time.perf_counter
 
 
-def bench_fit(setting, n: int, R: int, assembly: str, kinds: list[str], original, repeats: int, clock,
-              bound: float | None, dtol: float, max_iter: int, stat=statistics.median) -> dict[str, float]:
+def bench_fit(name: str, n: int, R: int, assembly: str, kinds: list[str], original, repeats: int, clock,
+              over: bool, stat=statistics.median) -> dict[str, float]:
     """Seconds per fit of each path, ``stat`` over the rounds (module docstring)."""
-    seeds = list(range(R))
-    X, y = sample(setting, n, seeds)
-    x0 = near_truth_init(setting.fit_layout, setting.true_params(), seeds, 0.1)
-    if bound is not None:
-        x0 = x0.clamp(-0.99 * bound, 0.99 * bound)
-    kw = {"max_iter": max_iter, "tol": 0.0, "dtol": dtol, "bound": bound, "assembly": assembly}
-    fit_least_squares(setting.fit_layout, X[:2], y[:2], x0[:2], **{**kw, "max_iter": 2})  # compile, warm up
+    kw = {**fit_kwargs(over), "tol": 0.0, "assembly": assembly}
+    layout, X, y, x0 = problem(name, n, R, kw["bound"])
+    fit_least_squares(layout, X[:2], y[:2], x0[:2], **{**kw, "max_iter": 2})  # compile, warm up
     times: dict[str, list[float]] = {k: [] for k in kinds}
     iters = 0.0
     for rep in range(repeats):
         for kind in kinds[rep % len(kinds):] + kinds[: rep % len(kinds)]:
             with fit_path(kind, original):
                 t0 = clock()
-                res = fit_least_squares(setting.fit_layout, X, y, x0, **kw)
+                res = fit_least_squares(layout, X, y, x0, **kw)
                 times[kind].append((clock() - t0) / R)
             iters = float(res.n_iter.double().mean())
     return {"iters": iters, **{k: stat(v) for k, v in times.items()}}
@@ -119,12 +115,11 @@ def main(argv: list[str] | None = None) -> None:
           f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}; {a.stat} of {a.repeats} interleaved rounds")
     head = " ".join(f"{k + ' ms':>13}" for k in kinds) + " " + " ".join(f"{k + '/' + kinds[0][:4]:>14}" for k in kinds[1:])
     print(f"{'setting':>24} {'n':>6} {'R':>3} {'assembly':>8} {'iters':>6} {head}")
-    jobs = [(s, n, a.replicates, None, 1e-10, 500) for s in a.exact.split(",") if s for n in sizes]
-    jobs += [(s, a.over_n, a.over_replicates, 10.0, 1e-8, 5000) for s in a.over.split(",") if s]
-    for name, n, R, bound, dtol, max_iter in jobs:
+    jobs = [(s, n, a.replicates, False) for s in a.exact.split(",") if s for n in sizes]
+    jobs += [(s, a.over_n, a.over_replicates, True) for s in a.over.split(",") if s]
+    for name, n, R, over in jobs:
         for assembly in a.assemblies.split(","):
-            r = bench_fit(get_setting(name), n, R, assembly, kinds, original, a.repeats, clock, bound, dtol, max_iter,
-                          stat)
+            r = bench_fit(name, n, R, assembly, kinds, original, a.repeats, clock, over, stat)
             cells = " ".join(f"{1e3 * r[k]:>13.3f}" for k in kinds)
             ratios = " ".join(f"{r[k] / r[kinds[0]]:>14.3f}" for k in kinds[1:])
             print(f"{name:>24} {n:>6} {R:>3} {assembly:>8} {r['iters']:>6.1f} {cells} {ratios}", flush=True)

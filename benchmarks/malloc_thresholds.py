@@ -41,8 +41,8 @@ import subprocess
 import sys
 import time
 
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc malloc.h
-MMAP_THRESHOLD, TRIM_THRESHOLD = 64 << 20, 256 << 20
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from attnmoe._malloc import M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, MMAP_THRESHOLD, TRIM_THRESHOLD  # no torch
 ENV = {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD), "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD)}
 MODES = ("default", "env", "mallopt")
 
@@ -58,9 +58,9 @@ def child(setting_name: str, n: int, R: int, assembly: str, fits: int, mode: str
 
     import torch
 
+    from cases import fit_kwargs, problem
+
     from attnmoe.estimation.families.least_squares.fit import fit_least_squares
-    from attnmoe.estimation.families.least_squares.init import near_truth_init
-    from attnmoe.estimation.families.least_squares.truth import get_setting, sample
 
     torch.set_num_threads(1)
     if mode == "late":
@@ -68,20 +68,13 @@ def child(setting_name: str, n: int, R: int, assembly: str, fits: int, mode: str
 
         if not fix_malloc_thresholds():
             raise RuntimeError("fix_malloc_thresholds() did not apply")
-    setting = get_setting(setting_name)
-    over = setting_name.endswith("-over")
-    bound, dtol, max_iter = (10.0, 1e-8, 5000) if over else (None, 1e-10, 500)
-    seeds = list(range(R))
-    X, y = sample(setting, n, seeds)
-    x0 = near_truth_init(setting.fit_layout, setting.true_params(), seeds, 0.1)
-    if bound is not None:
-        x0 = x0.clamp(-0.99 * bound, 0.99 * bound)
-    kw = {"max_iter": max_iter, "tol": 0.0, "dtol": dtol, "bound": bound, "assembly": assembly}
-    fit_least_squares(setting.fit_layout, X[:2], y[:2], x0[:2], **{**kw, "max_iter": 2})  # compile, warm up
+    kw = {**fit_kwargs(setting_name.endswith("-over")), "tol": 0.0, "assembly": assembly}
+    layout, X, y, x0 = problem(setting_name, n, R, kw["bound"])
+    fit_least_squares(layout, X[:2], y[:2], x0[:2], **{**kw, "max_iter": 2})  # compile, warm up
     cpu, faults, digests = [], [], set()
     for _ in range(fits):
         f0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.process_time()
-        res = fit_least_squares(setting.fit_layout, X, y, x0, **kw)
+        res = fit_least_squares(layout, X, y, x0, **kw)
         t1, f1 = time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         cpu.append((t1 - t0) / R)
         faults.append(f1 - f0)
