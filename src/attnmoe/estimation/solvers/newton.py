@@ -261,8 +261,9 @@ def trust_region(
             iteration, the right choice when ``objective`` costs nearly as much as ``hessian``:
             the numba assembly's kernel version 2 takes its loss from the whole kernel without the
             products (~60 % of a Hessian call), and 0 was 3-15 % faster than 0.5 there on exact-
-            and over-specified fits (benchmarks/speculate_share.py), so ``fit_least_squares``
-            passes 0 with it.
+            and over-specified fits (benchmarks/speculate_share.py). ``fit_least_squares`` runs the
+            numba assembly in its own compiled loop (``numba_loop``, which speculates always);
+            the batched solver on that assembly is what ``benchmarks/bench_loop.py`` compares it to.
     """
     if x0.ndim != 2:
         raise ValueError(f"x0 must be (R, P), got {tuple(x0.shape)}")

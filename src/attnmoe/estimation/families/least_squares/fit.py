@@ -279,15 +279,15 @@ def fit_least_squares(
         init = box.to_free(init)
     res: OptimResult
     if method == "trust-region":
-        # speculation (Hessian at trial points) is exact here: LeastSquaresObjective.hessian's loss
-        # is bitwise its __call__'s (objective.py, "Assembly"), and _BoxObjective maps phi to theta
-        # by the same rowwise tanh in both; every replicate's numbers are its own (batch-invariant)
         if assembly == "numba":  # the iteration compiled, one replicate at a time (numba_loop)
             from attnmoe.estimation.families.least_squares.numba_loop import fit_rows
 
             res = fit_rows(base, init, None if box is None else box.bound, max_iter=max_iter, gtol=tol,
                            dtol=dtol / X.shape[1], **options)
         else:
+            # speculation (Hessian at trial points) is exact here: LeastSquaresObjective.hessian's
+            # loss is bitwise its __call__'s (objective.py, "Assembly"), and _BoxObjective maps phi
+            # to theta by the same rowwise tanh in both; every replicate's numbers are its own
             res = trust_region(objective.hessian, objective, init, max_iter=max_iter, gtol=tol,
                                dtol=dtol / X.shape[1], **{"speculate": True, **options})
     elif method == "lbfgs":

@@ -43,6 +43,15 @@ _jit = numba.njit(nogil=True, cache=False, error_model="numpy")
 
 
 @_jit
+def _absmax(v):
+    """max_i |v_i| (0 for an empty v; a NaN entry is skipped, as Python's max does)."""
+    big = 0.0
+    for x in v:
+        big = max(big, abs(x))
+    return big
+
+
+@_jit
 def _scaling(H, previous, scaled, first):
     """sqrt(diag H) floored at 1e-8 of its largest |entry|, never below ``previous``."""
     P = H.shape[0]
@@ -58,6 +67,18 @@ def _scaling(H, previous, scaled, first):
         if not first:
             d[p] = max(d[p], previous[p])
     return d
+
+
+@_jit
+def _matvec(Q, p):
+    """Q p (Q in either memory order: eigh's is column-major)."""
+    out = np.zeros(Q.shape[0])
+    for i in range(Q.shape[0]):
+        acc = 0.0
+        for j in range(Q.shape[1]):
+            acc += Q[i, j] * p[j]
+        out[i] = acc
+    return out
 
 
 @_jit
@@ -78,34 +99,13 @@ def _eig(H, D, g):
             lam, Q = np.linalg.eigh(M)
         except Exception:  # noqa: BLE001 -- LAPACK did not converge: stop as "nonfinite"
             lam, Q = np.full(P, np.nan), np.eye(P)
-    gh = np.zeros(P)
-    for j in range(P):
-        acc = 0.0
-        for p in range(P):
-            acc += Q[p, j] * (g[p] / D[p])
-        gh[j] = acc
-    return lam, Q, gh
-
-
-@_jit
-def _matvec(Q, p):
-    """Q p (Q in either memory order: eigh's is column-major)."""
-    out = np.zeros(Q.shape[0])
-    for i in range(Q.shape[0]):
-        acc = 0.0
-        for j in range(Q.shape[1]):
-            acc += Q[i, j] * p[j]
-        out[i] = acc
-    return out
+    return lam, Q, _matvec(Q.T, g / D)
 
 
 @_jit
 def _decrement(lam, gh, curvature_tol):
     """1/2 sum gh_i^2 / max(lam_i, c lam_max) and the floor c lam_max."""
-    big = 0.0
-    for v in lam:
-        big = max(big, abs(v))
-    floor = curvature_tol * max(big, 1e-300)
+    floor = curvature_tol * max(_absmax(lam), 1e-300)
     dec = 0.0
     for i in range(lam.shape[0]):
         dec += gh[i] * gh[i] / max(lam[i], floor)
@@ -116,10 +116,7 @@ def _decrement(lam, gh, curvature_tol):
 def _subproblem(lam, gh, radius):
     """The exact trust-region step in the eigenbasis and the model decrease (newton._subproblem)."""
     P = lam.shape[0]
-    big = 0.0
-    for v in lam:
-        big = max(big, abs(v))
-    scale = max(big, 1e-300)
+    scale = max(_absmax(lam), 1e-300)
     lo = max(-lam[0], 0.0)
     p = np.empty(P)
     interior = lam[0] > 1e-14 * scale
@@ -244,12 +241,10 @@ def _loop(kern: Any) -> Any:
                     _, g_y, H_y = evaluate(rows, yv, *args)
                     D_y = _scaling(H_y, D, scaled, False)
                     lam_y, Q_y, gh_y = _eig(H_y, D_y, g_y)
-                    big = 0.0
-                    for v in lam_y:
-                        big = max(big, abs(v))
+                    stiff = stiff_tol * _absmax(lam_y)
                     p_y = np.zeros(P)
                     for i in range(P):
-                        if lam_y[i] > stiff_tol * big:
+                        if lam_y[i] > stiff:
                             p_y[i] = -gh_y[i] / lam_y[i]
                     z = yv + _matvec(Q_y, p_y) / D_y
                     f_z, g_z, H_z = evaluate(rows, z, *args)
